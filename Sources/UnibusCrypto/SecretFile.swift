@@ -1,0 +1,87 @@
+import Foundation
+
+/// Why a file holding secrets (an identity, a session) could not be used.
+/// Each message says what to do about it.
+public enum SecretFileError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// No file; `hint` says how to create one.
+    case missing(path: String, hint: String)
+    /// The file exists but is not a valid document of its kind. It is left untouched.
+    case corrupt(path: String, reason: String)
+    /// Group or others may access the file.
+    case insecurePermissions(path: String, mode: UInt16)
+    /// A create-only write found a file in place.
+    case alreadyExists(path: String)
+    case io(path: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .missing(let path, let hint):
+            return "no file at \(path)" + (hint.isEmpty ? "" : "; \(hint)")
+        case .corrupt(let path, let reason):
+            return "\(path) is corrupt (\(reason)); it was left untouched. Restore it from a backup, or move it aside and create a new one"
+        case .insecurePermissions(let path, let mode):
+            return "\(path) holds secrets but is accessible to others (mode \(String(mode, radix: 8))); run `chmod 600 \(path)`"
+        case .alreadyExists(let path):
+            return "\(path) already exists; refusing to overwrite it"
+        case .io(let path, let reason):
+            return "cannot access \(path): \(reason)"
+        }
+    }
+}
+
+/// Reading and writing small files that hold secrets: mode 0600, atomic
+/// replacement, create-only without races, and a size cap on reading.
+public enum SecretFile {
+    /// Reads a regular file of at most `maximumSize` bytes that only its owner may access.
+    public static func read(_ path: String, maximumSize: Int, missingHint: String) throws(SecretFileError) -> [UInt8] {
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            if errno == ENOENT { throw .missing(path: path, hint: missingHint) }
+            throw .io(path: path, reason: String(cString: strerror(errno)))
+        }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { throw .corrupt(path: path, reason: "not a regular file") }
+        let mode = UInt16(info.st_mode & 0o777)
+        guard mode & 0o077 == 0 else { throw .insecurePermissions(path: path, mode: mode) }
+        guard info.st_size <= maximumSize else { throw .corrupt(path: path, reason: "larger than \(maximumSize) bytes") }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw .io(path: path, reason: "cannot read")
+        }
+        return [UInt8](data)
+    }
+
+    /// Writes `bytes` with mode 0600 through a temporary file in the same
+    /// directory, fsynced. With `overwrite` false an existing file is never
+    /// replaced (`alreadyExists`); with true the replacement is atomic.
+    public static func write(_ bytes: [UInt8], to path: String, overwrite: Bool) throws(SecretFileError) {
+        let directory = (path as NSString).deletingLastPathComponent
+        let name = (path as NSString).lastPathComponent
+        let temporary = (directory.isEmpty ? "." : directory) + "/.\(name).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .io(path: path, reason: String(cString: strerror(errno))) }
+        defer { unlink(temporary) }
+        let wrote = bytes.withUnsafeBytes { raw -> Bool in
+            var offset = 0
+            while offset < raw.count {
+                let n = Foundation.write(fd, raw.baseAddress! + offset, raw.count - offset)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return false
+                }
+                offset += n
+            }
+            return fsync(fd) == 0
+        }
+        let writeErrno = errno
+        close(fd)
+        guard wrote else { throw .io(path: path, reason: String(cString: strerror(writeErrno))) }
+        if overwrite {
+            guard rename(temporary, path) == 0 else { throw .io(path: path, reason: String(cString: strerror(errno))) }
+        } else {
+            // link() fails if the target exists: create-if-absent without a race.
+            guard link(temporary, path) == 0 else {
+                if errno == EEXIST { throw .alreadyExists(path: path) }
+                throw .io(path: path, reason: String(cString: strerror(errno)))
+            }
+        }
+    }
+}

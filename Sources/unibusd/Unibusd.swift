@@ -1,0 +1,31 @@
+import ArgumentParser
+import UnibusCrypto
+
+/// The Unibus node. The broker, membership service and control plane arrive
+/// with their issues; today the node can check its crypto stack.
+@main
+struct Unibusd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "unibusd",
+        abstract: "The Unibus node: an end-to-end encrypted message bus.",
+        version: UnibusVersion.current,
+        subcommands: [SelfCheck.self]
+    )
+}
+
+struct SelfCheck: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "self-check",
+        abstract: "Run known-answer tests of the linked crypto libraries and Megolm; exit 1 on any failure."
+    )
+
+    func run() throws {
+        let results = CryptoSelfCheck.run()
+        for result in results {
+            print("\(result.passed ? "ok  " : "FAIL") \(result.name): \(result.detail)")
+        }
+        let failed = results.filter { !$0.passed }.count
+        print("\(results.count - failed) passed, \(failed) failed")
+        if failed > 0 { throw ExitCode(1) }
+    }
+}
