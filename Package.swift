@@ -50,7 +50,7 @@ let package = Package(
         .testTarget(
             name: "InteropTests",
             dependencies: ["UnibusCrypto"],
-            resources: [.copy("peers")]
+            exclude: ["peers"]
         ),
     ]
 )
