@@ -1,0 +1,15 @@
+// swift-tools-version:6.0
+// libFuzzer targets. A separate package so that the main build never links
+// them (they have no main) and the sanitizer build stays in its own folder.
+// Build and run with ./run.sh.
+import PackageDescription
+
+let package = Package(
+    name: "UnibusFuzz",
+    dependencies: [.package(name: "unibus", path: "..")],
+    targets: [
+        .executableTarget(name: "FuzzMegolmMessage", dependencies: [.product(name: "UnibusCrypto", package: "unibus")]),
+        .executableTarget(name: "FuzzMegolmSessionKey", dependencies: [.product(name: "UnibusCrypto", package: "unibus")]),
+        .executableTarget(name: "FuzzIdentityFile", dependencies: [.product(name: "UnibusCrypto", package: "unibus")]),
+    ]
+)
