@@ -15,6 +15,7 @@
 #include <openssl/evp.h>
 #include <openssl/crypto.h>
 #include <string.h>
+#include <strings.h>
 #include <stdint.h>
 
 typedef struct {
@@ -40,8 +41,8 @@ static inline void unibus_hmac_sha256_key_init(unibus_hmac_sha256_key *state,
     for (int i = 0; i < 64; i++) block[i] ^= (0x36 ^ 0x5c);
     SHA256_Init(&state->outer);
     SHA256_Update(&state->outer, block, 64);
-    OPENSSL_cleanse(block, sizeof block);
-    OPENSSL_cleanse(hashed, sizeof hashed);
+    explicit_bzero(block, sizeof block);
+    explicit_bzero(hashed, sizeof hashed);
 }
 
 /* HMAC over the concatenation of up to three parts (any may be NULL/0). */
@@ -59,8 +60,8 @@ static inline void unibus_hmac_sha256_mac3(const unibus_hmac_sha256_key *state,
     ctx = state->outer;
     SHA256_Update(&ctx, inner_digest, 32);
     SHA256_Final(out, &ctx);
-    OPENSSL_cleanse(&ctx, sizeof ctx);
-    OPENSSL_cleanse(inner_digest, sizeof inner_digest);
+    explicit_bzero(&ctx, sizeof ctx);
+    explicit_bzero(inner_digest, sizeof inner_digest);
 }
 
 static inline void unibus_hmac_sha256(const uint8_t *key, size_t key_len,
@@ -69,7 +70,7 @@ static inline void unibus_hmac_sha256(const uint8_t *key, size_t key_len,
     unibus_hmac_sha256_key state;
     unibus_hmac_sha256_key_init(&state, key, key_len);
     unibus_hmac_sha256_mac3(&state, data, data_len, NULL, 0, NULL, 0, out);
-    OPENSSL_cleanse(&state, sizeof state);
+    explicit_bzero(&state, sizeof state);
 }
 
 static inline void unibus_sha256(const uint8_t *data, size_t len, uint8_t out[32]) {
@@ -77,18 +78,19 @@ static inline void unibus_sha256(const uint8_t *data, size_t len, uint8_t out[32
 }
 
 /*
- * HKDF-SHA-256 (RFC 5869) with output of at most 255*32 bytes.
+ * HKDF-SHA-256 (RFC 5869) with output of at most 255*32 bytes, the salt given
+ * as a prepared HMAC key (so a constant salt is keyed once per process).
  * Returns 0 on success, -1 if out_len is too large.
  */
-static inline int unibus_hkdf_sha256(const uint8_t *salt, size_t salt_len,
-                                     const uint8_t *ikm, size_t ikm_len,
-                                     const uint8_t *info, size_t info_len,
-                                     uint8_t *out, size_t out_len) {
+static inline int unibus_hkdf_sha256_keyed(const unibus_hmac_sha256_key *salt,
+                                           const uint8_t *ikm, size_t ikm_len,
+                                           const uint8_t *info, size_t info_len,
+                                           uint8_t *out, size_t out_len) {
     if (out_len > 255 * 32) return -1;
     uint8_t prk[32];
     uint8_t t[32];
     unibus_hmac_sha256_key state;
-    unibus_hmac_sha256(salt, salt_len, ikm, ikm_len, prk);
+    unibus_hmac_sha256_mac3(salt, ikm, ikm_len, NULL, 0, NULL, 0, prk);
     unibus_hmac_sha256_key_init(&state, prk, 32);
     size_t done = 0;
     size_t t_len = 0;
@@ -101,10 +103,19 @@ static inline int unibus_hkdf_sha256(const uint8_t *salt, size_t salt_len,
         done += take;
         counter++;
     }
-    OPENSSL_cleanse(prk, sizeof prk);
-    OPENSSL_cleanse(t, sizeof t);
-    OPENSSL_cleanse(&state, sizeof state);
+    explicit_bzero(prk, sizeof prk);
+    explicit_bzero(t, sizeof t);
+    explicit_bzero(&state, sizeof state);
     return 0;
+}
+
+static inline int unibus_hkdf_sha256(const uint8_t *salt, size_t salt_len,
+                                     const uint8_t *ikm, size_t ikm_len,
+                                     const uint8_t *info, size_t info_len,
+                                     uint8_t *out, size_t out_len) {
+    unibus_hmac_sha256_key salt_key;
+    unibus_hmac_sha256_key_init(&salt_key, salt, salt_len);
+    return unibus_hkdf_sha256_keyed(&salt_key, ikm, ikm_len, info, info_len, out, out_len);
 }
 
 /*

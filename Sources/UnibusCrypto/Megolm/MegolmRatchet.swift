@@ -99,6 +99,14 @@ enum MegolmCipher {
     static let macLength = 8
     private static let info: [UInt8] = Array("MEGOLM_KEYS".utf8)
 
+    /// HMAC keyed with the empty salt (a block of zeros, as libolm uses),
+    /// prepared once: it is the same for every message.
+    private static let emptySalt: unibus_hmac_sha256_key = {
+        var key = unibus_hmac_sha256_key()
+        unibus_hmac_sha256_key_init(&key, nil, 0)
+        return key
+    }()
+
     /// Runs `body` with the 80 derived bytes in a stack buffer that is wiped afterwards.
     @inline(__always)
     static func withKeys<R>(for ratchet: MegolmRatchet, _ body: (_ aesKey: UnsafePointer<UInt8>, _ macKey: UnsafePointer<UInt8>, _ iv: UnsafePointer<UInt8>) -> R) -> R {
@@ -106,11 +114,12 @@ enum MegolmCipher {
             let out = keys.baseAddress!
             let ratchetBytes = ratchet.bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
             info.withUnsafeBufferPointer { infoBytes in
-                // A salt of zero length: HMAC pads it to a block of zeros, as libolm does.
-                _ = unibus_hkdf_sha256(nil, 0, ratchetBytes, MegolmRatchet.length,
-                                       infoBytes.baseAddress!, infoBytes.count, out, derivedLength)
+                withUnsafePointer(to: emptySalt) { salt in
+                    _ = unibus_hkdf_sha256_keyed(salt, ratchetBytes, MegolmRatchet.length,
+                                                 infoBytes.baseAddress!, infoBytes.count, out, derivedLength)
+                }
             }
-            defer { OPENSSL_cleanse(out, derivedLength) }
+            defer { explicit_bzero(out, derivedLength) }
             return body(UnsafePointer(out), UnsafePointer(out + 32), UnsafePointer(out + 64))
         }
     }

@@ -1,0 +1,17 @@
+// swift-tools-version:6.0
+// Benchmark harnesses, kept out of the main package so that its build and
+// test runs never compile them. Run through the scripts beside this file.
+import PackageDescription
+
+let package = Package(
+    name: "UnibusBenchmarks",
+    dependencies: [.package(name: "unibus", path: "../..")],
+    targets: [
+        // libsodium directly, for the raw Ed25519 reference rates.
+        .systemLibrary(name: "CSodiumBench", pkgConfig: "libsodium"),
+        .executableTarget(
+            name: "unibus-crypto-bench",
+            dependencies: ["CSodiumBench", .product(name: "UnibusCrypto", package: "unibus")]
+        ),
+    ]
+)
