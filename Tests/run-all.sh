@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The README's second command (and CI's): install what the suite needs, build,
+# fuzz-smoke, and run every test, interop tests against their real peers included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+deploy/install-deps.sh test
+
+echo "== build"
+swift build --build-tests 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\] ' || true
+swift build --build-tests >/dev/null   # fails the script if the build failed
+
+echo "== fuzz smoke"
+Fuzz/run.sh --smoke
+
+echo "== tests"
+swift test
