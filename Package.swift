@@ -7,11 +7,15 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .library(name: "UnibusCrypto", targets: ["UnibusCrypto"]),
+        .library(name: "UnibusWire", targets: ["UnibusWire"]),
+        .library(name: "UnibusBroker", targets: ["UnibusBroker"]),
         .executable(name: "unibusd", targets: ["unibusd"]),
         .executable(name: "unibus", targets: ["unibus"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
     ],
     targets: [
         // System libraries the user chose (Debian: libsodium-dev, libssl-dev).
@@ -29,10 +33,26 @@ let package = Package(
             name: "UnibusCrypto",
             dependencies: ["CSodium", "COpenSSL"]
         ),
+        // The NATS client protocol: parser and encoder, no I/O (fuzzable).
+        .target(
+            name: "UnibusWire",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+        ),
+        // The embedded broker: connections, subject index, auth, permissions.
+        .target(
+            name: "UnibusBroker",
+            dependencies: [
+                "UnibusWire", "UnibusCrypto",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]
+        ),
         .executableTarget(
             name: "unibusd",
             dependencies: [
-                "UnibusCrypto",
+                "UnibusCrypto", "UnibusBroker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -46,6 +66,14 @@ let package = Package(
         .testTarget(
             name: "UnibusCryptoTests",
             dependencies: ["UnibusCrypto"]
+        ),
+        .testTarget(
+            name: "UnibusWireTests",
+            dependencies: ["UnibusWire"]
+        ),
+        .testTarget(
+            name: "UnibusBrokerTests",
+            dependencies: ["UnibusBroker", "UnibusWire", "UnibusCrypto"]
         ),
         .testTarget(
             name: "InteropTests",

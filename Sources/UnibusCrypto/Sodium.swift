@@ -2,7 +2,7 @@ import CSodium
 
 /// libsodium must be initialised once per process before any other call;
 /// every entry point of this module that reaches libsodium goes through here.
-enum Sodium {
+public enum Sodium {
     private static let initialized: Bool = sodium_init() >= 0
 
     @inline(__always)
@@ -19,6 +19,9 @@ enum Sodium {
         bytes.withUnsafeMutableBytes { randombytes_buf($0.baseAddress!, $0.count) }
         return bytes
     }
+
+    /// Random bytes for public nonces (NATS INFO nonces and the like).
+    public static func randomNonce(count: Int) -> [UInt8] { randomBytes(count) }
 
     /// Constant-time comparison of two equal-length byte buffers.
     static func constantTimeEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {

@@ -1,15 +1,16 @@
 import ArgumentParser
 import UnibusCrypto
 
-/// The Unibus node. The broker, membership service and control plane arrive
-/// with their issues; today the node can check its crypto stack.
+/// The Unibus node. Today: the embedded NATS-protocol broker (`run`, the
+/// default) and a crypto self-check; membership and the control plane follow.
 @main
-struct Unibusd: ParsableCommand {
+struct Unibusd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "unibusd",
         abstract: "The Unibus node: an end-to-end encrypted message bus.",
         version: UnibusVersion.current,
-        subcommands: [SelfCheck.self]
+        subcommands: [Run.self, SelfCheck.self],
+        defaultSubcommand: Run.self
     )
 }
 

@@ -1,0 +1,122 @@
+import Atomics
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import UnibusCrypto
+
+/// The embedded NATS-protocol broker of a node.
+///
+/// Protocol logic lives in `UnibusWire` (parsing) and `BrokerConnection`
+/// (one client's state machine); this type owns the listener, the shared
+/// subscription index and the connection registry.
+public final class Broker: @unchecked Sendable {
+    // @unchecked: mutable state is guarded by `lock`; the rest is immutable or atomic.
+    public let configuration: BrokerConfiguration
+    public let statistics = BrokerStatistics()
+    /// The server's id, a NATS server nkey ("N…").
+    public let serverID: String
+    let index = SubjectIndex()
+    let group: MultiThreadedEventLoopGroup
+    private let ownsGroup: Bool
+    private let lock = NIOLock()
+    private var connections: [UInt64: BrokerConnection] = [:]
+    private var serverChannel: Channel?
+    private var draining = false
+    private let nextClientID = ManagedAtomic<UInt64>(0)
+
+    /// - Parameter serverKey: the node's signing key, whose "N…" nkey becomes
+    ///   the server id; a fresh one is made if nil.
+    public init(configuration: BrokerConfiguration, serverKey: Ed25519PublicKey? = nil, group: MultiThreadedEventLoopGroup? = nil) {
+        self.configuration = configuration
+        self.serverID = NKey.encodePublicKey(serverKey ?? Ed25519KeyPair().publicKey, type: .server)
+        if let group {
+            self.group = group
+            ownsGroup = false
+        } else {
+            self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.threads > 0 ? configuration.threads : System.coreCount)
+            ownsGroup = true
+        }
+    }
+
+    /// Binds the listener. Returns the bound port (useful with port 0).
+    @discardableResult
+    public func start() async throws -> Int {
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let id = nextClientID.wrappingIncrementThenLoad(ordering: .relaxed)
+                    try channel.pipeline.syncOperations.addHandler(BrokerConnection(id: id, broker: self, channel: channel))
+                }
+            }
+        let channel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
+        lock.withLock { serverChannel = channel }
+        return channel.localAddress?.port ?? configuration.port
+    }
+
+    /// The bound port, once started.
+    public var port: Int? { lock.withLock { serverChannel?.localAddress?.port } }
+
+    /// Stops accepting, flushes what each client has queued, closes every
+    /// client, then stops the event loops (if the broker made them).
+    public func shutdown() async {
+        let (server, clients) = lock.withLock { () -> (Channel?, [BrokerConnection]) in
+            draining = true
+            return (serverChannel, Array(connections.values))
+        }
+        try? await server?.close()
+        await withTaskGroup(of: Void.self) { tasks in
+            for client in clients {
+                tasks.addTask { await client.closeGracefully() }
+            }
+        }
+        if ownsGroup { try? await group.shutdownGracefully() }
+    }
+
+    // MARK: registry
+
+    /// Registers a new connection; false when over the limit or shutting down.
+    func register(_ connection: BrokerConnection) -> Bool {
+        lock.withLock {
+            if draining { return false }
+            if configuration.maxConnections > 0 && connections.count >= configuration.maxConnections { return false }
+            connections[connection.id] = connection
+            return true
+        }
+    }
+
+    func unregister(_ connection: BrokerConnection) {
+        lock.withLock { _ = connections.removeValue(forKey: connection.id) }
+    }
+
+    public var connectionCount: Int { lock.withLock { connections.count } }
+
+    // MARK: live authorization
+
+    /// Re-evaluates every authenticated connection against the authorizer
+    /// (after the allowlist or membership changed): permissions change in
+    /// place; users no longer allowed are disconnected with
+    /// `Authorization Violation`. Completes when every connection has applied it.
+    public func reauthorize() async {
+        let clients = lock.withLock { Array(connections.values) }
+        await withTaskGroup(of: Void.self) { tasks in
+            for client in clients {
+                tasks.addTask { await client.reauthorize() }
+            }
+        }
+    }
+
+    /// Closes every connection of `userNKey` (a revoked user) at once.
+    public func disconnect(userNKey: String) async {
+        let clients = lock.withLock { connections.values.filter { $0.authenticatedUser == userNKey } }
+        await withTaskGroup(of: Void.self) { tasks in
+            for client in clients {
+                tasks.addTask { await client.closeForAuthorization() }
+            }
+        }
+    }
+}

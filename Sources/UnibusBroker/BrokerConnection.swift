@@ -1,0 +1,620 @@
+import Atomics
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import UnibusCrypto
+import UnibusWire
+
+/// Options a client sets in CONNECT. Before CONNECT nats-server behaves as if
+/// verbose and pedantic were on; CONNECT's absent fields keep these defaults.
+struct ClientOptions {
+    var verbose = true
+    var pedantic = true
+    var echo = true
+    var headers = false
+    var noResponders = false
+    var name: String?
+}
+
+/// One client connection: its protocol state machine (driven by parsed ops on
+/// its event loop) and its outbound queue (fed from any event loop).
+final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
+    // @unchecked: fields under "loop-confined" are touched only on `eventLoop`;
+    // fields under "shared" only with `sharedLock` held.
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let id: UInt64
+    let eventLoop: EventLoop
+    private unowned let broker: Broker
+    private let channel: Channel
+    private let stats: BrokerStatistics
+
+    // MARK: loop-confined
+    private var parser: ClientProtocolParser
+    private var cumulation: ByteBuffer?
+    private var options = ClientOptions()
+    private var connected = false
+    private var nonce: String?
+    private var permissions = Permissions.everything
+    private var publishAllowed: [String: Bool] = [:]
+    private var subscriptions: [String: Subscription] = [:]
+    private var pingsOutstanding = 0
+    private var touched: [BrokerConnection] = []
+    private var timer: RepeatedTask?
+    private var authTimer: Scheduled<Void>?
+    private var closing = false
+    private var lastPingSent = NIODeadline.now()
+
+    // MARK: shared
+    private let sharedLock = NIOLock()
+    private var outbound: ByteBuffer
+    private var flushScheduled = false
+    private var queuedBytes = 0
+    private var unwrittenSince: NIODeadline?
+    private var slow = false
+    private var closedForWrites = false
+    private var user: String?
+
+    init(id: UInt64, broker: Broker, channel: Channel) {
+        self.id = id
+        self.broker = broker
+        self.channel = channel
+        self.eventLoop = channel.eventLoop
+        self.stats = broker.statistics
+        self.parser = ClientProtocolParser(maxControlLine: broker.configuration.maxControlLine,
+                                           maxPayload: broker.configuration.maxPayload)
+        self.outbound = channel.allocator.buffer(capacity: 4096)
+    }
+
+    /// The user nkey this connection authenticated as, if any.
+    var authenticatedUser: String? { sharedLock.withLock { user } }
+
+    // MARK: lifecycle
+
+    func channelActive(context: ChannelHandlerContext) {
+        stats.connectionsAccepted.wrappingIncrement(ordering: .relaxed)
+        let accepted = broker.register(self)
+        if broker.configuration.authorizer != nil {
+            nonce = Base64.encode(Sodium.randomNonce(count: 11), alphabet: .url)
+        }
+        enqueueInfo(context: context)
+        guard accepted else {
+            closeWithError("maximum connections exceeded")
+            return
+        }
+        stats.currentConnections.wrappingIncrement(ordering: .relaxed)
+        if broker.configuration.authorizer != nil {
+            authTimer = eventLoop.scheduleTask(in: broker.configuration.authTimeout) { [self] in
+                if !connected { closeWithError("Authentication Timeout") }
+            }
+        }
+        let tick = min(TimeAmount.seconds(1), broker.configuration.pingInterval, broker.configuration.writeDeadline)
+        timer = eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { [weak self] _ in self?.onTick() }
+        flushNow()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        tearDown()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // Resets and broken pipes: the client went away.
+        context.close(promise: nil)
+    }
+
+    /// Removes subscriptions and registration; idempotent.
+    private func tearDown() {
+        guard !closing || timer != nil || !subscriptions.isEmpty else { return }
+        let wasRegistered = !closing || timer != nil
+        closing = true
+        timer?.cancel()
+        timer = nil
+        authTimer?.cancel()
+        for subscription in subscriptions.values {
+            subscription.removed.store(true, ordering: .relaxed)
+            broker.index.remove(subscription)
+        }
+        subscriptions.removeAll()
+        sharedLock.withLock { closedForWrites = true }
+        if wasRegistered {
+            broker.unregister(self)
+            stats.currentConnections.wrappingDecrement(ordering: .relaxed)
+        }
+    }
+
+    // MARK: reading
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if closing { return }
+        stats.bytesIn.wrappingIncrement(by: incoming.readableBytes, ordering: .relaxed)
+        if cumulation == nil {
+            cumulation = incoming
+        } else {
+            cumulation!.writeBuffer(&incoming)
+        }
+        do {
+            while !closing, let op = try parser.next(&cumulation!) {
+                handle(op)
+            }
+        } catch {
+            stats.protocolViolations.wrappingIncrement(ordering: .relaxed)
+            if let message = error.errorMessage {
+                closeWithError(message)
+            } else {
+                closeNow()
+            }
+            return
+        }
+        if let buffer = cumulation {
+            if buffer.readableBytes == 0 {
+                cumulation = nil
+            } else if buffer.readerIndex > 64 * 1024 {
+                cumulation!.discardReadBytes()
+            }
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushTouched()
+    }
+
+    /// Schedules a flush of every connection this batch of reads wrote to.
+    private func flushTouched() {
+        let pending = touched
+        touched.removeAll(keepingCapacity: true)
+        for connection in pending {
+            if connection === self || connection.eventLoop === eventLoop {
+                connection.flushNow()
+            } else {
+                connection.eventLoop.execute { connection.flushNow() }
+            }
+        }
+    }
+
+    // MARK: operations
+
+    private func handle(_ op: ClientOp) {
+        if broker.configuration.authorizer != nil && !connected {
+            switch op {
+            case .connect: break
+            default:
+                closeForAuthorizationViolation()
+                return
+            }
+        }
+        switch op {
+        case .connect(let json):
+            handleConnect(json)
+        case .ping:
+            enqueueSelf { $0.writeStaticString("PONG\r\n") }
+        case .pong:
+            pingsOutstanding = 0
+        case .sub(let subject, let queue, let sid):
+            handleSub(subject: subject, queue: queue, sid: sid)
+        case .unsub(let sid, let max):
+            handleUnsub(sid: sid, max: max)
+        case .pub(let subject, let reply, let payload):
+            handlePublish(subject: subject, reply: reply, headerLength: nil, message: payload)
+        case .hpub(let subject, let reply, let headerLength, let message):
+            guard options.headers else {
+                // nats-server closes a client that sends HPUB without negotiating headers.
+                closeNow()
+                return
+            }
+            handlePublish(subject: subject, reply: reply, headerLength: headerLength, message: message)
+        case .ok, .info:
+            break
+        case .err:
+            closeNow()
+        }
+    }
+
+    private func acknowledge() {
+        if options.verbose { enqueueSelf { $0.writeStaticString("+OK\r\n") } }
+    }
+
+    private func handleConnect(_ json: ByteBuffer) {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(json.readableBytesView)) as? [String: Any] else {
+            closeNow()
+            return
+        }
+        var updated = options
+        if let value = object["verbose"] as? Bool { updated.verbose = value }
+        if let value = object["pedantic"] as? Bool { updated.pedantic = value }
+        if let value = object["echo"] as? Bool { updated.echo = value }
+        if let value = object["headers"] as? Bool { updated.headers = value }
+        if let value = object["no_responders"] as? Bool { updated.noResponders = value }
+        updated.name = object["name"] as? String
+        if updated.noResponders && !updated.headers {
+            closeWithError("no responders requires headers support")
+            return
+        }
+        if let authorizer = broker.configuration.authorizer {
+            guard let nonce,
+                  let nkey = object["nkey"] as? String,
+                  let signatureText = object["sig"] as? String,
+                  let (_, key) = try? NKey.decodePublicKey(nkey, expecting: .user),
+                  let signature = Self.decodeSignature(signatureText),
+                  key.verify(signature: signature, message: Array(nonce.utf8)),
+                  let granted = authorizer.permissions(forUser: nkey) else {
+                closeForAuthorizationViolation()
+                return
+            }
+            permissions = granted
+            publishAllowed.removeAll()
+            sharedLock.withLock { user = nkey }
+            authTimer?.cancel()
+        }
+        options = updated
+        connected = true
+        acknowledge()
+    }
+
+    /// nats.go sends base64url without padding; nats-py sends padded standard base64.
+    static func decodeSignature(_ text: String) -> [UInt8]? {
+        if let raw = try? Base64.decode(text, alphabet: .url), raw.count == 64 { return raw }
+        if let data = Data(base64Encoded: text), data.count == 64 { return [UInt8](data) }
+        if let raw = try? Base64.decode(text), raw.count == 64 { return raw }
+        return nil
+    }
+
+    private func handleSub(subject: String, queue: String?, sid: String) {
+        guard Subject.isValidFilter(subject), queue.map(Self.isValidQueueName) ?? true else {
+            enqueueError("Invalid Subject")
+            return
+        }
+        guard permissions.subscribe.permits(filter: subject) else {
+            stats.permissionViolations.wrappingIncrement(ordering: .relaxed)
+            enqueueError("Permissions Violation for Subscription to \"\(subject)\"")
+            return
+        }
+        if subscriptions[sid] != nil {
+            acknowledge()
+            return
+        }
+        let limit = broker.configuration.maxSubscriptions
+        if limit > 0 && subscriptions.count >= limit {
+            enqueueError("maximum subscriptions exceeded")
+            return
+        }
+        let subscription = Subscription(connection: self, subject: subject, queue: queue, sid: sid)
+        subscriptions[sid] = subscription
+        broker.index.insert(subscription)
+        acknowledge()
+    }
+
+    static func isValidQueueName(_ name: String) -> Bool {
+        !name.isEmpty && !name.utf8.contains { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\n") }
+    }
+
+    private func handleUnsub(sid: String, max: Int?) {
+        defer { acknowledge() }
+        guard let subscription = subscriptions[sid] else { return }
+        if let max, max > 0 {
+            let delivered = subscription.delivered.load(ordering: .relaxed)
+            if delivered < max {
+                subscription.remaining.store(max - delivered, ordering: .relaxed)
+                subscription.limited.store(true, ordering: .relaxed)
+                return
+            }
+        }
+        removeSubscription(subscription)
+    }
+
+    private func removeSubscription(_ subscription: Subscription) {
+        subscription.removed.store(true, ordering: .relaxed)
+        if subscriptions[subscription.sid] === subscription {
+            subscriptions[subscription.sid] = nil
+        }
+        broker.index.remove(subscription)
+    }
+
+    private func handlePublish(subject: String, reply: String?, headerLength: Int?, message: ByteBuffer) {
+        if options.pedantic && !Subject.isValidLiteral(subject) {
+            // nats-server reports it and still processes the message.
+            enqueueError("Invalid Publish Subject")
+        }
+        if !isPublishAllowed(subject) {
+            stats.permissionViolations.wrappingIncrement(ordering: .relaxed)
+            enqueueError("Permissions Violation for Publish to \"\(subject)\"")
+            return
+        }
+        stats.messagesIn.wrappingIncrement(ordering: .relaxed)
+        // nats-server acknowledges before it delivers (the +OK precedes an echoed MSG).
+        acknowledge()
+        let result = broker.index.match(subject)
+        if result.isEmpty {
+            if let reply, options.noResponders {
+                sendNoResponders(reply: reply)
+            }
+        } else {
+            for subscription in result.plain {
+                deliver(subscription, subject: subject, reply: reply, headerLength: headerLength, message: message)
+            }
+            for group in result.queues {
+                deliverToOne(of: group, subject: subject, reply: reply, headerLength: headerLength, message: message)
+            }
+        }
+    }
+
+    private func isPublishAllowed(_ subject: String) -> Bool {
+        if let known = publishAllowed[subject] { return known }
+        let allowed = permissions.publish.permits(subject: subject)
+        if publishAllowed.count > 1024 { publishAllowed.removeAll() }
+        publishAllowed[subject] = allowed
+        return allowed
+    }
+
+    private func deliverToOne(of group: [Subscription], subject: String, reply: String?, headerLength: Int?, message: ByteBuffer) {
+        let start = Int.random(in: 0..<group.count)
+        for offset in 0..<group.count {
+            let candidate = group[(start + offset) % group.count]
+            if !options.echo && candidate.connection === self { continue }
+            if deliver(candidate, subject: subject, reply: reply, headerLength: headerLength, message: message) { return }
+        }
+    }
+
+    /// Queues one MSG/HMSG for `subscription`; false if it took none.
+    @discardableResult
+    private func deliver(_ subscription: Subscription, subject: String, reply: String?, headerLength: Int?, message: ByteBuffer) -> Bool {
+        let target = subscription.connection
+        if !options.echo && target === self { return false }
+        let (deliver, last) = subscription.claimDelivery()
+        guard deliver else { return false }
+        subscription.delivered.wrappingIncrement(ordering: .relaxed)
+        let needsFlush = target.enqueue { buffer in
+            if headerLength != nil {
+                buffer.writeStaticString("HMSG ")
+            } else {
+                buffer.writeStaticString("MSG ")
+            }
+            buffer.writeString(subject)
+            buffer.writeInteger(UInt8(ascii: " "))
+            buffer.writeString(subscription.sid)
+            buffer.writeInteger(UInt8(ascii: " "))
+            if let reply {
+                buffer.writeString(reply)
+                buffer.writeInteger(UInt8(ascii: " "))
+            }
+            if let headerLength {
+                buffer.writeDecimal(headerLength)
+                buffer.writeInteger(UInt8(ascii: " "))
+            }
+            buffer.writeDecimal(message.readableBytes)
+            buffer.writeStaticString("\r\n")
+            var payload = message
+            buffer.writeBuffer(&payload)
+            buffer.writeStaticString("\r\n")
+        }
+        if needsFlush { touched.append(target) }
+        stats.messagesOut.wrappingIncrement(ordering: .relaxed)
+        if last {
+            if target.eventLoop.inEventLoop {
+                target.removeSubscription(subscription)
+            } else {
+                target.eventLoop.execute { target.removeSubscription(subscription) }
+            }
+        }
+        return true
+    }
+
+    /// A 503 status to the publisher's own subscription for `reply`, as nats-server sends.
+    private func sendNoResponders(reply: String) {
+        guard let subscription = subscriptions.values.first(where: { Subject.matches(filter: $0.subject, subject: reply) }) else { return }
+        enqueueSelf { buffer in
+            buffer.writeStaticString("HMSG ")
+            buffer.writeString(reply)
+            buffer.writeInteger(UInt8(ascii: " "))
+            buffer.writeString(subscription.sid)
+            buffer.writeStaticString(" 16 16\r\nNATS/1.0 503\r\n\r\n\r\n")
+        }
+    }
+
+    // MARK: outbound (any thread)
+
+    /// Appends to the outbound queue. Returns true when the caller must make
+    /// sure a flush happens (the first write since the last flush).
+    func enqueue(_ write: (inout ByteBuffer) -> Void) -> Bool {
+        var becameSlow = false
+        let needsFlush = sharedLock.withLock { () -> Bool in
+            if closedForWrites || slow { return false }
+            let before = outbound.writerIndex
+            write(&outbound)
+            let added = outbound.writerIndex - before
+            if queuedBytes == 0 { unwrittenSince = .now() }
+            queuedBytes += added
+            if queuedBytes > broker.configuration.maxPendingBytes {
+                slow = true
+                becameSlow = true
+                outbound.clear()
+                return false
+            }
+            if flushScheduled { return false }
+            flushScheduled = true
+            return true
+        }
+        if becameSlow {
+            stats.slowConsumers.wrappingIncrement(ordering: .relaxed)
+            eventLoop.execute { self.closeNow() }
+        }
+        return needsFlush
+    }
+
+    /// Queues bytes for this connection from its own loop.
+    private func enqueueSelf(_ write: (inout ByteBuffer) -> Void) {
+        if enqueue(write) { touched.append(self) }
+    }
+
+    private func enqueueError(_ message: String) {
+        enqueueSelf { buffer in
+            buffer.writeStaticString("-ERR '")
+            buffer.writeString(message)
+            buffer.writeStaticString("'\r\n")
+        }
+    }
+
+    private func enqueueInfo(context: ChannelHandlerContext) {
+        let configuration = broker.configuration
+        var info: [String: Any] = [
+            "server_id": broker.serverID,
+            "server_name": configuration.serverName,
+            "version": "2.9.10-unibus-\(UnibusVersion.current)",
+            "proto": 1,
+            "go": "swift",
+            "host": configuration.host,
+            "port": broker.port ?? configuration.port,
+            "headers": true,
+            "max_payload": configuration.maxPayload,
+            "client_id": Int(id),
+        ]
+        if let ip = context.remoteAddress?.ipAddress { info["client_ip"] = ip }
+        if configuration.authorizer != nil {
+            info["auth_required"] = true
+            info["nonce"] = nonce ?? ""
+        }
+        if !configuration.connectURLs.isEmpty { info["connect_urls"] = configuration.connectURLs }
+        let json = (try? JSONSerialization.data(withJSONObject: info, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        enqueueSelf { buffer in
+            buffer.writeStaticString("INFO ")
+            buffer.writeBytes(json)
+            buffer.writeStaticString(" \r\n")
+        }
+    }
+
+    /// Writes whatever is queued (on this connection's loop).
+    func flushNow() {
+        let buffer = sharedLock.withLock { () -> ByteBuffer? in
+            flushScheduled = false
+            guard outbound.readableBytes > 0, !closedForWrites || closing else { return nil }
+            let pending = outbound
+            outbound = channel.allocator.buffer(capacity: max(4096, min(pending.readableBytes, 1 << 20)))
+            return pending
+        }
+        guard let buffer else { return }
+        let count = buffer.readableBytes
+        stats.bytesOut.wrappingIncrement(by: count, ordering: .relaxed)
+        channel.writeAndFlush(buffer).whenComplete { [self] _ in
+            sharedLock.withLock {
+                queuedBytes -= count
+                unwrittenSince = queuedBytes > 0 ? .now() : nil
+            }
+        }
+    }
+
+    // MARK: timers
+
+    private func onTick() {
+        guard !closing else { return }
+        let configuration = broker.configuration
+        let now = NIODeadline.now()
+        let stuckSince = sharedLock.withLock { unwrittenSince }
+        if let stuckSince, now - stuckSince > configuration.writeDeadline {
+            stats.slowConsumers.wrappingIncrement(ordering: .relaxed)
+            closeNow()
+            return
+        }
+        if now - lastPingSent >= configuration.pingInterval {
+            if pingsOutstanding >= configuration.maxPingsOutstanding {
+                stats.staleConnections.wrappingIncrement(ordering: .relaxed)
+                closeWithError("Stale Connection")
+                return
+            }
+            pingsOutstanding += 1
+            lastPingSent = now
+            enqueueSelf { $0.writeStaticString("PING\r\n") }
+            flushTouched()
+        }
+    }
+
+    // MARK: closing
+
+    private func closeForAuthorizationViolation() {
+        stats.authorizationFailures.wrappingIncrement(ordering: .relaxed)
+        closeWithError("Authorization Violation")
+    }
+
+    /// Sends `-ERR 'message'`, flushes, then closes.
+    private func closeWithError(_ message: String) {
+        guard !closing else { return }
+        enqueueError(message)
+        closeAfterFlush()
+    }
+
+    private func closeAfterFlush() {
+        flushTouched()
+        tearDown()
+        channel.close(promise: nil)
+    }
+
+    /// Closes after writing what is already queued, adding nothing (how
+    /// nats-server ends a connection for malformed input).
+    func closeNow() {
+        guard !closing else { return }
+        closeAfterFlush()
+    }
+
+    /// Flushes what is queued and closes (graceful shutdown).
+    func closeGracefully() async {
+        let done = eventLoop.makePromise(of: Void.self)
+        eventLoop.execute { [self] in
+            if !closing {
+                flushNow()
+                tearDown()
+            }
+            channel.close(promise: nil)
+            channel.closeFuture.cascade(to: done)
+        }
+        try? await done.futureResult.get()
+    }
+
+    func closeForAuthorization() async {
+        try? await eventLoop.submit { [self] in closeForAuthorizationViolation() }.get()
+    }
+
+    /// Re-reads this connection's permissions from the authorizer.
+    func reauthorize() async {
+        try? await eventLoop.submit { [self] in
+            guard !closing, let authorizer = broker.configuration.authorizer, let user = authenticatedUser else { return }
+            guard let granted = authorizer.permissions(forUser: user) else {
+                closeForAuthorizationViolation()
+                return
+            }
+            guard granted != permissions else { return }
+            permissions = granted
+            publishAllowed.removeAll()
+            // Subscriptions the new permissions no longer allow are dropped, as nats-server does on reload.
+            for subscription in subscriptions.values where !granted.subscribe.permits(filter: subscription.subject) {
+                removeSubscription(subscription)
+                enqueueError("Permissions Violation for Subscription to \"\(subscription.subject)\"")
+            }
+            flushTouched()
+        }.get()
+    }
+}
+
+extension ByteBuffer {
+    /// Writes a non-negative integer in decimal without allocating.
+    @inline(__always)
+    mutating func writeDecimal(_ value: Int) {
+        if value < 10 {
+            writeInteger(UInt8(truncatingIfNeeded: value) &+ UInt8(ascii: "0"))
+            return
+        }
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var count = 0
+        var remaining = value
+        withUnsafeMutableBytes(of: &digits) { raw in
+            while remaining > 0 {
+                raw[19 - count] = UInt8(truncatingIfNeeded: remaining % 10) &+ UInt8(ascii: "0")
+                remaining /= 10
+                count += 1
+            }
+            writeBytes(UnsafeRawBufferPointer(rebasing: raw[(20 - count)...]))
+        }
+    }
+}

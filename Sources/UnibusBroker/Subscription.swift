@@ -1,0 +1,33 @@
+import Atomics
+
+/// One SUB of one connection. Shared between event loops (the publisher's
+/// loop delivers into it), so its mutable parts are atomics.
+final class Subscription: Sendable {
+    let connection: BrokerConnection
+    let subject: String
+    let queue: String?
+    let sid: String
+    /// Messages left before an UNSUB with max removes it; 0 = unlimited.
+    let remaining = ManagedAtomic<Int>(0)
+    let limited = ManagedAtomic<Bool>(false)
+    let removed = ManagedAtomic<Bool>(false)
+    /// Messages delivered so far (UNSUB with max counts them).
+    let delivered = ManagedAtomic<Int>(0)
+
+    init(connection: BrokerConnection, subject: String, queue: String?, sid: String) {
+        self.connection = connection
+        self.subject = subject
+        self.queue = queue
+        self.sid = sid
+    }
+
+    /// Claims one delivery. Returns (deliver, lastOne): with a max set, the
+    /// delivery that uses the last allowance also asks for removal.
+    func claimDelivery() -> (deliver: Bool, last: Bool) {
+        if removed.load(ordering: .relaxed) { return (false, false) }
+        guard limited.load(ordering: .relaxed) else { return (true, false) }
+        let left = remaining.loadThenWrappingDecrement(ordering: .relaxed)
+        if left <= 0 { return (false, false) }
+        return (true, left == 1)
+    }
+}

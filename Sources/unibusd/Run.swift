@@ -1,0 +1,157 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import NIOCore
+import UnibusBroker
+import UnibusCrypto
+
+/// `unibusd run` (the default): the node's broker on a listen address.
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run the node's NATS-protocol broker (the default command)."
+    )
+
+    @Option(name: .long, help: "Client listen address, HOST:PORT.")
+    var listen = "127.0.0.1:4222"
+
+    @Option(name: .long, help: "A JSON allowlist of user nkeys and permissions; requires nkey authentication. Reloaded on SIGHUP.")
+    var allowlist: String?
+
+    @Option(name: .long, help: "Largest message payload in bytes (advertised in INFO).")
+    var maxPayload = 1024 * 1024
+
+    @Option(name: .long, help: "Longest protocol control line in bytes.")
+    var maxControlLine = 4096
+
+    @Option(name: .long, help: "Most concurrent client connections (0 = unlimited).")
+    var maxConnections = 65_536
+
+    @Option(name: .long, help: "Most subscriptions per connection (0 = unlimited).")
+    var maxSubscriptions = 0
+
+    @Option(name: .long, help: "Seconds between server PINGs.")
+    var pingInterval: Double = 120
+
+    @Option(name: .long, help: "Unanswered PINGs before a client is dropped as stale.")
+    var maxPingsOut = 2
+
+    @Option(name: .long, help: "Outbound bytes a client may have queued before it is closed as a slow consumer.")
+    var maxPending = 64 * 1024 * 1024
+
+    @Option(name: .long, help: "Seconds queued outbound bytes may stay unwritten before the client is a slow consumer.")
+    var writeDeadline: Double = 10
+
+    @Option(name: .long, help: "Event loop threads (0 = one per core).")
+    var threads = 0
+
+    @Option(name: .long, help: "The node identity file (created if missing); its key names the server in INFO.")
+    var identity: String?
+
+    func run() async throws {
+        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
+            throw ValidationError("--listen must be HOST:PORT, got \(listen)")
+        }
+        var configuration = BrokerConfiguration()
+        configuration.host = String(listen[..<colon])
+        configuration.port = port
+        configuration.maxPayload = maxPayload
+        configuration.maxControlLine = maxControlLine
+        configuration.maxConnections = maxConnections
+        configuration.maxSubscriptions = maxSubscriptions
+        configuration.pingInterval = .nanoseconds(Int64(pingInterval * 1e9))
+        configuration.maxPingsOutstanding = maxPingsOut
+        configuration.maxPendingBytes = maxPending
+        configuration.writeDeadline = .nanoseconds(Int64(writeDeadline * 1e9))
+        configuration.threads = threads
+        var allowlistAuthorizer: StaticAllowlist?
+        if let allowlist {
+            do {
+                allowlistAuthorizer = try StaticAllowlist(path: allowlist)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+            configuration.authorizer = allowlistAuthorizer
+        }
+        var serverKey: Ed25519PublicKey?
+        if let identity {
+            do {
+                serverKey = try IdentityFile.loadOrCreate(at: identity).identity.signing.publicKey
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
+        let broker = Broker(configuration: configuration, serverKey: serverKey)
+        let bound = try await broker.start()
+        log("listening", ["address": "\(configuration.host):\(bound)", "server_id": broker.serverID,
+                          "auth": allowlist == nil ? "none" : "nkey"])
+
+        let signals = SignalWaiter()
+        while true {
+            let signal = await signals.next()
+            if signal == SIGHUP, let allowlistAuthorizer {
+                do {
+                    try allowlistAuthorizer.reload()
+                    await broker.reauthorize()
+                    log("allowlist reloaded", [:])
+                } catch {
+                    log("allowlist reload failed; keeping the previous one", ["error": "\(error)"])
+                }
+                continue
+            }
+            log("shutting down", ["signal": signal == SIGTERM ? "SIGTERM" : "SIGINT"])
+            await broker.shutdown()
+            log("stopped", [:])
+            return
+        }
+    }
+}
+
+/// Structured JSON log lines on standard error.
+func log(_ message: String, _ fields: [String: String]) {
+    var object: [String: String] = fields
+    object["msg"] = message
+    object["ts"] = ISO8601DateFormatter().string(from: Date())
+    if let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) {
+        FileHandle.standardError.write(data + Data("\n".utf8))
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP as an async sequence of signal numbers.
+final class SignalWaiter: @unchecked Sendable {
+    private let queue = DispatchQueue(label: "unibusd.signals")
+    private var sources: [DispatchSourceSignal] = []
+    private var pending: [Int32] = []
+    private var waiter: CheckedContinuation<Int32, Never>?
+
+    init() {
+        for signalNumber in [SIGTERM, SIGINT, SIGHUP] {
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: queue)
+            source.setEventHandler { [weak self] in self?.deliver(signalNumber) }
+            source.resume()
+            sources.append(source)
+        }
+    }
+
+    private func deliver(_ signalNumber: Int32) {
+        if let waiter {
+            self.waiter = nil
+            waiter.resume(returning: signalNumber)
+        } else {
+            pending.append(signalNumber)
+        }
+    }
+
+    func next() async -> Int32 {
+        await withCheckedContinuation { continuation in
+            queue.async {
+                if !self.pending.isEmpty {
+                    continuation.resume(returning: self.pending.removeFirst())
+                } else {
+                    self.waiter = continuation
+                }
+            }
+        }
+    }
+}
