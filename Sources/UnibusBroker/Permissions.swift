@@ -13,6 +13,15 @@ public struct SubjectPermission: Sendable, Equatable, Codable {
 
     public static let everything = SubjectPermission()
 
+    private enum CodingKeys: String, CodingKey { case allow, deny }
+
+    /// Either list may be omitted in files.
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        allow = try container.decodeIfPresent([String].self, forKey: .allow) ?? []
+        deny = try container.decodeIfPresent([String].self, forKey: .deny) ?? []
+    }
+
     /// Whether a literal subject (publish) is permitted.
     public func permits(subject: String) -> Bool {
         if deny.contains(where: { Subject.matches(filter: $0, subject: subject) }) { return false }
@@ -55,6 +64,15 @@ public struct Permissions: Sendable, Equatable, Codable {
     }
 
     public static let everything = Permissions()
+
+    private enum CodingKeys: String, CodingKey { case publish, subscribe }
+
+    /// Either direction may be omitted in files (omitted = unrestricted).
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        publish = try container.decodeIfPresent(SubjectPermission.self, forKey: .publish) ?? .everything
+        subscribe = try container.decodeIfPresent(SubjectPermission.self, forKey: .subscribe) ?? .everything
+    }
 }
 
 /// Decides whether a user (an Ed25519 key, shown as a "U…" nkey) may connect

@@ -1,0 +1,449 @@
+// The Go NATS client (Debian's golang-github-nats-io-go-nats-dev, built in
+// GOPATH mode, no network) against unibusd, and the load generator the
+// broker benchmark drives both servers with.
+//
+//	gonats interop UNIBUSD_BINARY
+//	gonats bench -url nats://127.0.0.1:4222 -mode pubsub -size 128 -n 1000000
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: gonats interop UNIBUSD | gonats bench [flags]")
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "interop":
+		os.Exit(interop(os.Args[2]))
+	case "bench":
+		os.Exit(bench(os.Args[2:]))
+	default:
+		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
+		os.Exit(2)
+	}
+}
+
+// ---------------------------------------------------------------- interop
+
+type node struct {
+	binary string
+	port   int
+	extra  []string
+	cmd    *exec.Cmd
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func (n *node) start() error {
+	args := append([]string{"run", "--listen", fmt.Sprintf("127.0.0.1:%d", n.port)}, n.extra...)
+	n.cmd = exec.Command(n.binary, args...)
+	if err := n.cmd.Start(); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", n.addr(), 200*time.Millisecond); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("unibusd did not start on %s", n.addr())
+}
+
+func (n *node) stop() {
+	if n.cmd != nil && n.cmd.Process != nil {
+		n.cmd.Process.Signal(os.Interrupt)
+		n.cmd.Wait()
+		n.cmd = nil
+	}
+}
+
+func (n *node) addr() string { return fmt.Sprintf("127.0.0.1:%d", n.port) }
+func (n *node) url() string  { return "nats://" + n.addr() }
+
+func check(cond bool, format string, args ...interface{}) error {
+	if !cond {
+		return fmt.Errorf(format, args...)
+	}
+	return nil
+}
+
+func pubSubWildcardsQueuesHeaders(n *node) error {
+	nc, err := nats.Connect(n.url())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	var star, full, queued int32
+	nc.Subscribe("orders.*", func(*nats.Msg) { atomic.AddInt32(&star, 1) })
+	nc.Subscribe("orders.>", func(*nats.Msg) { atomic.AddInt32(&full, 1) })
+	for i := 0; i < 3; i++ {
+		nc.QueueSubscribe("work", "workers", func(*nats.Msg) { atomic.AddInt32(&queued, 1) })
+	}
+	headers, _ := nc.SubscribeSync("h")
+	nc.Publish("orders.new", []byte("1"))
+	nc.Publish("orders.eu.new", []byte("2"))
+	for i := 0; i < 100; i++ {
+		nc.Publish("work", []byte("job"))
+	}
+	msg := nats.NewMsg("h")
+	msg.Header.Set("X-Trace", "abc")
+	msg.Data = []byte("body")
+	if err := nc.PublishMsg(msg); err != nil {
+		return err
+	}
+	if err := nc.Flush(); err != nil {
+		return err
+	}
+	got, err := headers.NextMsg(2 * time.Second)
+	if err != nil {
+		return err
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := check(atomic.LoadInt32(&star) == 1 && atomic.LoadInt32(&full) == 2, "wildcards: star=%d full=%d", star, full); err != nil {
+		return err
+	}
+	if err := check(atomic.LoadInt32(&queued) == 100, "queue group delivered %d of 100", queued); err != nil {
+		return err
+	}
+	return check(got.Header.Get("X-Trace") == "abc" && string(got.Data) == "body", "headers: %v %q", got.Header, got.Data)
+}
+
+func requestReplyNoResponders(n *node) error {
+	nc, err := nats.Connect(n.url())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	nc.Subscribe("svc.echo", func(m *nats.Msg) { m.Respond(append([]byte("re:"), m.Data...)) })
+	reply, err := nc.Request("svc.echo", []byte("ping"), 2*time.Second)
+	if err != nil {
+		return err
+	}
+	if err := check(string(reply.Data) == "re:ping", "reply %q", reply.Data); err != nil {
+		return err
+	}
+	_, err = nc.Request("svc.nobody", []byte("x"), 2*time.Second)
+	return check(errors.Is(err, nats.ErrNoResponders), "expected no responders, got %v", err)
+}
+
+func flushRTTDrain(n *node) error {
+	nc, err := nats.Connect(n.url())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	for i := 0; i < 5; i++ {
+		if err := nc.FlushTimeout(2 * time.Second); err != nil {
+			return err
+		}
+	}
+	rtt, err := nc.RTT()
+	if err != nil {
+		return err
+	}
+	if err := check(rtt < time.Second, "rtt %v", rtt); err != nil {
+		return err
+	}
+	var count int32
+	sub, _ := nc.Subscribe("drain.me", func(*nats.Msg) {
+		time.Sleep(time.Millisecond)
+		atomic.AddInt32(&count, 1)
+	})
+	pub, err := nats.Connect(n.url())
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	for i := 0; i < 50; i++ {
+		pub.Publish("drain.me", []byte("x"))
+	}
+	pub.Flush()
+	time.Sleep(50 * time.Millisecond)
+	if err := sub.Drain(); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for sub.IsValid() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := check(atomic.LoadInt32(&count) == 50, "drain delivered %d of 50", count); err != nil {
+		return err
+	}
+	return nc.Drain()
+}
+
+func newUser() (nkeys.KeyPair, string) {
+	kp, _ := nkeys.CreateUser()
+	pub, _ := kp.PublicKey()
+	return kp, pub
+}
+
+func nkeyOption(kp nkeys.KeyPair) nats.Option {
+	pub, _ := kp.PublicKey()
+	return nats.Nkey(pub, func(nonce []byte) ([]byte, error) { return kp.Sign(nonce) })
+}
+
+func writeAllowlist(users []map[string]interface{}) (string, error) {
+	f, err := os.CreateTemp("", "allowlist-*.json")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	return f.Name(), json.NewEncoder(f).Encode(map[string]interface{}{"users": users})
+}
+
+func nkeyAuthAndPermissions(binary string) error {
+	kp, pub := newUser()
+	path, err := writeAllowlist([]map[string]interface{}{{"nkey": pub, "permissions": map[string]interface{}{
+		"publish": map[string]interface{}{"allow": []string{"allowed.>", "_INBOX.>"}},
+	}}})
+	if err != nil {
+		return err
+	}
+	defer os.Remove(path)
+	n := &node{binary: binary, port: freePort(), extra: []string{"--allowlist", path}}
+	if err := n.start(); err != nil {
+		return err
+	}
+	defer n.stop()
+
+	errs := make(chan error, 4)
+	nc, err := nats.Connect(n.url(), nkeyOption(kp), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, e error) { errs <- e }))
+	if err != nil {
+		return fmt.Errorf("allowed nkey refused: %v", err)
+	}
+	defer nc.Close()
+	sub, _ := nc.SubscribeSync("allowed.x")
+	nc.Publish("denied.x", []byte("no"))
+	nc.Publish("allowed.x", []byte("yes"))
+	nc.Flush()
+	msg, err := sub.NextMsg(2 * time.Second)
+	if err != nil {
+		return err
+	}
+	if err := check(string(msg.Data) == "yes", "got %q", msg.Data); err != nil {
+		return err
+	}
+	select {
+	case e := <-errs:
+		if err := check(strings.Contains(strings.ToLower(e.Error()), nats.PERMISSIONS_ERR) && strings.Contains(e.Error(), `"denied.x"`), "error handler got %v", e); err != nil {
+			return err
+		}
+	case <-time.After(2 * time.Second):
+		return fmt.Errorf("no permission violation reported")
+	}
+	if err := check(nc.IsConnected(), "connection closed after a permission violation"); err != nil {
+		return err
+	}
+	stranger, _ := newUser()
+	_, err = nats.Connect(n.url(), nkeyOption(stranger), nats.NoReconnect())
+	if err := check(err != nil && errors.Is(err, nats.ErrAuthorization), "unknown nkey: %v", err); err != nil {
+		return err
+	}
+	_, err = nats.Connect(n.url(), nats.NoReconnect())
+	return check(err != nil, "no credentials accepted")
+}
+
+func reconnectAfterRestart(binary string) error {
+	n := &node{binary: binary, port: freePort()}
+	if err := n.start(); err != nil {
+		return err
+	}
+	reconnected := make(chan struct{}, 1)
+	nc, err := nats.Connect(n.url(), nats.ReconnectWait(100*time.Millisecond), nats.MaxReconnects(-1),
+		nats.ReconnectHandler(func(*nats.Conn) { reconnected <- struct{}{} }))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	sub, _ := nc.SubscribeSync("after.restart")
+	nc.Flush()
+	n.stop()
+	time.Sleep(200 * time.Millisecond)
+	if err := n.start(); err != nil {
+		return err
+	}
+	defer n.stop()
+	select {
+	case <-reconnected:
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("no reconnect")
+	}
+	nc.Publish("after.restart", []byte("back"))
+	msg, err := sub.NextMsg(3 * time.Second)
+	if err != nil {
+		return err
+	}
+	return check(string(msg.Data) == "back", "got %q", msg.Data)
+}
+
+func interop(binary string) int {
+	shared := &node{binary: binary, port: freePort()}
+	if err := shared.start(); err != nil {
+		fmt.Println("FAIL start:", err)
+		return 1
+	}
+	defer shared.stop()
+	scenarios := []struct {
+		name string
+		run  func() error
+	}{
+		{"pub/sub, wildcards, queue groups, headers", func() error { return pubSubWildcardsQueuesHeaders(shared) }},
+		{"request/reply and no-responders", func() error { return requestReplyNoResponders(shared) }},
+		{"flush, RTT and drain", func() error { return flushRTTDrain(shared) }},
+		{"nkey authentication and permissions", func() error { return nkeyAuthAndPermissions(binary) }},
+		{"reconnect to a restarted server", func() error { return reconnectAfterRestart(binary) }},
+	}
+	passed, failed := 0, 0
+	for _, s := range scenarios {
+		if err := s.run(); err != nil {
+			fmt.Printf("FAIL %s: %v\n", s.name, err)
+			failed++
+		} else {
+			fmt.Printf("ok   %s\n", s.name)
+			passed++
+		}
+	}
+	fmt.Printf("%d passed, %d failed\n", passed, failed)
+	if failed > 0 {
+		return 1
+	}
+	return 0
+}
+
+// ---------------------------------------------------------------- bench
+
+type result struct {
+	Mode       string  `json:"mode"`
+	Size       int     `json:"size"`
+	Messages   int     `json:"messages"`
+	Seconds    float64 `json:"seconds"`
+	MsgsPerSec float64 `json:"msgs_per_sec"`
+	P50us      float64 `json:"p50_us,omitempty"`
+	P99us      float64 `json:"p99_us,omitempty"`
+}
+
+func bench(args []string) int {
+	fs := flag.NewFlagSet("bench", flag.ExitOnError)
+	url := fs.String("url", nats.DefaultURL, "server URL")
+	mode := fs.String("mode", "pubsub", "pub | pubsub | fanout | reqrep")
+	size := fs.Int("size", 128, "payload bytes")
+	count := fs.Int("n", 1000000, "messages (requests for reqrep)")
+	subs := fs.Int("subs", 5, "subscribers for fanout")
+	fs.Parse(args)
+
+	payload := make([]byte, *size)
+	subject := "bench." + *mode
+	out := result{Mode: *mode, Size: *size, Messages: *count}
+	opts := []nats.Option{nats.ReconnectBufSize(-1)}
+
+	switch *mode {
+	case "pub", "pubsub", "fanout":
+		nsubs := 0
+		if *mode == "pubsub" {
+			nsubs = 1
+		} else if *mode == "fanout" {
+			nsubs = *subs
+		}
+		var wg sync.WaitGroup
+		var conns []*nats.Conn
+		for i := 0; i < nsubs; i++ {
+			nc, err := nats.Connect(*url, opts...)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			conns = append(conns, nc)
+			wg.Add(1)
+			received := 0
+			sub, _ := nc.Subscribe(subject, func(*nats.Msg) {
+				received++
+				if received == *count {
+					wg.Done()
+				}
+			})
+			sub.SetPendingLimits(-1, -1)
+			nc.Flush()
+		}
+		pub, err := nats.Connect(*url, opts...)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		start := time.Now()
+		for i := 0; i < *count; i++ {
+			pub.Publish(subject, payload)
+		}
+		pub.Flush()
+		wg.Wait()
+		elapsed := time.Since(start)
+		out.Seconds = elapsed.Seconds()
+		out.MsgsPerSec = float64(*count) / elapsed.Seconds()
+		pub.Close()
+		for _, c := range conns {
+			c.Close()
+		}
+	case "reqrep":
+		responder, err := nats.Connect(*url, opts...)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		responder.Subscribe(subject, func(m *nats.Msg) { m.Respond(m.Data) })
+		responder.Flush()
+		requester, err := nats.Connect(*url, opts...)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		latencies := make([]time.Duration, 0, *count)
+		start := time.Now()
+		for i := 0; i < *count; i++ {
+			t := time.Now()
+			if _, err := requester.Request(subject, payload, 5*time.Second); err != nil {
+				fmt.Fprintln(os.Stderr, "request failed:", err)
+				return 1
+			}
+			latencies = append(latencies, time.Since(t))
+		}
+		elapsed := time.Since(start)
+		sort.Slice(latencies, func(a, b int) bool { return latencies[a] < latencies[b] })
+		out.Seconds = elapsed.Seconds()
+		out.MsgsPerSec = float64(*count) / elapsed.Seconds()
+		out.P50us = float64(latencies[len(latencies)/2].Nanoseconds()) / 1000
+		out.P99us = float64(latencies[len(latencies)*99/100].Nanoseconds()) / 1000
+		requester.Close()
+		responder.Close()
+	default:
+		fmt.Fprintln(os.Stderr, "unknown mode", *mode)
+		return 2
+	}
+	json.NewEncoder(os.Stdout).Encode(out)
+	return 0
+}

@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""nats-py (a stock NATS client) against a real unibusd process.
+
+    natspy_broker.py UNIBUSD_BINARY
+
+Each scenario starts what it needs on free loopback ports and stops it.
+Prints one line per scenario and a closing "N passed, N failed"; exit 1 on
+any failure, 3 if nats-py or nkeys is missing.
+"""
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+try:
+    import nats
+    import nats.errors
+    import nkeys
+    import nacl.utils
+except ImportError as error:
+    sys.stderr.write(f"interop peer missing: {error}; pip install nats-py nkeys\n")
+    sys.exit(3)
+
+BINARY = sys.argv[1]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("unibusd did not start")
+
+
+class Node:
+    def __init__(self, *extra, port=None):
+        self.port = port or free_port()
+        self.extra = list(extra)
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen([BINARY, "run", "--listen", f"127.0.0.1:{self.port}", *self.extra],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for(self.port)
+        return self
+
+    def stop(self):
+        if self.process:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    @property
+    def url(self):
+        return f"nats://127.0.0.1:{self.port}"
+
+
+def new_user():
+    seed = nkeys.encode_seed(nacl.utils.random(32), nkeys.PREFIX_BYTE_USER)
+    return seed, nkeys.from_seed(seed).public_key.decode()
+
+
+def write_allowlist(users):
+    handle, path = tempfile.mkstemp(suffix=".json")
+    with os.fdopen(handle, "w") as f:
+        json.dump({"users": users}, f)
+    return path
+
+
+async def pubsub_wildcards_queues_headers(node):
+    nc = await nats.connect(node.url)
+    got = {"star": [], "full": [], "queue": 0, "headers": None}
+    async def star(msg): got["star"].append(msg.subject)
+    async def full(msg): got["full"].append(msg.subject)
+    async def queued(msg): got["queue"] += 1
+    async def headered(msg): got["headers"] = (msg.headers, msg.data)
+    await nc.subscribe("orders.*", cb=star)
+    await nc.subscribe("orders.>", cb=full)
+    for _ in range(3):
+        await nc.subscribe("work", queue="workers", cb=queued)
+    await nc.subscribe("h", cb=headered)
+    await nc.publish("orders.new", b"1")
+    await nc.publish("orders.eu.new", b"2")
+    for _ in range(10):
+        await nc.publish("work", b"job")
+    await nc.publish("h", b"body", headers={"X-Trace": "abc", "K": "v"})
+    await nc.flush()
+    await asyncio.sleep(0.2)
+    await nc.close()
+    assert got["star"] == ["orders.new"], got
+    assert sorted(got["full"]) == ["orders.eu.new", "orders.new"], got
+    assert got["queue"] == 10, f"queue group delivered {got['queue']} of 10"
+    assert got["headers"] == ({"X-Trace": "abc", "K": "v"}, b"body"), got["headers"]
+
+
+async def request_reply_and_no_responders(node):
+    nc = await nats.connect(node.url)
+    async def responder(msg):
+        await msg.respond(b"re:" + msg.data)
+    await nc.subscribe("svc.echo", cb=responder)
+    reply = await nc.request("svc.echo", b"ping", timeout=2)
+    assert reply.data == b"re:ping", reply.data
+    try:
+        await nc.request("svc.nobody", b"x", timeout=2)
+        raise AssertionError("expected no responders")
+    except nats.errors.NoRespondersError:
+        pass
+    await nc.close()
+
+
+async def unsubscribe_with_max_and_drain(node):
+    nc = await nats.connect(node.url)
+    received = []
+    async def cb(msg): received.append(msg.data)
+    sub = await nc.subscribe("limited", cb=cb)
+    await sub.unsubscribe(limit=2)
+    for i in range(5):
+        await nc.publish("limited", b"%d" % i)
+    await nc.flush()
+    await asyncio.sleep(0.2)
+    assert received == [b"0", b"1"], received
+    await nc.drain()
+
+
+async def nkey_authentication(_):
+    seed, public = new_user()
+    _, stranger_public = new_user()
+    allowlist = write_allowlist([{"nkey": public}])
+    node = Node("--allowlist", allowlist).start()
+    try:
+        nc = await nats.connect(node.url, nkeys_seed_str=seed.decode(), allow_reconnect=False)
+        sub = await nc.subscribe("secure")
+        await nc.publish("secure", b"ok")
+        msg = await sub.next_msg(timeout=2)
+        assert msg.data == b"ok"
+        await nc.close()
+        # A valid key that is not allowed.
+        stranger_seed, _ = new_user()
+        errors = []
+        async def on_error(e): errors.append(e)
+        try:
+            await nats.connect(node.url, nkeys_seed_str=stranger_seed.decode(), allow_reconnect=False,
+                               error_cb=on_error, max_reconnect_attempts=0, connect_timeout=2)
+            raise AssertionError("an unknown nkey was allowed to connect")
+        except AssertionError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            assert "Authorization Violation" in str(error) or any("Authorization" in str(e) for e in errors), (error, errors)
+        # No credentials at all.
+        try:
+            await nats.connect(node.url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2,
+                               error_cb=on_error)
+            raise AssertionError("a client without credentials was allowed to connect")
+        except AssertionError:
+            raise
+        except Exception:  # noqa: BLE001
+            pass
+    finally:
+        node.stop()
+        os.unlink(allowlist)
+
+
+async def permission_violation_callback(_):
+    seed, public = new_user()
+    allowlist = write_allowlist([{"nkey": public, "permissions": {
+        "publish": {"allow": ["allowed.>"]}, "subscribe": {"allow": ["allowed.>", "_INBOX.>"]}}}])
+    node = Node("--allowlist", allowlist).start()
+    try:
+        errors = []
+        async def on_error(e): errors.append(str(e))
+        nc = await nats.connect(node.url, nkeys_seed_str=seed.decode(), error_cb=on_error)
+        sub = await nc.subscribe("allowed.x")
+        await nc.publish("denied.x", b"no")
+        await nc.subscribe("denied.>")
+        await nc.publish("allowed.x", b"yes")
+        msg = await sub.next_msg(timeout=2)
+        assert msg.data == b"yes"
+        await nc.flush()
+        await asyncio.sleep(0.3)
+        # nats-py lower-cases the server's -ERR text.
+        assert any('permissions violation for publish to "denied.x"' in e.lower() for e in errors), errors
+        assert any('permissions violation for subscription to "denied.>"' in e.lower() for e in errors), errors
+        assert nc.is_connected, "a permission violation must not close the connection"
+        await nc.close()
+    finally:
+        node.stop()
+        os.unlink(allowlist)
+
+
+async def reconnect_to_restarted_server(_):
+    node = Node().start()
+    reconnected = asyncio.Event()
+    async def on_reconnect(): reconnected.set()
+    nc = await nats.connect(node.url, reconnect_time_wait=0.2, max_reconnect_attempts=100,
+                            reconnected_cb=on_reconnect)
+    sub = await nc.subscribe("after.restart")
+    node.stop()
+    await asyncio.sleep(0.3)
+    node.start()
+    await asyncio.wait_for(reconnected.wait(), timeout=10)
+    await nc.publish("after.restart", b"back")
+    msg = await sub.next_msg(timeout=3)
+    assert msg.data == b"back"
+    await nc.close()
+    node.stop()
+
+
+SCENARIOS = [
+    ("pub/sub, wildcards, queue groups, headers", pubsub_wildcards_queues_headers, True),
+    ("request/reply and no-responders", request_reply_and_no_responders, True),
+    ("UNSUB with max and drain", unsubscribe_with_max_and_drain, True),
+    ("nkey authentication (allowed, unknown, none)", nkey_authentication, False),
+    ("permission violation callback, connection stays open", permission_violation_callback, False),
+    ("reconnect to a restarted server", reconnect_to_restarted_server, False),
+]
+
+
+async def main():
+    shared = Node().start()
+    passed = failed = 0
+    try:
+        for name, scenario, uses_shared in SCENARIOS:
+            try:
+                await asyncio.wait_for(scenario(shared if uses_shared else None), timeout=30)
+                print(f"ok   {name}")
+                passed += 1
+            except Exception:  # noqa: BLE001
+                print(f"FAIL {name}\n{traceback.format_exc()}")
+                failed += 1
+    finally:
+        shared.stop()
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
