@@ -26,9 +26,19 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
 
     let id: UInt64
     let eventLoop: EventLoop
-    private unowned let broker: Broker
+    // Strong: the broker outlives its connections, and an unowned reference
+    // costs an atomic retain on every access on the publish path.
+    private let broker: Broker
+    private let index: SubjectIndex
     private let channel: Channel
     private let stats: BrokerStatistics
+    private let requiresAuthentication: Bool
+    private let maxPendingBytes: Int
+    /// Above this many queued bytes, publishers into this connection stop
+    /// reading until it drains below half of it (nats-server stalls fast
+    /// producers the same way, so a fast publisher does not turn a healthy
+    /// subscriber into a slow consumer).
+    private let stallThreshold: Int
 
     // MARK: loop-confined
     private var parser: ClientProtocolParser
@@ -36,7 +46,10 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
     private var options = ClientOptions()
     private var connected = false
     private var nonce: String?
-    private var permissions = Permissions.everything
+    private var permissions = Permissions.everything {
+        didSet { publishUnrestricted = permissions.publish == .everything }
+    }
+    private var publishUnrestricted = true
     private var publishAllowed: [String: Bool] = [:]
     private var subscriptions: [String: Subscription] = [:]
     private var pingsOutstanding = 0
@@ -45,6 +58,12 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
     private var authTimer: Scheduled<Void>?
     private var closing = false
     private var lastPingSent = NIODeadline.now()
+    /// Connections this batch filled past the stall threshold.
+    private var congested: [BrokerConnection] = []
+    private var readingPaused = false
+    private var registered = false
+    private var tornDown = false
+    private var context: ChannelHandlerContext?
 
     // MARK: shared
     private let sharedLock = NIOLock()
@@ -55,6 +74,8 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
     private var slow = false
     private var closedForWrites = false
     private var user: String?
+    /// Publishers paused until this connection's queue drains.
+    private var drainWaiters: [@Sendable () -> Void] = []
 
     init(id: UInt64, broker: Broker, channel: Channel) {
         self.id = id
@@ -62,6 +83,10 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         self.channel = channel
         self.eventLoop = channel.eventLoop
         self.stats = broker.statistics
+        self.index = broker.index
+        self.requiresAuthentication = broker.configuration.authorizer != nil
+        self.maxPendingBytes = broker.configuration.maxPendingBytes
+        self.stallThreshold = max(broker.configuration.maxPendingBytes / 8, 64 * 1024)
         self.parser = ClientProtocolParser(maxControlLine: broker.configuration.maxControlLine,
                                            maxPayload: broker.configuration.maxPayload)
         self.outbound = channel.allocator.buffer(capacity: 4096)
@@ -73,8 +98,10 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
     // MARK: lifecycle
 
     func channelActive(context: ChannelHandlerContext) {
+        self.context = context
         stats.connectionsAccepted.wrappingIncrement(ordering: .relaxed)
         let accepted = broker.register(self)
+        registered = accepted
         if broker.configuration.authorizer != nil {
             nonce = Base64.encode(Sodium.randomNonce(count: 11), alphabet: .url)
         }
@@ -92,6 +119,9 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         let tick = min(TimeAmount.seconds(1), broker.configuration.pingInterval, broker.configuration.writeDeadline)
         timer = eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { [weak self] _ in self?.onTick() }
         flushNow()
+        // autoRead is off: reads are requested here and after each batch,
+        // so that a publisher can be paused (see `stallThreshold`).
+        context.read()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -106,9 +136,9 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// Removes subscriptions and registration; idempotent.
     private func tearDown() {
-        guard !closing || timer != nil || !subscriptions.isEmpty else { return }
-        let wasRegistered = !closing || timer != nil
         closing = true
+        guard !tornDown else { return }
+        tornDown = true
         timer?.cancel()
         timer = nil
         authTimer?.cancel()
@@ -117,8 +147,13 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
             broker.index.remove(subscription)
         }
         subscriptions.removeAll()
-        sharedLock.withLock { closedForWrites = true }
-        if wasRegistered {
+        let waiters = sharedLock.withLock { () -> [@Sendable () -> Void] in
+            closedForWrites = true
+            defer { drainWaiters.removeAll() }
+            return drainWaiters
+        }
+        for waiter in waiters { waiter() }
+        if registered {
             broker.unregister(self)
             stats.currentConnections.wrappingDecrement(ordering: .relaxed)
         }
@@ -159,6 +194,45 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         flushTouched()
+        guard !closing else { return }
+        if congested.isEmpty {
+            context.read()
+            return
+        }
+        // Pause until every congested target drained; each calls back once.
+        let targets = congested
+        congested.removeAll(keepingCapacity: true)
+        readingPaused = true
+        let remaining = ManagedAtomic<Int>(targets.count)
+        for target in targets {
+            target.whenDrained { [self] in
+                if remaining.wrappingDecrementThenLoad(ordering: .acquiringAndReleasing) == 0 {
+                    eventLoop.execute { self.resumeReading() }
+                }
+            }
+        }
+    }
+
+    private func resumeReading() {
+        guard readingPaused, !closing else { return }
+        readingPaused = false
+        context?.read()
+    }
+
+    /// Runs `callback` (on any thread) once the queue is below half the
+    /// stall threshold or the connection is closed.
+    func whenDrained(_ callback: @escaping @Sendable () -> Void) {
+        let runNow = sharedLock.withLock { () -> Bool in
+            if closedForWrites || slow || queuedBytes < stallThreshold / 2 { return true }
+            drainWaiters.append(callback)
+            return false
+        }
+        if runNow { callback() }
+    }
+
+    /// Whether this connection's queue is past the stall threshold.
+    func isCongested() -> Bool {
+        sharedLock.withLock { queuedBytes >= stallThreshold }
     }
 
     /// Schedules a flush of every connection this batch of reads wrote to.
@@ -177,7 +251,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
     // MARK: operations
 
     private func handle(_ op: ClientOp) {
-        if broker.configuration.authorizer != nil && !connected {
+        if requiresAuthentication && !connected {
             switch op {
             case .connect: break
             default:
@@ -325,7 +399,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         stats.messagesIn.wrappingIncrement(ordering: .relaxed)
         // nats-server acknowledges before it delivers (the +OK precedes an echoed MSG).
         acknowledge()
-        let result = broker.index.match(subject)
+        let result = index.match(subject)
         if result.isEmpty {
             if let reply, options.noResponders {
                 sendNoResponders(reply: reply)
@@ -341,6 +415,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private func isPublishAllowed(_ subject: String) -> Bool {
+        if publishUnrestricted { return true }
         if let known = publishAllowed[subject] { return known }
         let allowed = permissions.publish.permits(subject: subject)
         if publishAllowed.count > 1024 { publishAllowed.removeAll() }
@@ -366,30 +441,15 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         guard deliver else { return false }
         subscription.delivered.wrappingIncrement(ordering: .relaxed)
         let needsFlush = target.enqueue { buffer in
-            if headerLength != nil {
-                buffer.writeStaticString("HMSG ")
-            } else {
-                buffer.writeStaticString("MSG ")
-            }
-            buffer.writeString(subject)
-            buffer.writeInteger(UInt8(ascii: " "))
-            buffer.writeString(subscription.sid)
-            buffer.writeInteger(UInt8(ascii: " "))
-            if let reply {
-                buffer.writeString(reply)
-                buffer.writeInteger(UInt8(ascii: " "))
-            }
-            if let headerLength {
-                buffer.writeDecimal(headerLength)
-                buffer.writeInteger(UInt8(ascii: " "))
-            }
-            buffer.writeDecimal(message.readableBytes)
-            buffer.writeStaticString("\r\n")
-            var payload = message
-            buffer.writeBuffer(&payload)
-            buffer.writeStaticString("\r\n")
+            MessageEncoder.writeMessage(into: &buffer, subject: subject, sid: subscription.sidBytes,
+                                        reply: reply, headerLength: headerLength, message: message)
         }
-        if needsFlush { touched.append(target) }
+        if needsFlush {
+            touched.append(target)
+            if target !== self && target.isCongested() && !congested.contains(where: { $0 === target }) {
+                congested.append(target)
+            }
+        }
         stats.messagesOut.wrappingIncrement(ordering: .relaxed)
         if last {
             if target.eventLoop.inEventLoop {
@@ -426,7 +486,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
             let added = outbound.writerIndex - before
             if queuedBytes == 0 { unwrittenSince = .now() }
             queuedBytes += added
-            if queuedBytes > broker.configuration.maxPendingBytes {
+            if queuedBytes > maxPendingBytes {
                 slow = true
                 becameSlow = true
                 outbound.clear()
@@ -497,10 +557,14 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         let count = buffer.readableBytes
         stats.bytesOut.wrappingIncrement(by: count, ordering: .relaxed)
         channel.writeAndFlush(buffer).whenComplete { [self] _ in
-            sharedLock.withLock {
+            let waiters = sharedLock.withLock { () -> [@Sendable () -> Void] in
                 queuedBytes -= count
                 unwrittenSince = queuedBytes > 0 ? .now() : nil
+                guard !drainWaiters.isEmpty, queuedBytes < stallThreshold / 2 else { return [] }
+                defer { drainWaiters.removeAll() }
+                return drainWaiters
             }
+            for waiter in waiters { waiter() }
         }
     }
 

@@ -7,6 +7,8 @@ final class Subscription: Sendable {
     let subject: String
     let queue: String?
     let sid: String
+    /// The sid as bytes, written into every MSG line.
+    let sidBytes: [UInt8]
     /// Messages left before an UNSUB with max removes it; 0 = unlimited.
     let remaining = ManagedAtomic<Int>(0)
     let limited = ManagedAtomic<Bool>(false)
@@ -19,6 +21,7 @@ final class Subscription: Sendable {
         self.subject = subject
         self.queue = queue
         self.sid = sid
+        self.sidBytes = Array(sid.utf8)
     }
 
     /// Claims one delivery. Returns (deliver, lastOne): with a max set, the

@@ -41,9 +41,6 @@ public struct ClientProtocolParser: Sendable {
         }
         if newline > maxControlLine { throw .maxControlLine }
         let lineEnd = newline > 0 && buffer.getInteger(at: buffer.readerIndex + newline - 1, as: UInt8.self) == UInt8(ascii: "\r") ? newline - 1 : newline
-        let arguments = buffer.withUnsafeReadableBytes { raw in
-            Self.split(UnsafeRawBufferPointer(rebasing: raw[keywordLength..<lineEnd]))
-        }
         let controlLength = newline + 1
 
         switch keyword {
@@ -67,49 +64,74 @@ public struct ClientProtocolParser: Sendable {
             let json = buffer.getSlice(at: buffer.readerIndex + keywordLength, length: max(lineEnd - keywordLength, 0)) ?? ByteBuffer()
             buffer.moveReaderIndex(forwardBy: controlLength)
             return .connect(json)
+        case .sub, .unsub, .pub, .hpub:
+            var fields = ArgumentFields()
+            buffer.withUnsafeReadableBytes { raw in
+                fields.scan(UnsafeRawBufferPointer(rebasing: raw[keywordLength..<lineEnd]), offset: keywordLength)
+            }
+            return try parseArguments(keyword, fields: fields, buffer: &buffer, controlLength: controlLength)
+        }
+    }
+
+    /// Builds SUB/UNSUB/PUB/HPUB from up to four whitespace-separated fields
+    /// without allocating an array (this is the publish hot path).
+    private func parseArguments(_ keyword: Keyword, fields: ArgumentFields, buffer: inout ByteBuffer, controlLength: Int) throws(ProtocolViolation) -> ClientOp? {
+        func text(_ index: Int) -> String { fields.string(index, in: buffer) }
+        func size(_ index: Int) -> Int? { fields.decimal(index, in: buffer) }
+        switch keyword {
         case .sub:
             let op: ClientOp
-            switch arguments.count {
-            case 2: op = .sub(subject: arguments[0], queue: nil, sid: arguments[1])
-            case 3: op = .sub(subject: arguments[0], queue: arguments[1], sid: arguments[2])
+            switch fields.count {
+            case 2: op = .sub(subject: text(0), queue: nil, sid: text(1))
+            case 3: op = .sub(subject: text(0), queue: text(1), sid: text(2))
             default: throw .malformedArguments
             }
             buffer.moveReaderIndex(forwardBy: controlLength)
             return op
         case .unsub:
             let op: ClientOp
-            switch arguments.count {
-            case 1: op = .unsub(sid: arguments[0], max: nil)
+            switch fields.count {
+            case 1: op = .unsub(sid: text(0), max: nil)
             case 2:
-                guard let max = Self.parseSize(arguments[1]) else { throw .malformedArguments }
-                op = .unsub(sid: arguments[0], max: max)
+                guard let max = size(1) else { throw .malformedArguments }
+                op = .unsub(sid: text(0), max: max)
             default: throw .malformedArguments
             }
             buffer.moveReaderIndex(forwardBy: controlLength)
             return op
         case .pub:
-            let subject: String, reply: String?, sizeText: String
-            switch arguments.count {
-            case 2: (subject, reply, sizeText) = (arguments[0], nil, arguments[1])
-            case 3: (subject, reply, sizeText) = (arguments[0], arguments[1], arguments[2])
+            let sizeField: Int
+            switch fields.count {
+            case 2: sizeField = 1
+            case 3: sizeField = 2
             default: throw .malformedArguments
             }
-            guard let size = Self.parseSize(sizeText) else { throw .malformedArguments }
-            guard size <= maxPayload else { throw .maxPayload }
-            guard let payload = try Self.takePayload(&buffer, controlLength: controlLength, size: size) else { return nil }
+            guard let payloadSize = size(sizeField) else { throw .malformedArguments }
+            guard payloadSize <= maxPayload else { throw .maxPayload }
+            // Check completeness before building strings, so a partial
+            // message costs nothing on each read that does not finish it.
+            guard buffer.readableBytes >= controlLength + payloadSize + 2 else { return nil }
+            let subject = text(0)
+            let reply = fields.count == 3 ? text(1) : nil
+            guard let payload = try Self.takePayload(&buffer, controlLength: controlLength, size: payloadSize) else { return nil }
             return .pub(subject: subject, reply: reply, payload: payload)
         case .hpub:
-            let subject: String, reply: String?, headerText: String, totalText: String
-            switch arguments.count {
-            case 3: (subject, reply, headerText, totalText) = (arguments[0], nil, arguments[1], arguments[2])
-            case 4: (subject, reply, headerText, totalText) = (arguments[0], arguments[1], arguments[2], arguments[3])
+            let headerField: Int
+            switch fields.count {
+            case 3: headerField = 1
+            case 4: headerField = 2
             default: throw .malformedArguments
             }
-            guard let headerLength = Self.parseSize(headerText), let total = Self.parseSize(totalText),
+            guard let headerLength = size(headerField), let total = size(headerField + 1),
                   headerLength <= total else { throw .malformedArguments }
             guard total <= maxPayload else { throw .maxPayload }
+            guard buffer.readableBytes >= controlLength + total + 2 else { return nil }
+            let subject = text(0)
+            let reply = fields.count == 4 ? text(1) : nil
             guard let message = try Self.takePayload(&buffer, controlLength: controlLength, size: total) else { return nil }
             return .hpub(subject: subject, reply: reply, headerLength: headerLength, message: message)
+        default:
+            return nil
         }
     }
 
@@ -176,24 +198,6 @@ public struct ClientProtocolParser: Sendable {
         }.get()
     }
 
-    /// Splits on spaces and tabs.
-    static func split(_ raw: UnsafeRawBufferPointer) -> [String] {
-        var parts: [String] = []
-        var start = -1
-        for index in 0...raw.count {
-            let isSeparator = index == raw.count || raw[index] == UInt8(ascii: " ") || raw[index] == UInt8(ascii: "\t")
-            if isSeparator {
-                if start >= 0 {
-                    parts.append(String(decoding: UnsafeRawBufferPointer(rebasing: raw[start..<index]), as: UTF8.self))
-                    start = -1
-                }
-            } else if start < 0 {
-                start = index
-            }
-        }
-        return parts
-    }
-
     /// A non-negative decimal of at most 10 digits (nats-server's parseSize).
     static func parseSize(_ text: String) -> Int? {
         var value = 0
@@ -205,6 +209,71 @@ public struct ClientProtocolParser: Sendable {
             if digits > 10 { return nil }
         }
         return digits > 0 ? value : nil
+    }
+}
+
+/// Up to four whitespace-separated fields of a control line, as offsets
+/// from the buffer's reader index (a count of 5 means "too many").
+struct ArgumentFields {
+    private var starts: (Int, Int, Int, Int) = (0, 0, 0, 0)
+    private var ends: (Int, Int, Int, Int) = (0, 0, 0, 0)
+    private(set) var count = 0
+
+    mutating func scan(_ raw: UnsafeRawBufferPointer, offset: Int) {
+        var index = 0
+        let end = raw.count
+        while index < end {
+            while index < end, raw[index] == UInt8(ascii: " ") || raw[index] == UInt8(ascii: "\t") { index += 1 }
+            if index == end { break }
+            let start = index
+            while index < end, raw[index] != UInt8(ascii: " "), raw[index] != UInt8(ascii: "\t") { index += 1 }
+            guard count < 4 else {
+                count = 5
+                return
+            }
+            set(count, start: start + offset, end: index + offset)
+            count += 1
+        }
+    }
+
+    private mutating func set(_ field: Int, start: Int, end: Int) {
+        switch field {
+        case 0: starts.0 = start; ends.0 = end
+        case 1: starts.1 = start; ends.1 = end
+        case 2: starts.2 = start; ends.2 = end
+        default: starts.3 = start; ends.3 = end
+        }
+    }
+
+    private func range(_ field: Int) -> Range<Int> {
+        switch field {
+        case 0: return starts.0..<ends.0
+        case 1: return starts.1..<ends.1
+        case 2: return starts.2..<ends.2
+        default: return starts.3..<ends.3
+        }
+    }
+
+    func string(_ field: Int, in buffer: ByteBuffer) -> String {
+        let range = range(field)
+        return buffer.withUnsafeReadableBytes { raw in
+            String(decoding: UnsafeRawBufferPointer(rebasing: raw[range]), as: UTF8.self)
+        }
+    }
+
+    /// A non-negative decimal of at most 10 digits, as nats-server's parseSize.
+    func decimal(_ field: Int, in buffer: ByteBuffer) -> Int? {
+        let range = range(field)
+        guard !range.isEmpty, range.count <= 10 else { return nil }
+        return buffer.withUnsafeReadableBytes { raw -> Int? in
+            var value = 0
+            for index in range {
+                let byte = raw[index]
+                guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+                value = value * 10 + Int(byte &- UInt8(ascii: "0"))
+            }
+            return value
+        }
     }
 }
 
