@@ -34,7 +34,7 @@ public final class Broker: @unchecked Sendable {
             self.group = group
             ownsGroup = false
         } else {
-            self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.threads > 0 ? configuration.threads : System.coreCount)
+            self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.resolvedThreads)
             ownsGroup = true
         }
     }

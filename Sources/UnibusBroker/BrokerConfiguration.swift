@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 
 /// The broker's settings. Defaults match nats-server 2.9 where it has them.
 public struct BrokerConfiguration: Sendable {
@@ -25,8 +26,14 @@ public struct BrokerConfiguration: Sendable {
     public var authorizer: (any Authorizer)?
     /// Client URLs of the other nodes, advertised in INFO.
     public var connectURLs: [String] = []
-    /// Event loop threads; 0 = one per core.
+    /// Event loop threads; 0 = half the cores (at least one). Delivering to a
+    /// connection on another loop costs a thread wake-up: on a 2-core machine
+    /// one loop gave 15 % more request/reply throughput and a 2-5x lower p99
+    /// than two (Tests/Benchmarks/broker.py), since clients need cores too.
     public var threads: Int = 0
+
+    /// The number of event loop threads `threads` resolves to.
+    public var resolvedThreads: Int { threads > 0 ? threads : max(1, System.coreCount / 2) }
 
     public init() {}
 }

@@ -42,7 +42,7 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds queued outbound bytes may stay unwritten before the client is a slow consumer.")
     var writeDeadline: Double = 10
 
-    @Option(name: .long, help: "Event loop threads (0 = one per core).")
+    @Option(name: .long, help: "Event loop threads (0 = half the cores, at least one).")
     var threads = 0
 
     @Option(name: .long, help: "The node identity file (created if missing); its key names the server in INFO.")
