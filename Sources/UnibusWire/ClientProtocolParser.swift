@@ -61,7 +61,12 @@ public struct ClientProtocolParser: Sendable {
             buffer.moveReaderIndex(forwardBy: controlLength)
             return .err(text.trimmingSpaces())
         case .connect:
-            let json = buffer.getSlice(at: buffer.readerIndex + keywordLength, length: max(lineEnd - keywordLength, 0)) ?? ByteBuffer()
+            var start = keywordLength
+            while start < lineEnd, let byte = buffer.getInteger(at: buffer.readerIndex + start, as: UInt8.self),
+                  byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") {
+                start += 1
+            }
+            let json = buffer.getSlice(at: buffer.readerIndex + start, length: max(lineEnd - start, 0)) ?? ByteBuffer()
             buffer.moveReaderIndex(forwardBy: controlLength)
             return .connect(json)
         case .sub, .unsub, .pub, .hpub:

@@ -1,0 +1,59 @@
+import Foundation
+import Testing
+
+/// The broker against code we did not write: nats-server (byte transcripts),
+/// nats-py and the Go NATS client. Each peer script prints per-scenario lines
+/// and exits non-zero on any failure (3 when its library is missing).
+@Suite("Broker interop: nats-server transcripts, nats-py, Go client", .serialized)
+struct BrokerInteropTests {
+    static var unibusd: String {
+        ProcessInfo.processInfo.environment["UNIBUSD_BIN"]
+            ?? Peer.packageRoot.appendingPathComponent(".build/debug/unibusd").path
+    }
+
+    private func runPeer(_ command: [String], environment: [String: String] = [:]) throws -> (Int32, String) {
+        guard FileManager.default.isExecutableFile(atPath: Self.unibusd) else {
+            throw Peer.Failure(description: "no unibusd at \(Self.unibusd): run `swift build` first")
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        var arguments = environment.map { "\($0.key)=\($0.value)" }
+        arguments += command
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    @Test func sameRepliesAsNatsServerForTheSameBytes() throws {
+        let script = Peer.packageRoot.appendingPathComponent("Tests/InteropTests/peers/transcripts.py").path
+        let (status, output) = try runPeer(["python3", script, Self.unibusd])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains(" passed, 0 failed"))
+    }
+
+    @Test func natsPyClient() throws {
+        let script = Peer.packageRoot.appendingPathComponent("Tests/InteropTests/peers/natspy_broker.py").path
+        let (status, output) = try runPeer(["python3", script, Self.unibusd])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("6 passed, 0 failed"), "\(output)")
+    }
+
+    @Test func goClientFromDebianSources() throws {
+        let source = Peer.packageRoot.appendingPathComponent("Tests/InteropTests/peers/gonats").path
+        let binary = NSTemporaryDirectory() + "unibus-gonats-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: binary) }
+        let environment = ["GOPATH": "/usr/share/gocode", "GO111MODULE": "off",
+                           "GOCACHE": NSTemporaryDirectory() + "unibus-gocache", "GOFLAGS": ""]
+        let (buildStatus, buildOutput) = try runPeer(["sh", "-c", "cd '\(source)' && go build -o '\(binary)' ."], environment: environment)
+        #expect(buildStatus == 0, "building the Go client failed (apt-get install golang-go golang-github-nats-io-go-nats-dev): \(buildOutput)")
+        guard buildStatus == 0 else { return }
+        let (status, output) = try runPeer([binary, "interop", Self.unibusd])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("5 passed, 0 failed"), "\(output)")
+    }
+}

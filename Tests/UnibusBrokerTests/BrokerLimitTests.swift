@@ -1,0 +1,209 @@
+import Foundation
+import NIOCore
+import Testing
+@testable import UnibusBroker
+import UnibusCrypto
+
+/// Each limit's outcome, through a real broker on loopback and a raw socket.
+@Suite("Broker limits and authentication", .serialized)
+struct BrokerLimitTests {
+    @Test func maxPayloadIsAdvertisedAndEnforced() async throws {
+        try await withBroker({ $0.maxPayload = 100 }) { _, port in
+            let client = try RawClient(port: port)
+            #expect(client.read(until: "\r\n").contains("\"max_payload\":100"))
+            client.send("PUB a 101\r\n")
+            let reply = client.read(until: "Violation")
+            #expect(reply.contains("-ERR 'Maximum Payload Violation'"))
+            client.read(timeout: 0.5)
+            #expect(client.closedByServer)
+        }
+    }
+
+    @Test func staleClientsAreDroppedAfterUnansweredPings() async throws {
+        try await withBroker({ $0.pingInterval = .milliseconds(100); $0.maxPingsOutstanding = 2 }) { broker, port in
+            let client = try RawClient(port: port)
+            client.send("CONNECT {\"verbose\":false}\r\n")
+            let text = client.read(until: "Stale", timeout: 3)
+            #expect(text.components(separatedBy: "PING\r\n").count - 1 == 2)
+            #expect(text.contains("-ERR 'Stale Connection'"))
+            client.read(timeout: 0.5)
+            #expect(client.closedByServer)
+            #expect(broker.statistics.staleConnections.load(ordering: .relaxed) == 1)
+        }
+    }
+
+    @Test func answeredPingsKeepAClient() async throws {
+        try await withBroker({ $0.pingInterval = .milliseconds(100); $0.maxPingsOutstanding = 1 }) { _, port in
+            let client = try RawClient(port: port)
+            client.send("CONNECT {\"verbose\":false}\r\n")
+            for _ in 0..<4 {
+                client.read(until: "PING\r\n", timeout: 2)
+                client.clear()
+                client.send("PONG\r\n")
+            }
+            #expect(!client.closedByServer)
+        }
+    }
+
+    /// A subscriber that stops reading is closed and counted, and the broker
+    /// keeps at most the configured bytes for it.
+    @Test func slowConsumerByPendingBytes() async throws {
+        try await withBroker({ $0.maxPendingBytes = 64 * 1024; $0.maxPayload = 1024 * 1024 }) { broker, port in
+            let subscriber = try RawClient(port: port)
+            subscriber.send("CONNECT {\"verbose\":false}\r\nSUB big 1\r\nPING\r\n")
+            subscriber.read(until: "PONG")
+            let publisher = try RawClient(port: port)
+            publisher.send("CONNECT {\"verbose\":false}\r\nPUB big 100000\r\n" + String(repeating: "x", count: 100_000) + "\r\nPING\r\n")
+            publisher.read(until: "PONG")
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(broker.statistics.slowConsumers.load(ordering: .relaxed) == 1)
+            subscriber.read(timeout: 1)
+            #expect(subscriber.closedByServer)
+            #expect(!publisher.closedByServer)
+        }
+    }
+
+    @Test func slowConsumerByWriteDeadline() async throws {
+        try await withBroker({ $0.writeDeadline = .milliseconds(300); $0.maxPendingBytes = 8 * 1024 * 1024 }) { broker, port in
+            let subscriber = try RawClient(port: port)
+            subscriber.setReceiveBuffer(4096)
+            subscriber.send("CONNECT {\"verbose\":false}\r\nSUB s 1\r\nPING\r\n")
+            subscriber.read(until: "PONG")
+            let publisher = try RawClient(port: port)
+            publisher.send("CONNECT {\"verbose\":false}\r\n")
+            let payload = String(repeating: "y", count: 8000)
+            // More than the kernel buffers on both sides plus the stall threshold (sends block while stalled).
+            for _ in 0..<1500 { publisher.send("PUB s 8000\r\n\(payload)\r\n") }
+            // The subscriber never reads; within a few deadlines it must be gone.
+            var waited = 0
+            while broker.statistics.slowConsumers.load(ordering: .relaxed) == 0 && waited < 50 {
+                try await Task.sleep(for: .milliseconds(100))
+                waited += 1
+            }
+            #expect(broker.statistics.slowConsumers.load(ordering: .relaxed) == 1)
+            // The publisher was stalled, not dropped, and works again.
+            publisher.send("PING\r\n")
+            #expect(publisher.read(until: "PONG", timeout: 3).contains("PONG"))
+        }
+    }
+
+    @Test func maxSubscriptionsKeepsTheConnection() async throws {
+        try await withBroker({ $0.maxSubscriptions = 2 }) { _, port in
+            let client = try RawClient(port: port)
+            client.send("CONNECT {\"verbose\":false}\r\nSUB a 1\r\nSUB b 2\r\nSUB c 3\r\nPING\r\n")
+            let text = client.read(until: "PONG")
+            #expect(text.contains("-ERR 'maximum subscriptions exceeded'"))
+            #expect(!client.closedByServer)
+        }
+    }
+
+    @Test func gracefulShutdownFlushesQueuedMessages() async throws {
+        var configuration = BrokerConfiguration()
+        configuration.port = 0
+        let broker = Broker(configuration: configuration)
+        let port = try await broker.start()
+        let subscriber = try RawClient(port: port)
+        subscriber.send("CONNECT {\"verbose\":false}\r\nSUB bye 1\r\nPING\r\n")
+        subscriber.read(until: "PONG")
+        let publisher = try RawClient(port: port)
+        publisher.send("CONNECT {\"verbose\":false}\r\nPUB bye 4\r\nlast\r\nPING\r\n")
+        publisher.read(until: "PONG")
+        await broker.shutdown()
+        let text = subscriber.read(timeout: 1)
+        #expect(text.contains("MSG bye 1 4\r\nlast\r\n"))
+        #expect(subscriber.closedByServer)
+        #expect((try? RawClient(port: port)) == nil, "the listener is closed")
+    }
+}
+
+@Suite("Broker nkey authentication", .serialized)
+struct BrokerAuthenticationTests {
+    private func nonce(from info: String) throws -> String {
+        let range = try #require(info.range(of: "\"nonce\":\""))
+        return String(info[range.upperBound...].prefix { $0 != "\"" })
+    }
+
+    private func connect(_ client: RawClient, as identity: Identity, signature: (String) -> String? = { _ in nil }) throws {
+        let info = client.read(until: "\r\n")
+        #expect(info.contains("\"auth_required\":true"))
+        let nonce = try nonce(from: info)
+        let sig = signature(nonce) ?? Base64.encode(identity.sign(Array(nonce.utf8)), alphabet: .url)
+        client.clear()
+        client.send("CONNECT {\"verbose\":false,\"nkey\":\"\(identity.userNKey)\",\"sig\":\"\(sig)\"}\r\nPING\r\n")
+    }
+
+    @Test func allowedKeyConnectsOthersAreRefused() async throws {
+        let member = Identity()
+        let allowlist = StaticAllowlist(users: [member.userNKey: .everything])
+        try await withBroker({ $0.authorizer = allowlist }) { broker, port in
+            let good = try RawClient(port: port)
+            try connect(good, as: member)
+            #expect(good.read(until: "PONG").contains("PONG"))
+
+            let forged = try RawClient(port: port)
+            try connect(forged, as: member) { _ in Base64.encode(member.sign(Array("another nonce".utf8)), alphabet: .url) }
+            #expect(forged.read(until: "Violation").contains("-ERR 'Authorization Violation'"))
+            forged.read(timeout: 0.5)
+            #expect(forged.closedByServer)
+
+            let stranger = try RawClient(port: port)
+            try connect(stranger, as: Identity())
+            #expect(stranger.read(until: "Violation").contains("-ERR 'Authorization Violation'"))
+
+            let early = try RawClient(port: port)
+            early.read(until: "\r\n")
+            early.send("SUB x 1\r\n")
+            #expect(early.read(until: "Violation").contains("-ERR 'Authorization Violation'"))
+            #expect(broker.statistics.authorizationFailures.load(ordering: .relaxed) == 3)
+        }
+    }
+
+    @Test func clientsThatNeverConnectTimeOut() async throws {
+        let allowlist = StaticAllowlist(users: [:])
+        try await withBroker({ $0.authorizer = allowlist; $0.authTimeout = .milliseconds(200) }) { _, port in
+            let client = try RawClient(port: port)
+            #expect(client.read(until: "Timeout", timeout: 2).contains("-ERR 'Authentication Timeout'"))
+        }
+    }
+
+    /// Permissions follow the authorizer on open connections; removal closes.
+    @Test func permissionsChangeLiveAndRevocationDisconnects() async throws {
+        let member = Identity()
+        let narrow = Permissions(publish: SubjectPermission(allow: ["room.a"]), subscribe: SubjectPermission(allow: ["room.a"]))
+        let allowlist = StaticAllowlist(users: [member.userNKey: narrow])
+        try await withBroker({ $0.authorizer = allowlist }) { broker, port in
+            let client = try RawClient(port: port)
+            try connect(client, as: member)
+            client.read(until: "PONG")
+            client.clear()
+            client.send("PUB room.b 1\r\nx\r\nSUB room.b 1\r\nPING\r\n")
+            let denied = client.read(until: "PONG")
+            #expect(denied.contains("-ERR 'Permissions Violation for Publish to \"room.b\"'"))
+            #expect(denied.contains("-ERR 'Permissions Violation for Subscription to \"room.b\"'"))
+
+            allowlist.update([member.userNKey: Permissions(publish: SubjectPermission(allow: ["room.a", "room.b"]),
+                                                           subscribe: SubjectPermission(allow: ["room.a", "room.b"]))])
+            await broker.reauthorize()
+            client.clear()
+            client.send("SUB room.b 2\r\nPUB room.b 2\r\nok\r\nPING\r\n")
+            let granted = client.read(until: "PONG")
+            #expect(granted.contains("MSG room.b 2 2\r\nok\r\n"), "\(granted)")
+            #expect(!granted.contains("-ERR"))
+
+            client.clear()
+            let start = Date()
+            await broker.disconnect(userNKey: member.userNKey)
+            #expect(client.read(until: "Violation", timeout: 1).contains("-ERR 'Authorization Violation'"))
+            client.read(timeout: 0.3)
+            #expect(client.closedByServer)
+            #expect(Date().timeIntervalSince(start) < 0.5)
+        }
+    }
+
+    @Test func natsPySignatureEncodingIsAccepted() {
+        let signature = [UInt8](repeating: 7, count: 64)
+        #expect(BrokerConnection.decodeSignature(Base64.encode(signature, alphabet: .url)) == signature)
+        #expect(BrokerConnection.decodeSignature(Data(signature).base64EncodedString()) == signature)
+        #expect(BrokerConnection.decodeSignature("short") == nil)
+    }
+}

@@ -1,0 +1,76 @@
+import Foundation
+import NIOCore
+@testable import UnibusBroker
+
+/// A blocking TCP client speaking raw protocol text, for limit tests.
+final class RawClient {
+    private let fd: Int32
+    private var buffer = [UInt8]()
+    private(set) var closedByServer = false
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard result == 0 else { throw POSIXError(.ECONNREFUSED) }
+    }
+
+    deinit { close(fd) }
+
+    func send(_ text: String) {
+        var bytes = Array(text.utf8)
+        _ = bytes.withUnsafeMutableBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Sets how much the kernel buffers for us (to make a slow consumer).
+    func setReceiveBuffer(_ bytes: Int32) {
+        var value = bytes
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &value, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Reads until `text` appears, the server closes, or `timeout` passes; returns everything read.
+    @discardableResult
+    func read(until text: String? = nil, timeout: Double = 2) -> String {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let text, String(decoding: buffer, as: UTF8.self).contains(text) { break }
+            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&poller, 1, 50)
+            if ready <= 0 { continue }
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let count = recv(fd, &chunk, chunk.count, 0)
+            if count <= 0 {
+                closedByServer = true
+                break
+            }
+            buffer.append(contentsOf: chunk[0..<count])
+        }
+        return String(decoding: buffer, as: UTF8.self)
+    }
+
+    func clear() { buffer.removeAll() }
+}
+
+/// Starts a broker on a free loopback port for one test.
+func withBroker(_ configure: (inout BrokerConfiguration) -> Void = { _ in },
+                _ body: (Broker, Int) async throws -> Void) async throws {
+    var configuration = BrokerConfiguration()
+    configuration.host = "127.0.0.1"
+    configuration.port = 0
+    configuration.threads = 2
+    configure(&configuration)
+    let broker = Broker(configuration: configuration)
+    let port = try await broker.start()
+    do {
+        try await body(broker, port)
+    } catch {
+        await broker.shutdown()
+        throw error
+    }
+    await broker.shutdown()
+}
