@@ -11,5 +11,7 @@ let package = Package(
         .executableTarget(name: "FuzzMegolmMessage", dependencies: [.product(name: "UnibusCrypto", package: "unibus")]),
         .executableTarget(name: "FuzzMegolmSessionKey", dependencies: [.product(name: "UnibusCrypto", package: "unibus")]),
         .executableTarget(name: "FuzzIdentityFile", dependencies: [.product(name: "UnibusCrypto", package: "unibus")]),
+        .executableTarget(name: "FuzzClientProtocol", dependencies: [.product(name: "UnibusWire", package: "unibus")]),
+        .executableTarget(name: "FuzzServerProtocol", dependencies: [.product(name: "UnibusWire", package: "unibus")]),
     ]
 )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with ASan and runs each one.
 #   Fuzz/run.sh              # 5 minutes per target (local hunting)
-#   Fuzz/run.sh --smoke      # 20 seconds per target (CI)
+#   Fuzz/run.sh --smoke      # 15 seconds per target (CI)
 #   Fuzz/run.sh --seconds N [TARGET...]
 # New crashes land in Fuzz/artifacts/; the corpora in Fuzz/Corpus/ grow in a
 # scratch copy, so the committed seeds stay small.
@@ -12,13 +12,13 @@ seconds=300
 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        --smoke) seconds=20 ;;
+        --smoke) seconds=15 ;;
         --seconds) seconds="$2"; shift ;;
         *) targets+=("$1") ;;
     esac
     shift
 done
-[ ${#targets[@]} -gt 0 ] || targets=(FuzzMegolmMessage FuzzMegolmSessionKey FuzzIdentityFile)
+[ ${#targets[@]} -gt 0 ] || targets=(FuzzMegolmMessage FuzzMegolmSessionKey FuzzIdentityFile FuzzClientProtocol FuzzServerProtocol)
 
 flags=(--sanitize fuzzer --sanitize address -Xswiftc -sanitize=fuzzer,address -Xswiftc -use-ld=lld --scratch-path .build-fuzz)
 for target in "${targets[@]}"; do
