@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 /// The broker's settings. Defaults match nats-server 2.9 where it has them.
 public struct BrokerConfiguration: Sendable {
@@ -24,6 +25,9 @@ public struct BrokerConfiguration: Sendable {
     public var authTimeout: TimeAmount = .seconds(2)
     /// When set, every client must authenticate with an nkey it allows.
     public var authorizer: (any Authorizer)?
+    /// TLS for client connections. Set, every client must upgrade after INFO
+    /// (`tls_required`), as with nats-server's `tls {}` block.
+    public var tls: BrokerTLS?
     /// Client URLs of the other nodes, advertised in INFO.
     public var connectURLs: [String] = []
     /// Event loop threads; 0 = half the cores (at least one). Delivering to a
@@ -36,4 +40,26 @@ public struct BrokerConfiguration: Sendable {
     public var resolvedThreads: Int { threads > 0 ? threads : max(1, System.coreCount / 2) }
 
     public init() {}
+}
+
+/// Server certificate and key for client connections, and optionally a
+/// client CA: with one, clients must present a certificate it issued.
+public struct BrokerTLS: Sendable {
+    public let context: NIOSSLContext
+    public let verifiesClients: Bool
+
+    /// Loads PEM files. Errors name the file and what is wrong with it.
+    public init(certificateChainPath: String, privateKeyPath: String, clientCAPath: String? = nil) throws {
+        var configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try NIOSSLCertificate.fromPEMFile(certificateChainPath).map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(file: privateKeyPath, format: .pem)))
+        configuration.minimumTLSVersion = .tlsv12
+        if let clientCAPath {
+            configuration.trustRoots = .file(clientCAPath)
+            // The chain is verified; a client certificate names no host to match.
+            configuration.certificateVerification = .noHostnameVerification
+        }
+        context = try NIOSSLContext(configuration: configuration)
+        verifiesClients = clientCAPath != nil
+    }
 }

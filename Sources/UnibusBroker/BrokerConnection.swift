@@ -2,6 +2,7 @@ import Atomics
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOSSL
 import UnibusCrypto
 import UnibusWire
 
@@ -106,6 +107,17 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
             nonce = Base64.encode(Sodium.randomNonce(count: 11), alphabet: .url)
         }
         enqueueInfo(context: context)
+        if accepted, let tls = broker.configuration.tls {
+            // INFO goes out in plaintext; the client then starts TLS, as in
+            // nats-server's default (non handshake-first) mode.
+            flushNow()
+            do {
+                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context), position: .first)
+            } catch {
+                closeNow()
+                return
+            }
+        }
         guard accepted else {
             closeWithError("maximum connections exceeded")
             return
@@ -531,6 +543,11 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
             "client_id": Int(id),
         ]
         if let ip = context.remoteAddress?.ipAddress { info["client_ip"] = ip }
+        if configuration.tls != nil {
+            info["tls_required"] = true
+            info["tls_available"] = true
+            if configuration.tls?.verifiesClients == true { info["tls_verify"] = true }
+        }
         if configuration.authorizer != nil {
             info["auth_required"] = true
             info["nonce"] = nonce ?? ""

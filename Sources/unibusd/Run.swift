@@ -42,6 +42,18 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds queued outbound bytes may stay unwritten before the client is a slow consumer.")
     var writeDeadline: Double = 10
 
+    @Option(name: .long, help: "PEM certificate chain for client TLS (with --tls-key). Required unless listening on loopback.")
+    var tlsCert: String?
+
+    @Option(name: .long, help: "PEM private key for --tls-cert.")
+    var tlsKey: String?
+
+    @Option(name: .long, help: "PEM CA whose certificates clients must present (mutual TLS).")
+    var tlsClientCA: String?
+
+    @Flag(name: .long, help: "Allow plain TCP on a non-loopback address (insecure; for isolated test networks only).")
+    var allowPlaintext = false
+
     @Option(name: .long, help: "Event loop threads (0 = half the cores, at least one).")
     var threads = 0
 
@@ -64,6 +76,22 @@ struct Run: AsyncParsableCommand {
         configuration.maxPendingBytes = maxPending
         configuration.writeDeadline = .nanoseconds(Int64(writeDeadline * 1e9))
         configuration.threads = threads
+        switch (tlsCert, tlsKey) {
+        case let (cert?, key?):
+            do {
+                configuration.tls = try BrokerTLS(certificateChainPath: cert, privateKeyPath: key, clientCAPath: tlsClientCA)
+            } catch {
+                throw ValidationError("cannot load TLS certificate/key (\(cert), \(key)): \(error)")
+            }
+        case (nil, nil):
+            guard tlsClientCA == nil else { throw ValidationError("--tls-client-ca needs --tls-cert and --tls-key") }
+            let loopback = ["127.0.0.1", "localhost", "::1"].contains(configuration.host) || configuration.host.hasPrefix("127.")
+            guard loopback || allowPlaintext else {
+                throw ValidationError("refusing plain TCP on \(configuration.host): give --tls-cert and --tls-key, or --allow-plaintext for an isolated test network")
+            }
+        default:
+            throw ValidationError("--tls-cert and --tls-key go together")
+        }
         var allowlistAuthorizer: StaticAllowlist?
         if let allowlist {
             do {
@@ -84,7 +112,8 @@ struct Run: AsyncParsableCommand {
         let broker = Broker(configuration: configuration, serverKey: serverKey)
         let bound = try await broker.start()
         log("listening", ["address": "\(configuration.host):\(bound)", "server_id": broker.serverID,
-                          "auth": allowlist == nil ? "none" : "nkey"])
+                          "auth": allowlist == nil ? "none" : "nkey",
+                          "tls": configuration.tls == nil ? "off" : (tlsClientCA == nil ? "on" : "mutual")])
 
         let signals = SignalWaiter()
         while true {

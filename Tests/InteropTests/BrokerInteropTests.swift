@@ -40,7 +40,7 @@ struct BrokerInteropTests {
         let script = Peer.packageRoot.appendingPathComponent("Tests/InteropTests/peers/natspy_broker.py").path
         let (status, output) = try runPeer(["python3", script, Self.unibusd])
         #expect(status == 0, "\(output)")
-        #expect(output.contains("6 passed, 0 failed"), "\(output)")
+        #expect(output.contains("7 passed, 0 failed"), "\(output)")
     }
 
     @Test func goClientFromDebianSources() throws {
@@ -54,6 +54,15 @@ struct BrokerInteropTests {
         guard buildStatus == 0 else { return }
         let (status, output) = try runPeer([binary, "interop", Self.unibusd])
         #expect(status == 0, "\(output)")
-        #expect(output.contains("5 passed, 0 failed"), "\(output)")
+        #expect(output.contains("6 passed, 0 failed"), "\(output)")
+    }
+
+    @Test func unibusdRefusesPlaintextOffLoopback() throws {
+        let (status, output) = try runPeer([Self.unibusd, "run", "--listen", "0.0.0.0:0"])
+        #expect(status != 0)
+        #expect(output.contains("refusing plain TCP on 0.0.0.0"), "\(output)")
+        let (mismatch, mismatchOutput) = try runPeer([Self.unibusd, "run", "--tls-cert", "/nonexistent.pem"])
+        #expect(mismatch != 0)
+        #expect(mismatchOutput.contains("--tls-cert and --tls-key go together"), "\(mismatchOutput)")
     }
 }

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -219,6 +220,71 @@ async def reconnect_to_restarted_server(_):
     node.stop()
 
 
+def make_test_pki(directory):
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=unibus-test-ca")
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+                            ("client", "extendedKeyUsage=clientAuth")):
+        with open(os.path.join(directory, name + ".ext"), "w") as f:
+            f.write(extension.replace("\\n", "\n") + "\n")
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + name)
+        run("x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", name + ".pem", "-days", "2", "-extfile", name + ".ext")
+    for name in ("ca.key", "server.key", "client.key"):
+        os.chmod(os.path.join(directory, name), 0o600)
+    return {name: os.path.join(directory, name) for name in
+            ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+async def tls_and_mutual_tls(_):
+    with tempfile.TemporaryDirectory() as directory:
+        pki = make_test_pki(directory)
+        node = Node("--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]).start()
+        try:
+            context = ssl.create_default_context(cafile=pki["ca.pem"])
+            nc = await nats.connect(f"tls://127.0.0.1:{node.port}", tls=context, allow_reconnect=False)
+            sub = await nc.subscribe("over.tls")
+            await nc.publish("over.tls", b"secret")
+            assert (await sub.next_msg(timeout=2)).data == b"secret"
+            await nc.close()
+            # A client that does not trust the CA must not get through.
+            untrusting = ssl.create_default_context()
+            try:
+                await nats.connect(f"tls://127.0.0.1:{node.port}", tls=untrusting, allow_reconnect=False,
+                                   max_reconnect_attempts=0, connect_timeout=2)
+                raise AssertionError("connected without trusting the server's CA")
+            except AssertionError:
+                raise
+            except Exception:  # noqa: BLE001
+                pass
+        finally:
+            node.stop()
+        node = Node("--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"],
+                    "--tls-client-ca", pki["ca.pem"]).start()
+        try:
+            context = ssl.create_default_context(cafile=pki["ca.pem"])
+            context.load_cert_chain(pki["client.pem"], pki["client.key"])
+            nc = await nats.connect(f"tls://127.0.0.1:{node.port}", tls=context, allow_reconnect=False)
+            await nc.flush()
+            await nc.close()
+            no_cert = ssl.create_default_context(cafile=pki["ca.pem"])
+            try:
+                bad = await nats.connect(f"tls://127.0.0.1:{node.port}", tls=no_cert, allow_reconnect=False,
+                                         max_reconnect_attempts=0, connect_timeout=2)
+                await bad.flush(timeout=2)
+                raise AssertionError("mutual TLS accepted a client without a certificate")
+            except AssertionError:
+                raise
+            except Exception:  # noqa: BLE001
+                pass
+        finally:
+            node.stop()
+
+
 SCENARIOS = [
     ("pub/sub, wildcards, queue groups, headers", pubsub_wildcards_queues_headers, True),
     ("request/reply and no-responders", request_reply_and_no_responders, True),
@@ -226,6 +292,7 @@ SCENARIOS = [
     ("nkey authentication (allowed, unknown, none)", nkey_authentication, False),
     ("permission violation callback, connection stays open", permission_violation_callback, False),
     ("reconnect to a restarted server", reconnect_to_restarted_server, False),
+    ("TLS and mutual TLS", tls_and_mutual_tls, False),
 ]
 
 

@@ -303,6 +303,92 @@ func reconnectAfterRestart(binary string) error {
 	return check(string(msg.Data) == "back", "got %q", msg.Data)
 }
 
+// makePKI writes a throwaway CA, a server certificate for 127.0.0.1 and a
+// client certificate into dir, with the openssl command line tool.
+func makePKI(dir string) error {
+	run := func(args ...string) error {
+		cmd := exec.Command("openssl", args...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("openssl %v: %v: %s", args, err, out)
+		}
+		return nil
+	}
+	ec := []string{"-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"}
+	if err := run(append([]string{"req", "-x509"}, append(ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca")...)...); err != nil {
+		return err
+	}
+	for name, ext := range map[string]string{
+		"server": "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+		"client": "extendedKeyUsage=clientAuth\n",
+	} {
+		if err := os.WriteFile(dir+"/"+name+".ext", []byte(ext), 0o600); err != nil {
+			return err
+		}
+		if err := run(append([]string{"req"}, append(ec, "-keyout", name+".key", "-out", name+".csr", "-subj", "/CN="+name)...)...); err != nil {
+			return err
+		}
+		if err := run("x509", "-req", "-in", name+".csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+			"-out", name+".pem", "-days", "2", "-extfile", name+".ext"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func tlsAndMutualTLS(binary string) error {
+	dir, err := os.MkdirTemp("", "unibus-pki-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if err := makePKI(dir); err != nil {
+		return err
+	}
+	n := &node{binary: binary, port: freePort(), extra: []string{"--tls-cert", dir + "/server.pem", "--tls-key", dir + "/server.key"}}
+	if err := n.start(); err != nil {
+		return err
+	}
+	nc, err := nats.Connect("tls://"+n.addr(), nats.RootCAs(dir+"/ca.pem"), nats.NoReconnect())
+	if err != nil {
+		n.stop()
+		return fmt.Errorf("TLS connect: %v", err)
+	}
+	sub, _ := nc.SubscribeSync("over.tls")
+	nc.Publish("over.tls", []byte("secret"))
+	msg, err := sub.NextMsg(2 * time.Second)
+	nc.Close()
+	if err != nil || string(msg.Data) != "secret" {
+		n.stop()
+		return fmt.Errorf("message over TLS: %v", err)
+	}
+	if _, err := nats.Connect("tls://"+n.addr(), nats.NoReconnect()); err == nil {
+		n.stop()
+		return fmt.Errorf("connected without trusting the server CA")
+	}
+	n.stop()
+
+	m := &node{binary: binary, port: freePort(), extra: []string{"--tls-cert", dir + "/server.pem", "--tls-key", dir + "/server.key", "--tls-client-ca", dir + "/ca.pem"}}
+	if err := m.start(); err != nil {
+		return err
+	}
+	defer m.stop()
+	nc, err = nats.Connect("tls://"+m.addr(), nats.RootCAs(dir+"/ca.pem"), nats.ClientCert(dir+"/client.pem", dir+"/client.key"), nats.NoReconnect())
+	if err != nil {
+		return fmt.Errorf("mutual TLS with a client certificate: %v", err)
+	}
+	if err := nc.Flush(); err != nil {
+		return err
+	}
+	nc.Close()
+	bad, err := nats.Connect("tls://"+m.addr(), nats.RootCAs(dir+"/ca.pem"), nats.NoReconnect())
+	if err == nil {
+		err = bad.FlushTimeout(2 * time.Second)
+		bad.Close()
+	}
+	return check(err != nil, "mutual TLS accepted a client without a certificate")
+}
+
 func interop(binary string) int {
 	shared := &node{binary: binary, port: freePort()}
 	if err := shared.start(); err != nil {
@@ -319,6 +405,7 @@ func interop(binary string) int {
 		{"flush, RTT and drain", func() error { return flushRTTDrain(shared) }},
 		{"nkey authentication and permissions", func() error { return nkeyAuthAndPermissions(binary) }},
 		{"reconnect to a restarted server", func() error { return reconnectAfterRestart(binary) }},
+		{"TLS and mutual TLS", func() error { return tlsAndMutualTLS(binary) }},
 	}
 	passed, failed := 0, 0
 	for _, s := range scenarios {
