@@ -131,9 +131,6 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         let tick = min(TimeAmount.seconds(1), broker.configuration.pingInterval, broker.configuration.writeDeadline)
         timer = eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { [weak self] _ in self?.onTick() }
         flushNow()
-        // autoRead is off: reads are requested here and after each batch,
-        // so that a publisher can be paused (see `stallThreshold`).
-        context.read()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -206,15 +203,14 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         flushTouched()
-        guard !closing else { return }
-        if congested.isEmpty {
-            context.read()
-            return
-        }
-        // Pause until every congested target drained; each calls back once.
+        guard !closing, !congested.isEmpty else { return }
+        // Pause reading (autoRead off) until every congested target drained;
+        // each calls back once. Reading normally stays on autoRead, which
+        // avoids an epoll update per read.
         let targets = congested
         congested.removeAll(keepingCapacity: true)
         readingPaused = true
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
         let remaining = ManagedAtomic<Int>(targets.count)
         for target in targets {
             target.whenDrained { [self] in
@@ -228,7 +224,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
     private func resumeReading() {
         guard readingPaused, !closing else { return }
         readingPaused = false
-        context?.read()
+        channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
     }
 
     /// Runs `callback` (on any thread) once the queue is below half the

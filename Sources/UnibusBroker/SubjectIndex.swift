@@ -136,12 +136,14 @@ final class SubjectIndex: @unchecked Sendable {
             let tokens = subject.split(separator: ".", omittingEmptySubsequences: false)
             collect(level: root, tokens: tokens[...], into: &result)
             if cache.count >= Self.cacheLimit {
-                // Drop an arbitrary half rather than track recency on the hot path.
+                // Drop a small arbitrary batch rather than track recency on
+                // the hot path; small, so no single publish pays a long sweep
+                // (request/reply makes a new reply subject per request).
                 var dropped = 0
                 for key in cache.keys {
                     cache[key] = nil
                     dropped += 1
-                    if dropped >= Self.cacheLimit / 2 { break }
+                    if dropped >= Self.cacheLimit / 32 { break }
                 }
             }
             cache[subject] = result
