@@ -11,7 +11,8 @@ let package = Package(
         .executableTarget(name: "FuzzMegolmMessage", dependencies: [.product(name: "UnibusCrypto", package: "unibus")]),
         .executableTarget(name: "FuzzMegolmSessionKey", dependencies: [.product(name: "UnibusCrypto", package: "unibus")]),
         .executableTarget(name: "FuzzIdentityFile", dependencies: [.product(name: "UnibusCrypto", package: "unibus")]),
-        .executableTarget(name: "FuzzClientProtocol", dependencies: [.product(name: "UnibusWire", package: "unibus")]),
-        .executableTarget(name: "FuzzServerProtocol", dependencies: [.product(name: "UnibusWire", package: "unibus")]),
+        .target(name: "FuzzSupport", dependencies: [.product(name: "UnibusWire", package: "unibus")]),
+        .executableTarget(name: "FuzzClientProtocol", dependencies: ["FuzzSupport", .product(name: "UnibusWire", package: "unibus")]),
+        .executableTarget(name: "FuzzServerProtocol", dependencies: ["FuzzSupport", .product(name: "UnibusWire", package: "unibus")]),
     ]
 )

@@ -1,3 +1,5 @@
+import NIOCore
+
 /// A protocol violation and what the server does about it, matching
 /// nats-server 2.9's observable behaviour (verified by the differential
 /// transcript tests against a real nats-server).
@@ -20,3 +22,14 @@ public struct ProtocolViolation: Error, Equatable, Sendable, CustomStringConvert
 
     public var description: String { errorMessage ?? "protocol violation" }
 }
+
+/// An incremental parser of one side of the protocol (fuzz targets and
+/// tests drive both sides through this).
+public protocol ProtocolParser: Sendable {
+    associatedtype Operation: Equatable & Sendable
+    /// The next complete operation, nil when more bytes are needed.
+    func next(_ buffer: inout ByteBuffer) throws(ProtocolViolation) -> Operation?
+}
+
+extension ClientProtocolParser: ProtocolParser {}
+extension ServerProtocolParser: ProtocolParser {}

@@ -17,6 +17,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from servers import free_port, wait_for  # noqa: E402
+
 # (name, bytes to send). Each runs on a fresh connection.
 TRANSCRIPTS = [
     ("verbose connect and ping", b'CONNECT {"verbose":true}\r\nPING\r\n'),
@@ -63,21 +66,8 @@ TRANSCRIPTS = [
 LIMIT_CONFIG = {"max_connections": 1, "max_subscriptions": 1}
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_for(port, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server on port {port} did not start")
 
 
 def start_nats(config=None):
