@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "UnibusCrypto", targets: ["UnibusCrypto"]),
         .library(name: "UnibusWire", targets: ["UnibusWire"]),
         .library(name: "UnibusBroker", targets: ["UnibusBroker"]),
+        .library(name: "UnibusMembership", targets: ["UnibusMembership"]),
         .executable(name: "unibusd", targets: ["unibusd"]),
         .executable(name: "unibus", targets: ["unibus"]),
     ],
@@ -34,6 +35,11 @@ let package = Package(
             name: "COpenSSL",
             pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]
+        ),
+        .systemLibrary(
+            name: "CSQLite",
+            pkgConfig: "sqlite3",
+            providers: [.apt(["libsqlite3-dev"])]
         ),
         .target(
             name: "UnibusCrypto",
@@ -57,6 +63,11 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ],
             swiftSettings: hotPath
+        ),
+        // Users, rooms and members as a fold of admin-signed operations, in SQLite.
+        .target(
+            name: "UnibusMembership",
+            dependencies: ["CSQLite", "UnibusCrypto"]
         ),
         .executableTarget(
             name: "unibusd",
@@ -83,6 +94,10 @@ let package = Package(
         .testTarget(
             name: "UnibusBrokerTests",
             dependencies: ["UnibusBroker", "UnibusWire", "UnibusCrypto"]
+        ),
+        .testTarget(
+            name: "UnibusMembershipTests",
+            dependencies: ["UnibusMembership", "UnibusCrypto"]
         ),
         .testTarget(
             name: "InteropTests",

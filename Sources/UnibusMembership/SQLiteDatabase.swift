@@ -1,0 +1,126 @@
+import CSQLite
+import Foundation
+
+/// A SQLite error with the statement or step that failed and SQLite's message.
+public struct DatabaseError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+}
+
+/// A minimal wrapper over the SQLite C API: one connection, prepared
+/// statements with positional binding, and transactions. Not thread-safe;
+/// `MembershipStore` serialises access.
+final class SQLiteDatabase {
+    private var handle: OpaquePointer?
+    let path: String
+
+    /// Opens (creating if needed) the database with WAL and full fsync, so a
+    /// committed transaction survives kill -9 and power loss.
+    init(path: String) throws {
+        self.path = path
+        var db: OpaquePointer?
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX
+        guard sqlite3_open_v2(path, &db, flags, nil) == SQLITE_OK, let db else {
+            let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            sqlite3_close(db)
+            throw DatabaseError(description: "cannot open database \(path): \(message)")
+        }
+        handle = db
+        chmod(path, 0o600)
+        sqlite3_busy_timeout(db, 5000)
+        try execute("PRAGMA journal_mode=WAL")
+        try execute("PRAGMA synchronous=FULL")
+        try execute("PRAGMA foreign_keys=ON")
+    }
+
+    deinit { sqlite3_close(handle) }
+
+    private var message: String { String(cString: sqlite3_errmsg(handle)) }
+
+    /// Runs SQL that returns no rows we need (may hold several statements).
+    func execute(_ sql: String) throws {
+        var error: UnsafeMutablePointer<CChar>?
+        guard sqlite3_exec(handle, sql, nil, nil, &error) == SQLITE_OK else {
+            let text = error.map { String(cString: $0) } ?? message
+            sqlite3_free(error)
+            throw DatabaseError(description: "\(text) (in: \(sql.prefix(80)))")
+        }
+    }
+
+    enum Value: Equatable {
+        case integer(Int64)
+        case text(String)
+        case blob([UInt8])
+        case null
+    }
+
+    /// Runs one statement with positional parameters; returns all rows.
+    @discardableResult
+    func query(_ sql: String, _ parameters: [Value] = []) throws -> [[Value]] {
+        var statement: OpaquePointer?
+        guard sqlite3_prepare_v2(handle, sql, -1, &statement, nil) == SQLITE_OK else {
+            throw DatabaseError(description: "\(message) (in: \(sql.prefix(80)))")
+        }
+        defer { sqlite3_finalize(statement) }
+        for (offset, parameter) in parameters.enumerated() {
+            let index = Int32(offset + 1)
+            let status: Int32
+            switch parameter {
+            case .integer(let value): status = sqlite3_bind_int64(statement, index, value)
+            case .text(let value): status = sqlite3_bind_text(statement, index, value, -1, unibus_sqlite_transient())
+            case .blob(let value):
+                status = value.withUnsafeBytes { sqlite3_bind_blob(statement, index, $0.baseAddress, Int32($0.count), unibus_sqlite_transient()) }
+            case .null: status = sqlite3_bind_null(statement, index)
+            }
+            guard status == SQLITE_OK else { throw DatabaseError(description: "\(message) (binding \(index) in: \(sql.prefix(80)))") }
+        }
+        var rows: [[Value]] = []
+        while true {
+            let step = sqlite3_step(statement)
+            if step == SQLITE_DONE { break }
+            guard step == SQLITE_ROW else { throw DatabaseError(description: "\(message) (in: \(sql.prefix(80)))") }
+            var row: [Value] = []
+            for column in 0..<sqlite3_column_count(statement) {
+                switch sqlite3_column_type(statement, column) {
+                case SQLITE_INTEGER: row.append(.integer(sqlite3_column_int64(statement, column)))
+                case SQLITE_TEXT: row.append(.text(String(cString: sqlite3_column_text(statement, column))))
+                case SQLITE_BLOB:
+                    let count = Int(sqlite3_column_bytes(statement, column))
+                    if let bytes = sqlite3_column_blob(statement, column) {
+                        row.append(.blob(Array(UnsafeRawBufferPointer(start: bytes, count: count))))
+                    } else {
+                        row.append(.blob([]))
+                    }
+                default: row.append(.null)
+                }
+            }
+            rows.append(row)
+        }
+        return rows
+    }
+
+    /// Runs `body` in an IMMEDIATE transaction; rolls back if it throws.
+    func transaction<T>(_ body: () throws -> T) throws -> T {
+        try execute("BEGIN IMMEDIATE")
+        do {
+            let result = try body()
+            try execute("COMMIT")
+            return result
+        } catch {
+            try? execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    var userVersion: Int {
+        get throws {
+            if case .integer(let value)? = try query("PRAGMA user_version").first?.first { return Int(value) }
+            return 0
+        }
+    }
+}
+
+extension SQLiteDatabase.Value {
+    var text: String? { if case .text(let value) = self { return value } else { return nil } }
+    var integer: Int64? { if case .integer(let value) = self { return value } else { return nil } }
+    var blob: [UInt8]? { if case .blob(let value) = self { return value } else { return nil } }
+}

@@ -1,0 +1,176 @@
+import Foundation
+import Testing
+import UnibusCrypto
+@testable import UnibusMembership
+
+private func addUser(_ user: Identity, handle: String, role: UserRole = .member) -> MembershipOperation {
+    .addUser(key: user.userNKey, exchangeKey: Base64.encode(user.keyExchange.publicKey.bytes), handle: handle, role: role)
+}
+
+@Suite("Membership rules (the fold)")
+struct MembershipStateTests {
+    let admin = Identity()
+    let alice = Identity()
+    let bob = Identity()
+
+    private func bootstrapped() throws -> MembershipState {
+        var state = MembershipState()
+        try state.apply(.sign(addUser(admin, handle: "root", role: .admin), by: admin))
+        try state.apply(.sign(addUser(alice, handle: "alice"), by: admin))
+        try state.apply(.sign(addUser(bob, handle: "bob"), by: admin))
+        return state
+    }
+
+    @Test func genesisMustBeAnAdminAddingItself() throws {
+        var state = MembershipState()
+        #expect(throws: MembershipError.self) { try state.apply(.sign(addUser(alice, handle: "a"), by: admin)) }
+        #expect(throws: MembershipError.self) { try state.apply(.sign(addUser(admin, handle: "a", role: .member), by: admin)) }
+        #expect(throws: MembershipError.self) { try state.apply(.sign(.createRoom(id: "r", subject: "r", policy: RoomPolicy()), by: admin)) }
+        try state.apply(.sign(addUser(admin, handle: "root", role: .admin), by: admin))
+        #expect(state.users[admin.userNKey]?.role == .admin)
+    }
+
+    @Test func onlyAdminsAddUsersAndDuplicatesChangeNothing() throws {
+        var state = try bootstrapped()
+        let carol = Identity()
+        #expect(throws: MembershipError.unauthorized("only an admin may add users")) {
+            try state.apply(.sign(addUser(carol, handle: "carol"), by: alice))
+        }
+        let before = state
+        #expect(throws: MembershipError.alreadyRegistered(alice.userNKey)) {
+            try state.apply(.sign(addUser(alice, handle: "renamed", role: .admin), by: admin))
+        }
+        #expect(state == before, "an already-registered add must not flip role or handle")
+        #expect(throws: MembershipError.self) {
+            try state.apply(.sign(.addUser(key: "not-a-key", exchangeKey: "AAAA", handle: "x", role: .member), by: admin))
+        }
+    }
+
+    @Test func revocationIsASoftFlagAndRevokedUsersCannotAct() throws {
+        var state = try bootstrapped()
+        try state.apply(.sign(.revokeUser(key: bob.userNKey), by: admin))
+        #expect(state.users[bob.userNKey]?.status == .revoked)
+        #expect(throws: MembershipError.unauthorized("\(bob.userNKey) is revoked")) {
+            try state.apply(.sign(.createRoom(id: "r", subject: "rooms.r", policy: RoomPolicy()), by: bob))
+        }
+        #expect(throws: MembershipError.conflict("\(bob.userNKey) is already revoked")) {
+            try state.apply(.sign(.revokeUser(key: bob.userNKey), by: admin))
+        }
+    }
+
+    @Test func roomOwnersManageMembersOthersCannot() throws {
+        var state = try bootstrapped()
+        try state.apply(.sign(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: alice))
+        #expect(state.members["ops"]?[alice.userNKey]?.role == .owner)
+        try state.apply(.sign(.addMember(room: "ops", user: bob.userNKey, role: .member), by: alice))
+        let carol = Identity()
+        try state.apply(.sign(addUser(carol, handle: "carol"), by: admin))
+        #expect(throws: MembershipError.unauthorized("only the room's owner or an admin may add members to ops")) {
+            try state.apply(.sign(.addMember(room: "ops", user: carol.userNKey, role: .member), by: bob))
+        }
+        try state.apply(.sign(.addMember(room: "ops", user: carol.userNKey, role: .member), by: admin))
+        // A member may leave; may not remove another.
+        #expect(throws: MembershipError.self) {
+            try state.apply(.sign(.removeMember(room: "ops", user: carol.userNKey), by: bob))
+        }
+        try state.apply(.sign(.removeMember(room: "ops", user: bob.userNKey), by: bob))
+        #expect(state.rooms(of: bob.userNKey).isEmpty)
+        #expect(state.rooms(of: carol.userNKey).map(\.id) == ["ops"])
+        try state.apply(.sign(.archiveRoom(id: "ops"), by: alice))
+        #expect(state.rooms(of: carol.userNKey).isEmpty)
+        #expect(throws: MembershipError.conflict("room ops is archived")) {
+            try state.apply(.sign(.addMember(room: "ops", user: bob.userNKey, role: .member), by: alice))
+        }
+    }
+
+    @Test func roomValidation() throws {
+        var state = try bootstrapped()
+        #expect(throws: MembershipError.unsupported("durable history (persist) comes with a later release; create the room without it")) {
+            try state.apply(.sign(.createRoom(id: "p", subject: "rooms.p", policy: RoomPolicy(persist: true)), by: alice))
+        }
+        #expect(throws: MembershipError.self) { try state.apply(.sign(.createRoom(id: "w", subject: "rooms.*", policy: RoomPolicy()), by: alice)) }
+        #expect(throws: MembershipError.self) { try state.apply(.sign(.createRoom(id: "bad id", subject: "rooms.x", policy: RoomPolicy()), by: alice)) }
+        try state.apply(.sign(.createRoom(id: "a", subject: "rooms.a", policy: RoomPolicy()), by: alice))
+        #expect(throws: MembershipError.conflict("subject rooms.a belongs to another room")) {
+            try state.apply(.sign(.createRoom(id: "b", subject: "rooms.a", policy: RoomPolicy()), by: bob))
+        }
+    }
+
+    @Test func signaturesAreCheckedOnTheExactBytes() throws {
+        let signed = SignedOperation.sign(.revokeUser(key: bob.userNKey), by: admin)
+        #expect(try SignedOperation(bytes: signed.bytes, signature: signed.signature) == signed)
+        var tampered = signed.bytes
+        tampered[tampered.count / 2] ^= 0x01
+        #expect(throws: MembershipError.self) { try SignedOperation(bytes: tampered, signature: signed.signature) }
+        #expect(throws: MembershipError.badSignature) {
+            try SignedOperation(bytes: signed.bytes, signature: admin.sign([1, 2, 3]))
+        }
+        #expect(throws: MembershipError.invalid("not a membership operation document")) {
+            try SignedOperation(bytes: Array("{}".utf8), signature: [])
+        }
+    }
+}
+
+@Suite("Membership store (SQLite)")
+struct MembershipStoreTests {
+    let directory = NSTemporaryDirectory() + "unibus-membership-\(UUID().uuidString)"
+    let admin = Identity()
+    let alice = Identity()
+
+    private func populate(_ store: MembershipStore) throws {
+        try store.append(.sign(addUser(admin, handle: "root", role: .admin), by: admin))
+        try store.append(.sign(addUser(alice, handle: "alice"), by: admin))
+        try store.append(.sign(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: alice))
+        try store.append(.sign(.addMember(room: "ops", user: admin.userNKey, role: .member), by: alice))
+        try store.append(.sign(.setMemberRole(room: "ops", user: admin.userNKey, role: .owner), by: alice))
+        try store.append(.sign(.revokeUser(key: alice.userNKey), by: admin))
+    }
+
+    @Test func stateSurvivesReopenAndTablesAreTheFoldOfTheLog() throws {
+        let store = try MembershipStore(directory: directory)
+        try populate(store)
+        let expected = store.snapshot
+        #expect(try store.materializedState() == expected)
+        #expect(store.operationCount == 6)
+
+        let reopened = try MembershipStore(directory: directory)
+        #expect(reopened.snapshot == expected)
+        var replayed = MembershipState()
+        for operation in try reopened.operations() { try replayed.apply(operation) }
+        #expect(replayed == expected)
+        let attributes = try FileManager.default.attributesOfItem(atPath: directory + "/" + MembershipStore.fileName)
+        #expect(attributes[.posixPermissions] as? Int == 0o600)
+    }
+
+    @Test func refusedOperationsLeaveNoTrace() throws {
+        let store = try MembershipStore(directory: directory)
+        try populate(store)
+        let before = store.snapshot
+        #expect(throws: MembershipError.alreadyRegistered(alice.userNKey)) {
+            try store.append(.sign(addUser(alice, handle: "again", role: .admin), by: admin))
+        }
+        #expect(store.snapshot == before)
+        #expect(store.operationCount == 6)
+    }
+
+    @Test func damagedTablesAreRebuiltFromTheLog() throws {
+        let store = try MembershipStore(directory: directory)
+        try populate(store)
+        let expected = store.snapshot
+        let database = try SQLiteDatabase(path: directory + "/" + MembershipStore.fileName)
+        try database.execute("DELETE FROM members; UPDATE users SET role = 'admin'")
+        let reopened = try MembershipStore(directory: directory)
+        #expect(reopened.snapshot == expected)
+        #expect(try reopened.materializedState() == expected)
+    }
+
+    @Test func aDamagedLogIsReportedNotIgnored() throws {
+        let store = try MembershipStore(directory: directory)
+        try populate(store)
+        let database = try SQLiteDatabase(path: directory + "/" + MembershipStore.fileName)
+        try database.execute("UPDATE operations SET signature = zeroblob(64) WHERE seq = 3")
+        #expect(throws: MembershipError.storage("operation 3 in the log does not replay (the operation's signature does not verify against its actor's key); the database is damaged")) {
+            try MembershipStore(directory: directory)
+        }
+    }
+}
