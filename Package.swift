@@ -69,10 +69,15 @@ let package = Package(
             name: "UnibusMembership",
             dependencies: ["CSQLite", "UnibusCrypto"]
         ),
+        // Assembly of a node: broker + membership, permissions derived live.
+        .target(
+            name: "UnibusNode",
+            dependencies: ["UnibusBroker", "UnibusMembership", "UnibusCrypto"]
+        ),
         .executableTarget(
             name: "unibusd",
             dependencies: [
-                "UnibusCrypto", "UnibusBroker",
+                "UnibusCrypto", "UnibusBroker", "UnibusMembership", "UnibusNode",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -91,13 +96,22 @@ let package = Package(
             name: "UnibusWireTests",
             dependencies: ["UnibusWire"]
         ),
+        .target(
+            name: "UnibusTestSupport",
+            dependencies: ["UnibusBroker"],
+            path: "Tests/UnibusTestSupport"
+        ),
         .testTarget(
             name: "UnibusBrokerTests",
-            dependencies: ["UnibusBroker", "UnibusWire", "UnibusCrypto"]
+            dependencies: ["UnibusBroker", "UnibusWire", "UnibusCrypto", "UnibusTestSupport"]
         ),
         .testTarget(
             name: "UnibusMembershipTests",
             dependencies: ["UnibusMembership", "UnibusCrypto"]
+        ),
+        .testTarget(
+            name: "UnibusNodeTests",
+            dependencies: ["UnibusNode", "UnibusBroker", "UnibusMembership", "UnibusCrypto", "UnibusTestSupport"]
         ),
         .testTarget(
             name: "InteropTests",

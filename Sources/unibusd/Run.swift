@@ -4,6 +4,8 @@ import Foundation
 import NIOCore
 import UnibusBroker
 import UnibusCrypto
+import UnibusMembership
+import UnibusNode
 
 /// `unibusd run` (the default): the node's broker on a listen address.
 struct Run: AsyncParsableCommand {
@@ -57,8 +59,11 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Event loop threads (0 = half the cores, at least one).")
     var threads = 0
 
-    @Option(name: .long, help: "The node identity file (created if missing); its key names the server in INFO.")
+    @Option(name: .long, help: "The node identity file (created if missing); its key names the server in INFO. Default with --data-dir: DIR/node-identity.json.")
     var identity: String?
+
+    @Option(name: .long, help: "The node's data directory (see `unibusd init`): users, rooms and members authenticate and authorize clients.")
+    var dataDir: String?
 
     func run() async throws {
         guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
@@ -93,6 +98,19 @@ struct Run: AsyncParsableCommand {
             throw ValidationError("--tls-cert and --tls-key go together")
         }
         var allowlistAuthorizer: StaticAllowlist?
+        var membership: MembershipStore?
+        if let dataDir {
+            guard allowlist == nil else { throw ValidationError("--data-dir and --allowlist are exclusive: membership decides who may connect") }
+            do {
+                membership = try MembershipStore(directory: dataDir)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+            guard let store = membership, !store.snapshot.users.isEmpty else {
+                throw ValidationError("\(dataDir) has no users: run `unibusd init --data-dir \(dataDir) --admin-identity FILE` first")
+            }
+            configuration.authorizer = Node.authorizer(for: store)
+        }
         if let allowlist {
             do {
                 allowlistAuthorizer = try StaticAllowlist(path: allowlist)
@@ -102,7 +120,7 @@ struct Run: AsyncParsableCommand {
             configuration.authorizer = allowlistAuthorizer
         }
         var serverKey: Ed25519PublicKey?
-        if let identity {
+        if let identity = identity ?? dataDir.map({ $0 + "/node-identity.json" }) {
             do {
                 serverKey = try IdentityFile.loadOrCreate(at: identity).identity.signing.publicKey
             } catch {
@@ -112,7 +130,7 @@ struct Run: AsyncParsableCommand {
         let broker = Broker(configuration: configuration, serverKey: serverKey)
         let bound = try await broker.start()
         log("listening", ["address": "\(configuration.host):\(bound)", "server_id": broker.serverID,
-                          "auth": allowlist == nil ? "none" : "nkey",
+                          "auth": membership != nil ? "membership" : (allowlist == nil ? "none" : "allowlist"),
                           "tls": configuration.tls == nil ? "off" : (tlsClientCA == nil ? "on" : "mutual")])
 
         let signals = SignalWaiter()

@@ -3,6 +3,7 @@ import NIOCore
 import Testing
 @testable import UnibusBroker
 import UnibusCrypto
+import UnibusTestSupport
 
 /// Each limit's outcome, through a real broker on loopback and a raw socket.
 @Suite("Broker limits and authentication", .serialized)
@@ -119,8 +120,8 @@ struct BrokerLimitTests {
 @Suite("Broker nkey authentication", .serialized)
 struct BrokerAuthenticationTests {
     private func nonce(from info: String) throws -> String {
-        let range = try #require(info.range(of: "\"nonce\":\""))
-        return String(info[range.upperBound...].prefix { $0 != "\"" })
+        let found = UnibusTestSupport.nonce(fromInfo: info)
+        return try #require(found)
     }
 
     private func connect(_ client: RawClient, as identity: Identity, signature: (String) -> String? = { _ in nil }) throws {

@@ -1,14 +1,14 @@
 import Foundation
 import NIOCore
-@testable import UnibusBroker
+import UnibusBroker
 
-/// A blocking TCP client speaking raw protocol text, for limit tests.
-final class RawClient {
+/// A blocking TCP client speaking raw protocol text, for broker and node tests.
+public final class RawClient {
     private let fd: Int32
     private var buffer = [UInt8]()
-    private(set) var closedByServer = false
+    public private(set) var closedByServer = false
 
-    init(port: Int) throws {
+    public init(port: Int) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
@@ -22,20 +22,20 @@ final class RawClient {
 
     deinit { close(fd) }
 
-    func send(_ text: String) {
+    public func send(_ text: String) {
         var bytes = Array(text.utf8)
         _ = bytes.withUnsafeMutableBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     }
 
     /// Sets how much the kernel buffers for us (to make a slow consumer).
-    func setReceiveBuffer(_ bytes: Int32) {
+    public func setReceiveBuffer(_ bytes: Int32) {
         var value = bytes
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &value, socklen_t(MemoryLayout<Int32>.size))
     }
 
     /// Reads until `text` appears, the server closes, or `timeout` passes; returns everything read.
     @discardableResult
-    func read(until text: String? = nil, timeout: Double = 2) -> String {
+    public func read(until text: String? = nil, timeout: Double = 2) -> String {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if let text, String(decoding: buffer, as: UTF8.self).contains(text) { break }
@@ -53,11 +53,11 @@ final class RawClient {
         return String(decoding: buffer, as: UTF8.self)
     }
 
-    func clear() { buffer.removeAll() }
+    public func clear() { buffer.removeAll() }
 }
 
 /// Starts a broker on a free loopback port for one test.
-func withBroker(_ configure: (inout BrokerConfiguration) -> Void = { _ in },
+public func withBroker(_ configure: (inout BrokerConfiguration) -> Void = { _ in },
                 _ body: (Broker, Int) async throws -> Void) async throws {
     var configuration = BrokerConfiguration()
     configuration.host = "127.0.0.1"
@@ -73,4 +73,10 @@ func withBroker(_ configure: (inout BrokerConfiguration) -> Void = { _ in },
         throw error
     }
     await broker.shutdown()
+}
+
+/// The nonce from an INFO line.
+public func nonce(fromInfo info: String) -> String? {
+    guard let range = info.range(of: "\"nonce\":\"") else { return nil }
+    return String(info[range.upperBound...].prefix { $0 != "\"" })
 }

@@ -1,0 +1,59 @@
+import ArgumentParser
+import Foundation
+import UnibusCrypto
+import UnibusMembership
+
+/// `unibusd init`: the offline bootstrap of a node's data directory with its
+/// first admin (the node must not be running). Every later change goes
+/// through the running node.
+struct Init: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create a data directory with its first admin (offline bootstrap).")
+
+    @Option(name: .long, help: "The node's data directory (created 0700).")
+    var dataDir: String
+
+    @Option(name: .long, help: "The admin's identity file; created (0600) if it does not exist.")
+    var adminIdentity: String
+
+    @Option(name: .long, help: "The admin's handle.")
+    var handle = "admin"
+
+    func run() throws {
+        let admin: Identity
+        let created: Bool
+        do {
+            (admin, created) = try IdentityFile.loadOrCreate(at: adminIdentity)
+        } catch {
+            throw CLIFailure("\(error)")
+        }
+        let store: MembershipStore
+        do {
+            store = try MembershipStore(directory: dataDir)
+            _ = try IdentityFile.loadOrCreate(at: dataDir + "/node-identity.json")
+        } catch {
+            throw CLIFailure("\(error)")
+        }
+        guard store.snapshot.users.isEmpty else {
+            if store.snapshot.users[admin.userNKey] != nil {
+                throw CLIFailure("already registered: \(admin.userNKey) is already a user of \(dataDir); nothing was changed")
+            }
+            throw CLIFailure("\(dataDir) is already initialised (\(store.snapshot.users.count) users); add admins through the running node")
+        }
+        let genesis = SignedOperation.sign(.addUser(key: admin.userNKey, exchangeKey: Base64.encode(admin.keyExchange.publicKey.bytes),
+                                                    handle: handle, role: .admin), by: admin)
+        do {
+            try store.append(genesis)
+        } catch {
+            throw CLIFailure("\(error)")
+        }
+        print("initialised \(dataDir)")
+        print("admin: \(admin.userNKey) (\(handle))\(created ? ", identity created at \(adminIdentity)" : "")")
+    }
+}
+
+/// An error printed as `Error: MESSAGE` with exit status 1.
+struct CLIFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

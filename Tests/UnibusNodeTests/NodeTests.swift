@@ -1,0 +1,117 @@
+import Foundation
+import Testing
+import UnibusBroker
+import UnibusCrypto
+import UnibusMembership
+import UnibusTestSupport
+@testable import UnibusNode
+
+private func addUser(_ user: Identity, handle: String, role: UserRole = .member) -> MembershipOperation {
+    .addUser(key: user.userNKey, exchangeKey: Base64.encode(user.keyExchange.publicKey.bytes), handle: handle, role: role)
+}
+
+/// Membership drives the broker: authentication from the node's own store,
+/// permissions derived from rooms, changes applied to open connections.
+@Suite("Node: membership-driven broker", .serialized)
+struct NodeTests {
+    let admin = Identity()
+    let alice = Identity()
+    let bob = Identity()
+
+    private func makeNode() async throws -> (Node, Int) {
+        let store = try MembershipStore(directory: NSTemporaryDirectory() + "unibus-node-\(UUID().uuidString)")
+        try store.append(.sign(addUser(admin, handle: "root", role: .admin), by: admin))
+        try store.append(.sign(addUser(alice, handle: "alice"), by: admin))
+        try store.append(.sign(addUser(bob, handle: "bob"), by: admin))
+        try store.append(.sign(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: admin))
+        try store.append(.sign(.createRoom(id: "hr", subject: "rooms.hr", policy: RoomPolicy()), by: admin))
+        try store.append(.sign(.addMember(room: "ops", user: alice.userNKey, role: .member), by: admin))
+        var configuration = BrokerConfiguration()
+        configuration.port = 0
+        configuration.authorizer = Node.authorizer(for: store)
+        let broker = Broker(configuration: configuration)
+        let port = try await broker.start()
+        return (Node(broker: broker, membership: store), port)
+    }
+
+    private func login(_ identity: Identity, port: Int) throws -> RawClient {
+        let client = try RawClient(port: port)
+        let info = client.read(until: "\r\n")
+        let found = UnibusTestSupport.nonce(fromInfo: info)
+        let serverNonce = try #require(found)
+        let signature = Base64.encode(identity.sign(Array(serverNonce.utf8)), alphabet: .url)
+        client.clear()
+        client.send("CONNECT {\"verbose\":false,\"nkey\":\"\(identity.userNKey)\",\"sig\":\"\(signature)\"}\r\nPING\r\n")
+        return client
+    }
+
+    @Test func permissionsFollowRooms() throws {
+        var state = MembershipState()
+        try state.apply(.sign(addUser(admin, handle: "root", role: .admin), by: admin))
+        try state.apply(.sign(addUser(alice, handle: "alice"), by: admin))
+        try state.apply(.sign(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: admin))
+        try state.apply(.sign(.addMember(room: "ops", user: alice.userNKey, role: .member), by: admin))
+        let permissions = try #require(MembershipAuthorizer.permissions(for: alice.userNKey, in: state))
+        #expect(permissions.publish.permits(subject: "rooms.ops"))
+        #expect(permissions.publish.permits(subject: "rooms.ops.events"))
+        #expect(!permissions.publish.permits(subject: "rooms.hr"))
+        #expect(permissions.subscribe.permits(filter: "_INBOX.\(alice.userNKey).>"))
+        #expect(!permissions.subscribe.permits(filter: "_INBOX.>"), "other users' inboxes stay private")
+        #expect(permissions.subscribe.permits(filter: "unibus.keys.\(alice.userNKey)"))
+        #expect(!permissions.subscribe.permits(filter: "unibus.keys.\(admin.userNKey)"))
+        #expect(MembershipAuthorizer.permissions(for: Identity().userNKey, in: state) == nil)
+        try state.apply(.sign(.revokeUser(key: alice.userNKey), by: admin))
+        #expect(MembershipAuthorizer.permissions(for: alice.userNKey, in: state) == nil)
+    }
+
+    @Test func unknownKeysAreRefusedMembersUseTheirRoomsOnly() async throws {
+        let (node, port) = try await makeNode()
+        let stranger = try login(Identity(), port: port)
+        #expect(stranger.read(until: "Violation").contains("-ERR 'Authorization Violation'"))
+
+        let client = try login(alice, port: port)
+        #expect(client.read(until: "PONG").contains("PONG"))
+        client.clear()
+        client.send("SUB rooms.ops 1\r\nPUB rooms.ops 2\r\nhi\r\nSUB rooms.hr 2\r\nPUB rooms.hr 1\r\nx\r\nPING\r\n")
+        let text = client.read(until: "PONG")
+        #expect(text.contains("MSG rooms.ops 1 2\r\nhi\r\n"))
+        #expect(text.contains("-ERR 'Permissions Violation for Subscription to \"rooms.hr\"'"))
+        #expect(text.contains("-ERR 'Permissions Violation for Publish to \"rooms.hr\"'"))
+        await node.broker.shutdown()
+    }
+
+    @Test func addMemberTakesEffectWithoutReconnecting() async throws {
+        let (node, port) = try await makeNode()
+        let client = try login(alice, port: port)
+        client.read(until: "PONG")
+        try await node.apply(.sign(.addMember(room: "hr", user: alice.userNKey, role: .member), by: admin))
+        client.clear()
+        client.send("SUB rooms.hr 7\r\nPUB rooms.hr 2\r\nok\r\nPING\r\n")
+        let text = client.read(until: "PONG")
+        #expect(text.contains("MSG rooms.hr 7 2\r\nok\r\n"), "\(text)")
+        #expect(!text.contains("-ERR"))
+
+        // Removal takes the subscription away, again without reconnecting.
+        try await node.apply(.sign(.removeMember(room: "hr", user: alice.userNKey), by: admin))
+        client.clear()
+        client.send("PUB rooms.hr 1\r\nx\r\nPING\r\n")
+        #expect(client.read(until: "PONG").contains("Permissions Violation for Publish to \"rooms.hr\""))
+        await node.broker.shutdown()
+    }
+
+    @Test func revocationClosesTheUsersConnectionsAtOnce() async throws {
+        let (node, port) = try await makeNode()
+        let first = try login(bob, port: port)
+        let second = try login(bob, port: port)
+        first.read(until: "PONG")
+        second.read(until: "PONG")
+        let start = Date()
+        try await node.apply(.sign(.revokeUser(key: bob.userNKey), by: admin))
+        #expect(first.read(until: "Violation", timeout: 1).contains("Authorization Violation"))
+        #expect(second.read(until: "Violation", timeout: 1).contains("Authorization Violation"))
+        #expect(Date().timeIntervalSince(start) < 0.1 + 0.2, "closed within 100 ms (plus read polling)")
+        let again = try login(bob, port: port)
+        #expect(again.read(until: "Violation").contains("-ERR 'Authorization Violation'"))
+        await node.broker.shutdown()
+    }
+}
