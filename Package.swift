@@ -115,7 +115,7 @@ let package = Package(
         ),
         .testTarget(
             name: "InteropTests",
-            dependencies: ["UnibusCrypto"],
+            dependencies: ["UnibusCrypto", "UnibusMembership"],
             exclude: ["peers"]
         ),
     ]

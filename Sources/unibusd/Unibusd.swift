@@ -9,7 +9,7 @@ struct Unibusd: AsyncParsableCommand {
         commandName: "unibusd",
         abstract: "The Unibus node: an end-to-end encrypted message bus.",
         version: UnibusVersion.current,
-        subcommands: [Run.self, Init.self, SelfCheck.self],
+        subcommands: [Run.self, Init.self, SelfCheck.self, Debug.self],
         defaultSubcommand: Run.self
     )
 }
