@@ -44,18 +44,15 @@ public struct ClientProtocolParser: Sendable {
         let controlLength = newline + 1
 
         switch keyword {
-        case .ping:
+        case .ping, .pong, .ok, .info:
+            // The rest of these lines carries nothing the server uses.
             buffer.moveReaderIndex(forwardBy: controlLength)
-            return .ping
-        case .pong:
-            buffer.moveReaderIndex(forwardBy: controlLength)
-            return .pong
-        case .ok:
-            buffer.moveReaderIndex(forwardBy: controlLength)
-            return .ok
-        case .info:
-            buffer.moveReaderIndex(forwardBy: controlLength)
-            return .info
+            switch keyword {
+            case .ping: return .ping
+            case .pong: return .pong
+            case .ok: return .ok
+            default: return .info
+            }
         case .err:
             let text = buffer.getString(at: buffer.readerIndex + keywordLength, length: max(lineEnd - keywordLength, 0)) ?? ""
             buffer.moveReaderIndex(forwardBy: controlLength)
