@@ -63,6 +63,8 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
     private var congested: [BrokerConnection] = []
     private var readingPaused = false
     private var registered = false
+    /// The most recent write, so a close can wait for what precedes it.
+    private var lastWrite: EventLoopFuture<Void>?
     private var tornDown = false
     private var context: ChannelHandlerContext?
 
@@ -506,7 +508,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         if becameSlow {
             stats.slowConsumers.wrappingIncrement(ordering: .relaxed)
-            eventLoop.execute { self.closeNow() }
+            eventLoop.execute { self.closeSlowConsumer() }
         }
         return needsFlush
     }
@@ -569,7 +571,9 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         guard let buffer else { return }
         let count = buffer.readableBytes
         stats.bytesOut.wrappingIncrement(by: count, ordering: .relaxed)
-        channel.writeAndFlush(buffer).whenComplete { [self] _ in
+        let written = channel.writeAndFlush(buffer)
+        lastWrite = written
+        written.whenComplete { [self] _ in
             let waiters = sharedLock.withLock { () -> [@Sendable () -> Void] in
                 queuedBytes -= count
                 unwrittenSince = queuedBytes > 0 ? .now() : nil
@@ -590,7 +594,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         let stuckSince = sharedLock.withLock { unwrittenSince }
         if let stuckSince, now - stuckSince > configuration.writeDeadline {
             stats.slowConsumers.wrappingIncrement(ordering: .relaxed)
-            closeNow()
+            closeSlowConsumer()
             return
         }
         if now - lastPingSent >= configuration.pingInterval {
@@ -620,10 +624,25 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         closeAfterFlush()
     }
 
+    /// Flushes, then closes once the last write reached the socket (or after
+    /// a short grace period, so a stuck peer cannot hold the connection).
     private func closeAfterFlush() {
         flushTouched()
         tearDown()
-        channel.close(promise: nil)
+        closeWhenWritten()
+    }
+
+    private func closeWhenWritten() {
+        guard let pending = lastWrite else {
+            channel.close(promise: nil)
+            return
+        }
+        let channel = self.channel
+        let grace = eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+        pending.whenComplete { _ in
+            grace.cancel()
+            channel.close(promise: nil)
+        }
     }
 
     /// Closes after writing what is already queued, adding nothing (how
@@ -631,6 +650,14 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
     func closeNow() {
         guard !closing else { return }
         closeAfterFlush()
+    }
+
+    /// A slow consumer is cut off at once: its queued bytes are dropped, and
+    /// nothing waits for writes it is not draining.
+    private func closeSlowConsumer() {
+        guard !closing else { return }
+        tearDown()
+        channel.close(mode: .all, promise: nil)
     }
 
     /// Flushes what is queued and closes (graceful shutdown).
@@ -641,7 +668,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
                 flushNow()
                 tearDown()
             }
-            channel.close(promise: nil)
+            closeWhenWritten()
             channel.closeFuture.cascade(to: done)
         }
         try? await done.futureResult.get()
