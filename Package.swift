@@ -74,17 +74,28 @@ let package = Package(
             name: "UnibusNode",
             dependencies: ["UnibusBroker", "UnibusMembership", "UnibusCrypto"]
         ),
+        // The HTTPS control plane: signed requests, health, metrics, admin API.
+        .target(
+            name: "UnibusControl",
+            dependencies: [
+                "UnibusNode", "UnibusBroker", "UnibusMembership", "UnibusCrypto",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
         .executableTarget(
             name: "unibusd",
             dependencies: [
-                "UnibusCrypto", "UnibusBroker", "UnibusMembership", "UnibusNode",
+                "UnibusCrypto", "UnibusBroker", "UnibusMembership", "UnibusNode", "UnibusControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "unibus",
             dependencies: [
-                "UnibusCrypto",
+                "UnibusCrypto", "UnibusControl", "UnibusMembership",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

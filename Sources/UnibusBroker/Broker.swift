@@ -17,7 +17,8 @@ public final class Broker: @unchecked Sendable {
     /// The server's id, a NATS server nkey ("N…").
     public let serverID: String
     let index = SubjectIndex()
-    let group: MultiThreadedEventLoopGroup
+    /// The event loops, shared with the node's control plane.
+    public let group: MultiThreadedEventLoopGroup
     private let ownsGroup: Bool
     private let lock = NIOLock()
     private var connections: [UInt64: BrokerConnection] = [:]

@@ -3,12 +3,12 @@ import UnibusCrypto
 
 /// The Unibus admin and operator CLI.
 @main
-struct Unibus: ParsableCommand {
+struct Unibus: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "unibus",
         abstract: "Administer and debug a Unibus message bus.",
         version: UnibusVersion.current,
-        subcommands: [IdentityCommand.self, DebugCommand.self]
+        subcommands: [UserCommand.self, RoomCommand.self, IdentityCommand.self, DebugCommand.self]
     )
 }
 

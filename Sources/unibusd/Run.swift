@@ -4,8 +4,10 @@ import Foundation
 import NIOCore
 import UnibusBroker
 import UnibusCrypto
+import UnibusControl
 import UnibusMembership
 import UnibusNode
+import NIOSSL
 
 /// `unibusd run` (the default): the node's broker on a listen address.
 struct Run: AsyncParsableCommand {
@@ -64,6 +66,15 @@ struct Run: AsyncParsableCommand {
 
     @Option(name: .long, help: "The node's data directory (see `unibusd init`): users, rooms and members authenticate and authorize clients.")
     var dataDir: String?
+
+    @Option(name: .long, help: "Control-plane (HTTPS) listen address, HOST:PORT; with --data-dir.")
+    var controlListen = "127.0.0.1:4280"
+
+    @Option(name: .long, help: "PEM certificate chain for the control plane (default: --tls-cert). Plain HTTP is allowed only on loopback.")
+    var controlTlsCert: String?
+
+    @Option(name: .long, help: "PEM private key for the control plane (default: --tls-key).")
+    var controlTlsKey: String?
 
     func run() async throws {
         guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
@@ -129,6 +140,34 @@ struct Run: AsyncParsableCommand {
         }
         let broker = Broker(configuration: configuration, serverKey: serverKey)
         let bound = try await broker.start()
+        if let membership {
+            let node = Node(broker: broker, membership: membership)
+            guard let colon = controlListen.lastIndex(of: ":"), let controlPort = Int(controlListen[controlListen.index(after: colon)...]) else {
+                throw ValidationError("--control-listen must be HOST:PORT, got \(controlListen)")
+            }
+            let controlHost = String(controlListen[..<colon])
+            var controlTLS: NIOSSLContext?
+            if let cert = controlTlsCert ?? tlsCert, let key = controlTlsKey ?? tlsKey {
+                do {
+                    var tlsConfiguration = TLSConfiguration.makeServerConfiguration(
+                        certificateChain: try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) },
+                        privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+                    tlsConfiguration.minimumTLSVersion = .tlsv12
+                    controlTLS = try NIOSSLContext(configuration: tlsConfiguration)
+                } catch {
+                    throw ValidationError("cannot load the control-plane certificate/key (\(cert), \(key)): \(error)")
+                }
+            } else {
+                let loopback = ["127.0.0.1", "localhost", "::1"].contains(controlHost) || controlHost.hasPrefix("127.")
+                guard loopback || allowPlaintext else {
+                    throw ValidationError("refusing plain HTTP for the control plane on \(controlHost): give --control-tls-cert/--control-tls-key (or --tls-cert/--tls-key)")
+                }
+            }
+            let control = ControlServer(plane: ControlPlane(node: node), group: broker.group, tls: controlTLS)
+            let channel = try await control.start(host: controlHost, port: controlPort)
+            log("control plane listening", ["address": "\(controlHost):\(channel.localAddress?.port ?? controlPort)",
+                                            "tls": controlTLS == nil ? "off (loopback dev mode)" : "on"])
+        }
         log("listening", ["address": "\(configuration.host):\(bound)", "server_id": broker.serverID,
                           "auth": membership != nil ? "membership" : (allowlist == nil ? "none" : "allowlist"),
                           "tls": configuration.tls == nil ? "off" : (tlsClientCA == nil ? "on" : "mutual")])

@@ -1,0 +1,133 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import UnibusCrypto
+
+/// A small HTTPS client for the control plane, used by the `unibus` CLI and
+/// tests. TLS trusts only the pinned CA; plain HTTP only to loopback.
+public final class ControlClient: Sendable {
+    public struct Failure: Error, CustomStringConvertible, Sendable {
+        public let description: String
+    }
+
+    public struct Response: Sendable {
+        public let status: Int
+        public let body: [UInt8]
+        public var json: [String: Any]? { try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] }
+        /// The server's `{"error": "..."}` text, or the raw body.
+        public var errorText: String { (json?["error"] as? String) ?? String(decoding: body, as: UTF8.self) }
+    }
+
+    public let host: String
+    public let port: Int
+    private let tls: NIOSSLContext?
+    private let group: EventLoopGroup
+
+    /// `url` is `https://HOST:PORT` (with `caPath`) or `http://127.0.0.1:PORT`.
+    /// A remote node without a pinned CA is refused.
+    public init(url: String, caPath: String?, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws {
+        guard let components = URLComponents(string: url), let scheme = components.scheme, let host = components.host else {
+            throw Failure(description: "invalid node URL \(url); expected https://HOST:PORT")
+        }
+        let loopback = host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        self.host = host
+        self.group = group
+        switch scheme {
+        case "https":
+            guard let caPath else {
+                throw Failure(description: "refusing to talk to \(url) without --ca: give the node's CA certificate so its identity is pinned")
+            }
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            configuration.trustRoots = .file(caPath)
+            configuration.minimumTLSVersion = .tlsv12
+            tls = try NIOSSLContext(configuration: configuration)
+            port = components.port ?? 443
+        case "http":
+            guard loopback else {
+                throw Failure(description: "refusing plain http to \(host): only loopback nodes may run without TLS; use https:// and --ca")
+            }
+            tls = nil
+            port = components.port ?? 80
+        default:
+            throw Failure(description: "unsupported scheme \(scheme) in \(url)")
+        }
+    }
+
+    /// Sends one request; `identity` signs it for `nodeID` when given.
+    public func request(_ method: String, _ path: String, body: [UInt8] = [], identity: Identity? = nil, nodeID: String? = nil) async throws -> Response {
+        var headers = HTTPHeaders()
+        headers.add(name: "host", value: host)
+        headers.add(name: "content-length", value: String(body.count))
+        headers.add(name: "connection", value: "close")
+        if !body.isEmpty { headers.add(name: "content-type", value: "application/json") }
+        if let identity, let nodeID {
+            for (name, value) in RequestSignature.headers(method: method, path: path, body: body, nodeID: nodeID, identity: identity) {
+                headers.add(name: name, value: value)
+            }
+        }
+        let collector = ResponseCollector()
+        let tls = self.tls
+        let serverHostname = host.first?.isNumber == true ? nil : host
+        let channel: Channel
+        do {
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(.seconds(5))
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        if let tls {
+                            try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: serverHostname))
+                        }
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        try channel.pipeline.syncOperations.addHandler(collector)
+                    }
+                }
+                .connect(host: host, port: port).get()
+        } catch {
+            throw Failure(description: "cannot reach the node at \(host):\(port): \(error)")
+        }
+        var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method), uri: path)
+        head.headers = headers
+        channel.write(HTTPClientRequestPart.head(head), promise: nil)
+        var buffer = channel.allocator.buffer(capacity: body.count)
+        buffer.writeBytes(body)
+        channel.write(HTTPClientRequestPart.body(.byteBuffer(buffer)), promise: nil)
+        try await channel.writeAndFlush(HTTPClientRequestPart.end(nil)).get()
+        do {
+            return try await collector.response.futureResult.get()
+        } catch {
+            throw Failure(description: "the node at \(host):\(port) did not answer: \(error)")
+        }
+    }
+}
+
+private final class ResponseCollector: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPClientResponsePart
+    let response: EventLoopPromise<ControlClient.Response>
+    private var status = 0
+    private var body: [UInt8] = []
+
+    init() {
+        response = MultiThreadedEventLoopGroup.singleton.next().makePromise()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head): status = Int(head.status.code)
+        case .body(var chunk): body += chunk.readBytes(length: chunk.readableBytes) ?? []
+        case .end:
+            response.succeed(ControlClient.Response(status: status, body: body))
+            context.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        response.fail(error)
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        response.fail(ControlClient.Failure(description: "connection closed before a response"))
+    }
+}

@@ -1,0 +1,145 @@
+import Foundation
+import UnibusBroker
+import UnibusCrypto
+import UnibusMembership
+import UnibusNode
+
+/// A control-plane response: status, JSON (or Prometheus text) body.
+public struct ControlResponse: Sendable {
+    public var status: Int
+    public var contentType: String
+    public var body: [UInt8]
+
+    static func json(_ status: Int, _ object: Any) -> ControlResponse {
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        return ControlResponse(status: status, contentType: "application/json", body: [UInt8](data))
+    }
+
+    static func error(_ status: Int, _ message: String) -> ControlResponse { json(status, ["error": message]) }
+}
+
+/// The routes of the control plane, independent of HTTP transport.
+///
+/// Unsigned: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /v1/node`.
+/// Signed by an active user: `GET /v1/users`, `GET /v1/rooms`,
+/// `GET /v1/rooms/{id}/members`, and `POST /v1/operations` with
+/// `{"bytes": base64, "signature": base64}`, a membership operation signed by
+/// its actor (the membership rules decide whether the actor may do it).
+public final class ControlPlane: Sendable {
+    public let node: Node
+    public let verifier: RequestVerifier
+    public static let maximumBody = 64 * 1024
+
+    public init(node: Node) {
+        self.node = node
+        self.verifier = RequestVerifier(nodeID: node.broker.serverID)
+    }
+
+    public func handle(method: String, path: String, header: (String) -> String?, body: [UInt8]) async -> ControlResponse {
+        let route = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
+        switch (method, route) {
+        case ("GET", "/healthz"):
+            return .json(200, ["status": "ok"])
+        case ("GET", "/readyz"):
+            if node.broker.port == nil { return .json(503, ["ready": false, "reason": "the broker is not listening"]) }
+            if node.membership.snapshot.users.isEmpty { return .json(503, ["ready": false, "reason": "no users: run unibusd init"]) }
+            return .json(200, ["ready": true])
+        case ("GET", "/metrics"):
+            return ControlResponse(status: 200, contentType: "text/plain; version=0.0.4", body: Array(metrics().utf8))
+        case ("GET", "/v1/node"):
+            return .json(200, ["node_id": node.broker.serverID, "version": UnibusVersion.current,
+                               "client_port": node.broker.port ?? 0])
+        default:
+            break
+        }
+        guard route.hasPrefix("/v1/") else { return .error(404, "no such endpoint: \(method) \(route)") }
+        // Everything else needs a signed request from an active user.
+        let caller: String
+        switch verifier.verify(method: method, path: route, body: body, header: header) {
+        case .failure(let error): return .error(error.status, "\(error)")
+        case .success(let key): caller = key
+        }
+        let state = node.membership.snapshot
+        guard let user = state.users[caller] else { return .error(403, "\(RequestAuthError.unknownCaller(caller))") }
+        guard user.status == .active else { return .error(403, "\(RequestAuthError.revokedCaller(caller))") }
+
+        let parts = route.split(separator: "/").map(String.init)   // ["v1", ...]
+        switch (method, parts.count > 1 ? parts[1] : "", parts.count) {
+        case ("GET", "users", 2):
+            return .json(200, ["users": state.users.values.sorted { $0.handle < $1.handle }.map(Self.userJSON)])
+        case ("GET", "rooms", 2):
+            return .json(200, ["rooms": state.rooms.values.sorted { $0.id < $1.id }.map(Self.roomJSON)])
+        case ("GET", "rooms", 4) where parts[3] == "members":
+            guard state.rooms[parts[2]] != nil else { return .error(404, "no room \(parts[2])") }
+            let members = (state.members[parts[2]] ?? [:]).values.sorted { $0.user < $1.user }
+            return .json(200, ["members": members.map { ["user": $0.user, "role": $0.role.rawValue, "joined": $0.joined,
+                                                         "handle": state.users[$0.user]?.handle ?? ""] }])
+        case ("POST", "operations", 2):
+            return await apply(body)
+        default:
+            return .error(404, "no such endpoint: \(method) \(route)")
+        }
+    }
+
+    private func apply(_ body: [UInt8]) async -> ControlResponse {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
+              let bytesText = object["bytes"] as? String, let signatureText = object["signature"] as? String,
+              let bytes = try? Base64.decode(bytesText), let signature = try? Base64.decode(signatureText) else {
+            return .error(400, "the body must be {\"bytes\": base64, \"signature\": base64}")
+        }
+        do {
+            let operation = try SignedOperation(bytes: bytes, signature: signature)
+            try await node.apply(operation)
+            return .json(200, ["id": operation.id, "kind": operation.envelope.operation.kind])
+        } catch {
+            let status: Int
+            switch error {
+            case .badSignature: status = 401
+            case .unauthorized: status = 403
+            case .notFound: status = 404
+            case .alreadyRegistered, .conflict: status = 409
+            case .invalid: status = 400
+            case .unsupported: status = 422
+            case .storage: status = 500
+            }
+            return .error(status, "\(error)")
+        }
+    }
+
+    static func userJSON(_ user: User) -> [String: Any] {
+        ["key": user.key, "handle": user.handle, "role": user.role.rawValue, "status": user.status.rawValue,
+         "exchange_key": user.exchangeKey, "created": user.created, "updated": user.updated]
+    }
+
+    static func roomJSON(_ room: Room) -> [String: Any] {
+        var json: [String: Any] = ["id": room.id, "subject": room.subject, "owner": room.owner, "created": room.created,
+                                   "policy": ["encrypt": room.policy.encrypt, "sign": room.policy.sign, "compress": room.policy.compress,
+                                              "rotate_after_messages": room.policy.rotateAfterMessages,
+                                              "rotate_after_seconds": room.policy.rotateAfterSeconds]]
+        if let archived = room.archived { json["archived"] = archived }
+        return json
+    }
+
+    /// Prometheus text exposition of the broker's and membership's counters.
+    func metrics() -> String {
+        let stats = node.broker.statistics
+        let state = node.membership.snapshot
+        let rows: [(String, String, Int)] = [
+            ("unibus_connections", "gauge", stats.currentConnections.load(ordering: .relaxed)),
+            ("unibus_connections_accepted_total", "counter", stats.connectionsAccepted.load(ordering: .relaxed)),
+            ("unibus_messages_in_total", "counter", stats.messagesIn.load(ordering: .relaxed)),
+            ("unibus_messages_out_total", "counter", stats.messagesOut.load(ordering: .relaxed)),
+            ("unibus_bytes_in_total", "counter", stats.bytesIn.load(ordering: .relaxed)),
+            ("unibus_bytes_out_total", "counter", stats.bytesOut.load(ordering: .relaxed)),
+            ("unibus_slow_consumers_total", "counter", stats.slowConsumers.load(ordering: .relaxed)),
+            ("unibus_stale_connections_total", "counter", stats.staleConnections.load(ordering: .relaxed)),
+            ("unibus_auth_failures_total", "counter", stats.authorizationFailures.load(ordering: .relaxed)),
+            ("unibus_permission_violations_total", "counter", stats.permissionViolations.load(ordering: .relaxed)),
+            ("unibus_protocol_violations_total", "counter", stats.protocolViolations.load(ordering: .relaxed)),
+            ("unibus_membership_operations_total", "counter", node.membership.operationCount),
+            ("unibus_users", "gauge", state.users.values.filter { $0.status == .active }.count),
+            ("unibus_rooms", "gauge", state.rooms.values.filter { $0.archived == nil }.count),
+        ]
+        return rows.map { "# TYPE \($0.0) \($0.1)\n\($0.0) \($0.2)\n" }.joined()
+    }
+}

@@ -1,0 +1,208 @@
+import ArgumentParser
+import Foundation
+import UnibusControl
+import UnibusCrypto
+import UnibusMembership
+
+/// Options every command that talks to a running node takes.
+struct NodeOptions: ParsableArguments {
+    @Option(name: .long, help: "The node's control plane: https://HOST:PORT (or http://127.0.0.1:PORT in dev mode).")
+    var node = "http://127.0.0.1:4280"
+
+    @Option(name: .long, help: "Your identity file (loaded, never created).")
+    var identity: String
+
+    @Option(name: .long, help: "The CA certificate that issued the node's certificate (required for https).")
+    var ca: String?
+
+    @Flag(name: .long, help: "Print JSON.")
+    var json = false
+}
+
+/// A connection to a node: its id (for signing) and the caller's identity.
+struct NodeSession {
+    let client: ControlClient
+    let identity: Identity
+    let nodeID: String
+
+    static func open(_ options: NodeOptions) async throws -> NodeSession {
+        let identity = try loadIdentity(options.identity)
+        let client: ControlClient
+        do {
+            client = try ControlClient(url: options.node, caPath: options.ca)
+        } catch {
+            throw CLIError("\(error)")
+        }
+        let info = try await client.request("GET", "/v1/node")
+        guard info.status == 200, let nodeID = info.json?["node_id"] as? String else {
+            throw CLIError("\(options.node) did not identify itself as a Unibus node (\(info.status): \(info.errorText))")
+        }
+        return NodeSession(client: client, identity: identity, nodeID: nodeID)
+    }
+
+    func get(_ path: String) async throws -> [String: Any] {
+        let response = try await client.request("GET", path, identity: identity, nodeID: nodeID)
+        guard response.status == 200, let json = response.json else { throw CLIError(response.errorText) }
+        return json
+    }
+
+    /// Signs `operation` as the caller and submits it.
+    func submit(_ operation: MembershipOperation) async throws -> [String: Any] {
+        let signed = SignedOperation.sign(operation, by: identity)
+        let body = try JSONSerialization.data(withJSONObject: ["bytes": Base64.encode(signed.bytes), "signature": Base64.encode(signed.signature)])
+        let response = try await client.request("POST", "/v1/operations", body: [UInt8](body), identity: identity, nodeID: nodeID)
+        guard response.status == 200, let json = response.json else { throw CLIError(response.errorText) }
+        return json
+    }
+}
+
+func printJSON(_ object: Any) throws {
+    let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
+    print(String(decoding: data, as: UTF8.self))
+}
+
+/// A signing key given as a user nkey or 64 hex digits, in canonical nkey form.
+func canonicalUserKey(_ text: String) throws -> String {
+    if let (_, key) = try? NKey.decodePublicKey(text, expecting: .user) { return NKey.encodePublicKey(key, type: .user) }
+    if let bytes = try? Hex.decode(text), let key = Ed25519PublicKey(bytes: bytes) { return NKey.encodePublicKey(key, type: .user) }
+    throw CLIError("\(text) is neither a user nkey (U…) nor 64 hex digits of an Ed25519 public key")
+}
+
+struct UserCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "user", abstract: "Add, list and revoke users on a running node.",
+                                                    subcommands: [Add.self, List.self, Revoke.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Register a user (admins only). An existing key is an error and changes nothing.")
+        @OptionGroup var options: NodeOptions
+        @Option(name: .long, help: "The user's public signing key (U… nkey or hex).") var signPub: String
+        @Option(name: .long, help: "The user's public X25519 key (base64), which room keys are sealed to.") var kxPub: String
+        @Option(name: .long, help: "A short name.") var handle: String
+        @Option(name: .long, help: "admin or member.") var role = "member"
+
+        func run() async throws {
+            guard let role = UserRole(rawValue: role) else { throw ValidationError("--role is admin or member") }
+            let session = try await NodeSession.open(options)
+            let key = try canonicalUserKey(signPub)
+            let result = try await session.submit(.addUser(key: key, exchangeKey: kxPub, handle: handle, role: role))
+            if options.json { try printJSON(result) } else { print("added \(handle) (\(key)) as \(role.rawValue)") }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List users.")
+        @OptionGroup var options: NodeOptions
+
+        func run() async throws {
+            let result = try await NodeSession.open(options).get("/v1/users")
+            if options.json { try printJSON(result); return }
+            for user in result["users"] as? [[String: Any]] ?? [] {
+                print("\(user["handle"] ?? "")\t\(user["role"] ?? "")\t\(user["status"] ?? "")\t\(user["key"] ?? "")")
+            }
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Revoke a user: its connections close at once, new ones are refused.")
+        @OptionGroup var options: NodeOptions
+        @Option(name: .long, help: "The user's public signing key (U… nkey or hex).") var signPub: String
+
+        func run() async throws {
+            let session = try await NodeSession.open(options)
+            let key = try canonicalUserKey(signPub)
+            let result = try await session.submit(.revokeUser(key: key))
+            if options.json { try printJSON(result) } else { print("revoked \(key)") }
+        }
+    }
+}
+
+struct RoomCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "room", abstract: "Create rooms and manage their members on a running node.",
+                                                    subcommands: [Create.self, List.self, Archive.self, Members.self, AddMember.self, RemoveMember.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a room; you become its owner.")
+        @OptionGroup var options: NodeOptions
+        @Option(name: .long, help: "Room id ([A-Za-z0-9_-], up to 64).") var id: String
+        @Option(name: .long, help: "The room's subject (literal, e.g. rooms.ops).") var subject: String
+        @Flag(name: .long, inversion: .prefixedNo, help: "End-to-end encrypt (Megolm).") var encrypt = true
+        @Flag(name: .long, help: "Compress plaintext with zstd before encryption (leaks length patterns).") var compress = false
+        @Flag(name: .long, help: "Durable history (not supported yet; refused).") var persist = false
+        @Option(name: .long, help: "Rotate the sender's session after this many messages.") var rotateMessages = 1000
+        @Option(name: .long, help: "Rotate the sender's session after this many seconds.") var rotateSeconds = 7 * 24 * 3600
+
+        func run() async throws {
+            let session = try await NodeSession.open(options)
+            let policy = RoomPolicy(encrypt: encrypt, sign: true, compress: compress, persist: persist,
+                                    rotateAfterMessages: rotateMessages, rotateAfterSeconds: rotateSeconds)
+            let result = try await session.submit(.createRoom(id: id, subject: subject, policy: policy))
+            if options.json { try printJSON(result) } else { print("created room \(id) on \(subject)") }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List rooms.")
+        @OptionGroup var options: NodeOptions
+
+        func run() async throws {
+            let result = try await NodeSession.open(options).get("/v1/rooms")
+            if options.json { try printJSON(result); return }
+            for room in result["rooms"] as? [[String: Any]] ?? [] {
+                print("\(room["id"] ?? "")\t\(room["subject"] ?? "")\t\(room["archived"] == nil ? "open" : "archived")")
+            }
+        }
+    }
+
+    struct Archive: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Archive a room (owner or admin).")
+        @OptionGroup var options: NodeOptions
+        @Option(name: .long) var id: String
+
+        func run() async throws {
+            let result = try await NodeSession.open(options).submit(.archiveRoom(id: id))
+            if options.json { try printJSON(result) } else { print("archived room \(id)") }
+        }
+    }
+
+    struct Members: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List a room's members.")
+        @OptionGroup var options: NodeOptions
+        @Option(name: .long) var id: String
+
+        func run() async throws {
+            let result = try await NodeSession.open(options).get("/v1/rooms/\(id)/members")
+            if options.json { try printJSON(result); return }
+            for member in result["members"] as? [[String: Any]] ?? [] {
+                print("\(member["handle"] ?? "")\t\(member["role"] ?? "")\t\(member["user"] ?? "")")
+            }
+        }
+    }
+
+    struct AddMember: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "add-member", abstract: "Add a member (room owner or admin).")
+        @OptionGroup var options: NodeOptions
+        @Option(name: .long) var id: String
+        @Option(name: .long, help: "The member's public signing key (U… nkey or hex).") var signPub: String
+        @Option(name: .long, help: "owner or member.") var role = "member"
+
+        func run() async throws {
+            guard let role = RoomRole(rawValue: role) else { throw ValidationError("--role is owner or member") }
+            let key = try canonicalUserKey(signPub)
+            let result = try await NodeSession.open(options).submit(.addMember(room: id, user: key, role: role))
+            if options.json { try printJSON(result) } else { print("added \(key) to \(id) as \(role.rawValue)") }
+        }
+    }
+
+    struct RemoveMember: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "remove-member", abstract: "Remove a member (room owner, admin, or the member itself).")
+        @OptionGroup var options: NodeOptions
+        @Option(name: .long) var id: String
+        @Option(name: .long, help: "The member's public signing key (U… nkey or hex).") var signPub: String
+
+        func run() async throws {
+            let key = try canonicalUserKey(signPub)
+            let result = try await NodeSession.open(options).submit(.removeMember(room: id, user: key))
+            if options.json { try printJSON(result) } else { print("removed \(key) from \(id)") }
+        }
+    }
+}
