@@ -125,6 +125,10 @@ let package = Package(
             dependencies: ["UnibusNode", "UnibusBroker", "UnibusMembership", "UnibusCrypto", "UnibusTestSupport"]
         ),
         .testTarget(
+            name: "UnibusControlTests",
+            dependencies: ["UnibusControl", "UnibusCrypto"]
+        ),
+        .testTarget(
             name: "InteropTests",
             dependencies: ["UnibusCrypto", "UnibusMembership"],
             exclude: ["peers"]

@@ -65,4 +65,14 @@ struct BrokerInteropTests {
         #expect(mismatch != 0)
         #expect(mismatchOutput.contains("--tls-cert and --tls-key go together"), "\(mismatchOutput)")
     }
+
+    /// The admin CLI against a running node with TLS on both planes, and
+    /// nats-py observing membership changes live (admin_e2e.py).
+    @Test func adminCLIAgainstARunningNode() throws {
+        let script = Peer.packageRoot.appendingPathComponent("Tests/InteropTests/peers/admin_e2e.py").path
+        let binDirectory = (Self.unibusd as NSString).deletingLastPathComponent
+        let (status, output) = try runPeer(["python3", script, binDirectory])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains(" passed, 0 failed"), "\(output)")
+    }
 }

@@ -18,7 +18,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servers import free_port, wait_for  # noqa: E402
+from servers import free_port, make_test_pki, wait_for  # noqa: E402
 import traceback
 
 try:
@@ -208,26 +208,6 @@ async def reconnect_to_restarted_server(_):
     assert msg.data == b"back"
     await nc.close()
     node.stop()
-
-
-def make_test_pki(directory):
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
-    def run(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=unibus-test-ca")
-    for name, extension in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
-                            ("client", "extendedKeyUsage=clientAuth")):
-        with open(os.path.join(directory, name + ".ext"), "w") as f:
-            f.write(extension.replace("\\n", "\n") + "\n")
-        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + name)
-        run("x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", name + ".pem", "-days", "2", "-extfile", name + ".ext")
-    for name in ("ca.key", "server.key", "client.key"):
-        os.chmod(os.path.join(directory, name), 0o600)
-    return {name: os.path.join(directory, name) for name in
-            ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
 
 
 async def tls_and_mutual_tls(_):

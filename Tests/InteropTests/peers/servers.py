@@ -1,6 +1,8 @@
 """Helpers shared by the peer scripts and benchmarks: free loopback ports and
 waiting for a server to accept connections."""
+import os
 import socket
+import subprocess
 import time
 
 
@@ -19,3 +21,23 @@ def wait_for(port, timeout=10.0):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"no server accepted connections on 127.0.0.1:{port} within {timeout} s")
+
+
+def make_test_pki(directory):
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=unibus-test-ca")
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+                            ("client", "extendedKeyUsage=clientAuth")):
+        with open(os.path.join(directory, name + ".ext"), "w") as f:
+            f.write(extension.replace("\\n", "\n") + "\n")
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + name)
+        run("x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", name + ".pem", "-days", "2", "-extfile", name + ".ext")
+    for name in ("ca.key", "server.key", "client.key"):
+        os.chmod(os.path.join(directory, name), 0o600)
+    return {name: os.path.join(directory, name) for name in
+            ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}

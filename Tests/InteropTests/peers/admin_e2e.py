@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""The admin CLI against a running unibusd (real process, real TLS with a test
+CA on both planes), and a stock NATS client (nats-py) seeing the effects.
+
+    admin_e2e.py BIN_DIR      (holding unibusd and unibus)
+
+Prints one line per check and "N passed, N failed"; exit 1 on failure.
+"""
+import asyncio
+import json
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from servers import free_port, make_test_pki, wait_for  # noqa: E402
+
+try:
+    import nats
+except ImportError as error:
+    sys.stderr.write(f"interop peer missing: {error}; pip install nats-py\n")
+    sys.exit(3)
+
+BIN = sys.argv[1]
+results = []
+
+
+def check(name, condition, detail=""):
+    results.append(bool(condition))
+    print(("ok   " if condition else "FAIL ") + name + ("" if condition else f": {detail}"))
+
+
+def cli(*args):
+    run = subprocess.run([os.path.join(BIN, "unibus"), *args], capture_output=True, text=True, timeout=30)
+    return run.returncode, run.stdout + run.stderr
+
+
+async def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = make_test_pki(tmp)
+        data = os.path.join(tmp, "data")
+        admin = os.path.join(tmp, "admin.json")
+        subprocess.run([os.path.join(BIN, "unibusd"), "init", "--data-dir", data, "--admin-identity", admin],
+                       check=True, capture_output=True)
+        people = {}
+        for name in ("alice", "mallory"):
+            path = os.path.join(tmp, name + ".json")
+            subprocess.run([os.path.join(BIN, "unibus"), "identity", "new", "--out", path], check=True, capture_output=True)
+            shown = json.loads(cli("identity", "show", "--identity", path, "--json")[1])
+            seed = cli("identity", "nkey", "--identity", path, "--seed")[1].strip()
+            people[name] = {"path": path, "nkey": shown["nkey"], "kx": shown["x25519_public"], "seed": seed}
+        port, control = free_port(), free_port()
+        node = subprocess.Popen([os.path.join(BIN, "unibusd"), "run", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
+                                 "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"],
+                                 "--control-listen", f"127.0.0.1:{control}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(port)
+            wait_for(control)
+            url = f"https://127.0.0.1:{control}"
+            as_admin = ["--node", url, "--identity", admin, "--ca", pki["ca.pem"]]
+            alice = people["alice"]
+
+            code, out = cli("user", "add", *as_admin, "--sign-pub", alice["nkey"], "--kx-pub", alice["kx"], "--handle", "alice")
+            check("admin adds a user", code == 0, out)
+            code, out = cli("user", "add", *as_admin, "--sign-pub", alice["nkey"], "--kx-pub", alice["kx"], "--handle", "x", "--role", "admin")
+            check("adding an existing key is 'already registered' (exit 1)", code == 1 and "already registered" in out, out)
+            code, out = cli("user", "list", *as_admin, "--json")
+            users = {u["key"]: u for u in json.loads(out)["users"]} if code == 0 else {}
+            check("the duplicate changed nothing (role, handle)",
+                  users.get(alice["nkey"], {}).get("role") == "member" and users.get(alice["nkey"], {}).get("handle") == "alice", out)
+            code, out = cli("user", "add", "--node", url, "--identity", alice["path"], "--ca", pki["ca.pem"],
+                            "--sign-pub", people["mallory"]["nkey"], "--kx-pub", people["mallory"]["kx"], "--handle", "m")
+            check("a member may not add users", code == 1 and "only an admin may add users" in out, out)
+            code, out = cli("user", "list", "--node", url, "--identity", people["mallory"]["path"], "--ca", pki["ca.pem"])
+            check("an unknown caller is refused", code == 1 and "not a registered user" in out, out)
+            code, out = cli("user", "list", "--node", url, "--identity", admin)
+            check("https without --ca is refused", code == 1 and "without --ca" in out, out)
+            code, out = cli("room", "create", *as_admin, "--id", "ops", "--subject", "rooms.ops")
+            check("create a room", code == 0, out)
+            cli("room", "create", *as_admin, "--id", "hr", "--subject", "rooms.hr")
+            code, out = cli("room", "create", *as_admin, "--id", "p", "--subject", "rooms.p", "--persist")
+            check("persist is refused, not ignored", code == 1 and "not supported yet" in out, out)
+            code, out = cli("room", "add-member", *as_admin, "--id", "ops", "--sign-pub", alice["nkey"])
+            check("owner adds a member", code == 0, out)
+            code, out = cli("room", "members", *as_admin, "--id", "ops", "--json")
+            check("members lists both", code == 0 and len(json.loads(out)["members"]) == 2, out)
+
+            context = ssl.create_default_context(cafile=pki["ca.pem"])
+            for path in ("/healthz", "/readyz", "/metrics"):
+                with urllib.request.urlopen(f"{url}{path}", context=context, timeout=5) as response:
+                    body = response.read().decode()
+                check(f"GET {path} over TLS", response.status == 200 and ("unibus_users" in body if path == "/metrics" else True), body[:80])
+
+            # A stock NATS client sees membership.
+            server = f"tls://127.0.0.1:{port}"
+            try:
+                await nats.connect(server, tls=context, nkeys_seed_str=people["mallory"]["seed"], allow_reconnect=False,
+                                   max_reconnect_attempts=0, connect_timeout=3)
+                check("an unknown key is refused by the broker", False, "connected")
+            except Exception:  # noqa: BLE001
+                check("an unknown key is refused by the broker", True)
+            errors, closed = [], asyncio.Event()
+            async def on_error(e): errors.append(str(e).lower())
+            async def on_closed(): closed.set()
+            nc = await nats.connect(server, tls=context, nkeys_seed_str=alice["seed"], error_cb=on_error,
+                                    closed_cb=on_closed, allow_reconnect=False, inbox_prefix=f"_INBOX.{alice['nkey']}".encode())
+            sub = await nc.subscribe("rooms.ops")
+            await nc.publish("rooms.ops", b"hello ops")
+            message = await sub.next_msg(timeout=3)
+            check("a member uses its room's subject", message.data == b"hello ops")
+            await nc.publish("rooms.hr", b"nope")
+            await nc.flush()
+            await asyncio.sleep(0.3)
+            check("and not another room's", any('permissions violation for publish to "rooms.hr"' in e for e in errors), errors)
+
+            code, out = cli("room", "add-member", *as_admin, "--id", "hr", "--sign-pub", alice["nkey"])
+            hr = await nc.subscribe("rooms.hr")
+            await nc.publish("rooms.hr", b"now allowed")
+            try:
+                message = await hr.next_msg(timeout=3)
+                check("add-member takes effect without reconnecting", code == 0 and message.data == b"now allowed", out)
+            except Exception as error:  # noqa: BLE001
+                check("add-member takes effect without reconnecting", False, f"{error} {errors}")
+
+            start = time.monotonic()
+            code, out = cli("user", "revoke", *as_admin, "--sign-pub", alice["nkey"])
+            try:
+                await asyncio.wait_for(closed.wait(), timeout=3)
+                check("revoke closes the user's connection", code == 0, f"{out} after {time.monotonic() - start:.2f}s")
+            except asyncio.TimeoutError:
+                check("revoke closes the user's connection", False, "still connected after 3 s")
+            try:
+                await nats.connect(server, tls=context, nkeys_seed_str=alice["seed"], allow_reconnect=False,
+                                   max_reconnect_attempts=0, connect_timeout=3)
+                check("a revoked user cannot reconnect", False, "connected")
+            except Exception:  # noqa: BLE001
+                check("a revoked user cannot reconnect", True)
+        finally:
+            node.terminate()
+            node.wait(timeout=10)
+    passed = sum(results)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    return 0 if passed == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
