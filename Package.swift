@@ -126,7 +126,7 @@ let package = Package(
         ),
         .testTarget(
             name: "UnibusControlTests",
-            dependencies: ["UnibusControl", "UnibusCrypto"]
+            dependencies: ["UnibusControl", "UnibusCrypto", "UnibusNode", "UnibusBroker", "UnibusMembership", "UnibusTestSupport"]
         ),
         .testTarget(
             name: "InteropTests",

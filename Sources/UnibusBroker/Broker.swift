@@ -96,6 +96,32 @@ public final class Broker: @unchecked Sendable {
 
     public var connectionCount: Int { lock.withLock { connections.count } }
 
+    // MARK: server-originated messages
+
+    /// Delivers a message from the node itself (not from a client) to the
+    /// subscribers of `subject`, e.g. key-share notifications.
+    public func publish(subject: String, payload: [UInt8]) {
+        let result = index.match(subject)
+        let message = ByteBuffer(bytes: payload)
+        var targets = result.plain
+        for group in result.queues { if let member = group.randomElement() { targets.append(member) } }
+        for subscription in targets {
+            let (deliver, last) = subscription.claimDelivery()
+            guard deliver else { continue }
+            subscription.delivered.wrappingIncrement(ordering: .relaxed)
+            let connection = subscription.connection
+            let needsFlush = connection.enqueue { buffer in
+                MessageEncoder.writeMessage(into: &buffer, subject: subject, sid: subscription.sidBytes, reply: nil,
+                                            headerLength: nil, message: message)
+            }
+            statistics.messagesOut.wrappingIncrement(ordering: .relaxed)
+            connection.eventLoop.execute {
+                if needsFlush { connection.flushNow() }
+                if last { connection.removeSubscriptionOnLoop(subscription) }
+            }
+        }
+    }
+
     // MARK: live authorization
 
     /// Re-evaluates every authenticated connection against the authorizer

@@ -388,6 +388,11 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         removeSubscription(subscription)
     }
 
+    /// For deliveries that did not come from a connection (server publishes).
+    func removeSubscriptionOnLoop(_ subscription: Subscription) {
+        removeSubscription(subscription)
+    }
+
     private func removeSubscription(_ subscription: Subscription) {
         subscription.removed.store(true, ordering: .relaxed)
         if subscriptions[subscription.sid] === subscription {

@@ -76,6 +76,27 @@ public final class ControlPlane: Sendable {
                                                          "handle": state.users[$0.user]?.handle ?? ""] }])
         case ("POST", "operations", 2):
             return await apply(body)
+        case ("POST", "rooms", 4) where parts[3] == "key-shares":
+            return storeKeyShares(room: parts[2], sender: caller, body: body)
+        case ("GET", "key-shares", 2):
+            do {
+                let shares = try node.membership.pendingKeyShares(for: caller)
+                return .json(200, ["key_shares": shares.map { ["id": $0.id, "room": $0.room, "sender": $0.sender, "session_id": $0.sessionID,
+                                                                "sealed": Base64.encode($0.sealed), "signature": Base64.encode($0.signature),
+                                                                "created": $0.created] }])
+            } catch {
+                return .error(500, "\(error)")
+            }
+        case ("POST", "key-shares", 3) where parts[2] == "ack":
+            guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any], let ids = object["ids"] as? [String] else {
+                return .error(400, "the body must be {\"ids\": [...]}")
+            }
+            do {
+                let count = try node.membership.acknowledgeKeyShares(ids, by: caller, at: Self.now())
+                return .json(200, ["acknowledged": count])
+            } catch {
+                return .error(500, "\(error)")
+            }
         default:
             return .error(404, "no such endpoint: \(method) \(route)")
         }
@@ -104,6 +125,53 @@ public final class ControlPlane: Sendable {
             }
             return .error(status, "\(error)")
         }
+    }
+
+    /// Stores a sender's sealed session keys for the room's members and tells
+    /// each recipient on its key-delivery subject that a share is waiting.
+    private func storeKeyShares(room: String, sender: String, body: [UInt8]) -> ControlResponse {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
+              let sessionID = object["session_id"] as? String, !sessionID.isEmpty, sessionID.count <= 64,
+              let entries = object["shares"] as? [[String: Any]], !entries.isEmpty, entries.count <= 1000 else {
+            return .error(400, "the body must be {\"session_id\": ..., \"shares\": [{\"recipient\", \"sealed\", \"signature\"}]} with 1 to 1000 shares")
+        }
+        var shares: [KeyShare] = []
+        let created = Self.now()
+        for entry in entries {
+            guard let recipient = entry["recipient"] as? String,
+                  let sealed = (entry["sealed"] as? String).flatMap({ try? Base64.decode($0) }),
+                  let signature = (entry["signature"] as? String).flatMap({ try? Base64.decode($0) }) else {
+                return .error(400, "each share needs recipient, sealed (base64) and signature (base64)")
+            }
+            shares.append(KeyShare(id: Hex.encode(Digest.sha256(Array("\(room)|\(sessionID)|\(recipient)|".utf8) + sealed)),
+                                   room: room, sender: sender, recipient: recipient, sessionID: sessionID,
+                                   sealed: sealed, signature: signature, created: created))
+        }
+        do {
+            try node.membership.storeKeyShares(shares)
+        } catch {
+            let status: Int
+            switch error {
+            case .badSignature: status = 401
+            case .unauthorized: status = 403
+            case .notFound: status = 404
+            case .invalid: status = 400
+            default: status = error.description.contains("UNIQUE") ? 409 : 500
+            }
+            return .error(status, "\(error)")
+        }
+        for share in shares {
+            let notice = (try? JSONSerialization.data(withJSONObject: ["room": share.room, "session_id": share.sessionID, "sender": share.sender],
+                                                      options: [.sortedKeys])) ?? Data()
+            node.broker.publish(subject: MembershipAuthorizer.keyDeliverySubject(for: share.recipient), payload: [UInt8](notice))
+        }
+        return .json(200, ["stored": shares.count])
+    }
+
+    static func now() -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.string(from: Date())
     }
 
     static func userJSON(_ user: User) -> [String: Any] {

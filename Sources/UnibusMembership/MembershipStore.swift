@@ -8,7 +8,7 @@ import Foundation
 public final class MembershipStore: @unchecked Sendable {
     // @unchecked: every access to `database` and `state` holds `lock`.
     public static let fileName = "membership.sqlite3"
-    static let schemaVersion = 1
+    static let schemaVersion = 2
 
     private let lock = NSLock()
     private let database: SQLiteDatabase
@@ -51,6 +51,23 @@ public final class MembershipStore: @unchecked Sendable {
                 """)
             }
         }
+        if version < 2 {
+            try database.transaction {
+                try database.execute("""
+                CREATE TABLE key_shares (id TEXT PRIMARY KEY, room TEXT NOT NULL, sender TEXT NOT NULL, recipient TEXT NOT NULL,
+                    session_id TEXT NOT NULL, sealed BLOB NOT NULL, signature BLOB NOT NULL, created TEXT NOT NULL, acked TEXT);
+                CREATE INDEX key_shares_pending ON key_shares (recipient, acked);
+                PRAGMA user_version = 2;
+                """)
+            }
+        }
+    }
+
+    /// Runs `body` with the database under the store's lock.
+    func withDatabase<T>(_ body: (SQLiteDatabase) throws -> T) throws -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(database)
     }
 
     private func replay() throws(MembershipError) {

@@ -1,0 +1,122 @@
+import Foundation
+import Testing
+import UnibusBroker
+import UnibusControl
+import UnibusCrypto
+import UnibusMembership
+import UnibusNode
+import UnibusTestSupport
+
+private func addUser(_ user: Identity, handle: String, role: UserRole = .member) -> MembershipOperation {
+    .addUser(key: user.userNKey, exchangeKey: Base64.encode(user.keyExchange.publicKey.bytes), handle: handle, role: role)
+}
+
+/// Key shares through the control plane's routes on an in-process node:
+/// only members send and receive, signatures are checked, recipients are
+/// notified on their key-delivery subject, and only they acknowledge.
+@Suite("Key shares", .serialized)
+struct KeyShareTests {
+    let admin = Identity()
+    let alice = Identity()
+    let bob = Identity()
+    let outsider = Identity()
+
+    private func makeNode() async throws -> (Node, ControlPlane, Int) {
+        let store = try MembershipStore(directory: NSTemporaryDirectory() + "unibus-keys-\(UUID().uuidString)")
+        for operation in [addUser(admin, handle: "root", role: .admin), addUser(alice, handle: "alice"), addUser(bob, handle: "bob"),
+                          addUser(outsider, handle: "outsider")] {
+            try store.append(.sign(operation, by: admin))
+        }
+        try store.append(.sign(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: alice))
+        try store.append(.sign(.addMember(room: "ops", user: bob.userNKey, role: .member), by: alice))
+        var configuration = BrokerConfiguration()
+        configuration.port = 0
+        configuration.authorizer = Node.authorizer(for: store)
+        let broker = Broker(configuration: configuration)
+        let port = try await broker.start()
+        let node = Node(broker: broker, membership: store)
+        return (node, ControlPlane(node: node), port)
+    }
+
+    private func share(from sender: Identity, to recipient: Identity, room: String = "ops", session: String = "S1",
+                       sealedTo: X25519PublicKey? = nil) -> [String: Any] {
+        let sealed = SealedBox.seal(Array("megolm session key".utf8), to: sealedTo ?? recipient.keyExchange.publicKey)
+        let signature = sender.sign(KeyShare.signedBytes(room: room, sessionID: session, recipient: recipient.userNKey, sealed: sealed))
+        return ["recipient": recipient.userNKey, "sealed": Base64.encode(sealed), "signature": Base64.encode(signature)]
+    }
+
+    private func call(_ plane: ControlPlane, _ method: String, _ path: String, as identity: Identity, body: Any? = nil) async -> (Int, [String: Any]) {
+        let bytes = body.map { [UInt8]((try? JSONSerialization.data(withJSONObject: $0)) ?? Data()) } ?? []
+        let headers = Dictionary(uniqueKeysWithValues: RequestSignature.headers(method: method, path: path, body: bytes,
+                                                                                nodeID: plane.node.broker.serverID, identity: identity))
+        let response = await plane.handle(method: method, path: path, header: { headers[$0] }, body: bytes)
+        return (response.status, (try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any]) ?? [:])
+    }
+
+    @Test func membersShareKeysRecipientsAreNotifiedAndAcknowledge() async throws {
+        let (node, plane, port) = try await makeNode()
+        // Bob listens on his key-delivery subject.
+        let listener = try RawClient(port: port)
+        let info = listener.read(until: "\r\n")
+        let found = UnibusTestSupport.nonce(fromInfo: info)
+        let serverNonce = try #require(found)
+        listener.clear()
+        let sig = Base64.encode(bob.sign(Array(serverNonce.utf8)), alphabet: .url)
+        listener.send("CONNECT {\"verbose\":false,\"nkey\":\"\(bob.userNKey)\",\"sig\":\"\(sig)\"}\r\nSUB unibus.keys.\(bob.userNKey) 1\r\nPING\r\n")
+        #expect(!listener.read(until: "PONG").contains("-ERR"))
+        listener.clear()
+
+        let (status, reply) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice,
+                                         body: ["session_id": "S1", "shares": [share(from: alice, to: bob)]])
+        #expect(status == 200, "\(reply)")
+        let notice = listener.read(until: "\"session_id\":\"S1\"")
+        #expect(notice.contains("MSG unibus.keys.\(bob.userNKey) 1"), "\(notice)")
+
+        let (pendingStatus, pending) = await call(plane, "GET", "/v1/key-shares", as: bob)
+        let shares = try #require(pending["key_shares"] as? [[String: Any]])
+        #expect(pendingStatus == 200 && shares.count == 1)
+        let sealed = try Base64.decode(try #require(shares.first?["sealed"] as? String))
+        #expect(try SealedBox.open(sealed, with: bob.keyExchange) == Array("megolm session key".utf8))
+        let id = try #require(shares.first?["id"] as? String)
+
+        let (_, wrongAck) = await call(plane, "POST", "/v1/key-shares/ack", as: alice, body: ["ids": [id]])
+        #expect(wrongAck["acknowledged"] as? Int == 0, "only the recipient acknowledges")
+        let (_, ack) = await call(plane, "POST", "/v1/key-shares/ack", as: bob, body: ["ids": [id]])
+        #expect(ack["acknowledged"] as? Int == 1)
+        let (_, after) = await call(plane, "GET", "/v1/key-shares", as: bob)
+        #expect((after["key_shares"] as? [Any])?.isEmpty == true)
+        await node.broker.shutdown()
+    }
+
+    @Test func sharesOnlyBetweenCurrentMembersAndSignedBySender() async throws {
+        let (node, plane, _) = try await makeNode()
+        let (toOutsider, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice,
+                                         body: ["session_id": "S1", "shares": [share(from: alice, to: outsider)]])
+        #expect(toOutsider == 403)
+        let (fromOutsider, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: outsider,
+                                           body: ["session_id": "S1", "shares": [share(from: outsider, to: bob)]])
+        #expect(fromOutsider == 403)
+        let (forged, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice,
+                                     body: ["session_id": "S1", "shares": [share(from: bob, to: bob)]])
+        #expect(forged == 401, "a share must be signed by the sender who submits it")
+        let (otherRoom, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice,
+                                        body: ["session_id": "S1", "shares": [share(from: alice, to: bob, room: "elsewhere")]])
+        #expect(otherRoom == 401, "the signature binds the room")
+        let (malformed, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice, body: ["shares": "nope"])
+        #expect(malformed == 400)
+        let (_, pending) = await call(plane, "GET", "/v1/key-shares", as: bob)
+        #expect((pending["key_shares"] as? [Any])?.isEmpty == true, "nothing was stored")
+        await node.broker.shutdown()
+    }
+
+    @Test func oversizedAndUnsignedRequestsAreRefused() async throws {
+        let (node, plane, _) = try await makeNode()
+        let unsigned = await plane.handle(method: "GET", path: "/v1/users", header: { _ in nil }, body: [])
+        #expect(unsigned.status == 401)
+        let health = await plane.handle(method: "GET", path: "/healthz", header: { _ in nil }, body: [])
+        #expect(health.status == 200)
+        let (missing, _) = await call(plane, "GET", "/v1/nothing", as: admin)
+        #expect(missing == 404)
+        await node.broker.shutdown()
+    }
+}
