@@ -127,7 +127,10 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         stats.currentConnections.wrappingIncrement(ordering: .relaxed)
         if broker.configuration.authorizer != nil {
             authTimer = eventLoop.scheduleTask(in: broker.configuration.authTimeout) { [self] in
-                if !connected { closeWithError("Authentication Timeout") }
+                if !connected {
+                    stats.countAuthorizationFailure(.timeout)
+                    closeWithError("Authentication Timeout")
+                }
             }
         }
         let tick = min(TimeAmount.seconds(1), broker.configuration.pingInterval, broker.configuration.writeDeadline)
@@ -265,7 +268,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
             switch op {
             case .connect: break
             default:
-                closeForAuthorizationViolation()
+                closeForAuthorizationViolation(.noCredentials)
                 return
             }
         }
@@ -317,14 +320,18 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         if let authorizer = broker.configuration.authorizer {
-            guard let nonce,
-                  let nkey = object["nkey"] as? String,
-                  let signatureText = object["sig"] as? String,
-                  let (_, key) = try? NKey.decodePublicKey(nkey, expecting: .user),
+            guard let nonce, let nkey = object["nkey"] as? String, let signatureText = object["sig"] as? String else {
+                closeForAuthorizationViolation(.noCredentials)
+                return
+            }
+            guard let (_, key) = try? NKey.decodePublicKey(nkey, expecting: .user),
                   let signature = Self.decodeSignature(signatureText),
-                  key.verify(signature: signature, message: Array(nonce.utf8)),
-                  let granted = authorizer.permissions(forUser: nkey) else {
-                closeForAuthorizationViolation()
+                  key.verify(signature: signature, message: Array(nonce.utf8)) else {
+                closeForAuthorizationViolation(.badSignature)
+                return
+            }
+            guard let granted = authorizer.permissions(forUser: nkey) else {
+                closeForAuthorizationViolation(.notAllowed)
                 return
             }
             permissions = granted
@@ -617,8 +624,8 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
 
     // MARK: closing
 
-    private func closeForAuthorizationViolation() {
-        stats.authorizationFailures.wrappingIncrement(ordering: .relaxed)
+    private func closeForAuthorizationViolation(_ reason: AuthFailureReason) {
+        stats.countAuthorizationFailure(reason)
         closeWithError("Authorization Violation")
     }
 
@@ -680,7 +687,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func closeForAuthorization() async {
-        try? await eventLoop.submit { [self] in closeForAuthorizationViolation() }.get()
+        try? await eventLoop.submit { [self] in closeForAuthorizationViolation(.revoked) }.get()
     }
 
     /// Re-reads this connection's permissions from the authorizer.
@@ -688,7 +695,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         try? await eventLoop.submit { [self] in
             guard !closing, let authorizer = broker.configuration.authorizer, let user = authenticatedUser else { return }
             guard let granted = authorizer.permissions(forUser: user) else {
-                closeForAuthorizationViolation()
+                closeForAuthorizationViolation(.revoked)
                 return
             }
             guard granted != permissions else { return }

@@ -10,9 +10,34 @@ public final class BrokerStatistics: Sendable {
     public let bytesOut = ManagedAtomic<Int>(0)
     public let slowConsumers = ManagedAtomic<Int>(0)
     public let staleConnections = ManagedAtomic<Int>(0)
-    public let authorizationFailures = ManagedAtomic<Int>(0)
+    /// Refused authentications by reason.
+    public let authorizationFailuresByReason: [AuthFailureReason: ManagedAtomic<Int>] =
+        Dictionary(uniqueKeysWithValues: AuthFailureReason.allCases.map { ($0, ManagedAtomic<Int>(0)) })
+
+    func countAuthorizationFailure(_ reason: AuthFailureReason) {
+        authorizationFailuresByReason[reason]?.wrappingIncrement(ordering: .relaxed)
+    }
+
+    /// All refused authentications.
+    public var authorizationFailureTotal: Int {
+        authorizationFailuresByReason.values.reduce(0) { $0 + $1.load(ordering: .relaxed) }
+    }
     public let permissionViolations = ManagedAtomic<Int>(0)
     public let protocolViolations = ManagedAtomic<Int>(0)
 
     init() {}
+}
+
+/// Why a client was refused or disconnected for authorization.
+public enum AuthFailureReason: String, CaseIterable, Sendable {
+    /// No CONNECT with nkey and signature (or another operation first).
+    case noCredentials = "no_credentials"
+    /// The signature of the nonce does not verify.
+    case badSignature = "bad_signature"
+    /// A valid key the authorizer does not allow (unknown or revoked).
+    case notAllowed = "not_allowed"
+    /// Disconnected after its user was revoked or removed.
+    case revoked
+    /// No CONNECT within the authentication timeout.
+    case timeout
 }

@@ -201,13 +201,18 @@ public final class ControlPlane: Sendable {
             ("unibus_bytes_out_total", "counter", stats.bytesOut.load(ordering: .relaxed)),
             ("unibus_slow_consumers_total", "counter", stats.slowConsumers.load(ordering: .relaxed)),
             ("unibus_stale_connections_total", "counter", stats.staleConnections.load(ordering: .relaxed)),
-            ("unibus_auth_failures_total", "counter", stats.authorizationFailures.load(ordering: .relaxed)),
             ("unibus_permission_violations_total", "counter", stats.permissionViolations.load(ordering: .relaxed)),
             ("unibus_protocol_violations_total", "counter", stats.protocolViolations.load(ordering: .relaxed)),
             ("unibus_membership_operations_total", "counter", node.membership.operationCount),
             ("unibus_users", "gauge", state.users.values.filter { $0.status == .active }.count),
             ("unibus_rooms", "gauge", state.rooms.values.filter { $0.archived == nil }.count),
         ]
-        return rows.map { "# TYPE \($0.0) \($0.1)\n\($0.0) \($0.2)\n" }.joined()
+        var text = rows.map { "# TYPE \($0.0) \($0.1)\n\($0.0) \($0.2)\n" }.joined()
+        text += "# TYPE unibus_auth_failures_total counter\n"
+        for reason in AuthFailureReason.allCases {
+            let count = stats.authorizationFailuresByReason[reason]?.load(ordering: .relaxed) ?? 0
+            text += "unibus_auth_failures_total{reason=\"\(reason.rawValue)\"} \(count)\n"
+        }
+        return text
     }
 }

@@ -118,7 +118,25 @@ struct UserCommand: AsyncParsableCommand {
 
 struct RoomCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "room", abstract: "Create rooms and manage their members on a running node.",
-                                                    subcommands: [Create.self, List.self, Archive.self, Members.self, AddMember.self, RemoveMember.self])
+                                                    subcommands: [Create.self, List.self, Show.self, Archive.self, Members.self, AddMember.self, RemoveMember.self])
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one room: subject, owner, policy, state.")
+        @OptionGroup var options: NodeOptions
+        @Option(name: .long) var id: String
+
+        func run() async throws {
+            let rooms = try await NodeSession.open(options).get("/v1/rooms")["rooms"] as? [[String: Any]] ?? []
+            guard let room = rooms.first(where: { $0["id"] as? String == id }) else { throw CLIError("no room \(id)") }
+            if options.json { try printJSON(room); return }
+            for key in ["id", "subject", "owner", "created", "archived"] where room[key] != nil { print("\(key): \(room[key] ?? "")") }
+            for (key, value) in (room["policy"] as? [String: Any] ?? [:]).sorted(by: { $0.key < $1.key }) {
+                // JSON text, so booleans read true/false rather than 1/0.
+                let text = (try? JSONSerialization.data(withJSONObject: value, options: .fragmentsAllowed)).map { String(decoding: $0, as: UTF8.self) }
+                print("policy.\(key): \(text ?? "\(value)")")
+            }
+        }
+    }
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a room; you become its owner.")

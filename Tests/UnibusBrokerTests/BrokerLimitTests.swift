@@ -155,7 +155,10 @@ struct BrokerAuthenticationTests {
             early.read(until: "\r\n")
             early.send("SUB x 1\r\n")
             #expect(early.read(until: "Violation").contains("-ERR 'Authorization Violation'"))
-            #expect(broker.statistics.authorizationFailures.load(ordering: .relaxed) == 3)
+            #expect(broker.statistics.authorizationFailureTotal == 3)
+            #expect(broker.statistics.authorizationFailuresByReason[.badSignature]?.load(ordering: .relaxed) == 1)
+            #expect(broker.statistics.authorizationFailuresByReason[.notAllowed]?.load(ordering: .relaxed) == 1)
+            #expect(broker.statistics.authorizationFailuresByReason[.noCredentials]?.load(ordering: .relaxed) == 1)
         }
     }
 

@@ -87,6 +87,8 @@ async def main():
             check("persist is refused, not ignored", code == 1 and "not supported yet" in out, out)
             code, out = cli("room", "add-member", *as_admin, "--id", "ops", "--sign-pub", alice["nkey"])
             check("owner adds a member", code == 0, out)
+            code, out = cli("room", "show", *as_admin, "--id", "ops")
+            check("room show", code == 0 and "subject: rooms.ops" in out and "policy.encrypt: true" in out, out)
             code, out = cli("room", "members", *as_admin, "--id", "ops", "--json")
             check("members lists both", code == 0 and len(json.loads(out)["members"]) == 2, out)
 
@@ -94,7 +96,7 @@ async def main():
             for path in ("/healthz", "/readyz", "/metrics"):
                 with urllib.request.urlopen(f"{url}{path}", context=context, timeout=5) as response:
                     body = response.read().decode()
-                check(f"GET {path} over TLS", response.status == 200 and ("unibus_users" in body if path == "/metrics" else True), body[:80])
+                check(f"GET {path} over TLS", response.status == 200 and ('unibus_auth_failures_total{reason="bad_signature"}' in body if path == "/metrics" else True), body[:80])
 
             # A stock NATS client sees membership.
             server = f"tls://127.0.0.1:{port}"
