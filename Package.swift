@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "UnibusWire", targets: ["UnibusWire"]),
         .library(name: "UnibusBroker", targets: ["UnibusBroker"]),
         .library(name: "UnibusMembership", targets: ["UnibusMembership"]),
+        .library(name: "UnibusClient", targets: ["UnibusClient"]),
         .executable(name: "unibusd", targets: ["unibusd"]),
         .executable(name: "unibus", targets: ["unibus"]),
     ],
@@ -40,6 +41,11 @@ let package = Package(
             name: "CSQLite",
             pkgConfig: "sqlite3",
             providers: [.apt(["libsqlite3-dev"])]
+        ),
+        .systemLibrary(
+            name: "CZstd",
+            pkgConfig: "libzstd",
+            providers: [.apt(["libzstd-dev"])]
         ),
         .target(
             name: "UnibusCrypto",
@@ -85,6 +91,17 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
+        // The library peers use: failover connection, rooms, sealed frames.
+        .target(
+            name: "UnibusClient",
+            dependencies: [
+                "UnibusWire", "UnibusCrypto", "UnibusMembership", "UnibusControl", "UnibusNode", "CZstd",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
         .executableTarget(
             name: "unibusd",
             dependencies: [
@@ -95,7 +112,7 @@ let package = Package(
         .executableTarget(
             name: "unibus",
             dependencies: [
-                "UnibusCrypto", "UnibusControl", "UnibusMembership",
+                "UnibusCrypto", "UnibusControl", "UnibusMembership", "UnibusClient", "UnibusWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -127,6 +144,11 @@ let package = Package(
         .testTarget(
             name: "UnibusControlTests",
             dependencies: ["UnibusControl", "UnibusCrypto", "UnibusNode", "UnibusBroker", "UnibusMembership", "UnibusTestSupport"]
+        ),
+        .testTarget(
+            name: "UnibusClientTests",
+            dependencies: ["UnibusClient", "UnibusWire", "UnibusCrypto", "UnibusMembership", "UnibusNode", "UnibusControl",
+                           "UnibusBroker", "UnibusTestSupport"]
         ),
         .testTarget(
             name: "InteropTests",

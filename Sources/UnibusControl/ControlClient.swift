@@ -4,6 +4,7 @@ import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import UnibusCrypto
+import UnibusMembership
 
 /// A small HTTPS client for the control plane, used by the `unibus` CLI and
 /// tests. TLS trusts only the pinned CA; plain HTTP only to loopback.
@@ -129,5 +130,42 @@ private final class ResponseCollector: ChannelInboundHandler, @unchecked Sendabl
 
     func channelInactive(context: ChannelHandlerContext) {
         response.fail(ControlClient.Failure(description: "connection closed before a response"))
+    }
+}
+
+/// A caller's session with one node's control plane: the node's id (every
+/// signed request names it, so a captured request cannot be replayed against
+/// another node) and the identity that signs. The CLI and the client
+/// library both go through it.
+public struct ControlSession: Sendable {
+    public let client: ControlClient
+    public let identity: Identity
+    public let nodeID: String
+    public let url: String
+
+    /// Connects to `url` (pinned `caPath` for https) and asks the node for its id.
+    public static func open(url: String, caPath: String?, identity: Identity) async throws -> ControlSession {
+        let client = try ControlClient(url: url, caPath: caPath)
+        let info = try await client.request("GET", "/v1/node")
+        guard info.status == 200, let nodeID = info.json?["node_id"] as? String else {
+            throw ControlClient.Failure(description: "\(url) did not identify itself as a Unibus node (\(info.status): \(info.errorText))")
+        }
+        return ControlSession(client: client, identity: identity, nodeID: nodeID, url: url)
+    }
+
+    /// A signed request; a non-2xx answer is thrown with the node's error text.
+    public func call(_ method: String, _ path: String, body: [UInt8] = []) async throws -> ControlClient.Response {
+        let response = try await client.request(method, path, body: body, identity: identity, nodeID: nodeID)
+        guard (200..<300).contains(response.status) else {
+            throw ControlClient.Failure(description: "\(method) \(path): \(response.status) \(response.errorText)")
+        }
+        return response
+    }
+
+    /// Signs `operation` as the caller and submits it.
+    public func submit(_ operation: MembershipOperation) async throws -> ControlClient.Response {
+        let signed = SignedOperation.sign(operation, by: identity)
+        let body = try JSONSerialization.data(withJSONObject: ["bytes": Base64.encode(signed.bytes), "signature": Base64.encode(signed.signature)])
+        return try await call("POST", "/v1/operations", body: [UInt8](body))
     }
 }

@@ -22,7 +22,8 @@ public struct ControlResponse: Sendable {
 ///
 /// Unsigned: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /v1/node`.
 /// Signed by an active user: `GET /v1/users`, `GET /v1/rooms`,
-/// `GET /v1/rooms/{id}/members`, and `POST /v1/operations` with
+/// `GET /v1/rooms/{id}`, `GET /v1/rooms/{id}/members`, `GET /v1/me/rooms`
+/// (the caller's open rooms), and `POST /v1/operations` with
 /// `{"bytes": base64, "signature": base64}`, a membership operation signed by
 /// its actor (the membership rules decide whether the actor may do it).
 public final class ControlPlane: Sendable {
@@ -69,6 +70,11 @@ public final class ControlPlane: Sendable {
             return .json(200, ["users": state.users.values.sorted { $0.handle < $1.handle }.map(Self.userJSON)])
         case ("GET", "rooms", 2):
             return .json(200, ["rooms": state.rooms.values.sorted { $0.id < $1.id }.map(Self.roomJSON)])
+        case ("GET", "me", 3) where parts[2] == "rooms":
+            return .json(200, ["rooms": state.rooms(of: caller).sorted { $0.id < $1.id }.map(Self.roomJSON)])
+        case ("GET", "rooms", 3):
+            guard let room = state.rooms[parts[2]] else { return .error(404, "no room \(parts[2])") }
+            return .json(200, Self.roomJSON(room))
         case ("GET", "rooms", 4) where parts[3] == "members":
             guard state.rooms[parts[2]] != nil else { return .error(404, "no room \(parts[2])") }
             let members = (state.members[parts[2]] ?? [:]).values.sorted { $0.user < $1.user }
@@ -183,7 +189,8 @@ public final class ControlPlane: Sendable {
         var json: [String: Any] = ["id": room.id, "subject": room.subject, "owner": room.owner, "created": room.created,
                                    "policy": ["encrypt": room.policy.encrypt, "sign": room.policy.sign, "compress": room.policy.compress,
                                               "rotate_after_messages": room.policy.rotateAfterMessages,
-                                              "rotate_after_seconds": room.policy.rotateAfterSeconds]]
+                                              "rotate_after_seconds": room.policy.rotateAfterSeconds,
+                                              "frame_window_seconds": room.policy.frameWindowSeconds]]
         if let archived = room.archived { json["archived"] = archived }
         return json
     }

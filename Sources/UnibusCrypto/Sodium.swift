@@ -102,7 +102,7 @@ extension Array where Element == UInt8 {
 }
 
 /// Overwrites an array's bytes with zeros (for secrets that passed through an array).
-func wipe(_ bytes: inout [UInt8]) {
+public func wipe(_ bytes: inout [UInt8]) {
     bytes.withUnsafeMutableBytes { raw in
         if let base = raw.baseAddress { sodium_memzero(base, raw.count) }
     }

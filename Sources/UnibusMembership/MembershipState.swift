@@ -88,6 +88,7 @@ public struct MembershipState: Equatable, Sendable {
                 throw .conflict("subject \(subject) belongs to another room")
             }
             guard policy.rotateAfterMessages > 0, policy.rotateAfterSeconds > 0 else { throw .invalid("rotation limits must be positive") }
+            guard policy.frameWindowSeconds > 0 else { throw .invalid("the frame window must be positive") }
             rooms[id] = Room(id: id, subject: subject, owner: actor, policy: policy, created: at, archived: nil)
             members[id] = [actor: Member(room: id, user: actor, role: .owner, joined: at)]
 

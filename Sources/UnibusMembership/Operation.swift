@@ -14,15 +14,38 @@ public struct RoomPolicy: Codable, Equatable, Sendable {
     public var persist: Bool
     public var rotateAfterMessages: Int
     public var rotateAfterSeconds: Int
+    /// Receivers refuse frames whose sender timestamp is further than this
+    /// from their own clock (either way).
+    public var frameWindowSeconds: Int
+
+    public static let defaultFrameWindowSeconds = 300
 
     public init(encrypt: Bool = true, sign: Bool = true, compress: Bool = false, persist: Bool = false,
-                rotateAfterMessages: Int = 1000, rotateAfterSeconds: Int = 7 * 24 * 3600) {
+                rotateAfterMessages: Int = 1000, rotateAfterSeconds: Int = 7 * 24 * 3600,
+                frameWindowSeconds: Int = RoomPolicy.defaultFrameWindowSeconds) {
         self.encrypt = encrypt
         self.sign = sign
         self.compress = compress
         self.persist = persist
         self.rotateAfterMessages = rotateAfterMessages
         self.rotateAfterSeconds = rotateAfterSeconds
+        self.frameWindowSeconds = frameWindowSeconds
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case encrypt, sign, compress, persist, rotateAfterMessages, rotateAfterSeconds, frameWindowSeconds
+    }
+
+    /// Operations signed before `frameWindowSeconds` existed decode with the default.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        encrypt = try container.decode(Bool.self, forKey: .encrypt)
+        sign = try container.decode(Bool.self, forKey: .sign)
+        compress = try container.decode(Bool.self, forKey: .compress)
+        persist = try container.decode(Bool.self, forKey: .persist)
+        rotateAfterMessages = try container.decode(Int.self, forKey: .rotateAfterMessages)
+        rotateAfterSeconds = try container.decode(Int.self, forKey: .rotateAfterSeconds)
+        frameWindowSeconds = try container.decodeIfPresent(Int.self, forKey: .frameWindowSeconds) ?? Self.defaultFrameWindowSeconds
     }
 }
 

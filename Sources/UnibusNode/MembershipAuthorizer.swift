@@ -36,5 +36,6 @@ public struct MembershipAuthorizer: Authorizer {
     }
 
     /// Where a user is told that key shares are waiting for it.
-    public static func keyDeliverySubject(for userNKey: String) -> String { "unibus.keys.\(userNKey)" }
+    public static func keyDeliverySubject(for userNKey: String) -> String { keyDeliverySubjectPrefix + userNKey }
+    public static let keyDeliverySubjectPrefix = "unibus.keys."
 }

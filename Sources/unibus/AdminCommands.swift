@@ -21,38 +21,32 @@ struct NodeOptions: ParsableArguments {
 
 /// A connection to a node: its id (for signing) and the caller's identity.
 struct NodeSession {
-    let client: ControlClient
-    let identity: Identity
-    let nodeID: String
+    let session: ControlSession
 
     static func open(_ options: NodeOptions) async throws -> NodeSession {
         let identity = try loadIdentity(options.identity)
-        let client: ControlClient
         do {
-            client = try ControlClient(url: options.node, caPath: options.ca)
+            return NodeSession(session: try await ControlSession.open(url: options.node, caPath: options.ca, identity: identity))
         } catch {
             throw CLIError("\(error)")
         }
-        let info = try await client.request("GET", "/v1/node")
-        guard info.status == 200, let nodeID = info.json?["node_id"] as? String else {
-            throw CLIError("\(options.node) did not identify itself as a Unibus node (\(info.status): \(info.errorText))")
-        }
-        return NodeSession(client: client, identity: identity, nodeID: nodeID)
     }
 
     func get(_ path: String) async throws -> [String: Any] {
-        let response = try await client.request("GET", path, identity: identity, nodeID: nodeID)
-        guard response.status == 200, let json = response.json else { throw CLIError(response.errorText) }
+        let response = try await call { try await session.call("GET", path) }
+        guard let json = response.json else { throw CLIError("the node's answer to GET \(path) is not JSON") }
         return json
     }
 
     /// Signs `operation` as the caller and submits it.
     func submit(_ operation: MembershipOperation) async throws -> [String: Any] {
-        let signed = SignedOperation.sign(operation, by: identity)
-        let body = try JSONSerialization.data(withJSONObject: ["bytes": Base64.encode(signed.bytes), "signature": Base64.encode(signed.signature)])
-        let response = try await client.request("POST", "/v1/operations", body: [UInt8](body), identity: identity, nodeID: nodeID)
-        guard response.status == 200, let json = response.json else { throw CLIError(response.errorText) }
+        let response = try await call { try await session.submit(operation) }
+        guard let json = response.json else { throw CLIError("the node's answer is not JSON") }
         return json
+    }
+
+    private func call(_ body: () async throws -> ControlClient.Response) async throws -> ControlClient.Response {
+        do { return try await body() } catch let error as ControlClient.Failure { throw CLIError(error.description) }
     }
 }
 

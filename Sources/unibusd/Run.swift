@@ -58,6 +58,9 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .long, help: "Allow plain TCP on a non-loopback address (insecure; for isolated test networks only).")
     var allowPlaintext = false
 
+    @Flag(name: .long, help: "Allow rooms without encryption although the node listens beyond loopback (on loopback they are always allowed).")
+    var allowUnencryptedRooms = false
+
     @Option(name: .long, help: "Event loop threads (0 = half the cores, at least one).")
     var threads = 0
 
@@ -141,7 +144,8 @@ struct Run: AsyncParsableCommand {
         let broker = Broker(configuration: configuration, serverKey: serverKey)
         let bound = try await broker.start()
         if let membership {
-            let node = Node(broker: broker, membership: membership)
+            let loopback = ["127.0.0.1", "localhost", "::1"].contains(configuration.host) || configuration.host.hasPrefix("127.")
+            let node = Node(broker: broker, membership: membership, allowsUnencryptedRooms: loopback || allowUnencryptedRooms)
             guard let colon = controlListen.lastIndex(of: ":"), let controlPort = Int(controlListen[controlListen.index(after: colon)...]) else {
                 throw ValidationError("--control-listen must be HOST:PORT, got \(controlListen)")
             }

@@ -1,0 +1,41 @@
+/// What the client library reports. Each message says what to do.
+public enum ClientError: Error, Equatable, Sendable, CustomStringConvertible {
+    case invalidURL(String, String)
+    case noSeeds
+    /// Every seed was tried; each failure is listed.
+    case unreachable([String])
+    case tlsRequiredWithoutCA(String)
+    case plaintextRefused(String)
+    case authenticationFailed(String)
+    case closed
+    /// The connection is down and the reconnect buffer is full.
+    case publishBufferFull(messages: Int, bytes: Int)
+    case payloadTooLarge(Int, limit: Int)
+    case timeout(String)
+    case controlPlane(String)
+    case notAMember(String)
+    case seal(SealError)
+    case invalid(String)
+
+    public var description: String {
+        switch self {
+        case .invalidURL(let url, let why): return "invalid URL \(url): \(why)"
+        case .noSeeds: return "no seed URLs: give at least one data-plane URL (nats://HOST:PORT) and one control-plane URL"
+        case .unreachable(let failures): return "no node could be reached: \(failures.joined(separator: "; "))"
+        case .tlsRequiredWithoutCA(let url):
+            return "\(url) requires TLS but no CA was given: pass the node's CA certificate (--ca) so its identity is pinned"
+        case .plaintextRefused(let url):
+            return "\(url) does not offer TLS; refusing to send credentials or frames in plaintext to a non-loopback node"
+        case .authenticationFailed(let why): return "the node refused this identity: \(why) (is the user added and active?)"
+        case .closed: return "the client was closed"
+        case .publishBufferFull(let messages, let bytes):
+            return "disconnected and the reconnect buffer is full (\(messages) messages, \(bytes) bytes); the message was not sent, retry later"
+        case .payloadTooLarge(let size, let limit): return "a \(size)-byte message exceeds the node's maximum payload of \(limit) bytes"
+        case .timeout(let what): return "timed out: \(what)"
+        case .controlPlane(let why): return "control plane: \(why)"
+        case .notAMember(let room): return "not a member of room \(room): ask its owner to add you (unibus room add-member)"
+        case .seal(let error): return "\(error)"
+        case .invalid(let why): return why
+        }
+    }
+}

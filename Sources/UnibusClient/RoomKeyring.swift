@@ -1,0 +1,341 @@
+import UnibusCrypto
+import UnibusMembership
+import UnibusWire
+
+/// What a receiver knows about a room: enough to judge a frame.
+public struct RoomInfo: Sendable, Equatable {
+    public var id: String
+    public var subject: String
+    public var owner: String
+    public var policy: RoomPolicy
+
+    public init(id: String, subject: String, owner: String, policy: RoomPolicy) {
+        self.id = id
+        self.subject = subject
+        self.owner = owner
+        self.policy = policy
+    }
+}
+
+/// How a delivered frame was authenticated.
+public enum FrameProtection: String, Sendable {
+    /// Megolm: encrypted, MACed, signed by a session whose key came from the
+    /// sender in a share signed by the sender's identity.
+    case encrypted
+    /// Signed by the sender's identity, not encrypted.
+    case signed
+    /// A plain room: nothing is authenticated.
+    case none
+}
+
+/// A frame that passed every check.
+public struct OpenedFrame: Sendable {
+    /// The sender's user nkey ("U…").
+    public let sender: String
+    public let room: String
+    /// Milliseconds since the Unix epoch, by the sender's clock (authenticated).
+    public let timestamp: UInt64
+    public let contentType: String
+    public let body: [UInt8]
+    public let protection: FrameProtection
+}
+
+/// Errors a sender sees; none of them ever leads to sending plaintext.
+public enum SealError: Error, Equatable, Sendable, CustomStringConvertible {
+    case noSession(room: String)
+    case invalid(String)
+    case exhausted
+
+    public var description: String {
+        switch self {
+        case .noSession(let room):
+            return "no Megolm session for room \(room) has been shared with its members; refusing to send (never plaintext)"
+        case .invalid(let why): return why
+        case .exhausted: return "the room's Megolm session is exhausted; it must be rotated"
+        }
+    }
+}
+
+/// The frame cryptography of one client: its outbound Megolm sessions (one
+/// per room), the inbound sessions it was given, the replay windows, and the
+/// room members it trusts. Synchronous and free of I/O, so it can be
+/// tested, fuzzed and benchmarked alone; `UnibusClient` owns one inside its
+/// actor and does the fetching and sharing around it. A class: a copy would
+/// hold a second replay window and reuse outbound indices. Not `Sendable`.
+public final class RoomKeyring {
+    /// A sender's current session in a room.
+    public final class Outbound {
+        public let session: MegolmOutboundSession
+        public let created: UInt64
+        /// Messages encrypted with it.
+        public var sent = 0
+        /// Members the session key was shared with (user nkeys).
+        public var sharedWith: Set<String> = []
+        /// Set when a member left: the next send must use a new session.
+        public var mustRotate = false
+
+        init(created: UInt64) {
+            session = MegolmOutboundSession()
+            self.created = created
+        }
+    }
+
+    struct SessionRef: Hashable {
+        let sender: [UInt8]
+        let session: [UInt8]
+    }
+
+    struct Inbound {
+        var session: MegolmInboundSession
+        let room: String
+        var replay = ReplayWindow()
+    }
+
+    struct StreamRef: Hashable {
+        let sender: [UInt8]
+        let stream: [UInt8]
+    }
+
+    public let identity: Identity
+    private let senderKey: [UInt8]
+    private let senderNKey: String
+    /// Caps how many signed streams are tracked; beyond it the oldest
+    /// half is forgotten (their frames are still bounded by the time window).
+    static let maximumStreams = 10_000
+    /// Largest body a compressed frame may expand to.
+    public var maximumBody = 8 * 1024 * 1024
+
+    public private(set) var rooms: [String: RoomInfo] = [:]
+    /// room → current members' user nkeys.
+    public private(set) var members: [String: Set<String>] = [:]
+    public private(set) var outbound: [String: Outbound] = [:]
+    private var inbound: [SessionRef: Inbound] = [:]
+    private var streams: [StreamRef: ReplayWindow] = [:]
+    private var streamOrder: [StreamRef] = []
+    /// This client's own signed-frame stream (random per process).
+    private let stream: [UInt8] = Sodium.randomNonce(count: FrameEnvelope.streamLength)
+    private var sequence: UInt64 = 0
+
+    public init(identity: Identity) {
+        self.identity = identity
+        senderKey = identity.signing.publicKey.bytes
+        senderNKey = identity.userNKey
+    }
+
+    // MARK: rooms and members
+
+    public func setRoom(_ room: RoomInfo, members: Set<String>) {
+        rooms[room.id] = room
+        let before = self.members[room.id] ?? []
+        self.members[room.id] = members
+        // A member who left must not read what follows: rotate.
+        if !before.subtracting(members).isEmpty { outbound[room.id]?.mustRotate = true }
+    }
+
+    public func forgetRoom(_ id: String) {
+        rooms[id] = nil
+        members[id] = nil
+        outbound[id] = nil
+        inbound = inbound.filter { $0.value.room != id }
+    }
+
+    // MARK: sending
+
+    /// The outbound session to use for `room` now, or nil when a new one must
+    /// be created and shared first (none yet, a member left, or the room's
+    /// message count or age limit was reached).
+    public func currentOutbound(for room: String, now: UInt64) -> Outbound? {
+        guard let current = outbound[room], let info = rooms[room] else { return nil }
+        if current.mustRotate || current.sent >= info.policy.rotateAfterMessages { return nil }
+        if now >= current.created + UInt64(info.policy.rotateAfterSeconds) * 1000 { return nil }
+        if current.session.messageIndex == UInt32.max { return nil }
+        return current
+    }
+
+    /// Starts a new outbound session for `room` (the caller shares it before
+    /// sending) and keeps its key as an inbound session, so this client can
+    /// read its own messages.
+    public func rotate(room: String, now: UInt64) -> Outbound {
+        let fresh = Outbound(created: now)
+        outbound[room] = fresh
+        let key = fresh.session.sessionKey
+        inbound[SessionRef(sender: senderKey, session: key.signingKey.bytes)] =
+            Inbound(session: MegolmInboundSession(sessionKey: key), room: room)
+        return fresh
+    }
+
+    /// The sealed, signed share of `outbound`'s key (at its current index) for
+    /// one recipient: what `POST /v1/rooms/{id}/key-shares` carries.
+    public func share(_ outbound: Outbound, room: String, recipient: String, exchangeKey: X25519PublicKey) -> (sealed: [UInt8], signature: [UInt8]) {
+        var key = outbound.session.sessionKey.bytes
+        defer { wipe(&key) }
+        let sealed = SealedBox.seal(key, to: exchangeKey)
+        let signature = identity.sign(KeyShare.signedBytes(room: room, sessionID: outbound.session.sessionID, recipient: recipient, sealed: sealed))
+        return (sealed, signature)
+    }
+
+    /// Seals one message for `room` according to its policy. Encrypted rooms
+    /// need a current outbound session (see `currentOutbound`); there is no
+    /// path from an encrypted room to a plaintext frame.
+    public func seal(room: String, contentType: String, body: [UInt8], now: UInt64) throws(SealError) -> [UInt8] {
+        guard let info = rooms[room] else { throw .invalid("room \(room) is not open in this client") }
+        guard contentType.utf8.count <= InnerFrame.maximumContentTypeLength else {
+            throw .invalid("content type is longer than \(InnerFrame.maximumContentTypeLength) bytes")
+        }
+        let compressed = info.policy.compress && !body.isEmpty
+        let inner = InnerFrame(room: room, timestamp: now, contentType: contentType, compressed: compressed,
+                               body: compressed ? Zstd.compress(body) : body)
+        var plaintext = inner.encoded()
+        if info.policy.encrypt {
+            defer { wipe(&plaintext) }
+            guard let current = currentOutbound(for: room, now: now) else { throw .noSession(room: room) }
+            let message: MegolmMessage
+            do { message = try current.session.encrypt(plaintext) } catch { throw .exhausted }
+            current.sent += 1
+            return FrameEnvelope.encodeMegolm(sender: senderKey, sessionKey: current.session.signingKey.bytes, message: message.bytes)
+        }
+        if info.policy.sign {
+            sequence += 1
+            var frame = FrameEnvelope.encodeSignedUnsigned(sender: senderKey, stream: stream, sequence: sequence, inner: plaintext)
+            frame += identity.sign(frame)
+            return frame
+        }
+        return FrameEnvelope.encodePlain(sender: senderKey, inner: plaintext)
+    }
+
+    // MARK: receiving
+
+    /// Accepts a key share addressed to this client: checks the sender's
+    /// signature and membership, opens the sealed box, and keeps the session
+    /// (an earlier starting index already held wins, as in Megolm).
+    public func acceptShare(room: String, sender: String, sessionID: String, sealed: [UInt8], signature: [UInt8]) throws(KeyShareError) {
+        guard members[room]?.contains(sender) == true else { throw .senderNotMember }
+        let share = KeyShare(id: "", room: room, sender: sender, recipient: senderNKey, sessionID: sessionID,
+                             sealed: sealed, signature: signature, created: "")
+        guard share.isSignedBySender else { throw .badSignature }
+        var opened: [UInt8]
+        do { opened = try SealedBox.open(sealed, with: identity.keyExchange) } catch { throw .cannotOpen }
+        defer { wipe(&opened) }
+        let key: MegolmSessionKey
+        do { key = try MegolmSessionKey(bytes: opened) } catch { throw .badSessionKey }
+        guard key.sessionID == sessionID, let (_, senderKey) = try? NKey.decodePublicKey(sender, expecting: .user) else { throw .badSessionKey }
+        let ref = SessionRef(sender: senderKey.bytes, session: key.signingKey.bytes)
+        if let existing = inbound[ref], existing.session.firstKnownIndex <= key.index, existing.room == room { return }
+        inbound[ref] = Inbound(session: MegolmInboundSession(sessionKey: key), room: room)
+    }
+
+    /// Judges one frame that arrived on `room`'s subject at `now` (ms).
+    /// Order: envelope, policy, membership, session, replay pre-check,
+    /// signature+MAC+decrypt, inner frame, room, time window, replay record.
+    /// Nothing is recorded unless the frame is delivered.
+    public func open(_ bytes: [UInt8], room: String, now: UInt64) -> Result<OpenedFrame, FrameRejection> {
+        guard let info = rooms[room] else { return .failure(.wrongRoom) }
+        let envelope: FrameEnvelope
+        do {
+            envelope = try FrameEnvelope(decoding: bytes)
+        } catch {
+            if case .unknownVersion = error { return .failure(.unknownVersion) }
+            return .failure(.malformed)
+        }
+        let expected: FrameKind = info.policy.encrypt ? .megolm : (info.policy.sign ? .signed : .plain)
+        guard envelope.kind == expected else { return .failure(.policyMismatch) }
+        guard let senderKey = Ed25519PublicKey(bytes: envelope.sender) else { return .failure(.malformed) }
+        let sender = NKey.encodePublicKey(senderKey, type: .user)
+        guard members[room]?.contains(sender) == true else { return .failure(.nonMember) }
+
+        let innerBytes: [UInt8]
+        let protection: FrameProtection
+        enum Record { case megolm(SessionRef, UInt32), stream(StreamRef, UInt64), none }
+        let record: Record
+        switch envelope.body {
+        case .megolm(let sessionKey, let messageBytes):
+            let ref = SessionRef(sender: envelope.sender, session: sessionKey)
+            guard var entry = inbound[ref] else { return .failure(.unknownSession) }
+            guard entry.room == room else { return .failure(.wrongRoom) }
+            let message: MegolmMessage
+            do { message = try MegolmMessage(bytes: Array(messageBytes)) } catch {
+                if case .badVersion = error { return .failure(.unknownVersion) }
+                return .failure(.malformed)
+            }
+            guard entry.replay.isFresh(UInt64(message.index)) else { return .failure(.replay) }
+            do {
+                innerBytes = try entry.session.decrypt(message).plaintext
+            } catch {
+                switch error {
+                case .badSignature: return .failure(.badSignature)
+                case .badMAC: return .failure(.badMAC)
+                case .unknownIndex: return .failure(.unknownSession)
+                default: return .failure(.malformed)
+                }
+            }
+            inbound[ref] = entry   // keep the advanced ratchet cache
+            protection = .encrypted
+            record = .megolm(ref, message.index)
+        case .signed(let stream, let sequence, let inner, let signature, let signedRange):
+            let valid = bytes.withUnsafeBytes { raw in
+                signature.withUnsafeBytes { sig in
+                    senderKey.verify(signature: sig, message: UnsafeRawBufferPointer(rebasing: raw[signedRange]))
+                }
+            }
+            guard valid else { return .failure(.badSignature) }
+            let ref = StreamRef(sender: envelope.sender, stream: stream)
+            guard streams[ref]?.isFresh(sequence) ?? true else { return .failure(.replay) }
+            innerBytes = Array(inner)
+            protection = .signed
+            record = .stream(ref, sequence)
+        case .plain(let inner):
+            innerBytes = Array(inner)
+            protection = .none
+            record = .none
+        }
+
+        let inner: InnerFrame
+        do { inner = try InnerFrame(decoding: innerBytes) } catch { return .failure(.malformed) }
+        guard inner.room == room else { return .failure(.wrongRoom) }
+        let window = UInt64(info.policy.frameWindowSeconds) * 1000
+        guard inner.timestamp <= now + window, inner.timestamp + window >= now else { return .failure(.outsideWindow) }
+        var body = inner.body
+        if inner.compressed {
+            guard let expanded = Zstd.decompress(body, limit: maximumBody) else { return .failure(.malformed) }
+            body = expanded
+        }
+        let fresh: Bool
+        switch record {
+        case .megolm(let ref, let index): fresh = inbound[ref]?.replay.accept(UInt64(index)) ?? false
+        case .stream(let ref, let sequence): fresh = acceptStream(ref, sequence)
+        case .none: fresh = true
+        }
+        guard fresh else { return .failure(.replay) }
+        return .success(OpenedFrame(sender: sender, room: room, timestamp: inner.timestamp, contentType: inner.contentType,
+                                    body: body, protection: protection))
+    }
+
+    private func acceptStream(_ ref: StreamRef, _ sequence: UInt64) -> Bool {
+        if streams[ref] == nil {
+            if streams.count >= Self.maximumStreams {
+                for old in streamOrder.prefix(Self.maximumStreams / 2) { streams[old] = nil }
+                streamOrder.removeFirst(Self.maximumStreams / 2)
+            }
+            streams[ref] = ReplayWindow()
+            streamOrder.append(ref)
+        }
+        return streams[ref]?.accept(sequence) ?? false
+    }
+}
+
+/// Why a key share was not accepted.
+public enum KeyShareError: Error, Equatable, Sendable, CustomStringConvertible {
+    case senderNotMember
+    case badSignature
+    case cannotOpen
+    case badSessionKey
+
+    public var description: String {
+        switch self {
+        case .senderNotMember: return "the share's sender is not a member of the room"
+        case .badSignature: return "the share is not signed by its sender"
+        case .cannotOpen: return "the share is not sealed to this identity's exchange key"
+        case .badSessionKey: return "the share does not hold a valid Megolm session key for its session id"
+        }
+    }
+}

@@ -1,0 +1,114 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import UnibusBroker
+import UnibusClient
+import UnibusControl
+import UnibusCrypto
+import UnibusMembership
+import UnibusNode
+
+func addUserOperation(_ user: Identity, handle: String, role: UserRole = .member) -> MembershipOperation {
+    .addUser(key: user.userNKey, exchangeKey: Base64.encode(user.keyExchange.publicKey.bytes), handle: handle, role: role)
+}
+
+/// An in-process node (broker + membership + control plane on loopback)
+/// with an admin and a few users, that can be restarted on the same ports.
+final class TestNode: @unchecked Sendable {
+    let admin = Identity()
+    let alice = Identity()
+    let bob = Identity()
+    let carol = Identity()
+    let store: MembershipStore
+    private(set) var broker: Broker
+    private(set) var control: Channel
+    private(set) var node: Node
+    let port: Int
+    let controlPort: Int
+
+    var dataURL: String { "nats://127.0.0.1:\(port)" }
+    var controlURL: String { "http://127.0.0.1:\(controlPort)" }
+
+    init(allowsUnencryptedRooms: Bool = true) async throws {
+        store = try MembershipStore(directory: NSTemporaryDirectory() + "unibus-client-\(UUID().uuidString)")
+        try store.append(.sign(addUserOperation(admin, handle: "root", role: .admin), by: admin))
+        for (user, handle) in [(alice, "alice"), (bob, "bob"), (carol, "carol")] {
+            try store.append(.sign(addUserOperation(user, handle: handle), by: admin))
+        }
+        (broker, node, control) = try await Self.start(store: store, port: 0, controlPort: 0, allowsUnencryptedRooms: allowsUnencryptedRooms)
+        port = broker.port ?? 0
+        controlPort = control.localAddress?.port ?? 0
+    }
+
+    private static func start(store: MembershipStore, port: Int, controlPort: Int, allowsUnencryptedRooms: Bool) async throws -> (Broker, Node, Channel) {
+        var configuration = BrokerConfiguration()
+        configuration.host = "127.0.0.1"
+        configuration.port = port
+        configuration.threads = 1
+        configuration.authorizer = Node.authorizer(for: store)
+        let broker = Broker(configuration: configuration)
+        try await broker.start()
+        let node = Node(broker: broker, membership: store, allowsUnencryptedRooms: allowsUnencryptedRooms)
+        let control = try await ControlServer(plane: ControlPlane(node: node), group: broker.group, tls: nil)
+            .start(host: "127.0.0.1", port: controlPort)
+        return (broker, node, control)
+    }
+
+    func client(_ identity: Identity, configure: (inout UnibusClient.Configuration) -> Void = { _ in }) async throws -> UnibusClient {
+        var configuration = UnibusClient.Configuration(identity: identity, dataPlane: [dataURL], controlPlane: [controlURL])
+        configure(&configuration)
+        return try await UnibusClient.connect(configuration)
+    }
+
+    /// Stops the node (clients see their connections drop) and, after
+    /// `downFor`, starts it again on the same ports with the same store.
+    func restart(downFor: Duration = .milliseconds(300)) async throws {
+        try? await control.close()
+        await broker.shutdown()
+        try await Task.sleep(for: downFor)
+        (broker, node, control) = try await Self.start(store: store, port: port, controlPort: controlPort,
+                                                       allowsUnencryptedRooms: node.allowsUnencryptedRooms)
+    }
+
+    func stop() async {
+        try? await control.close()
+        await broker.shutdown()
+    }
+}
+
+/// Collects everything a room delivers, in the background, for polling.
+actor Inbox {
+    private(set) var frames: [OpenedFrame] = []
+    private var task: Task<Void, Never>?
+
+    init(_ messages: RoomMessages) {
+        let task = Task { [weak self] in
+            for await frame in messages { await self?.append(frame) }
+        }
+        Task { await self.setTask(task) }
+    }
+
+    private func setTask(_ task: Task<Void, Never>) { self.task = task }
+    private func append(_ frame: OpenedFrame) { frames.append(frame) }
+    var texts: [String] { frames.map(text) }
+    var count: Int { frames.count }
+
+    /// Waits until `count` frames arrived (or `seconds` passed).
+    func wait(for count: Int, seconds: Double = 5) async -> [String] {
+        let deadline = Date().addingTimeInterval(seconds)
+        while frames.count < count && Date() < deadline { try? await Task.sleep(for: .milliseconds(10)) }
+        return texts
+    }
+}
+
+func text(_ frame: OpenedFrame) -> String { String(decoding: frame.body, as: UTF8.self) }
+
+/// Polls `condition` until it holds or `seconds` pass.
+func eventually(_ seconds: Double = 5, _ condition: () async -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return await condition()
+}
