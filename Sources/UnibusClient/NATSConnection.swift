@@ -76,6 +76,8 @@ public final class NATSConnection: @unchecked Sendable {
     private var discovered: [Endpoint] = []
     private var closed = false
     private var flushScheduled = false
+    /// Writes waiting for the event loop (see `writeLocked`).
+    private var outgoing: [ByteBuffer] = []
     private var pongWaiters: [CheckedContinuation<Void, Error>] = []
     private var eventContinuations: [UUID: AsyncStream<ConnectionEvent>.Continuation] = [:]
     private var runner: Task<Void, Never>?
@@ -261,16 +263,25 @@ public final class NATSConnection: @unchecked Sendable {
         return buffer
     }
 
-    /// Writes under the lock; one flush per event-loop tick covers every
-    /// write queued before it (the NATS clients' coalescing).
+    /// Queues `buffer` for `channel` (called under the lock). Writes are
+    /// handed to the event loop in batches: the first queued write schedules
+    /// one task that writes everything queued by then and flushes once (the
+    /// NATS clients' coalescing). Writing and flushing in the same task keeps
+    /// every write covered by a flush and in publish order.
     private func writeLocked(_ buffer: ByteBuffer, to channel: Channel) {
-        channel.write(buffer, promise: nil)
-        if !flushScheduled {
-            flushScheduled = true
-            channel.eventLoop.execute {
-                self.lock.withLock { self.flushScheduled = false }
-                channel.flush()
+        outgoing.append(buffer)
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        channel.eventLoop.execute {
+            let batch: [ByteBuffer] = self.lock.withLock {
+                self.flushScheduled = false
+                // A batch for a channel that died is kept for the next one.
+                guard self.channel === channel else { return [] }
+                defer { self.outgoing.removeAll(keepingCapacity: true) }
+                return self.outgoing
             }
+            for buffer in batch { channel.write(buffer, promise: nil) }
+            channel.flush()
         }
     }
 
@@ -311,6 +322,13 @@ public final class NATSConnection: @unchecked Sendable {
             var reason = "connection closed"
             let stop: Bool = lock.withLock {
                 if self.channel === channel { self.channel = nil }
+                // Publishes accepted but not yet handed to the socket go out
+                // after the reconnect (subscriptions are redone separately).
+                let unsent = outgoing.filter { $0.readableBytesView.starts(with: "PUB ".utf8) }
+                buffered.insert(contentsOf: unsent, at: 0)
+                bufferedBytes += unsent.reduce(0) { $0 + $1.readableBytes }
+                outgoing = []
+                flushScheduled = false
                 for waiter in pongWaiters { waiter.resume(throwing: ClientError.timeout("disconnected before PONG")) }
                 pongWaiters = []
                 if let error = lastError { reason = error }

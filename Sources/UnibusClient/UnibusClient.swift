@@ -33,6 +33,8 @@ public actor UnibusClient {
         public var maxBufferedMessages = 10_000
         public var maxBufferedBytes = 8 * 1024 * 1024
         public var name = "unibus-swift"
+        /// First pause after a full round of the seed list failed (doubles up to 2 s, plus jitter).
+        public var minimumBackoff: TimeAmount = .milliseconds(50)
 
         public init(identity: Identity, dataPlane: [String], controlPlane: [String], caPath: String? = nil) {
             self.identity = identity
@@ -79,6 +81,7 @@ public actor UnibusClient {
         options.maxBufferedBytes = configuration.maxBufferedBytes
         options.maxBufferedMessages = configuration.maxBufferedMessages
         options.name = configuration.name
+        options.minimumBackoff = configuration.minimumBackoff
         let connection = try NATSConnection(options: options)
         try await connection.connect()
         let client = UnibusClient(configuration: configuration, connection: connection)

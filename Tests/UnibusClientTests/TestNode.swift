@@ -62,10 +62,11 @@ final class TestNode: @unchecked Sendable {
 
     /// Stops the node (clients see their connections drop) and, after
     /// `downFor`, starts it again on the same ports with the same store.
-    func restart(downFor: Duration = .milliseconds(300)) async throws {
+    func restart(downFor: Duration = .milliseconds(300), whileDown: () async throws -> Void = {}) async throws {
         try? await control.close()
         await broker.shutdown()
         try await Task.sleep(for: downFor)
+        try await whileDown()
         (broker, node, control) = try await Self.start(store: store, port: port, controlPort: controlPort,
                                                        allowsUnencryptedRooms: node.allowsUnencryptedRooms)
     }
