@@ -188,6 +188,12 @@ public actor UnibusClient {
         keyring.forgetRoom(room)
     }
 
+    /// Archives `room` (owner or admin): no one can use it afterwards.
+    public func archiveRoom(_ room: String) async throws {
+        try await submit(.archiveRoom(id: room))
+        keyring.forgetRoom(room)
+    }
+
     /// The open rooms this identity is a member of.
     public func myRooms() async throws -> [RoomInfo] {
         let json = try await call("GET", "/v1/me/rooms")

@@ -86,6 +86,7 @@ public final class ControlClient: Sendable {
                 }
                 .connect(host: host, port: port).get()
         } catch {
+            collector.response.fail(error)   // never leave the promise pending
             throw Failure(description: "cannot reach the node at \(host):\(port): \(error)")
         }
         var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method), uri: path)

@@ -8,7 +8,7 @@ struct Unibus: AsyncParsableCommand {
         commandName: "unibus",
         abstract: "Administer and debug a Unibus message bus.",
         version: UnibusVersion.current,
-        subcommands: [UserCommand.self, RoomCommand.self, IdentityCommand.self, DebugCommand.self]
+        subcommands: [UserCommand.self, RoomCommand.self, IdentityCommand.self, CheckCommand.self, DemoCommand.self, DebugCommand.self]
     )
 }
 

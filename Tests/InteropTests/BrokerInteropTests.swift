@@ -75,4 +75,14 @@ struct BrokerInteropTests {
         #expect(status == 0, "\(output)")
         #expect(output.contains(" passed, 0 failed"), "\(output)")
     }
+
+    /// `unibus check` (golden and loop across a kill -9 and restart) and the
+    /// README demo against a real node with TLS on both planes (check_e2e.py).
+    @Test func unibusCheckAndDemoAgainstARealNode() throws {
+        let script = Peer.packageRoot.appendingPathComponent("Tests/InteropTests/peers/check_e2e.py").path
+        let binDirectory = (Self.unibusd as NSString).deletingLastPathComponent
+        let (status, output) = try runPeer(["python3", script, binDirectory])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains(" passed, 0 failed"), "\(output)")
+    }
 }
