@@ -13,6 +13,7 @@ let package = Package(
         .executableTarget(name: "FuzzIdentityFile", dependencies: [.product(name: "UnibusCrypto", package: "unibus")]),
         .target(name: "FuzzSupport", dependencies: [.product(name: "UnibusWire", package: "unibus")]),
         .executableTarget(name: "FuzzClientProtocol", dependencies: ["FuzzSupport", .product(name: "UnibusWire", package: "unibus")]),
+        .executableTarget(name: "FuzzFrameEnvelope", dependencies: [.product(name: "UnibusWire", package: "unibus")]),
         .executableTarget(name: "FuzzServerProtocol", dependencies: ["FuzzSupport", .product(name: "UnibusWire", package: "unibus")]),
     ]
 )

@@ -192,6 +192,7 @@ public struct InnerFrame: Equatable, Sendable {
         }
         let roomLength = Int(try take(1, "room length").first ?? 0)
         guard roomLength > 0 else { throw .malformed("empty room id") }
+        guard roomLength <= Self.maximumRoomLength else { throw .malformed("room id longer than \(Self.maximumRoomLength) bytes") }
         guard let room = String(validating: try take(roomLength, "room id"), as: UTF8.self) else { throw .malformed("room id is not UTF-8") }
         var timestamp: UInt64 = 0
         for byte in try take(8, "timestamp") { timestamp = timestamp << 8 | UInt64(byte) }

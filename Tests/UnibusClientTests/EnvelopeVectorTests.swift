@@ -62,6 +62,10 @@ struct EnvelopeVectorTests {
         #expect(throws: FrameFormatError.unknownKind(7)) { try FrameEnvelope(decoding: [0x55, 0x42, 0x01, 0x07]) }
         #expect(throws: FrameFormatError.self) { try FrameEnvelope(decoding: [0x55, 0x42, 0x01, 0x01] + [UInt8](repeating: 0, count: 64)) }
         #expect(throws: FrameFormatError.self) { try InnerFrame(decoding: [0]) }
+        // Found by FuzzFrameEnvelope: a room id over 64 bytes decoded, then could not be re-encoded.
+        #expect(throws: FrameFormatError.malformed("room id longer than 64 bytes")) {
+            try InnerFrame(decoding: [0x55] + [UInt8](repeating: 0x61, count: 0x55) + [UInt8](repeating: 0, count: 10))
+        }
         #expect(throws: FrameFormatError.self) { try InnerFrame(decoding: [1, 0x61] + [UInt8](repeating: 0, count: 9) + [0x02]) }
         #expect(throws: FrameFormatError.self) { try InnerFrame(decoding: [1, 0xff] + [UInt8](repeating: 0, count: 10)) }
     }
