@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's first command: install, build, and run the main job: the
 # node's crypto self-check, a data directory bootstrapped with an admin on
-# first run (./.unibus, mode 0700), a short Megolm demo through the CLI, then
-# the node itself on 127.0.0.1:4222 in the foreground (Ctrl-C stops it).
+# first run (./.unibus, mode 0700), the node on 127.0.0.1:4222, a demo of two
+# peers in an end-to-end encrypted room (and what a plain NATS subscriber
+# sees), `unibus check`, then the node keeps running (Ctrl-C stops it).
 # Set UNIBUS_QUICKSTART_SECONDS=N to stop the node after N seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,19 +27,37 @@ fi
 "$bin/unibus" identity show --identity .unibus/admin.json
 
 echo
-echo "== Megolm demo: encrypt two lines, then decrypt them with the shared session key"
-encrypted=$(printf 'hello from unibus\nsecond message\n' | "$bin/unibus" debug megolm encrypt)
-key=$(echo "$encrypted" | head -1)
-echo "session key: ${key:0:40}..."
-echo "$encrypted" | tail -n +2 | sed 's/^/ciphertext:  /' | cut -c1-90
-echo "$encrypted" | tail -n +2 | "$bin/unibus" debug megolm decrypt --session-key "$key" | while IFS=$'\t' read -r index plaintext; do
-    printf 'decrypted:   #%s %s\n' "$index" "$(printf '%s' "$plaintext" | base64 -d 2>/dev/null || true)"
+echo "== node on 127.0.0.1:4222 (control plane http://127.0.0.1:4280, loopback dev mode)"
+"$bin/unibusd" run --data-dir .unibus/data --listen 127.0.0.1:4222 --control-listen 127.0.0.1:4280 &
+node=$!
+trap 'kill -TERM $node 2>/dev/null; wait $node 2>/dev/null' EXIT
+for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/4280) 2>/dev/null && break
+    sleep 0.1
 done
 
 echo
-echo "== node on 127.0.0.1:4222 (membership auth: connect with the admin's nkey; Ctrl-C stops)"
+echo "== two demo peers (created on first run, added by the admin)"
+for peer in alice bob; do
+    if [ ! -f ".unibus/$peer.json" ]; then
+        keys=$("$bin/unibus" identity new --out ".unibus/$peer.json" --json)
+        field() { printf '%s' "$keys" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+        "$bin/unibus" user add --identity .unibus/admin.json --sign-pub "$(field nkey)" --kx-pub "$(field x25519_public)" --handle "$peer"
+    fi
+done
+
+echo
+echo "== demo: alice and bob in an end-to-end encrypted room"
+"$bin/unibus" demo --alice .unibus/alice.json --bob .unibus/bob.json
+
+echo
+echo "== unibus check: 20 messages through an ephemeral encrypted room"
+"$bin/unibus" check --identity .unibus/admin.json
+
+echo
+echo "== the node keeps running (Ctrl-C stops it)"
 if [ -n "${UNIBUS_QUICKSTART_SECONDS:-}" ]; then
-    timeout --signal=TERM "$UNIBUS_QUICKSTART_SECONDS" "$bin/unibusd" run --data-dir .unibus/data --listen 127.0.0.1:4222 || [ $? -eq 124 ]
+    sleep "$UNIBUS_QUICKSTART_SECONDS"
 else
-    exec "$bin/unibusd" run --data-dir .unibus/data --listen 127.0.0.1:4222
+    wait $node
 fi
