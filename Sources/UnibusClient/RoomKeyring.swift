@@ -73,10 +73,13 @@ public final class RoomKeyring {
         public var sharedWith: Set<String> = []
         /// Set when a member left: the next send must use a new session.
         public var mustRotate = false
+        /// The envelope bytes before each Megolm message (sender, session).
+        let frameHeader: [UInt8]
 
-        init(created: UInt64) {
+        init(created: UInt64, sender: [UInt8]) {
             session = MegolmOutboundSession()
             self.created = created
+            frameHeader = FrameEnvelope.megolmHeader(sender: sender, sessionKey: session.signingKey.bytes)
         }
     }
 
@@ -156,7 +159,7 @@ public final class RoomKeyring {
     /// sending) and keeps its key as an inbound session, so this client can
     /// read its own messages.
     public func rotate(room: String, now: UInt64) -> Outbound {
-        let fresh = Outbound(created: now)
+        let fresh = Outbound(created: now, sender: senderKey)
         outbound[room] = fresh
         let key = fresh.session.sessionKey
         inbound[SessionRef(sender: senderKey, session: key.signingKey.bytes)] =
@@ -185,15 +188,20 @@ public final class RoomKeyring {
         let compressed = info.policy.compress && !body.isEmpty
         let inner = InnerFrame(room: room, timestamp: now, contentType: contentType, compressed: compressed,
                                body: compressed ? Zstd.compress(body) : body)
-        var plaintext = inner.encoded()
         if info.policy.encrypt {
-            defer { wipe(&plaintext) }
             guard let current = currentOutbound(for: room, now: now) else { throw .noSession(room: room) }
-            let message: MegolmMessage
-            do { message = try current.session.encrypt(plaintext) } catch { throw .exhausted }
+            // One allocation: the envelope header, then the Megolm message
+            // encrypted from a temporary, zeroed copy of the inner frame.
+            let frame: [UInt8]? = inner.withEncoded { plaintext in
+                current.frameHeader.withUnsafeBytes { header in
+                    try? current.session.encrypt(plaintext, after: header).bytes
+                }
+            }
+            guard let frame else { throw .exhausted }
             current.sent += 1
-            return FrameEnvelope.encodeMegolm(sender: senderKey, sessionKey: current.session.signingKey.bytes, message: message.bytes)
+            return frame
         }
+        let plaintext = inner.encoded()
         if info.policy.sign {
             sequence += 1
             var frame = FrameEnvelope.encodeSignedUnsigned(sender: senderKey, stream: stream, sequence: sequence, inner: plaintext)

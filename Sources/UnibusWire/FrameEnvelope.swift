@@ -107,6 +107,17 @@ public struct FrameEnvelope: Equatable, Sendable {
         bytes.append(contentsOf: sender)
     }
 
+    /// Everything of a Megolm frame before its message: the prefix and the
+    /// session id. Constant for a (sender, session) pair, so senders keep it.
+    public static func megolmHeader(sender: [UInt8], sessionKey: [UInt8]) -> [UInt8] {
+        precondition(sessionKey.count == keyLength, "Megolm session ids are 32-byte Ed25519 public keys")
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(prefixLength + keyLength)
+        encodePrefix(kind: .megolm, sender: sender, into: &bytes)
+        bytes.append(contentsOf: sessionKey)
+        return bytes
+    }
+
     /// A Megolm frame around an already encrypted Megolm message.
     public static func encodeMegolm(sender: [UInt8], sessionKey: [UInt8], message: [UInt8]) -> [UInt8] {
         precondition(sessionKey.count == keyLength, "Megolm session ids are 32-byte Ed25519 public keys")
@@ -168,18 +179,58 @@ public struct InnerFrame: Equatable, Sendable {
     /// Encodes the frame; room and content type must fit their length bytes
     /// (the client checks them before it gets here).
     public func encoded() -> [UInt8] {
-        let room = Array(room.utf8), type = Array(contentType.utf8)
-        precondition(!room.isEmpty && room.count <= Self.maximumRoomLength && type.count <= Self.maximumContentTypeLength)
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(Self.minimumLength + room.count + type.count + body.count)
-        bytes.append(UInt8(room.count))
-        bytes.append(contentsOf: room)
-        for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: timestamp >> UInt64(shift))) }
-        bytes.append(UInt8(type.count))
-        bytes.append(contentsOf: type)
-        bytes.append(compressed ? Self.compressedFlag : 0)
-        bytes.append(contentsOf: body)
-        return bytes
+        [UInt8](unsafeUninitializedCapacity: encodedLength) { buffer, initialized in
+            initialized = write(into: UnsafeMutableRawBufferPointer(buffer))
+        }
+    }
+
+    /// The length of `encoded()`.
+    @inlinable
+    public var encodedLength: Int { Self.fixedLength + room.utf8.count + contentType.utf8.count + body.count }
+
+    /// The bytes of every inner frame besides room, content type and body:
+    /// room length, timestamp, content type length, flags.
+    @usableFromInline
+    static let fixedLength = 1 + 8 + 1 + 1
+
+    /// Calls `body` with the encoded frame in a temporary buffer that is
+    /// zeroed afterwards (the sender's plaintext, without a heap copy).
+    @inlinable
+    public func withEncoded<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try withUnsafeTemporaryAllocation(byteCount: encodedLength, alignment: 1) { buffer in
+            let count = write(into: buffer)
+            defer { buffer.initializeMemory(as: UInt8.self, repeating: 0) }
+            return try body(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
+        }
+    }
+
+    /// Writes the frame into `out` (at least `encodedLength` bytes); returns the count.
+    @usableFromInline
+    func write(into out: UnsafeMutableRawBufferPointer) -> Int {
+        var room = self.room, type = self.contentType
+        let roomCount = room.utf8.count, typeCount = type.utf8.count
+        precondition(roomCount > 0 && roomCount <= Self.maximumRoomLength && typeCount <= Self.maximumContentTypeLength)
+        var cursor = 0
+        out[cursor] = UInt8(roomCount); cursor += 1
+        room.withUTF8 { bytes in
+            UnsafeMutableRawBufferPointer(rebasing: out[cursor..<(cursor + roomCount)]).copyMemory(from: UnsafeRawBufferPointer(bytes))
+        }
+        cursor += roomCount
+        for shift in stride(from: 56, through: 0, by: -8) {
+            out[cursor] = UInt8(truncatingIfNeeded: timestamp >> UInt64(shift))
+            cursor += 1
+        }
+        out[cursor] = UInt8(typeCount); cursor += 1
+        type.withUTF8 { bytes in
+            UnsafeMutableRawBufferPointer(rebasing: out[cursor..<(cursor + typeCount)]).copyMemory(from: UnsafeRawBufferPointer(bytes))
+        }
+        cursor += typeCount
+        out[cursor] = compressed ? Self.compressedFlag : 0; cursor += 1
+        body.withUnsafeBytes { bytes in
+            UnsafeMutableRawBufferPointer(rebasing: out[cursor..<(cursor + bytes.count)]).copyMemory(from: bytes)
+        }
+        cursor += body.count
+        return cursor
     }
 
     public init(decoding bytes: some Collection<UInt8>) throws(FrameFormatError) {

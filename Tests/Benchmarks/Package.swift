@@ -13,5 +13,12 @@ let package = Package(
             name: "unibus-crypto-bench",
             dependencies: ["CSodiumBench", .product(name: "UnibusCrypto", package: "unibus")]
         ),
+        // The client library's frame path and two clients through a node.
+        .executableTarget(
+            name: "unibus-client-bench",
+            dependencies: ["CSodiumBench", .product(name: "UnibusClient", package: "unibus"),
+                           .product(name: "UnibusCrypto", package: "unibus"), .product(name: "UnibusMembership", package: "unibus"),
+                           .product(name: "UnibusWire", package: "unibus")]
+        ),
     ]
 )

@@ -17,6 +17,9 @@ struct EnvelopeVectorTests {
         let bytes = Self.inner.encoded()
         #expect(Hex.encode(bytes) == "036f7073000001a3185c5000" + "0a746578742f706c61696e" + "00" + "6869")
         #expect(try InnerFrame(decoding: bytes) == Self.inner)
+        // The in-place encoding senders encrypt from is the same bytes.
+        #expect(Self.inner.encodedLength == bytes.count)
+        #expect(Self.inner.withEncoded { Array($0) } == bytes)
     }
 
     @Test func signedFrameVector() throws {

@@ -46,16 +46,29 @@ public final class MegolmOutboundSession {
 
     /// The allocation-lean form: one allocation for the encoded message.
     public func encrypt(_ plaintext: UnsafeRawBufferPointer) throws(MegolmError) -> MegolmMessage {
+        let (bytes, index, ciphertextRange) = try encrypt(plaintext, after: UnsafeRawBufferPointer(start: nil, count: 0))
+        return MegolmMessage(encoded: bytes, index: index, ciphertextRange: ciphertextRange)
+    }
+
+    /// Encrypts like `encrypt(_:)`, but lays the message out after `prefix`
+    /// in the same allocation (a frame envelope's header), so a caller that
+    /// wraps the message does not copy it again. The MAC and signature cover
+    /// the message only, exactly as in `encrypt(_:)`; the message is
+    /// `bytes[prefix.count...]` and its ciphertext `bytes[ciphertextRange]`.
+    public func encrypt(_ plaintext: UnsafeRawBufferPointer, after prefix: UnsafeRawBufferPointer) throws(MegolmError)
+        -> (bytes: [UInt8], index: UInt32, ciphertextRange: Range<Int>) {
         guard !exhausted else { throw .sessionExhausted }
         let index = ratchet.index
         let ciphertextLength = AES256CBC.ciphertextLength(forPlaintext: plaintext.count)
         let headerLength = MegolmMessage.headerLength(index: index, ciphertextLength: ciphertextLength)
         let macOffset = headerLength + ciphertextLength
-        let total = macOffset + MegolmMessage.suffixLength
+        let messageLength = macOffset + MegolmMessage.suffixLength
+        let start = prefix.count
         let signing = self.signing
         let bytes = MegolmCipher.withKeys(for: ratchet) { (aesKey, macKey, iv) -> [UInt8] in
-            [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
-                let out = buffer.baseAddress!
+            [UInt8](unsafeUninitializedCapacity: start + messageLength) { buffer, initialized in
+                if let source = prefix.baseAddress { UnsafeMutableRawPointer(buffer.baseAddress!).copyMemory(from: source, byteCount: start) }
+                let out = buffer.baseAddress! + start
                 var cursor = 0
                 out[cursor] = MegolmMessage.version; cursor += 1
                 out[cursor] = MegolmMessage.indexTag; cursor += 1
@@ -68,7 +81,7 @@ public final class MegolmOutboundSession {
                 let signedLength = macOffset + MegolmCipher.macLength
                 signing.sign(UnsafeRawBufferPointer(start: out, count: signedLength),
                              into: UnsafeMutableRawBufferPointer(start: out + signedLength, count: Ed25519PublicKey.signatureLength))
-                initialized = total
+                initialized = start + messageLength
             }
         }
         if index == UInt32.max {
@@ -76,7 +89,7 @@ public final class MegolmOutboundSession {
         } else {
             ratchet.advance()
         }
-        return MegolmMessage(encoded: bytes, index: index, ciphertextRange: headerLength..<macOffset)
+        return (bytes, index, (start + headerLength)..<(start + macOffset))
     }
 }
 
