@@ -33,11 +33,29 @@ public struct MembershipState: Equatable, Sendable {
     public private(set) var users: [String: User] = [:]
     public private(set) var rooms: [String: Room] = [:]
     public private(set) var members: [String: [String: Member]] = [:]   // room → user → member
+    /// The root admin: the only key whose self-registration can start the
+    /// log. Nil until known (then the first genesis sets it).
+    public private(set) var root: String?
 
-    public init() {}
+    public init(root: String? = nil) {
+        self.root = root
+    }
+
+    /// Folds `operations` in order, skipping (and reporting by id) those the
+    /// rules refuse at their place in the order. Every node folds the same
+    /// ordered log the same way, so refused operations are refused everywhere.
+    public static func fold(_ operations: some Sequence<SignedOperation>, root: String?) -> (MembershipState, [String: MembershipError]) {
+        var state = MembershipState(root: root)
+        var skipped: [String: MembershipError] = [:]
+        for operation in operations {
+            do { try state.apply(operation) } catch { skipped[operation.id] = error }
+        }
+        return (state, skipped)
+    }
 
     /// Sets the tables directly (the store compares its tables with the fold).
-    mutating func restore(users: [String: User], rooms: [String: Room], members: [String: [String: Member]]) {
+    mutating func restore(users: [String: User], rooms: [String: Room], members: [String: [String: Member]], root: String?) {
+        self.root = root
         self.users = users
         self.rooms = rooms
         self.members = members.filter { !$0.value.isEmpty }
@@ -50,9 +68,13 @@ public struct MembershipState: Equatable, Sendable {
         let operation = signed.envelope.operation
 
         if users.isEmpty {
-            // Genesis: the first operation must be an admin registering itself.
+            // Genesis: the first operation must be an admin registering itself,
+            // and that admin must be the root when one is pinned.
             guard case .addUser(let key, _, _, .admin) = operation, key == actor else {
                 throw .unauthorized("the first operation must be an admin adding its own key (bootstrap)")
+            }
+            if let root, root != actor {
+                throw .unauthorized("the log's root admin is \(root); \(actor) cannot start it")
             }
         } else {
             guard let acting = users[actor] else { throw .unauthorized("\(actor) is not a registered user") }
@@ -69,6 +91,7 @@ public struct MembershipState: Equatable, Sendable {
             }
             guard !handle.isEmpty, handle.count <= 64 else { throw .invalid("a handle must be 1 to 64 characters") }
             guard users[key] == nil else { throw .alreadyRegistered(key) }
+            if users.isEmpty { root = key }
             users[key] = User(key: key, exchangeKey: exchangeKey, handle: handle, role: role, status: .active, created: at, updated: at)
 
         case .revokeUser(let key):
@@ -126,6 +149,24 @@ public struct MembershipState: Equatable, Sendable {
             guard members[roomID]?[user] != nil else { throw .notFound("\(user) in room \(roomID)") }
             members[roomID]?[user]?.role = role
         }
+    }
+
+    /// SHA-256 (hex) of a canonical rendering of the state: two nodes hold
+    /// the same users, rooms and members exactly when their digests match.
+    public var digest: String {
+        var text = "root \(root ?? "-")\n"
+        for user in users.values.sorted(by: { $0.key < $1.key }) {
+            text += "user \(user.key) \(user.exchangeKey) \(user.handle) \(user.role.rawValue) \(user.status.rawValue) \(user.created) \(user.updated)\n"
+        }
+        for room in rooms.values.sorted(by: { $0.id < $1.id }) {
+            let p = room.policy
+            text += "room \(room.id) \(room.subject) \(room.owner) \(room.created) \(room.archived ?? "-") "
+                + "\(p.encrypt) \(p.sign) \(p.compress) \(p.persist) \(p.rotateAfterMessages) \(p.rotateAfterSeconds) \(p.frameWindowSeconds)\n"
+            for member in (members[room.id] ?? [:]).values.sorted(by: { $0.user < $1.user }) {
+                text += "member \(member.room) \(member.user) \(member.role.rawValue) \(member.joined)\n"
+            }
+        }
+        return Hex.encode(Digest.sha256(Array(text.utf8)))
     }
 
     private func openRoom(_ id: String) throws(MembershipError) -> Room {

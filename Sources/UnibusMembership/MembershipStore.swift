@@ -1,22 +1,77 @@
 import Foundation
+import UnibusCrypto
+
+/// Where an operation sits in the log's one order, the same on every node:
+/// the hybrid logical clock reading the accepting node gave it, then that
+/// node's id, then the operation's id. A node's clock never runs behind any
+/// operation it has seen, so an operation accepted after another (on any
+/// node that had received it) always sorts after it.
+public struct LogPosition: Comparable, Hashable, Sendable {
+    /// Milliseconds since the epoch << 16, plus a counter.
+    public var clock: UInt64
+    /// The server nkey of the node that accepted it ("" for offline bootstrap).
+    public var origin: String
+    public var id: String
+
+    public init(clock: UInt64, origin: String, id: String) {
+        self.clock = clock
+        self.origin = origin
+        self.id = id
+    }
+
+    public static func < (a: LogPosition, b: LogPosition) -> Bool {
+        if a.clock != b.clock { return a.clock < b.clock }
+        if a.origin != b.origin { return a.origin < b.origin }
+        return a.id < b.id
+    }
+}
+
+/// One operation of the log with its position.
+public struct LogEntry: Sendable {
+    public let operation: SignedOperation
+    public var position: LogPosition
+}
+
+/// What merging a replicated operation did.
+public enum MergeOutcome: Sendable, Equatable {
+    /// Already held at the same or an earlier position: nothing changed.
+    case known
+    /// Stored; the fold changed (or, when `refused` is set, this operation
+    /// is refused by the rules at its place in the order and changes nothing,
+    /// on every node alike).
+    case stored(refused: MembershipError?)
+}
 
 /// The membership log and its fold, persisted in SQLite under a node's data
-/// directory. The `operations` table is the truth; `users`, `rooms` and
-/// `members` are the fold, written in the same transaction as the operation
-/// that changed them (so a kill -9 leaves both or neither), and rebuilt from
-/// the log if they ever disagree with it.
+/// directory. The `operations` table is the truth: a set of signed
+/// operations, each with its log position; `users`, `rooms` and `members`
+/// are the fold of the set in position order, written in the same
+/// transaction as the operation that changed them (so a kill -9 leaves both
+/// or neither), and rebuilt from the log if they ever disagree with it.
+///
+/// Operations accepted here (`append`) get a position after everything this
+/// node has seen and must pass the rules there. Operations from other nodes
+/// (`merge`) keep the position their node gave them; if concurrent
+/// operations conflict, the one that sorts first wins and the other is
+/// refused at its place, identically on every node.
 public final class MembershipStore: @unchecked Sendable {
-    // @unchecked: every access to `database` and `state` holds `lock`.
+    // @unchecked: every access to `database` and the fields below holds `lock`.
     public static let fileName = "membership.sqlite3"
-    static let schemaVersion = 2
+    static let schemaVersion = 3
 
     private let lock = NSLock()
     private let database: SQLiteDatabase
     private var state = MembershipState()
+    private var entries: [LogEntry] = []
+    private var positions: [String: LogPosition] = [:]
+    private var refused: [String: MembershipError] = [:]
+    private var clock: UInt64 = 0
+    private var root: String?
+    private var cachedLogDigest: String?
 
     /// Opens or creates the store in `directory` (created 0700 if missing),
     /// migrates the schema, and replays the log, verifying every signature.
-    /// A log that does not replay is an error naming the operation.
+    /// A log with an operation that does not verify is an error naming it.
     public init(directory: String) throws(MembershipError) {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
@@ -61,6 +116,30 @@ public final class MembershipStore: @unchecked Sendable {
                 """)
             }
         }
+        if version < 3 {
+            // Log positions (replication) and the pinned root admin. Existing
+            // operations keep their order: positions follow their sequence.
+            try database.transaction {
+                try database.execute("""
+                ALTER TABLE operations ADD COLUMN clock INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE operations ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+                CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                """)
+                var last: UInt64 = 0
+                let rows = try database.query("SELECT seq, ts, actor FROM operations ORDER BY seq")
+                for row in rows {
+                    guard let seq = row[0].integer else { continue }
+                    let millis = Self.millis(row[1].text ?? "") ?? 0
+                    last = max(millis << 16, last + 1)
+                    try database.query("UPDATE operations SET clock = ? WHERE seq = ?", [.integer(Int64(bitPattern: last)), .integer(seq)])
+                }
+                // The genesis operation's actor is the root admin.
+                if let actor = rows.first?[2].text {
+                    try database.query("INSERT INTO meta (key, value) VALUES ('root', ?)", [.text(actor)])
+                }
+                try database.execute("PRAGMA user_version = 3;")
+            }
+        }
     }
 
     /// Runs `body` with the database under the store's lock.
@@ -72,20 +151,28 @@ public final class MembershipStore: @unchecked Sendable {
 
     private func replay() throws(MembershipError) {
         do {
-            var fresh = MembershipState()
-            for row in try database.query("SELECT seq, bytes, signature FROM operations ORDER BY seq") {
-                guard let seq = row[0].integer, let bytes = row[1].blob, let signature = row[2].blob else {
+            root = try database.query("SELECT value FROM meta WHERE key = 'root'").first?.first?.text
+            var loaded: [LogEntry] = []
+            for row in try database.query("SELECT seq, bytes, signature, clock, origin FROM operations ORDER BY seq") {
+                guard let seq = row[0].integer, let bytes = row[1].blob, let signature = row[2].blob,
+                      let clock = row[3].integer, let origin = row[4].text else {
                     throw MembershipError.storage("operations table has an unreadable row")
                 }
+                let operation: SignedOperation
                 do {
-                    try fresh.apply(try SignedOperation(bytes: bytes, signature: signature))
+                    operation = try SignedOperation(bytes: bytes, signature: signature)
                 } catch {
                     throw MembershipError.storage("operation \(seq) in the log does not replay (\(error)); the database is damaged")
                 }
+                loaded.append(LogEntry(operation: operation, position: LogPosition(clock: UInt64(bitPattern: clock), origin: origin, id: operation.id)))
             }
-            state = fresh
-            if try materializedState() != fresh {
-                try database.transaction { try rewriteTables(from: fresh) }
+            entries = loaded.sorted { $0.position < $1.position }
+            positions = Dictionary(uniqueKeysWithValues: entries.map { ($0.operation.id, $0.position) })
+            clock = entries.last?.position.clock ?? 0
+            (state, refused) = MembershipState.fold(entries.lazy.map(\.operation), root: root)
+            if root == nil, let learned = state.root { try setRootLocked(learned) }
+            if try materializedState() != state {
+                try database.transaction { try rewriteTables(from: state) }
             }
         } catch let error as MembershipError {
             throw error
@@ -104,43 +191,181 @@ public final class MembershipStore: @unchecked Sendable {
     public var operationCount: Int {
         lock.lock()
         defer { lock.unlock() }
-        return (try? database.query("SELECT count(*) FROM operations").first?.first?.integer).flatMap { $0.map(Int.init) } ?? 0
+        return entries.count
     }
 
-    /// Verifies, checks against the rules and appends; durable when it returns.
-    @discardableResult
-    public func append(_ signed: SignedOperation) throws(MembershipError) -> MembershipState {
+    /// The root admin this log trusts, if known.
+    public var rootAdmin: String? {
         lock.lock()
         defer { lock.unlock() }
+        return root
+    }
+
+    /// Pins the root admin of an empty store (a node that will receive its
+    /// log from peers). Refused when another root is already pinned.
+    public func pinRoot(_ key: String) throws(MembershipError) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard (try? NKey.decodePublicKey(key, expecting: .user)) != nil else { throw .invalid("\(key.prefix(60)) is not a user nkey") }
+        if let root {
+            guard root == key else { throw .conflict("this store's root admin is \(root), not \(key)") }
+            return
+        }
+        do { try setRootLocked(key) } catch { throw .storage("\(error)") }
+        state = MembershipState.fold(entries.lazy.map(\.operation), root: key).0
+    }
+
+    private func setRootLocked(_ key: String) throws {
+        try database.query("INSERT OR REPLACE INTO meta (key, value) VALUES ('root', ?)", [.text(key)])
+        root = key
+    }
+
+    /// Operations the rules refuse at their place in the order, by id.
+    public var refusedOperations: [String: MembershipError] {
+        lock.lock()
+        defer { lock.unlock() }
+        return refused
+    }
+
+    /// SHA-256 (hex) over the log's positions in order: two nodes hold the
+    /// same log exactly when their digests match.
+    public var logDigest: String {
+        lock.lock()
+        defer { lock.unlock() }
+        if let cachedLogDigest { return cachedLogDigest }
+        var text = ""
+        for entry in entries { text += "\(entry.position.clock) \(entry.position.origin) \(entry.position.id)\n" }
+        let digest = Hex.encode(Digest.sha256(Array(text.utf8)))
+        cachedLogDigest = digest
+        return digest
+    }
+
+    /// A clock reading after everything this store has seen.
+    private func tick() -> UInt64 {
+        let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000)) << 16
+        clock = max(now, clock + 1)
+        return clock
+    }
+
+    /// Verifies, checks against the rules at the end of the log and appends
+    /// (an operation accepted by this node, `origin` being its id); durable
+    /// when it returns.
+    @discardableResult
+    public func append(_ signed: SignedOperation, origin: String = "") throws(MembershipError) -> MembershipState {
+        lock.lock()
+        defer { lock.unlock() }
+        guard positions[signed.id] == nil else { throw .conflict("operation \(signed.id) is already in the log") }
         var next = state
         try next.apply(signed)
+        let position = LogPosition(clock: tick(), origin: origin, id: signed.id)
         do {
             try database.transaction {
-                try database.query("INSERT INTO operations (id, kind, actor, ts, bytes, signature) VALUES (?, ?, ?, ?, ?, ?)",
-                                   [.text(signed.id), .text(signed.envelope.operation.kind), .text(signed.envelope.actor),
-                                    .text(signed.envelope.timestamp), .blob(signed.bytes), .blob(signed.signature)])
+                try insert(signed, at: position)
+                if root == nil, let learned = next.root { try setRootLocked(learned) }
                 try materialize(signed.envelope.operation, in: next)
             }
         } catch {
             throw .storage("\(error)")
         }
+        entries.append(LogEntry(operation: signed, position: position))
+        positions[signed.id] = position
+        cachedLogDigest = nil
         state = next
         return next
+    }
+
+    /// Stores an operation another node accepted, at the position it gave
+    /// it, and refolds if it sorts before operations already held. Stored
+    /// even when the rules refuse it at its place (every node must hold the
+    /// same log to fold the same state). An operation held at a later
+    /// position moves to the earlier one (the same signed operation accepted
+    /// twice, on two nodes).
+    public func merge(_ signed: SignedOperation, at position: LogPosition) throws(MembershipError) -> MergeOutcome {
+        lock.lock()
+        defer { lock.unlock() }
+        guard position.id == signed.id else { throw .invalid("a log position for another operation") }
+        clock = max(clock, position.clock)
+        let existing = positions[signed.id]
+        if let existing, existing <= position { return .known }
+        // Work out the new log and fold first; commit them only with the database.
+        var nextEntries = entries
+        var nextState = state
+        var nextRefused = refused
+        var incremental = false
+        if existing == nil, let last = entries.last?.position, last < position {
+            // The common case: it sorts last, so it folds on top.
+            do { try nextState.apply(signed) } catch { nextRefused[signed.id] = error }
+            nextEntries.append(LogEntry(operation: signed, position: position))
+            incremental = true
+        } else {
+            nextEntries.removeAll { $0.operation.id == signed.id }
+            let at = nextEntries.firstIndex { position < $0.position } ?? nextEntries.endIndex
+            nextEntries.insert(LogEntry(operation: signed, position: position), at: at)
+            (nextState, nextRefused) = MembershipState.fold(nextEntries.lazy.map(\.operation), root: root)
+        }
+        do {
+            try database.transaction {
+                if existing != nil {
+                    try database.query("UPDATE operations SET clock = ?, origin = ? WHERE id = ?",
+                                       [.integer(Int64(bitPattern: position.clock)), .text(position.origin), .text(signed.id)])
+                } else {
+                    try insert(signed, at: position)
+                }
+                if incremental {
+                    if nextRefused[signed.id] == nil { try materialize(signed.envelope.operation, in: nextState) }
+                } else {
+                    try rewriteTables(from: nextState)
+                }
+                if root == nil, let learned = nextState.root { try setRootLocked(learned) }
+            }
+        } catch {
+            throw .storage("\(error)")
+        }
+        entries = nextEntries
+        state = nextState
+        refused = nextRefused
+        positions[signed.id] = position
+        cachedLogDigest = nil
+        return .stored(refused: refused[signed.id])
+    }
+
+    private func insert(_ signed: SignedOperation, at position: LogPosition) throws {
+        try database.query("INSERT INTO operations (id, kind, actor, ts, bytes, signature, clock, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [.text(signed.id), .text(signed.envelope.operation.kind), .text(signed.envelope.actor),
+                            .text(signed.envelope.timestamp), .blob(signed.bytes), .blob(signed.signature),
+                            .integer(Int64(bitPattern: position.clock)), .text(position.origin)])
     }
 
     /// Every operation in log order.
     public func operations() throws(MembershipError) -> [SignedOperation] {
         lock.lock()
         defer { lock.unlock() }
-        do {
-            return try database.query("SELECT bytes, signature FROM operations ORDER BY seq").map { row in
-                try SignedOperation(bytes: row[0].blob ?? [], signature: row[1].blob ?? [])
-            }
-        } catch let error as MembershipError {
-            throw error
-        } catch {
-            throw .storage("\(error)")
-        }
+        return entries.map(\.operation)
+    }
+
+    /// Every operation with its position, in log order (for replication).
+    public func logEntries() -> [LogEntry] {
+        lock.lock()
+        defer { lock.unlock() }
+        return entries
+    }
+
+    /// The position of an operation held, if any.
+    public func position(of id: String) -> LogPosition? {
+        lock.lock()
+        defer { lock.unlock() }
+        return positions[id]
+    }
+
+    /// Milliseconds since the epoch of an RFC 3339 UTC timestamp as
+    /// operations carry them ("2026-11-23T10:00:00.123Z"), or nil.
+    static func millis(_ text: String) -> UInt64? {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let date = formatter.date(from: text) { return UInt64(max(0, date.timeIntervalSince1970 * 1000)) }
+        formatter.formatOptions = [.withInternetDateTime]
+        if let date = formatter.date(from: text) { return UInt64(max(0, date.timeIntervalSince1970 * 1000)) }
+        return nil
     }
 
     // MARK: tables
@@ -204,13 +429,13 @@ public final class MembershipStore: @unchecked Sendable {
             guard let room = row[0].text, let user = row[1].text, let role = row[2].text.flatMap(RoomRole.init) else { continue }
             members[room, default: [:]][user] = Member(room: room, user: user, role: role, joined: row[3].text ?? "")
         }
-        return MembershipState(users: users, rooms: rooms, members: members)
+        return MembershipState(users: users, rooms: rooms, members: members, root: state.root)
     }
 }
 
 extension MembershipState {
-    init(users: [String: User], rooms: [String: Room], members: [String: [String: Member]]) {
+    init(users: [String: User], rooms: [String: Room], members: [String: [String: Member]], root: String?) {
         self.init()
-        self.restore(users: users, rooms: rooms, members: members)
+        self.restore(users: users, rooms: rooms, members: members, root: root)
     }
 }
