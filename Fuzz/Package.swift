@@ -15,5 +15,6 @@ let package = Package(
         .executableTarget(name: "FuzzClientProtocol", dependencies: ["FuzzSupport", .product(name: "UnibusWire", package: "unibus")]),
         .executableTarget(name: "FuzzFrameEnvelope", dependencies: [.product(name: "UnibusWire", package: "unibus")]),
         .executableTarget(name: "FuzzServerProtocol", dependencies: ["FuzzSupport", .product(name: "UnibusWire", package: "unibus")]),
+        .executableTarget(name: "FuzzRouteProtocol", dependencies: ["FuzzSupport", .product(name: "UnibusWire", package: "unibus")]),
     ]
 )

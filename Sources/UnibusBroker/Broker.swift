@@ -25,6 +25,10 @@ public final class Broker: @unchecked Sendable {
     private var serverChannel: Channel?
     private var draining = false
     private let nextClientID = ManagedAtomic<UInt64>(0)
+    /// The node's route links, when it is part of a cluster.
+    public private(set) var cluster: Cluster?
+    /// connect_urls from the cluster (configured URLs of this node and its linked peers).
+    private var clusterConnectURLs: [String] = []
 
     /// - Parameter serverKey: the node's signing key, whose "N…" nkey becomes
     ///   the server id; a fresh one is made if nil.
@@ -37,6 +41,9 @@ public final class Broker: @unchecked Sendable {
         } else {
             self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.resolvedThreads)
             ownsGroup = true
+        }
+        if let clusterConfiguration = configuration.cluster {
+            cluster = Cluster(configuration: clusterConfiguration, broker: self)
         }
     }
 
@@ -56,6 +63,14 @@ public final class Broker: @unchecked Sendable {
             }
         let channel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
         lock.withLock { serverChannel = channel }
+        if let cluster {
+            do {
+                try await cluster.start()
+            } catch {
+                try? await channel.close()
+                throw error
+            }
+        }
         return channel.localAddress?.port ?? configuration.port
     }
 
@@ -70,6 +85,7 @@ public final class Broker: @unchecked Sendable {
             return (serverChannel, Array(connections.values))
         }
         try? await server?.close()
+        await cluster?.shutdown()
         await withTaskGroup(of: Void.self) { tasks in
             for client in clients {
                 tasks.addTask { await client.closeGracefully() }
@@ -99,12 +115,15 @@ public final class Broker: @unchecked Sendable {
     // MARK: server-originated messages
 
     /// Delivers a message from the node itself (not from a client) to the
-    /// subscribers of `subject`, e.g. key-share notifications.
+    /// local subscribers of `subject`, e.g. key-share notifications. Never
+    /// forwarded to routes: every node notifies its own clients.
     public func publish(subject: String, payload: [UInt8]) {
         let result = index.match(subject)
         let message = ByteBuffer(bytes: payload)
         var targets = result.plain
-        for group in result.queues { if let member = group.randomElement() { targets.append(member) } }
+        for group in result.queues {
+            if let member = group.members.filter({ !$0.connection.isRoute }).randomElement() { targets.append(member) }
+        }
         for subscription in targets {
             let (deliver, last) = subscription.claimDelivery()
             guard deliver else { continue }
@@ -120,6 +139,36 @@ public final class Broker: @unchecked Sendable {
                 if last { connection.removeSubscriptionOnLoop(subscription) }
             }
         }
+    }
+
+    // MARK: cluster
+
+    func localInterestAdded(subject: String, queue: String?) {
+        cluster?.interestAdded(subject: subject, queue: queue)
+    }
+
+    func localInterestRemoved(subject: String, queue: String?) {
+        cluster?.interestRemoved(subject: subject, queue: queue)
+    }
+
+    /// The URLs clients are told in INFO: configured, then the cluster's.
+    var connectURLs: [String] {
+        lock.withLock {
+            var urls = configuration.connectURLs
+            for url in clusterConnectURLs where !urls.contains(url) { urls.append(url) }
+            return urls
+        }
+    }
+
+    /// Sets the cluster's URLs and tells connected clients (async INFO), as
+    /// nats-server does when routes come and go.
+    func setClusterConnectURLs(_ urls: [String]) {
+        let clients: [BrokerConnection] = lock.withLock {
+            guard clusterConnectURLs != urls else { return [] }
+            clusterConnectURLs = urls
+            return Array(connections.values)
+        }
+        for client in clients { client.sendAsyncInfo() }
     }
 
     // MARK: live authorization

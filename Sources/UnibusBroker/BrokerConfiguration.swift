@@ -28,8 +28,10 @@ public struct BrokerConfiguration: Sendable {
     /// TLS for client connections. Set, every client must upgrade after INFO
     /// (`tls_required`), as with nats-server's `tls {}` block.
     public var tls: BrokerTLS?
-    /// Client URLs of the other nodes, advertised in INFO.
+    /// Client URLs advertised in INFO besides the cluster's (see `cluster`).
     public var connectURLs: [String] = []
+    /// Route links to other nodes; nil for a lone broker.
+    public var cluster: ClusterConfiguration?
     /// Event loop threads; 0 = half the cores (at least one). Delivering to a
     /// connection on another loop costs a thread wake-up: on a 2-core machine
     /// one loop gave 15 % more request/reply throughput and a 2-5x lower p99

@@ -15,31 +15,19 @@ struct ClientOptions {
     var headers = false
     var noResponders = false
     var name: String?
+    /// CONNECT's `protocol`: 1 and up take asynchronous INFO updates.
+    var protocolVersion = 0
 }
 
 /// One client connection: its protocol state machine (driven by parsed ops on
-/// its event loop) and its outbound queue (fed from any event loop).
-final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
+/// its event loop); its outbound queue and delivery come from `QueuedConnection`.
+final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecked Sendable {
     // @unchecked: fields under "loop-confined" are touched only on `eventLoop`;
     // fields under "shared" only with `sharedLock` held.
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    let id: UInt64
-    let eventLoop: EventLoop
-    // Strong: the broker outlives its connections, and an unowned reference
-    // costs an atomic retain on every access on the publish path.
-    private let broker: Broker
-    private let index: SubjectIndex
-    private let channel: Channel
-    private let stats: BrokerStatistics
     private let requiresAuthentication: Bool
-    private let maxPendingBytes: Int
-    /// Above this many queued bytes, publishers into this connection stop
-    /// reading until it drains below half of it (nats-server stalls fast
-    /// producers the same way, so a fast publisher does not turn a healthy
-    /// subscriber into a slow consumer).
-    private let stallThreshold: Int
 
     // MARK: loop-confined
     private var parser: ClientProtocolParser
@@ -54,45 +42,21 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
     private var publishAllowed: [String: Bool] = [:]
     private var subscriptions: [String: Subscription] = [:]
     private var pingsOutstanding = 0
-    private var touched: [BrokerConnection] = []
     private var timer: RepeatedTask?
     private var authTimer: Scheduled<Void>?
-    private var closing = false
     private var lastPingSent = NIODeadline.now()
-    /// Connections this batch filled past the stall threshold.
-    private var congested: [BrokerConnection] = []
-    private var readingPaused = false
     private var registered = false
-    /// The most recent write, so a close can wait for what precedes it.
-    private var lastWrite: EventLoopFuture<Void>?
     private var tornDown = false
     private var context: ChannelHandlerContext?
 
     // MARK: shared
-    private let sharedLock = NIOLock()
-    private var outbound: ByteBuffer
-    private var flushScheduled = false
-    private var queuedBytes = 0
-    private var unwrittenSince: NIODeadline?
-    private var slow = false
-    private var closedForWrites = false
     private var user: String?
-    /// Publishers paused until this connection's queue drains.
-    private var drainWaiters: [@Sendable () -> Void] = []
 
     init(id: UInt64, broker: Broker, channel: Channel) {
-        self.id = id
-        self.broker = broker
-        self.channel = channel
-        self.eventLoop = channel.eventLoop
-        self.stats = broker.statistics
-        self.index = broker.index
         self.requiresAuthentication = broker.configuration.authorizer != nil
-        self.maxPendingBytes = broker.configuration.maxPendingBytes
-        self.stallThreshold = max(broker.configuration.maxPendingBytes / 8, 64 * 1024)
         self.parser = ClientProtocolParser(maxControlLine: broker.configuration.maxControlLine,
                                            maxPayload: broker.configuration.maxPayload)
-        self.outbound = channel.allocator.buffer(capacity: 4096)
+        super.init(id: id, broker: broker, channel: channel, isRoute: false, maxPendingBytes: broker.configuration.maxPendingBytes)
     }
 
     /// The user nkey this connection authenticated as, if any.
@@ -159,14 +123,10 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         for subscription in subscriptions.values {
             subscription.removed.store(true, ordering: .relaxed)
             broker.index.remove(subscription)
+            broker.localInterestRemoved(subject: subscription.subject, queue: subscription.queue)
         }
         subscriptions.removeAll()
-        let waiters = sharedLock.withLock { () -> [@Sendable () -> Void] in
-            closedForWrites = true
-            defer { drainWaiters.removeAll() }
-            return drainWaiters
-        }
-        for waiter in waiters { waiter() }
+        closeForWrites()
         if registered {
             broker.unregister(self)
             stats.currentConnections.wrappingDecrement(ordering: .relaxed)
@@ -207,58 +167,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        flushTouched()
-        guard !closing, !congested.isEmpty else { return }
-        // Pause reading (autoRead off) until every congested target drained;
-        // each calls back once. Reading normally stays on autoRead, which
-        // avoids an epoll update per read.
-        let targets = congested
-        congested.removeAll(keepingCapacity: true)
-        readingPaused = true
-        context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
-        let remaining = ManagedAtomic<Int>(targets.count)
-        for target in targets {
-            target.whenDrained { [self] in
-                if remaining.wrappingDecrementThenLoad(ordering: .acquiringAndReleasing) == 0 {
-                    eventLoop.execute { self.resumeReading() }
-                }
-            }
-        }
-    }
-
-    private func resumeReading() {
-        guard readingPaused, !closing else { return }
-        readingPaused = false
-        channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
-    }
-
-    /// Runs `callback` (on any thread) once the queue is below half the
-    /// stall threshold or the connection is closed.
-    func whenDrained(_ callback: @escaping @Sendable () -> Void) {
-        let runNow = sharedLock.withLock { () -> Bool in
-            if closedForWrites || slow || queuedBytes < stallThreshold / 2 { return true }
-            drainWaiters.append(callback)
-            return false
-        }
-        if runNow { callback() }
-    }
-
-    /// Whether this connection's queue is past the stall threshold.
-    func isCongested() -> Bool {
-        sharedLock.withLock { queuedBytes >= stallThreshold }
-    }
-
-    /// Schedules a flush of every connection this batch of reads wrote to.
-    private func flushTouched() {
-        let pending = touched
-        touched.removeAll(keepingCapacity: true)
-        for connection in pending {
-            if connection === self || connection.eventLoop === eventLoop {
-                connection.flushNow()
-            } else {
-                connection.eventLoop.execute { connection.flushNow() }
-            }
-        }
+        finishReadBatch()
     }
 
     // MARK: operations
@@ -315,6 +224,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         if let value = object["headers"] as? Bool { updated.headers = value }
         if let value = object["no_responders"] as? Bool { updated.noResponders = value }
         updated.name = object["name"] as? String
+        updated.protocolVersion = (object["protocol"] as? NSNumber)?.intValue ?? 0
         if updated.noResponders && !updated.headers {
             closeWithError("no responders requires headers support")
             return
@@ -374,6 +284,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         let subscription = Subscription(connection: self, subject: subject, queue: queue, sid: sid)
         subscriptions[sid] = subscription
         broker.index.insert(subscription)
+        broker.localInterestAdded(subject: subject, queue: queue)
         acknowledge()
     }
 
@@ -395,17 +306,17 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         removeSubscription(subscription)
     }
 
-    /// For deliveries that did not come from a connection (server publishes).
-    func removeSubscriptionOnLoop(_ subscription: Subscription) {
+    override func removeSubscriptionOnLoop(_ subscription: Subscription) {
         removeSubscription(subscription)
     }
 
     private func removeSubscription(_ subscription: Subscription) {
-        subscription.removed.store(true, ordering: .relaxed)
+        guard !subscription.removed.exchange(true, ordering: .relaxed) else { return }
         if subscriptions[subscription.sid] === subscription {
             subscriptions[subscription.sid] = nil
         }
         broker.index.remove(subscription)
+        broker.localInterestRemoved(subject: subscription.subject, queue: subscription.queue)
     }
 
     private func handlePublish(subject: String, reply: String?, headerLength: Int?, message: ByteBuffer) {
@@ -426,13 +337,21 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
             if let reply, options.noResponders {
                 sendNoResponders(reply: reply)
             }
-        } else {
-            for subscription in result.plain {
-                deliver(subscription, subject: subject, reply: reply, headerLength: headerLength, message: message)
-            }
-            for group in result.queues {
-                deliverToOne(of: group, subject: subject, reply: reply, headerLength: headerLength, message: message)
-            }
+            return
+        }
+        let routed = deliverLocally(result, subject: subject, reply: reply, headerLength: headerLength, message: message,
+                                    skip: options.echo ? nil : self, onlyQueues: nil, routesMayTakeQueues: true)
+        if result.routes.isEmpty && routed.isEmpty { return }
+        // One RMSG per route with interest, naming the queue groups it was chosen for.
+        for route in result.routes {
+            let queues = routed.isEmpty ? [] : routed.compactMap { $0.0 === route ? $0.1 : nil }
+            forward(to: route, subject: subject, reply: reply, queues: queues, headerLength: headerLength, message: message)
+        }
+        var done: [RouteConnection] = []
+        for (route, _) in routed where !result.routes.contains(where: { $0 === route }) && !done.contains(where: { $0 === route }) {
+            done.append(route)
+            let queues = routed.compactMap { $0.0 === route ? $0.1 : nil }
+            forward(to: route, subject: subject, reply: reply, queues: queues, headerLength: headerLength, message: message)
         }
     }
 
@@ -443,44 +362,6 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         if publishAllowed.count > 1024 { publishAllowed.removeAll() }
         publishAllowed[subject] = allowed
         return allowed
-    }
-
-    private func deliverToOne(of group: [Subscription], subject: String, reply: String?, headerLength: Int?, message: ByteBuffer) {
-        let start = Int.random(in: 0..<group.count)
-        for offset in 0..<group.count {
-            let candidate = group[(start + offset) % group.count]
-            if !options.echo && candidate.connection === self { continue }
-            if deliver(candidate, subject: subject, reply: reply, headerLength: headerLength, message: message) { return }
-        }
-    }
-
-    /// Queues one MSG/HMSG for `subscription`; false if it took none.
-    @discardableResult
-    private func deliver(_ subscription: Subscription, subject: String, reply: String?, headerLength: Int?, message: ByteBuffer) -> Bool {
-        let target = subscription.connection
-        if !options.echo && target === self { return false }
-        let (deliver, last) = subscription.claimDelivery()
-        guard deliver else { return false }
-        subscription.delivered.wrappingIncrement(ordering: .relaxed)
-        let needsFlush = target.enqueue { buffer in
-            MessageEncoder.writeMessage(into: &buffer, subject: subject, sid: subscription.sidBytes,
-                                        reply: reply, headerLength: headerLength, message: message)
-        }
-        if needsFlush {
-            touched.append(target)
-            if target !== self && target.isCongested() && !congested.contains(where: { $0 === target }) {
-                congested.append(target)
-            }
-        }
-        stats.messagesOut.wrappingIncrement(ordering: .relaxed)
-        if last {
-            if target.eventLoop.inEventLoop {
-                target.removeSubscription(subscription)
-            } else {
-                target.eventLoop.execute { target.removeSubscription(subscription) }
-            }
-        }
-        return true
     }
 
     /// A 503 status to the publisher's own subscription for `reply`, as nats-server sends.
@@ -495,46 +376,23 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    // MARK: outbound (any thread)
-
-    /// Appends to the outbound queue. Returns true when the caller must make
-    /// sure a flush happens (the first write since the last flush).
-    func enqueue(_ write: (inout ByteBuffer) -> Void) -> Bool {
-        var becameSlow = false
-        let needsFlush = sharedLock.withLock { () -> Bool in
-            if closedForWrites || slow { return false }
-            let before = outbound.writerIndex
-            write(&outbound)
-            let added = outbound.writerIndex - before
-            if queuedBytes == 0 { unwrittenSince = .now() }
-            queuedBytes += added
-            if queuedBytes > maxPendingBytes {
-                slow = true
-                becameSlow = true
-                outbound.clear()
-                return false
-            }
-            if flushScheduled { return false }
-            flushScheduled = true
-            return true
-        }
-        if becameSlow {
-            stats.slowConsumers.wrappingIncrement(ordering: .relaxed)
-            eventLoop.execute { self.closeSlowConsumer() }
-        }
-        return needsFlush
-    }
-
-    /// Queues bytes for this connection from its own loop.
-    private func enqueueSelf(_ write: (inout ByteBuffer) -> Void) {
-        if enqueue(write) { touched.append(self) }
-    }
+    // MARK: outbound
 
     private func enqueueError(_ message: String) {
         enqueueSelf { buffer in
             buffer.writeStaticString("-ERR '")
             buffer.writeString(message)
             buffer.writeStaticString("'\r\n")
+        }
+    }
+
+    /// Tells a connected client the cluster's current URLs (INFO after
+    /// CONNECT, which clients that declared protocol 1 understand).
+    func sendAsyncInfo() {
+        eventLoop.execute { [self] in
+            guard connected, !closing, options.protocolVersion >= 1, let context else { return }
+            enqueueInfo(context: context)
+            flushTouched()
         }
     }
 
@@ -562,38 +420,13 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
             info["auth_required"] = true
             info["nonce"] = nonce ?? ""
         }
-        if !configuration.connectURLs.isEmpty { info["connect_urls"] = configuration.connectURLs }
+        let connectURLs = broker.connectURLs
+        if !connectURLs.isEmpty { info["connect_urls"] = connectURLs }
         let json = (try? JSONSerialization.data(withJSONObject: info, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
         enqueueSelf { buffer in
             buffer.writeStaticString("INFO ")
             buffer.writeBytes(json)
             buffer.writeStaticString(" \r\n")
-        }
-    }
-
-    /// Writes whatever is queued (on this connection's loop).
-    func flushNow() {
-        let buffer = sharedLock.withLock { () -> ByteBuffer? in
-            flushScheduled = false
-            guard outbound.readableBytes > 0, !closedForWrites || closing else { return nil }
-            let pending = outbound
-            outbound = channel.allocator.buffer(capacity: max(4096, min(pending.readableBytes, 1 << 20)))
-            return pending
-        }
-        guard let buffer else { return }
-        let count = buffer.readableBytes
-        stats.bytesOut.wrappingIncrement(by: count, ordering: .relaxed)
-        let written = channel.writeAndFlush(buffer)
-        lastWrite = written
-        written.whenComplete { [self] _ in
-            let waiters = sharedLock.withLock { () -> [@Sendable () -> Void] in
-                queuedBytes -= count
-                unwrittenSince = queuedBytes > 0 ? .now() : nil
-                guard !drainWaiters.isEmpty, queuedBytes < stallThreshold / 2 else { return [] }
-                defer { drainWaiters.removeAll() }
-                return drainWaiters
-            }
-            for waiter in waiters { waiter() }
         }
     }
 
@@ -603,8 +436,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         guard !closing else { return }
         let configuration = broker.configuration
         let now = NIODeadline.now()
-        let stuckSince = sharedLock.withLock { unwrittenSince }
-        if let stuckSince, now - stuckSince > configuration.writeDeadline {
+        if let stuck = unwrittenFor, stuck > configuration.writeDeadline {
             stats.slowConsumers.wrappingIncrement(ordering: .relaxed)
             closeSlowConsumer()
             return
@@ -644,19 +476,6 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
         closeWhenWritten()
     }
 
-    private func closeWhenWritten() {
-        guard let pending = lastWrite else {
-            channel.close(promise: nil)
-            return
-        }
-        let channel = self.channel
-        let grace = eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
-        pending.whenComplete { _ in
-            grace.cancel()
-            channel.close(promise: nil)
-        }
-    }
-
     /// Closes after writing what is already queued, adding nothing (how
     /// nats-server ends a connection for malformed input).
     func closeNow() {
@@ -666,7 +485,7 @@ final class BrokerConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// A slow consumer is cut off at once: its queued bytes are dropped, and
     /// nothing waits for writes it is not draining.
-    private func closeSlowConsumer() {
+    override func closeSlowConsumer() {
         guard !closing else { return }
         tearDown()
         channel.close(mode: .all, promise: nil)

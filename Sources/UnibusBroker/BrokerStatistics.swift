@@ -24,6 +24,12 @@ public final class BrokerStatistics: Sendable {
     }
     public let permissionViolations = ManagedAtomic<Int>(0)
     public let protocolViolations = ManagedAtomic<Int>(0)
+    /// Messages forwarded to routes (one per route per message).
+    public let routedOut = ManagedAtomic<Int>(0)
+    /// Messages received from routes.
+    public let routedIn = ManagedAtomic<Int>(0)
+    /// Route links that became active.
+    public let routesOpened = ManagedAtomic<Int>(0)
 
     init() {}
 }

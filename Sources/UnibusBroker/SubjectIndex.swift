@@ -1,12 +1,21 @@
 import NIOConcurrencyHelpers
 import UnibusWire
 
-/// What a published subject matches: plain subscriptions, and queue groups
-/// (one member of each group receives the message).
+/// A queue group as one subject matches it: one member receives each message.
+/// Members may include route entries (the group has members on that node).
+struct QueueGroup: Sendable {
+    let name: String
+    var members: [Subscription]
+}
+
+/// What a published subject matches: local plain subscriptions, queue groups
+/// (local members and routes whose far node has members), and the routes
+/// whose far node has plain interest (each listed once).
 struct MatchResult: Sendable {
     var plain: [Subscription] = []
-    var queues: [[Subscription]] = []
-    var isEmpty: Bool { plain.isEmpty && queues.isEmpty }
+    var queues: [QueueGroup] = []
+    var routes: [RouteConnection] = []
+    var isEmpty: Bool { plain.isEmpty && queues.isEmpty && routes.isEmpty }
 }
 
 /// The subscription index (nats-server's "sublist"): a trie over subject
@@ -168,9 +177,24 @@ final class SubjectIndex: @unchecked Sendable {
     }
 
     private func add(_ node: Node, into result: inout MatchResult) {
-        result.plain.append(contentsOf: node.plain.values)
-        for members in node.queues.values where !members.isEmpty {
-            result.queues.append(Array(members.values))
+        for subscription in node.plain.values {
+            if subscription.connection.isRoute {
+                // A route takes one copy however many of its filters match.
+                if let route = subscription.connection as? RouteConnection, !result.routes.contains(where: { $0 === route }) {
+                    result.routes.append(route)
+                }
+            } else {
+                result.plain.append(subscription)
+            }
+        }
+        // Queue groups are one group per name, whichever filters matched
+        // (a message goes to one member of "workers", not one per filter).
+        for (name, members) in node.queues where !members.isEmpty {
+            if let existing = result.queues.firstIndex(where: { $0.name == name }) {
+                result.queues[existing].members.append(contentsOf: members.values)
+            } else {
+                result.queues.append(QueueGroup(name: name, members: Array(members.values)))
+            }
         }
     }
 }

@@ -1,9 +1,10 @@
 import Atomics
 
-/// One SUB of one connection. Shared between event loops (the publisher's
-/// loop delivers into it), so its mutable parts are atomics.
+/// One SUB of one connection, or one interest a route's far node announced
+/// (`RS+`). Shared between event loops (the publisher's loop delivers into
+/// it), so its mutable parts are atomics.
 final class Subscription: Sendable {
-    let connection: BrokerConnection
+    let connection: QueuedConnection
     let subject: String
     let queue: String?
     let sid: String
@@ -16,7 +17,7 @@ final class Subscription: Sendable {
     /// Messages delivered so far (UNSUB with max counts them).
     let delivered = ManagedAtomic<Int>(0)
 
-    init(connection: BrokerConnection, subject: String, queue: String?, sid: String) {
+    init(connection: QueuedConnection, subject: String, queue: String?, sid: String) {
         self.connection = connection
         self.subject = subject
         self.queue = queue

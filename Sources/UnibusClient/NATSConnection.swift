@@ -428,6 +428,18 @@ public final class NATSConnection: @unchecked Sendable {
         }
     }
 
+    /// Adds nodes a server announced (connect_urls) to the failover candidates.
+    fileprivate func learn(_ urls: [String]) {
+        lock.withLock {
+            for url in urls {
+                if let learned = try? Endpoint(parsing: url), !discovered.contains(learned) { discovered.append(learned) }
+            }
+        }
+    }
+
+    /// Nodes learned from the servers' connect_urls.
+    public var discoveredEndpoints: [Endpoint] { lock.withLock { discovered } }
+
     fileprivate func pong() {
         let waiter: CheckedContinuation<Void, Error>? = lock.withLock { pongWaiters.isEmpty ? nil : pongWaiters.removeFirst() }
         waiter?.resume()
@@ -534,7 +546,10 @@ private final class NATSClientHandler: ChannelInboundHandler, @unchecked Sendabl
             connection.pong()
         case (.connected, .err(let text)):
             connection.serverError(text)
-        case (_, .ok), (.connected, .info):
+        case (.connected, .info(let json)):
+            // Asynchronous INFO: the cluster's client URLs changed.
+            if let info = try? ServerInfo(json: json) { connection.learn(info.connectURLs) }
+        case (_, .ok):
             break
         default:
             fail(context, ClientError.invalid("unexpected \(op) from \(endpoint) during the handshake"))

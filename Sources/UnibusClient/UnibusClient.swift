@@ -212,6 +212,13 @@ public actor UnibusClient {
         return RoomMessages(client: self, room: room, stream: stream)
     }
 
+    /// Opens `room` for sending only: loads its policy and members without
+    /// subscribing to its subject (a publisher that does not read the room).
+    public func openForSending(_ room: String) async throws {
+        try await refreshRoom(room)
+        guard keyring.rooms[room] != nil else { throw ClientError.notAMember(room) }
+    }
+
     /// Reloads a room's policy and members (and shares this client's
     /// session with newcomers, or marks it for rotation after a departure).
     private func refreshRoom(_ room: String) async throws {

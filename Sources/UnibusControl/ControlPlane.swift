@@ -43,13 +43,32 @@ public final class ControlPlane: Sendable {
             return .json(200, ["status": "ok"])
         case ("GET", "/readyz"):
             if node.broker.port == nil { return .json(503, ["ready": false, "reason": "the broker is not listening"]) }
-            if node.membership.snapshot.users.isEmpty { return .json(503, ["ready": false, "reason": "no users: run unibusd init"]) }
+            if node.membership.snapshot.users.isEmpty {
+                if node.broker.cluster != nil, node.membership.rootAdmin != nil {
+                    return .json(503, ["ready": false, "reason": "no users yet: waiting for the membership log from the cluster's routes"])
+                }
+                return .json(503, ["ready": false, "reason": "no users: run unibusd init"])
+            }
             return .json(200, ["ready": true])
         case ("GET", "/metrics"):
             return ControlResponse(status: 200, contentType: "text/plain; version=0.0.4", body: Array(metrics().utf8))
         case ("GET", "/v1/node"):
-            return .json(200, ["node_id": node.broker.serverID, "version": UnibusVersion.current,
-                               "client_port": node.broker.port ?? 0])
+            let state = node.membership.snapshot
+            var body: [String: Any] = ["node_id": node.broker.serverID, "version": UnibusVersion.current,
+                                       "client_port": node.broker.port ?? 0,
+                                       "membership": ["operations": node.membership.operationCount, "log_digest": node.membership.logDigest,
+                                                      "state_digest": state.digest, "refused": node.membership.refusedOperations.count,
+                                                      "root": node.membership.rootAdmin ?? ""]]
+            if let cluster = node.broker.cluster {
+                body["cluster"] = ["name": cluster.configuration.name, "route_port": cluster.port ?? 0,
+                                   "routes": cluster.peers.map { peer -> [String: Any] in
+                                       var route: [String: Any] = ["node_id": peer.serverID, "name": peer.name]
+                                       if let url = peer.clientURL { route["client_url"] = url }
+                                       if let url = peer.controlURL { route["control_url"] = url }
+                                       return route
+                                   }]
+            }
+            return .json(200, body)
         default:
             break
         }
@@ -98,7 +117,7 @@ public final class ControlPlane: Sendable {
                 return .error(400, "the body must be {\"ids\": [...]}")
             }
             do {
-                let count = try node.membership.acknowledgeKeyShares(ids, by: caller, at: Self.now())
+                let count = try node.acknowledgeKeyShares(ids, by: caller)
                 return .json(200, ["acknowledged": count])
             } catch {
                 return .error(500, "\(error)")
@@ -149,12 +168,12 @@ public final class ControlPlane: Sendable {
                   let signature = (entry["signature"] as? String).flatMap({ try? Base64.decode($0) }) else {
                 return .error(400, "each share needs recipient, sealed (base64) and signature (base64)")
             }
-            shares.append(KeyShare(id: Hex.encode(Digest.sha256(Array("\(room)|\(sessionID)|\(recipient)|".utf8) + sealed)),
+            shares.append(KeyShare(id: KeyShare.identifier(room: room, sessionID: sessionID, recipient: recipient, sealed: sealed),
                                    room: room, sender: sender, recipient: recipient, sessionID: sessionID,
                                    sealed: sealed, signature: signature, created: created))
         }
         do {
-            try node.membership.storeKeyShares(shares)
+            try node.storeKeyShares(shares)
         } catch {
             let status: Int
             switch error {
@@ -165,11 +184,6 @@ public final class ControlPlane: Sendable {
             default: status = error.description.contains("UNIQUE") ? 409 : 500
             }
             return .error(status, "\(error)")
-        }
-        for share in shares {
-            let notice = (try? JSONSerialization.data(withJSONObject: ["room": share.room, "session_id": share.sessionID, "sender": share.sender],
-                                                      options: [.sortedKeys])) ?? Data()
-            node.broker.publish(subject: MembershipAuthorizer.keyDeliverySubject(for: share.recipient), payload: [UInt8](notice))
         }
         return .json(200, ["stored": shares.count])
     }
@@ -210,6 +224,11 @@ public final class ControlPlane: Sendable {
             ("unibus_stale_connections_total", "counter", stats.staleConnections.load(ordering: .relaxed)),
             ("unibus_permission_violations_total", "counter", stats.permissionViolations.load(ordering: .relaxed)),
             ("unibus_protocol_violations_total", "counter", stats.protocolViolations.load(ordering: .relaxed)),
+            ("unibus_routes", "gauge", node.broker.cluster?.peers.count ?? 0),
+            ("unibus_routes_opened_total", "counter", stats.routesOpened.load(ordering: .relaxed)),
+            ("unibus_routed_messages_in_total", "counter", stats.routedIn.load(ordering: .relaxed)),
+            ("unibus_routed_messages_out_total", "counter", stats.routedOut.load(ordering: .relaxed)),
+            ("unibus_membership_refused_operations", "gauge", node.membership.refusedOperations.count),
             ("unibus_membership_operations_total", "counter", node.membership.operationCount),
             ("unibus_users", "gauge", state.users.values.filter { $0.status == .active }.count),
             ("unibus_rooms", "gauge", state.rooms.values.filter { $0.archived == nil }.count),

@@ -104,3 +104,74 @@ extension MembershipStore {
         }
     }
 }
+
+extension MembershipStore {
+    /// Stores a share another node accepted (its rules were checked there):
+    /// only its sender's signature is checked here, since this node's copy
+    /// of the membership may lag. Returns whether it was new. `acked` marks
+    /// it delivered (a share the recipient already fetched elsewhere).
+    public func storeReplicatedKeyShare(_ share: KeyShare, acked: String?) throws(MembershipError) -> Bool {
+        guard share.sealed.count > SealedBox.overhead, share.sealed.count <= 4096 else { throw .invalid("a sealed share must be 49 to 4096 bytes") }
+        guard share.id == KeyShare.identifier(room: share.room, sessionID: share.sessionID, recipient: share.recipient, sealed: share.sealed) else {
+            throw .invalid("the share's id does not match its contents")
+        }
+        guard share.isSignedBySender else { throw .badSignature }
+        do {
+            return try withDatabase { database in
+                try database.transaction {
+                    let known = try !database.query("SELECT 1 FROM key_shares WHERE id = ?", [.text(share.id)]).isEmpty
+                    if !known {
+                        try database.query("INSERT INTO key_shares (id, room, sender, recipient, session_id, sealed, signature, created, acked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                           [.text(share.id), .text(share.room), .text(share.sender), .text(share.recipient),
+                                            .text(share.sessionID), .blob(share.sealed), .blob(share.signature), .text(share.created),
+                                            acked.map { .text($0) } ?? .null])
+                    } else if let acked {
+                        try database.query("UPDATE key_shares SET acked = ? WHERE id = ? AND acked IS NULL", [.text(acked), .text(share.id)])
+                    }
+                    return !known
+                }
+            }
+        } catch {
+            throw .storage("\(error)")
+        }
+    }
+
+    /// Marks shares delivered on another node (the recipient acknowledged there).
+    public func acknowledgeReplicatedKeyShares(_ ids: [String], at timestamp: String) throws(MembershipError) {
+        do {
+            try withDatabase { database in
+                try database.transaction {
+                    for id in ids {
+                        try database.query("UPDATE key_shares SET acked = ? WHERE id = ? AND acked IS NULL", [.text(timestamp), .text(id)])
+                    }
+                }
+            }
+        } catch {
+            throw .storage("\(error)")
+        }
+    }
+
+    /// Every share not yet acknowledged, and the ids of acknowledged ones
+    /// (what a node tells a peer when a link opens).
+    public func keySharesForSync() throws(MembershipError) -> (pending: [KeyShare], acknowledged: [String]) {
+        do {
+            return try withDatabase { database in
+                let pending = try database.query("SELECT id, room, sender, recipient, session_id, sealed, signature, created FROM key_shares WHERE acked IS NULL ORDER BY rowid").map { row in
+                    KeyShare(id: row[0].text ?? "", room: row[1].text ?? "", sender: row[2].text ?? "", recipient: row[3].text ?? "",
+                             sessionID: row[4].text ?? "", sealed: row[5].blob ?? [], signature: row[6].blob ?? [], created: row[7].text ?? "")
+                }
+                let acknowledged = try database.query("SELECT id FROM key_shares WHERE acked IS NOT NULL ORDER BY rowid").compactMap { $0[0].text }
+                return (pending, acknowledged)
+            }
+        } catch {
+            throw .storage("\(error)")
+        }
+    }
+}
+
+extension KeyShare {
+    /// A share's id: the same on every node for the same sealed key.
+    public static func identifier(room: String, sessionID: String, recipient: String, sealed: [UInt8]) -> String {
+        Hex.encode(Digest.sha256(Array("\(room)|\(sessionID)|\(recipient)|".utf8) + sealed))
+    }
+}

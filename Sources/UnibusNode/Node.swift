@@ -1,11 +1,13 @@
+import NIOConcurrencyHelpers
 import UnibusBroker
 import UnibusCrypto
 import UnibusMembership
 
 /// A node: the broker and the membership store it authorizes from. Every
-/// accepted membership operation is applied to the open connections before
-/// `apply` returns: permissions follow room membership live, and a revoked
-/// user's connections are closed.
+/// accepted membership operation, whether accepted here or replicated from
+/// a peer, is applied to the open connections before `apply`/`merge`
+/// returns: permissions follow room membership live, and a revoked user's
+/// connections are closed.
 public final class Node: Sendable {
     public let broker: Broker
     public let membership: MembershipStore
@@ -13,11 +15,25 @@ public final class Node: Sendable {
     /// Off by default for a node listening beyond loopback (see `unibusd
     /// run --allow-unencrypted-rooms`).
     public let allowsUnencryptedRooms: Bool
+    private let replicator: Replicator?
+    private let logger: @Sendable (String, [String: String]) -> Void
 
-    public init(broker: Broker, membership: MembershipStore, allowsUnencryptedRooms: Bool = true) {
+    /// Set the node up before `broker.start()`: with a cluster, the node
+    /// replicates its membership log and key shares over the route links.
+    public init(broker: Broker, membership: MembershipStore, allowsUnencryptedRooms: Bool = true,
+                log: @escaping @Sendable (String, [String: String]) -> Void = { _, _ in }) {
         self.broker = broker
         self.membership = membership
         self.allowsUnencryptedRooms = allowsUnencryptedRooms
+        self.logger = log
+        if let cluster = broker.cluster {
+            let replicator = Replicator()
+            self.replicator = replicator
+            replicator.attach(self)
+            cluster.delegate = replicator
+        } else {
+            replicator = nil
+        }
     }
 
     /// Builds the broker configuration's authorizer for `store`.
@@ -25,42 +41,94 @@ public final class Node: Sendable {
         MembershipAuthorizer(store: store)
     }
 
-    /// Verifies, applies and persists `operation`, then brings open
-    /// connections in line with the new state.
+    func log(_ message: String, _ fields: [String: String]) { logger(message, fields) }
+
+    /// Verifies, applies and persists `operation` (accepted by this node),
+    /// pushes it to the cluster, then brings open connections in line.
     @discardableResult
     public func apply(_ operation: SignedOperation) async throws(MembershipError) -> MembershipState {
         if case .createRoom(_, _, let policy) = operation.envelope.operation, !policy.encrypt, !allowsUnencryptedRooms {
             throw .unauthorized("this node does not allow unencrypted rooms (it listens beyond loopback); create the room with encryption")
         }
         let before = membership.snapshot
-        let state = try membership.append(operation)
-        if case .revokeUser(let key) = operation.envelope.operation {
-            await broker.disconnect(userNKey: key)
+        let state = try membership.append(operation, origin: broker.serverID)
+        if let cluster = broker.cluster, let position = membership.position(of: operation.id) {
+            cluster.broadcast(Replicator.operationFrame(operation, at: position))
         }
-        await broker.reauthorize()
-        announceMembershipChange(operation.envelope.operation, before: before, after: state)
+        await applyEffects(before: before, after: state, kind: operation.envelope.operation.kind)
         return state
     }
 
-    /// Tells the members of every room the operation touched (before and
-    /// after it) on their key-delivery subject, so their clients refresh the
-    /// member list, share keys with newcomers and rotate after a departure.
-    func announceMembershipChange(_ operation: MembershipOperation, before: MembershipState, after: MembershipState) {
-        let rooms: [String]
-        switch operation {
-        case .addMember(let room, _, _), .removeMember(let room, _), .setMemberRole(let room, _, _), .archiveRoom(let room):
-            rooms = [room]
-        case .revokeUser(let key):
-            rooms = before.members.filter { $0.value[key] != nil }.map(\.key).sorted()
-        case .addUser, .createRoom:
-            rooms = []
+    /// Merges an operation a peer accepted. Returns whether the log changed
+    /// (then it is worth relaying).
+    func merge(_ operation: SignedOperation, at position: LogPosition) async -> Bool {
+        let before = membership.snapshot
+        let outcome: MergeOutcome
+        do {
+            outcome = try membership.merge(operation, at: position)
+        } catch {
+            log("cannot store a replicated operation", ["id": operation.id, "error": "\(error)"])
+            return false
         }
-        for room in rooms {
+        guard case .stored(let refused) = outcome else { return false }
+        if let refused {
+            log("replicated operation refused by the rules at its place in the log",
+                ["id": operation.id, "kind": operation.envelope.operation.kind, "reason": "\(refused)"])
+        }
+        let after = membership.snapshot
+        if after != before { await applyEffects(before: before, after: after, kind: operation.envelope.operation.kind) }
+        return true
+    }
+
+    /// Closes the connections of users who lost access, re-authorizes every
+    /// open connection, and tells the members of changed rooms.
+    private func applyEffects(before: MembershipState, after: MembershipState, kind: String) async {
+        for (key, user) in before.users where user.status == .active && after.users[key]?.status != .active {
+            await broker.disconnect(userNKey: key)
+        }
+        await broker.reauthorize()
+        announceMembershipChange(kind: kind, before: before, after: after)
+    }
+
+    /// Tells the members of every room whose members or state changed (before
+    /// and after) on their key-delivery subject, so their clients refresh the
+    /// member list, share keys with newcomers and rotate after a departure.
+    func announceMembershipChange(kind: String, before: MembershipState, after: MembershipState) {
+        let rooms = Set(before.rooms.keys).union(after.rooms.keys).filter { id in
+            before.rooms[id] != after.rooms[id] || before.members[id] != after.members[id]
+        }
+        for room in rooms.sorted() where before.rooms[room] != nil {
             let recipients = Set(before.members[room].map { Array($0.keys) } ?? []).union(after.members[room].map { Array($0.keys) } ?? [])
-            let notice = Array("{\"event\":\"members\",\"kind\":\"\(operation.kind)\",\"room\":\"\(room)\"}".utf8)
+            let notice = Array("{\"event\":\"members\",\"kind\":\"\(kind)\",\"room\":\"\(room)\"}".utf8)
             for recipient in recipients.sorted() {
                 broker.publish(subject: MembershipAuthorizer.keyDeliverySubject(for: recipient), payload: notice)
             }
+        }
+    }
+
+    // MARK: key shares
+
+    /// Stores shares accepted through this node's control plane, tells the
+    /// local recipients, and pushes them to the cluster.
+    public func storeKeyShares(_ shares: [KeyShare]) throws(MembershipError) {
+        try membership.storeKeyShares(shares)
+        notifyKeyShares(shares)
+        broker.cluster?.broadcast(Replicator.sharesFrame(shares))
+    }
+
+    /// Acknowledges shares fetched through this node and tells the cluster.
+    public func acknowledgeKeyShares(_ ids: [String], by recipient: String) throws(MembershipError) -> Int {
+        let at = ControlTime.now()
+        let count = try membership.acknowledgeKeyShares(ids, by: recipient, at: at)
+        if count > 0 { broker.cluster?.broadcast(Replicator.acksFrame(ids, at: at)) }
+        return count
+    }
+
+    /// Tells each recipient connected here that a share is waiting (no key material).
+    func notifyKeyShares(_ shares: [KeyShare]) {
+        for share in shares {
+            let notice = Replicator.frame(["room": share.room, "session_id": share.sessionID, "sender": share.sender])
+            broker.publish(subject: MembershipAuthorizer.keyDeliverySubject(for: share.recipient), payload: notice)
         }
     }
 }

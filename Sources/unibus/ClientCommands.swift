@@ -55,18 +55,38 @@ struct CheckCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Messages to publish (golden).") var count = 20
     @Option(name: .long, help: "Seconds to wait for them (golden).") var timeout: Double = 10
     @Option(name: .long, help: "Milliseconds between messages (loop).") var interval: Double = 100
+    @Option(name: .long, help: "Messages per second (loop; overrides --interval).") var rate: Double?
     @Option(name: .long, help: "Seconds to run (loop).") var duration: Double = 10
+    @Option(name: .long, help: "A second identity that only subscribes (loop): the room's reader, on its own connection.")
+    var subscriberIdentity: String?
+    @Option(name: .long, help: "Data-plane seeds for the subscriber (repeat; default: --server).") var subscriberServer: [String] = []
 
     func run() async throws {
         let client = try await peer.connect(name: "unibus-check")
         let suffix = randomSuffix()
         let room = "check-\(suffix)"
+        var reader = client
         let messages: RoomMessages
         do {
-            try await client.createRoom(id: room, subject: "unibus.check.\(suffix)")
-            messages = try await client.join(room)
+            // A loop at a high rate would rotate every 1,000 messages by default;
+            // the ephemeral room rotates every 100,000 so the loop measures the bus.
+            let policy = mode == .loop ? RoomPolicy(rotateAfterMessages: 100_000) : RoomPolicy()
+            try await client.createRoom(id: room, subject: "unibus.check.\(suffix)", policy: policy)
+            if let subscriberIdentity {
+                let identity = try loadIdentity(subscriberIdentity)
+                var configuration = UnibusClient.Configuration(identity: identity, dataPlane: subscriberServer.isEmpty ? peer.server : subscriberServer,
+                                                               controlPlane: peer.node, caPath: peer.ca)
+                configuration.name = "unibus-check-subscriber"
+                reader = try await UnibusClient.connect(configuration)
+                try await client.addMember(identity.userNKey, to: room)
+                messages = try await reader.join(room)
+                try await client.openForSending(room)
+            } else {
+                messages = try await client.join(room)
+            }
         } catch {
             await client.close()
+            if reader !== client { await reader.close() }
             throw CLIError("cannot set up the check room: \(error)")
         }
         let tally = Tally()
@@ -80,15 +100,16 @@ struct CheckCommand: AsyncParsableCommand {
         defer { receiver.cancel() }
         let outcome: Result<Void, CLIError>
         switch mode {
-        case .golden: outcome = await golden(client, room: room, tally: tally)
-        case .loop: outcome = await loop(client, room: room, tally: tally)
+        case .golden: outcome = await golden(client, reader: reader, room: room, tally: tally)
+        case .loop: outcome = await loop(client, reader: reader, room: room, tally: tally)
         }
         _ = try? await client.archiveRoom(room)   // the room was ephemeral
         await client.close()
+        if reader !== client { await reader.close() }
         try outcome.get()
     }
 
-    private func golden(_ client: UnibusClient, room: String, tally: Tally) async -> Result<Void, CLIError> {
+    private func golden(_ client: UnibusClient, reader: UnibusClient, room: String, tally: Tally) async -> Result<Void, CLIError> {
         let started = Date()
         for number in 1...max(1, count) {
             do {
@@ -101,10 +122,11 @@ struct CheckCommand: AsyncParsableCommand {
         while await tally.distinct < count && Date() < deadline { try? await Task.sleep(for: .milliseconds(10)) }
         let received = await tally.seen
         let missing = (1...max(1, count)).filter { !received.contains($0) }
-        let rejections = await client.rejections
+        let rejections = await reader.rejections
         let elapsed = Date().timeIntervalSince(started)
-        print("check golden: room \(room) via \(client.connection.currentEndpoint?.description ?? "?"): sent \(count), received \(count - missing.count) "
-              + "decrypted in \(String(format: "%.3f", elapsed)) s; rejected: \(format(rejections))")
+        print("check golden: room \(room) via \(client.connection.currentEndpoint?.description ?? "?")"
+              + (reader !== client ? " to \(reader.connection.currentEndpoint?.description ?? "?")" : "")
+              + ": sent \(count), received \(count - missing.count) decrypted in \(String(format: "%.3f", elapsed)) s; rejected: \(format(rejections))")
         guard missing.isEmpty else {
             let shown = missing.prefix(20).map(String.init).joined(separator: ", ")
             return .failure(CLIError("missing \(missing.count) of \(count) messages after \(timeout) s: #\(shown)\(missing.count > 20 ? ", …" : "")"))
@@ -114,63 +136,119 @@ struct CheckCommand: AsyncParsableCommand {
         return .success(())
     }
 
-    private func loop(_ client: UnibusClient, room: String, tally: Tally) async -> Result<Void, CLIError> {
+    private func loop(_ client: UnibusClient, reader: UnibusClient, room: String, tally: Tally) async -> Result<Void, CLIError> {
+        let perSecond = rate ?? 1000 / max(0.001, interval)
+        let watcher = FailoverWatcher(tally: tally)
+        let publisherEvents = client.connection.events(), readerEvents = reader.connection.events()
+        let watchers = [Task { for await event in publisherEvents { await watcher.saw(event, publisher: true) } },
+                        Task { for await event in readerEvents { await watcher.saw(event, publisher: false) } }]
+        defer { for task in watchers { task.cancel() } }
         let started = Date()
         var sent = 0, failedPublishes = 0, lastStatus = "ok"
         var firstFailure: String?
-        var nodes: [String] = []
+        var publisherNodes: [String] = [], readerNodes: [String] = []
         var nextLine = started.addingTimeInterval(1)
-        var killNoticed: Date?
-        var firstAfterFailover: Double?
-        var receivedAtKill = 0
-        let step = max(1, interval) / 1000
-        while Date().timeIntervalSince(started) < duration {
+        while true {
+            let elapsed = Date().timeIntervalSince(started)
+            if elapsed >= duration { break }
             let attached = client.connection.currentEndpoint?.description
-            if let attached, nodes.last != attached { nodes.append(attached) }
-            if attached == nil, killNoticed == nil {
-                killNoticed = Date()
-                receivedAtKill = await tally.total
+            if let attached, publisherNodes.last != attached { publisherNodes.append(attached) }
+            if let readerAt = reader.connection.currentEndpoint?.description, readerNodes.last != readerAt { readerNodes.append(readerAt) }
+            // Publish what is due by now, so high rates survive a coarse sleep.
+            let due = min(Int(elapsed * perSecond) + 1, Int(duration * perSecond))
+            while sent < due {
+                sent += 1
+                do {
+                    try await client.publish(Array("unibus check \(sent)".utf8), to: room, contentType: "text/plain")
+                    lastStatus = client.connection.isConnected ? "ok" : "buffered"
+                } catch {
+                    failedPublishes += 1
+                    lastStatus = "failed: \(error)"
+                    if firstFailure == nil { firstFailure = "\(error)" }
+                }
             }
-            if let noticed = killNoticed, firstAfterFailover == nil, await tally.total > receivedAtKill {
-                firstAfterFailover = Date().timeIntervalSince(noticed)
-            }
-            sent += 1
-            do {
-                try await client.publish(Array("unibus check \(sent)".utf8), to: room, contentType: "text/plain")
-                lastStatus = attached == nil ? "buffered" : "ok"
-            } catch {
-                failedPublishes += 1
-                lastStatus = "failed: \(error)"
-                if firstFailure == nil { firstFailure = "\(error)" }
-            }
+            await tally.setPublished(sent)
             if Date() >= nextLine {
                 let received = await tally.distinct
-                print(String(format: "t=%5.1fs sent=%d received=%d node=%@ publish=%@", Date().timeIntervalSince(started), sent, received,
-                             attached ?? "(reconnecting)", lastStatus))
+                let readerAt = reader.connection.currentEndpoint?.description ?? "(reconnecting)"
+                print(String(format: "t=%5.1fs sent=%d received=%d node=%@%@ publish=%@", Date().timeIntervalSince(started), sent, received,
+                             attached ?? "(reconnecting)", reader !== client ? " subscriber=\(readerAt)" : "", lastStatus))
                 nextLine = nextLine.addingTimeInterval(1)
             }
-            try? await Task.sleep(for: .seconds(step))
+            try? await Task.sleep(for: .milliseconds(perSecond >= 1000 ? 1 : 5))
         }
         // Let the last messages arrive.
         let settle = Date().addingTimeInterval(2)
         while await tally.distinct < sent - failedPublishes && Date() < settle { try? await Task.sleep(for: .milliseconds(10)) }
         let received = await tally.distinct, duplicates = await tally.duplicates
         let lost = sent - failedPublishes - received
-        let reconnects = client.connection.reconnectCount
+        let reconnects = client.connection.reconnectCount + (reader !== client ? reader.connection.reconnectCount : 0)
         var summary = "check loop: sent=\(sent) received=\(received) lost=\(lost) duplicates=\(duplicates) failed-publishes=\(failedPublishes) "
-            + "reconnects=\(reconnects) nodes=\(nodes.joined(separator: ","))"
+            + "reconnects=\(reconnects) nodes=\(publisherNodes.joined(separator: ","))"
+        if reader !== client { summary += " subscriber-nodes=\(readerNodes.joined(separator: ","))" }
+        let failovers = await watcher.failovers
         if reconnects > 0 {
             summary += " failover observed"
-            if let firstAfterFailover { summary += String(format: " first-message-after-disconnect=%.1fms", firstAfterFailover * 1000) }
+            for failover in failovers {
+                summary += " [\(failover.publisher ? "publisher" : "subscriber") lost \(failover.lost)"
+                if let first = failover.firstMessageAfter { summary += String(format: ": first-message-after-disconnect=%.1fms", first * 1000) }
+                if let back = failover.reattachedAfter { summary += String(format: " reattached-after=%.1fms", back * 1000) }
+                summary += "]"
+            }
         }
-        summary += " rejected: \(format(await client.rejections))"
+        summary += " rejected: \(format(await reader.rejections))"
         print(summary)
         if let firstFailure { print("check loop: first failed publish: \(firstFailure)") }
         guard received > 0 else { return .failure(CLIError("nothing was received")) }
-        if let killNoticed, await tally.lastArrival ?? .distantPast < killNoticed {
-            return .failure(CLIError(reconnects == 0 ? "the connection was lost and never came back" : "nothing was received after the connection was lost"))
+        for failover in failovers where failover.firstMessageAfter == nil {
+            return .failure(CLIError("nothing was received after the \(failover.publisher ? "publisher" : "subscriber") lost \(failover.lost)"))
+        }
+        if reconnects == 0, failovers.contains(where: { _ in true }) {
+            return .failure(CLIError("the connection was lost and never came back"))
         }
         return .success(())
+    }
+}
+
+/// Disconnections seen during a loop, and how long until messages flowed again.
+actor FailoverWatcher {
+    struct Failover {
+        let publisher: Bool
+        let lost: String
+        let at: Date
+        var reattachedAfter: Double?
+        var firstMessageAfter: Double?
+    }
+
+    private let tally: Tally
+    private var recorded: [Failover] = []
+
+    init(tally: Tally) {
+        self.tally = tally
+    }
+
+    /// The failovers, with the first arrival after each.
+    var failovers: [Failover] {
+        get async {
+            var result = recorded
+            for index in result.indices {
+                if let first = await tally.firstArrival(after: index) { result[index].firstMessageAfter = first.timeIntervalSince(result[index].at) }
+            }
+            return result
+        }
+    }
+
+    func saw(_ event: ConnectionEvent, publisher: Bool) async {
+        switch event {
+        case .disconnected(let endpoint, _):
+            let at = Date()
+            recorded.append(Failover(publisher: publisher, lost: endpoint.description, at: at))
+            await tally.mark(recorded.count - 1, at: at)
+        case .connected:
+            if let index = recorded.lastIndex(where: { $0.publisher == publisher && $0.reattachedAfter == nil }) {
+                recorded[index].reattachedAfter = Date().timeIntervalSince(recorded[index].at)
+            }
+        }
     }
 }
 
@@ -180,12 +258,33 @@ actor Tally {
     private(set) var duplicates = 0
     private(set) var total = 0
     private(set) var lastArrival: Date?
+    /// Messages published so far (updated by the loop every tick).
+    private var published = 0
+    /// Marks (disconnections) still waiting for their first arrival: the
+    /// first message published after the mark that arrives. Frames already in
+    /// flight on the lost connection do not count.
+    private var waiting: [(mark: Int, after: Int)] = []
+    private var firstArrivals: [Int: Date] = [:]
 
     func received(_ number: Int) {
         total += 1
-        lastArrival = Date()
+        let now = Date()
+        lastArrival = now
         if !seen.insert(number).inserted { duplicates += 1 }
+        if !waiting.isEmpty {
+            for entry in waiting where number > entry.after { firstArrivals[entry.mark] = now }
+            waiting.removeAll { number > $0.after }
+        }
     }
+
+    func setPublished(_ count: Int) { published = count }
+
+    /// Records, under `mark`, the first arrival of a message published from now on.
+    func mark(_ mark: Int, at: Date) {
+        waiting.append((mark, published))
+    }
+
+    func firstArrival(after mark: Int) -> Date? { firstArrivals[mark] }
 
     var distinct: Int { seen.count }
 }

@@ -14,12 +14,28 @@ struct Init: ParsableCommand {
     var dataDir: String
 
     @Option(name: .long, help: "The admin's identity file; created (0600) if it does not exist.")
-    var adminIdentity: String
+    var adminIdentity: String?
+
+    @Option(name: .long, help: "Instead of --admin-identity: only the root admin's user nkey (U…), for a node of a cluster that receives its membership log from its peers and never holds the admin's key.")
+    var root: String?
 
     @Option(name: .long, help: "The admin's handle.")
     var handle = "admin"
 
     func run() throws {
+        if let root {
+            guard adminIdentity == nil else { throw CLIFailure("give --admin-identity or --root, not both") }
+            do {
+                let store = try MembershipStore(directory: dataDir)
+                try store.pinRoot(root)
+                _ = try IdentityFile.loadOrCreate(at: dataDir + "/node-identity.json")
+            } catch {
+                throw CLIFailure("\(error)")
+            }
+            print("initialised \(dataDir) for root admin \(root); its users arrive from the cluster (run with --routes)")
+            return
+        }
+        guard let adminIdentity else { throw CLIFailure("give --admin-identity FILE (the first admin) or --root NKEY (a cluster node)") }
         let admin: Identity
         let created: Bool
         do {

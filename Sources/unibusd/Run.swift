@@ -79,6 +79,36 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "PEM private key for the control plane (default: --tls-key).")
     var controlTlsKey: String?
 
+    @Option(name: .long, help: "Route listener, HOST:PORT: join a cluster (with --routes).")
+    var clusterListen: String?
+
+    @Option(name: .long, parsing: .singleValue, help: "A route URL to dial, tls://HOST:PORT (repeat, or comma-separate). The node's own URL may be listed; it is skipped.")
+    var routes: [String] = []
+
+    @Option(name: .long, help: "The cluster's name; nodes of different clusters refuse each other's routes.")
+    var clusterName = "unibus"
+
+    @Option(name: .long, help: "PEM certificate chain this node presents on routes (both ways); issued by --cluster-ca.")
+    var clusterCert: String?
+
+    @Option(name: .long, help: "PEM private key for --cluster-cert.")
+    var clusterKey: String?
+
+    @Option(name: .long, help: "PEM cluster CA: every peer's route certificate must chain to it. Must not be the client CA.")
+    var clusterCa: String?
+
+    @Flag(name: .long, help: "Plain TCP routes (loopback dev mode only; refused on other addresses).")
+    var clusterAllowPlaintext = false
+
+    @Option(name: .long, help: "The client URL to tell clients and peers (connect_urls), e.g. tls://node1.example:4222. Default: the --listen address unless it is a wildcard.")
+    var advertise: String?
+
+    @Option(name: .long, help: "The control-plane URL to tell peers. Default: the --control-listen address unless it is a wildcard.")
+    var advertiseControl: String?
+
+    @Option(name: .long, help: "Seconds between route PINGs; a route with 3 unanswered is closed.")
+    var routePingInterval: Double = 2
+
     func run() async throws {
         guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
             throw ValidationError("--listen must be HOST:PORT, got \(listen)")
@@ -120,8 +150,9 @@ struct Run: AsyncParsableCommand {
             } catch {
                 throw ValidationError("\(error)")
             }
-            guard let store = membership, !store.snapshot.users.isEmpty else {
-                throw ValidationError("\(dataDir) has no users: run `unibusd init --data-dir \(dataDir) --admin-identity FILE` first")
+            guard let store = membership, !store.snapshot.users.isEmpty || (store.rootAdmin != nil && !routes.isEmpty) else {
+                throw ValidationError("\(dataDir) has no users: run `unibusd init --data-dir \(dataDir) --admin-identity FILE` first "
+                                      + "(or `--root NKEY` for a node that gets its log from its --routes)")
             }
             configuration.authorizer = Node.authorizer(for: store)
         }
@@ -141,11 +172,25 @@ struct Run: AsyncParsableCommand {
                 throw ValidationError("\(error)")
             }
         }
+        configuration.cluster = try clusterConfiguration(client: configuration, root: membership?.rootAdmin ?? "")
         let broker = Broker(configuration: configuration, serverKey: serverKey)
-        let bound = try await broker.start()
+        broker.cluster?.onEvent = { event in
+            switch event {
+            case .routeUp(let peer, let dialed):
+                log("route up", ["peer": peer.serverID, "peer_name": peer.name, "direction": dialed ? "dialed" : "accepted"])
+            case .routeDown(let peer, let reason):
+                log("route down", ["peer": peer.serverID, "peer_name": peer.name, "reason": reason])
+            case .refused(let peer, let reason):
+                log("route refused", ["peer": peer, "reason": reason])
+            }
+        }
+        var node: Node?
         if let membership {
-            let loopback = ["127.0.0.1", "localhost", "::1"].contains(configuration.host) || configuration.host.hasPrefix("127.")
-            let node = Node(broker: broker, membership: membership, allowsUnencryptedRooms: loopback || allowUnencryptedRooms)
+            let loopback = Self.isLoopback(configuration.host)
+            node = Node(broker: broker, membership: membership, allowsUnencryptedRooms: loopback || allowUnencryptedRooms, log: log)
+        }
+        let bound = try await broker.start()
+        if let node {
             guard let colon = controlListen.lastIndex(of: ":"), let controlPort = Int(controlListen[controlListen.index(after: colon)...]) else {
                 throw ValidationError("--control-listen must be HOST:PORT, got \(controlListen)")
             }
@@ -172,6 +217,11 @@ struct Run: AsyncParsableCommand {
             log("control plane listening", ["address": "\(controlHost):\(channel.localAddress?.port ?? controlPort)",
                                             "tls": controlTLS == nil ? "off (loopback dev mode)" : "on"])
         }
+        if let cluster = broker.cluster {
+            log("cluster listening", ["address": "\(cluster.configuration.host):\(cluster.port ?? cluster.configuration.port)",
+                                      "routes": cluster.configuration.routes.joined(separator: ","), "cluster": cluster.configuration.name,
+                                      "tls": cluster.configuration.tls == nil ? "off (loopback dev mode)" : "mutual"])
+        }
         log("listening", ["address": "\(configuration.host):\(bound)", "server_id": broker.serverID,
                           "auth": membership != nil ? "membership" : (allowlist == nil ? "none" : "allowlist"),
                           "tls": configuration.tls == nil ? "off" : (tlsClientCA == nil ? "on" : "mutual")])
@@ -194,6 +244,69 @@ struct Run: AsyncParsableCommand {
             log("stopped", [:])
             return
         }
+    }
+}
+
+extension Run {
+    static func isLoopback(_ host: String) -> Bool {
+        ["127.0.0.1", "localhost", "::1"].contains(host) || host.hasPrefix("127.")
+    }
+
+    /// The route settings, checked: TLS under a cluster CA distinct from
+    /// the client CA unless in loopback dev mode; advertised URLs only as
+    /// configured (or the listen address when it names one host).
+    func clusterConfiguration(client: BrokerConfiguration, root: String) throws -> ClusterConfiguration? {
+        let routeURLs = routes.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }.filter { !$0.isEmpty }
+        guard let clusterListen else {
+            guard routeURLs.isEmpty, clusterCert == nil, clusterKey == nil, clusterCa == nil else {
+                throw ValidationError("--routes and --cluster-* need --cluster-listen HOST:PORT")
+            }
+            return nil
+        }
+        guard let colon = clusterListen.lastIndex(of: ":"), let port = Int(clusterListen[clusterListen.index(after: colon)...]) else {
+            throw ValidationError("--cluster-listen must be HOST:PORT, got \(clusterListen)")
+        }
+        var cluster = ClusterConfiguration()
+        cluster.host = String(clusterListen[..<colon])
+        cluster.port = port
+        cluster.name = clusterName
+        cluster.root = root
+        cluster.pingInterval = .nanoseconds(Int64(max(0.1, routePingInterval) * 1e9))
+        for url in routeURLs {
+            do { _ = try Cluster.parse(url) } catch { throw ValidationError("\(error)") }
+        }
+        cluster.routes = routeURLs
+        switch (clusterCert, clusterKey, clusterCa) {
+        case let (cert?, key?, ca?):
+            if let clientCA = tlsClientCA,
+               let a = FileManager.default.contents(atPath: clientCA), let b = FileManager.default.contents(atPath: ca), a == b {
+                throw ValidationError("--cluster-ca must not be the client CA (\(clientCA)): a client certificate could then open a route")
+            }
+            do {
+                cluster.tls = try RouteTLS(certificateChainPath: cert, privateKeyPath: key, caPath: ca)
+            } catch {
+                throw ValidationError("cannot load the route certificate/key/CA (\(cert), \(key), \(ca)): \(error)")
+            }
+        case (nil, nil, nil):
+            let loopbackRoutes = routeURLs.allSatisfy { url in (try? Cluster.parse(url)).map { Self.isLoopback($0.host) } ?? false }
+            guard clusterAllowPlaintext, Self.isLoopback(cluster.host), loopbackRoutes else {
+                throw ValidationError("routes need mutual TLS: give --cluster-cert, --cluster-key and --cluster-ca "
+                                      + "(or --cluster-allow-plaintext with loopback addresses only, for development)")
+            }
+        default:
+            throw ValidationError("--cluster-cert, --cluster-key and --cluster-ca go together")
+        }
+        let wildcard = ["0.0.0.0", "::", "[::]", ""]
+        cluster.advertiseClientURL = advertise
+            ?? (wildcard.contains(client.host) ? nil : "\(client.tls == nil ? "nats" : "tls")://\(client.host):\(client.port)")
+        if let advertiseControl {
+            cluster.advertiseControlURL = advertiseControl
+        } else if dataDir != nil, let colon = controlListen.lastIndex(of: ":") {
+            let host = String(controlListen[..<colon])
+            let tls = (controlTlsCert ?? tlsCert) != nil
+            cluster.advertiseControlURL = wildcard.contains(host) ? nil : "\(tls ? "https" : "http")://\(controlListen)"
+        }
+        return cluster
     }
 }
 

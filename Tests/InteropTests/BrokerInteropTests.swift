@@ -85,4 +85,15 @@ struct BrokerInteropTests {
         #expect(status == 0, "\(output)")
         #expect(output.contains(" passed, 0 failed"), "\(output)")
     }
+
+    /// Three unibusd processes as one cluster: mTLS routes, replicated
+    /// membership, nats-py across nodes, UnibusClient failover under kill -9
+    /// of the subscriber's and the publisher's node (cluster_e2e.py).
+    @Test func threeNodeClusterOnLoopback() throws {
+        let script = Peer.packageRoot.appendingPathComponent("Tests/InteropTests/peers/cluster_e2e.py").path
+        let binDirectory = (Self.unibusd as NSString).deletingLastPathComponent
+        let (status, output) = try runPeer(["python3", script, binDirectory])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains(" passed, 0 failed"), "\(output)")
+    }
 }

