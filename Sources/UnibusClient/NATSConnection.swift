@@ -83,6 +83,9 @@ public final class NATSConnection: @unchecked Sendable {
     private var runner: Task<Void, Never>?
     private var droppedBySlowConsumer = 0
     private var reconnects = 0
+    /// When the latest attachment completed, and when its first message came in.
+    private var attachedAt: Date?
+    private var firstMessageAt: Date?
 
     public init(options: Options, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws(ClientError) {
         guard !options.seeds.isEmpty else { throw .noSeeds }
@@ -153,6 +156,9 @@ public final class NATSConnection: @unchecked Sendable {
     public var currentServerID: String? { lock.withLock { channel == nil ? nil : serverID } }
     public var isConnected: Bool { lock.withLock { channel != nil } }
     public var reconnectCount: Int { lock.withLock { reconnects } }
+    /// When the first message arrived on the current attachment (before any
+    /// decoding by the caller): how long a failover kept messages away.
+    public var firstMessageOnCurrentAttachment: Date? { lock.withLock { firstMessageAt } }
     /// Messages dropped because a subscription's consumer fell behind.
     public var slowConsumerDrops: Int { lock.withLock { droppedBySlowConsumer } }
 
@@ -403,6 +409,8 @@ public final class NATSConnection: @unchecked Sendable {
                 channel.flush()
                 self.channel = channel
                 self.endpoint = endpoint
+                self.attachedAt = Date()
+                self.firstMessageAt = nil
                 self.serverID = info.serverID
                 self.maxPayload = info.maxPayload
                 for url in info.connectURLs {
@@ -421,7 +429,10 @@ public final class NATSConnection: @unchecked Sendable {
 
     fileprivate func deliver(sid: Substring, message: NATSMessage) {
         guard let number = UInt64(sid) else { return }
-        let continuation = lock.withLock { subscriptions[number]?.continuation }
+        let continuation = lock.withLock { () -> AsyncStream<NATSMessage>.Continuation? in
+            if firstMessageAt == nil { firstMessageAt = Date() }
+            return subscriptions[number]?.continuation
+        }
         guard let continuation else { return }
         if case .dropped = continuation.yield(message) {
             lock.withLock { droppedBySlowConsumer += 1 }

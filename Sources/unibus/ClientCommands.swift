@@ -189,9 +189,13 @@ struct CheckCommand: AsyncParsableCommand {
         let failovers = await watcher.failovers
         if reconnects > 0 {
             summary += " failover observed"
-            for failover in failovers {
+            for (index, failover) in failovers.enumerated() {
                 summary += " [\(failover.publisher ? "publisher" : "subscriber") lost \(failover.lost)"
                 if let first = failover.firstMessageAfter { summary += String(format: ": first-message-after-disconnect=%.1fms", first * 1000) }
+                if !failover.publisher, index == failovers.count - 1, let wire = reader.connection.firstMessageOnCurrentAttachment, wire > failover.at {
+                    // The same moment on the wire, before the frame waited behind earlier ones to be decrypted.
+                    summary += String(format: " first-frame-on-the-wire=%.1fms", wire.timeIntervalSince(failover.at) * 1000)
+                }
                 if let back = failover.reattachedAfter { summary += String(format: " reattached-after=%.1fms", back * 1000) }
                 summary += "]"
             }

@@ -23,13 +23,14 @@ def wait_for(port, timeout=10.0):
     raise RuntimeError(f"no server accepted connections on 127.0.0.1:{port} within {timeout} s")
 
 
-def make_test_pki(directory):
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+def make_test_pki(directory, server_ips=("127.0.0.1",)):
+    """A throwaway CA, a server certificate for `server_ips` and a client certificate."""
     def run(*args):
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
     run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
         "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=unibus-test-ca")
-    for name, extension in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+    sans = ",".join("IP:" + ip for ip in server_ips)
+    for name, extension in (("server", f"subjectAltName={sans},DNS:localhost\nextendedKeyUsage=serverAuth"),
                             ("client", "extendedKeyUsage=clientAuth")):
         with open(os.path.join(directory, name + ".ext"), "w") as f:
             f.write(extension.replace("\\n", "\n") + "\n")
@@ -43,7 +44,7 @@ def make_test_pki(directory):
             ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
 
 
-def make_cluster_pki(directory, nodes=("node",)):
+def make_cluster_pki(directory, nodes=("node",), ips=None):
     """A cluster CA (separate from make_test_pki's client CA) and one route
     certificate per node, valid for both ends of a link (server and client
     auth) on 127.0.0.1. Files: cluster-ca.pem, <node>-route.pem/.key."""
@@ -54,8 +55,9 @@ def make_cluster_pki(directory, nodes=("node",)):
     paths = {"ca": os.path.join(directory, "cluster-ca.pem")}
     for node in nodes:
         name = node + "-route"
+        sans = ",".join("IP:" + ip for ip in (ips or {}).get(node, ["127.0.0.1"]))
         with open(os.path.join(directory, name + ".ext"), "w") as f:
-            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
+            f.write(f"subjectAltName={sans},DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
         run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
             "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + name)
         run("x509", "-req", "-in", name + ".csr", "-CA", "cluster-ca.pem", "-CAkey", "cluster-ca.key", "-CAcreateserial",

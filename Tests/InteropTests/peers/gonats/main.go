@@ -443,7 +443,11 @@ func bench(args []string) int {
 	size := fs.Int("size", 128, "payload bytes")
 	count := fs.Int("n", 1000000, "messages (requests for reqrep)")
 	subs := fs.Int("subs", 5, "subscribers for fanout")
+	subURL := fs.String("suburl", "", "server URL for subscribers and the responder (another node of a cluster); default -url")
 	fs.Parse(args)
+	if *subURL == "" {
+		*subURL = *url
+	}
 
 	payload := make([]byte, *size)
 	subject := "bench." + *mode
@@ -459,9 +463,10 @@ func bench(args []string) int {
 			nsubs = *subs
 		}
 		var wg sync.WaitGroup
+		var ready sync.WaitGroup
 		var conns []*nats.Conn
 		for i := 0; i < nsubs; i++ {
-			nc, err := nats.Connect(*url, opts...)
+			nc, err := nats.Connect(*subURL, opts...)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				return 1
@@ -476,12 +481,31 @@ func bench(args []string) int {
 				}
 			})
 			sub.SetPendingLimits(-1, -1)
+			// Interest reaches another node asynchronously; a probe on a subject
+			// subscribed after this one shows it has arrived.
+			ready.Add(1)
+			var once sync.Once
+			nc.Subscribe(subject+".ready", func(*nats.Msg) { once.Do(ready.Done) })
 			nc.Flush()
 		}
 		pub, err := nats.Connect(*url, opts...)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
+		}
+		if nsubs > 0 {
+			done := make(chan struct{})
+			go func() { ready.Wait(); close(done) }()
+		probe:
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+				pub.Publish(subject+".ready", nil)
+				pub.Flush()
+				select {
+				case <-done:
+					break probe
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
 		}
 		start := time.Now()
 		for i := 0; i < *count; i++ {
@@ -497,7 +521,7 @@ func bench(args []string) int {
 			c.Close()
 		}
 	case "reqrep":
-		responder, err := nats.Connect(*url, opts...)
+		responder, err := nats.Connect(*subURL, opts...)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -508,6 +532,13 @@ func bench(args []string) int {
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
+		}
+		// Wait until the responder's interest reached the requester's node.
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+			if _, err := requester.Request(subject, payload, 200*time.Millisecond); err == nil {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
 		}
 		latencies := make([]time.Duration, 0, *count)
 		start := time.Now()
