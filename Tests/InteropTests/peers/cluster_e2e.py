@@ -24,7 +24,9 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servers import free_port, make_cluster_pki, make_test_pki, wait_for  # noqa: E402
+from servers import free_port, wait_for  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 try:
     import nats
@@ -50,8 +52,16 @@ class Cluster:
     def __init__(self, work, names=("a", "b", "c")):
         self.work = work
         self.names = names
-        self.client_pki = make_test_pki(work)
-        self.route_pki = make_cluster_pki(work, names)
+        # The operator's script makes both CAs and every node's certificates.
+        certs = os.path.join(work, "certs")
+        subprocess.run(["bash", os.path.join(ROOT, "deploy", "make-certs.sh"), certs, *(f"{n}=127.0.0.1,localhost" for n in names)],
+                       check=True, capture_output=True)
+        self.client_pki = {"ca.pem": os.path.join(certs, "client-ca.pem")}
+        for n in names:
+            self.client_pki[n] = (os.path.join(certs, f"{n}-client.pem"), os.path.join(certs, f"{n}-client.key"))
+        self.route_pki = {"ca": os.path.join(certs, "cluster-ca.pem")}
+        for n in names:
+            self.route_pki[n] = (os.path.join(certs, f"{n}-route.pem"), os.path.join(certs, f"{n}-route.key"))
         self.ports = {n: {"client": free_port(), "control": free_port(), "route": free_port()} for n in names}
         self.processes = {}
         self.context = ssl.create_default_context(cafile=self.client_pki["ca.pem"])
@@ -67,7 +77,7 @@ class Cluster:
         cert, key = self.route_pki[name]
         args = [os.path.join(BIN, "unibusd"), "run", "--data-dir", self.data(name),
                 "--listen", f"127.0.0.1:{p['client']}", "--control-listen", f"127.0.0.1:{p['control']}",
-                "--tls-cert", self.client_pki["server.pem"], "--tls-key", self.client_pki["server.key"],
+                "--tls-cert", self.client_pki[name][0], "--tls-key", self.client_pki[name][1],
                 "--cluster-listen", f"127.0.0.1:{p['route']}", "--routes", self.routes(), "--cluster-name", "e2e",
                 "--cluster-cert", cert, "--cluster-key", key, "--cluster-ca", self.route_pki["ca"],
                 "--route-ping-interval", "0.5"]
@@ -279,8 +289,8 @@ async def main(work):
                         return data.startswith(b"INFO ")
             except (ssl.SSLError, OSError):
                 return False
-        check("the route port refuses a client certificate (client CA)",
-              not tls_to_route("c", cluster.client_pki["client.pem"], cluster.client_pki["client.key"]))
+        check("the route port refuses a certificate from the client CA",
+              not tls_to_route("c", *cluster.client_pki["a"]))
         check("the route port refuses a connection without a certificate", not tls_to_route("c"))
         check("the route port speaks to a cluster certificate (control)", tls_to_route("c", *cluster.route_pki["a"]))
 
