@@ -242,8 +242,12 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
         case (_, .err(let text)):
             closeReason = "the peer closed the link: \(text)"
             closeNow()
-        default:
-            closeWithError("unexpected route operation before the handshake completed")
+        case (.handshaking, _):
+            closeWithError("a route must start with INFO")
+        case (.active, .info):
+            closeWithError("a second INFO on an established route")
+        case (.closed, _):
+            break
         }
     }
 

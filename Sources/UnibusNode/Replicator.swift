@@ -30,6 +30,9 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
     /// Positions a peer announced in `have` chunks, until its last chunk.
     private var incoming: [String: [String: LogPosition]] = [:]
     static let haveChunk = 4000
+    /// Most positions held for one peer's `have` before its last chunk (a
+    /// peer that never finishes cannot grow this node's memory without bound).
+    static let maximumAnnounced = 4_000_000
 
     init() {}
 
@@ -111,6 +114,10 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
             }
             let complete: [String: LogPosition]? = lock.withLock {
                 incoming[link.peer.serverID, default: [:]].merge(announced) { $1 }
+                if incoming[link.peer.serverID, default: [:]].count > Self.maximumAnnounced {
+                    incoming[link.peer.serverID] = nil
+                    return nil
+                }
                 guard object["last"] as? Bool == true else { return nil }
                 return incoming.removeValue(forKey: link.peer.serverID)
             }

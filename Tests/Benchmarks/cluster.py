@@ -20,6 +20,7 @@
    from the disconnect to the first new message, messages lost, duplicates.
 """
 import argparse
+import functools
 import base64
 import json
 import os
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 
+print = functools.partial(print, flush=True)  # noqa: A001 (progress shows while it runs)
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 PEERS = os.path.join(ROOT, "Tests", "InteropTests", "peers")
@@ -303,7 +305,13 @@ def main():
                     print(f"{'request/reply ' + str(size) + ' B ' + title:<34} {a:>12.1f} {b:>12.1f} {b / a:>6.2f}x")
             else:
                 a, b = median([r["msgs_per_sec"] for r in ref]), median([r["msgs_per_sec"] for r in ours])
-                print(f"{'1 pub / 1 sub ' + str(size) + ' B (msgs/s)':<34} {a:>12.0f} {b:>12.0f} {b / a:>6.2f}x")
+                notes = []
+                for name, rows in (("nats-server", ref), ("unibusd", ours)):
+                    lossy = [r["lost"] for r in rows if r.get("lost")]
+                    if lossy:
+                        notes.append(f"{name} dropped messages in {len(lossy)} of {len(rows)} runs (up to {max(lossy)})")
+                print(f"{'1 pub / 1 sub ' + str(size) + ' B (msgs/s)':<34} {a:>12.0f} {b:>12.0f} {b / a:>6.2f}x"
+                      + (f"   {'; '.join(notes)}" if notes else ""))
 
         # 2. start to serving
         admin = os.path.join(work, "startup-admin.json")

@@ -434,6 +434,10 @@ type result struct {
 	MsgsPerSec float64 `json:"msgs_per_sec"`
 	P50us      float64 `json:"p50_us,omitempty"`
 	P99us      float64 `json:"p99_us,omitempty"`
+	// Set when a subscriber stopped receiving before the count (the server
+	// dropped messages, e.g. to a slow consumer): messages per second then
+	// counts only what arrived, and Lost says how many did not.
+	Lost int `json:"lost,omitempty"`
 }
 
 func bench(args []string) int {
@@ -465,6 +469,7 @@ func bench(args []string) int {
 		var wg sync.WaitGroup
 		var ready sync.WaitGroup
 		var conns []*nats.Conn
+		counters := make([]*int64, nsubs)
 		for i := 0; i < nsubs; i++ {
 			nc, err := nats.Connect(*subURL, opts...)
 			if err != nil {
@@ -473,10 +478,10 @@ func bench(args []string) int {
 			}
 			conns = append(conns, nc)
 			wg.Add(1)
-			received := 0
+			received := new(int64)
+			counters[i] = received
 			sub, _ := nc.Subscribe(subject, func(*nats.Msg) {
-				received++
-				if received == *count {
+				if atomic.AddInt64(received, 1) == int64(*count) {
 					wg.Done()
 				}
 			})
@@ -512,10 +517,40 @@ func bench(args []string) int {
 			pub.Publish(subject, payload)
 		}
 		pub.Flush()
-		wg.Wait()
-		elapsed := time.Since(start)
+		// Wait for every subscriber, unless deliveries stop for 5 s.
+		finished := make(chan struct{})
+		go func() { wg.Wait(); close(finished) }()
+		total := func() (sum int64) {
+			for _, c := range counters {
+				sum += atomic.LoadInt64(c)
+			}
+			return
+		}
+		last, lastChange, end := total(), time.Now(), time.Now()
+	wait:
+		for {
+			select {
+			case <-finished:
+				end = time.Now()
+				break wait
+			case <-time.After(100 * time.Millisecond):
+				if now := total(); now != last {
+					last, lastChange = now, time.Now()
+				} else if time.Since(lastChange) > 5*time.Second {
+					end = lastChange
+					break wait
+				}
+			}
+		}
+		elapsed := end.Sub(start)
+		delivered := total()
 		out.Seconds = elapsed.Seconds()
-		out.MsgsPerSec = float64(*count) / elapsed.Seconds()
+		if nsubs == 0 {
+			out.MsgsPerSec = float64(*count) / elapsed.Seconds()
+		} else {
+			out.MsgsPerSec = float64(delivered) / float64(nsubs) / elapsed.Seconds()
+		}
+		out.Lost = int(int64(*count*nsubs) - delivered)
 		pub.Close()
 		for _, c := range conns {
 			c.Close()
