@@ -23,25 +23,12 @@ public struct ClientProtocolParser: Sendable {
 
     /// Returns the next operation, or nil if `buffer` holds only part of one.
     public func next(_ buffer: inout ByteBuffer) throws(ProtocolViolation) -> ClientOp? {
-        let available = buffer.readableBytes
-        if available == 0 { return nil }
+        if buffer.readableBytes == 0 { return nil }
         let (keyword, keywordLength) = try identify(buffer)
         guard let keyword else { return nil }
-        let lineLimit = min(available, maxControlLine + 2)
-        guard let newline = buffer.withUnsafeReadableBytes({ raw -> Int? in
-            var index = keywordLength
-            while index < lineLimit {
-                if raw[index] == UInt8(ascii: "\n") { return index }
-                index += 1
-            }
-            return nil
-        }) else {
-            if available > maxControlLine { throw .maxControlLine }
+        guard let (lineEnd, controlLength) = try ControlLine.locate(buffer, after: keywordLength, maxControlLine: maxControlLine) else {
             return nil
         }
-        if newline > maxControlLine { throw .maxControlLine }
-        let lineEnd = newline > 0 && buffer.getInteger(at: buffer.readerIndex + newline - 1, as: UInt8.self) == UInt8(ascii: "\r") ? newline - 1 : newline
-        let controlLength = newline + 1
 
         switch keyword {
         case .ping, .pong, .ok, .info:
@@ -58,12 +45,7 @@ public struct ClientProtocolParser: Sendable {
             buffer.moveReaderIndex(forwardBy: controlLength)
             return .err(text.trimmingSpaces())
         case .connect:
-            var start = keywordLength
-            while start < lineEnd, let byte = buffer.getInteger(at: buffer.readerIndex + start, as: UInt8.self),
-                  byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") {
-                start += 1
-            }
-            let json = buffer.getSlice(at: buffer.readerIndex + start, length: max(lineEnd - start, 0)) ?? ByteBuffer()
+            let json = ControlLine.argument(buffer, after: keywordLength, lineEnd: lineEnd)
             buffer.moveReaderIndex(forwardBy: controlLength)
             return .connect(json)
         case .sub, .unsub, .pub, .hpub:
@@ -115,7 +97,7 @@ public struct ClientProtocolParser: Sendable {
             guard buffer.readableBytes >= controlLength + payloadSize + 2 else { return nil }
             let subject = text(0)
             let reply = fields.count == 3 ? text(1) : nil
-            guard let payload = try Self.takePayload(&buffer, controlLength: controlLength, size: payloadSize) else { return nil }
+            guard let payload = try ControlLine.takePayload(&buffer, controlLength: controlLength, size: payloadSize) else { return nil }
             return .pub(subject: subject, reply: reply, payload: payload)
         case .hpub:
             let headerField: Int
@@ -130,74 +112,31 @@ public struct ClientProtocolParser: Sendable {
             guard buffer.readableBytes >= controlLength + total + 2 else { return nil }
             let subject = text(0)
             let reply = fields.count == 4 ? text(1) : nil
-            guard let message = try Self.takePayload(&buffer, controlLength: controlLength, size: total) else { return nil }
+            guard let message = try ControlLine.takePayload(&buffer, controlLength: controlLength, size: total) else { return nil }
             return .hpub(subject: subject, reply: reply, headerLength: headerLength, message: message)
         default:
             return nil
         }
     }
 
-    /// The payload after the control line, once it and its CRLF are buffered.
-    private static func takePayload(_ buffer: inout ByteBuffer, controlLength: Int, size: Int) throws(ProtocolViolation) -> ByteBuffer? {
-        let needed = controlLength + size + 2
-        guard buffer.readableBytes >= needed else { return nil }
-        let start = buffer.readerIndex + controlLength
-        guard buffer.getInteger(at: start + size, as: UInt8.self) == UInt8(ascii: "\r"),
-              buffer.getInteger(at: start + size + 1, as: UInt8.self) == UInt8(ascii: "\n") else {
-            // The declared size does not match the bytes sent.
-            throw .unknownOperation
-        }
-        let payload = buffer.getSlice(at: start, length: size)
-        buffer.moveReaderIndex(forwardBy: needed)
-        return payload
-    }
-
     /// Identifies the operation from its first bytes (case-insensitive), as
     /// nats-server's state machine does: an impossible prefix fails at once.
     /// Returns (nil, 0) when more bytes are needed to decide.
+    @inline(__always)
     private func identify(_ buffer: ByteBuffer) throws(ProtocolViolation) -> (Keyword?, Int) {
-        try buffer.withUnsafeReadableBytes { raw -> Result<(Keyword?, Int), ProtocolViolation> in
-            func upper(_ index: Int) -> UInt8? {
-                guard index < raw.count else { return nil }
-                let byte = raw[index]
-                return (byte >= 0x61 && byte <= 0x7A) ? byte - 0x20 : byte
+        try ControlLine.identify(buffer, caseInsensitive: true) { first -> [ControlLine.Candidate<Keyword>]? in
+            switch first {
+            case UInt8(ascii: "P"): return [("PUB", true, .pub), ("PING", false, .ping), ("PONG", false, .pong)]
+            case UInt8(ascii: "H"): return [("HPUB", true, .hpub)]
+            case UInt8(ascii: "S"): return [("SUB", true, .sub)]
+            case UInt8(ascii: "U"): return [("UNSUB", true, .unsub)]
+            case UInt8(ascii: "C"): return [("CONNECT", true, .connect)]
+            case UInt8(ascii: "I"): return [("INFO", true, .info)]
+            case UInt8(ascii: "+"): return [("+OK", false, .ok)]
+            case UInt8(ascii: "-"): return [("-ERR", false, .err)]
+            default: return nil
             }
-            /// Matches `word` at the start; `separator` requires a space or tab after it.
-            func match(_ word: StaticString, separator: Bool) -> Bool? {
-                let bytes = UnsafeBufferPointer(start: word.utf8Start, count: word.utf8CodeUnitCount)
-                for (index, expected) in bytes.enumerated() {
-                    guard let got = upper(index) else { return nil }
-                    if got != expected { return false }
-                }
-                if separator {
-                    guard let next = upper(bytes.count) else { return nil }
-                    return next == UInt8(ascii: " ") || next == UInt8(ascii: "\t")
-                }
-                return true
-            }
-            let candidates: [(StaticString, Bool, Keyword)]
-            switch upper(0) {
-            case UInt8(ascii: "P"):
-                candidates = [("PUB", true, .pub), ("PING", false, .ping), ("PONG", false, .pong)]
-            case UInt8(ascii: "H"): candidates = [("HPUB", true, .hpub)]
-            case UInt8(ascii: "S"): candidates = [("SUB", true, .sub)]
-            case UInt8(ascii: "U"): candidates = [("UNSUB", true, .unsub)]
-            case UInt8(ascii: "C"): candidates = [("CONNECT", true, .connect)]
-            case UInt8(ascii: "I"): candidates = [("INFO", true, .info)]
-            case UInt8(ascii: "+"): candidates = [("+OK", false, .ok)]
-            case UInt8(ascii: "-"): candidates = [("-ERR", false, .err)]
-            default: return .failure(.unknownOperation)
-            }
-            var undecided = false
-            for (word, separator, keyword) in candidates {
-                switch match(word, separator: separator) {
-                case .some(true): return .success((keyword, word.utf8CodeUnitCount))
-                case .none: undecided = true
-                case .some(false): continue
-                }
-            }
-            return undecided ? .success((nil, 0)) : .failure(.unknownOperation)
-        }.get()
+        }
     }
 
     /// A non-negative decimal of at most 10 digits (nats-server's parseSize).

@@ -43,25 +43,12 @@ public struct RouteProtocolParser: Sendable {
     private enum Keyword { case info, ping, pong, subscribe, unsubscribe, message, headerMessage, data, err }
 
     public func next(_ buffer: inout ByteBuffer) throws(ProtocolViolation) -> RouteOp? {
-        let available = buffer.readableBytes
-        if available == 0 { return nil }
+        if buffer.readableBytes == 0 { return nil }
         let (keyword, keywordLength) = try identify(buffer)
         guard let keyword else { return nil }
-        let lineLimit = min(available, maxControlLine + 2)
-        guard let newline = buffer.withUnsafeReadableBytes({ raw -> Int? in
-            var index = keywordLength
-            while index < lineLimit {
-                if raw[index] == UInt8(ascii: "\n") { return index }
-                index += 1
-            }
-            return nil
-        }) else {
-            if available > maxControlLine { throw .maxControlLine }
+        guard let (lineEnd, controlLength) = try ControlLine.locate(buffer, after: keywordLength, maxControlLine: maxControlLine) else {
             return nil
         }
-        if newline > maxControlLine { throw .maxControlLine }
-        let lineEnd = newline > 0 && buffer.getInteger(at: buffer.readerIndex + newline - 1, as: UInt8.self) == UInt8(ascii: "\r") ? newline - 1 : newline
-        let controlLength = newline + 1
 
         switch keyword {
         case .ping, .pong:
@@ -73,12 +60,7 @@ public struct RouteProtocolParser: Sendable {
             buffer.moveReaderIndex(forwardBy: controlLength)
             return .err(text)
         case .info:
-            var start = keywordLength
-            while start < lineEnd, let byte = buffer.getInteger(at: buffer.readerIndex + start, as: UInt8.self),
-                  byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") {
-                start += 1
-            }
-            let json = buffer.getSlice(at: buffer.readerIndex + start, length: max(lineEnd - start, 0)) ?? ByteBuffer()
+            let json = ControlLine.argument(buffer, after: keywordLength, lineEnd: lineEnd)
             buffer.moveReaderIndex(forwardBy: controlLength)
             return .info(json)
         case .subscribe, .unsubscribe:
@@ -98,7 +80,7 @@ public struct RouteProtocolParser: Sendable {
             }
             guard fields.count == 1, let size = fields.decimal(0, in: buffer) else { throw .malformedArguments }
             guard size <= maxData else { throw .maxPayload }
-            guard let payload = try Self.takePayload(&buffer, controlLength: controlLength, size: size) else { return nil }
+            guard let payload = try ControlLine.takePayload(&buffer, controlLength: controlLength, size: size) else { return nil }
             return .data(payload)
         case .message, .headerMessage:
             return try parseMessage(headers: keyword == .headerMessage, buffer: &buffer, keywordLength: keywordLength,
@@ -129,7 +111,7 @@ public struct RouteProtocolParser: Sendable {
             guard buffer.readableBytes >= controlLength + total + 2 else { return nil }
             let subject = fields.string(0, in: buffer)
             let reply = hasReply ? fields.string(1, in: buffer) : nil
-            guard let message = try Self.takePayload(&buffer, controlLength: controlLength, size: total) else { return nil }
+            guard let message = try ControlLine.takePayload(&buffer, controlLength: controlLength, size: total) else { return nil }
             return .message(subject: subject, reply: reply, queues: [], headerLength: headerLength, message: message)
         }
         // Queue forms: any number of fields.
@@ -162,7 +144,7 @@ public struct RouteProtocolParser: Sendable {
         guard buffer.readableBytes >= controlLength + total + 2 else { return nil }
         let subject = text(0)
         let queues = (firstQueue...lastQueue).map(text)
-        guard let message = try Self.takePayload(&buffer, controlLength: controlLength, size: total) else { return nil }
+        guard let message = try ControlLine.takePayload(&buffer, controlLength: controlLength, size: total) else { return nil }
         return .message(subject: subject, reply: reply, queues: queues, headerLength: headerLength, message: message)
     }
 
@@ -199,54 +181,19 @@ public struct RouteProtocolParser: Sendable {
         return value
     }
 
-    private static func takePayload(_ buffer: inout ByteBuffer, controlLength: Int, size: Int) throws(ProtocolViolation) -> ByteBuffer? {
-        let needed = controlLength + size + 2
-        guard buffer.readableBytes >= needed else { return nil }
-        let start = buffer.readerIndex + controlLength
-        guard buffer.getInteger(at: start + size, as: UInt8.self) == UInt8(ascii: "\r"),
-              buffer.getInteger(at: start + size + 1, as: UInt8.self) == UInt8(ascii: "\n") else {
-            throw .unknownOperation
-        }
-        let payload = buffer.getSlice(at: start, length: size)
-        buffer.moveReaderIndex(forwardBy: needed)
-        return payload
-    }
-
+    /// Routes speak exact upper case (both ends are Unibus).
     private func identify(_ buffer: ByteBuffer) throws(ProtocolViolation) -> (Keyword?, Int) {
-        try buffer.withUnsafeReadableBytes { raw -> Result<(Keyword?, Int), ProtocolViolation> in
-            func match(_ word: StaticString, separator: Bool) -> Bool? {
-                let bytes = UnsafeBufferPointer(start: word.utf8Start, count: word.utf8CodeUnitCount)
-                for (index, expected) in bytes.enumerated() {
-                    guard index < raw.count else { return nil }
-                    if raw[index] != expected { return false }
-                }
-                if separator {
-                    guard bytes.count < raw.count else { return nil }
-                    return raw[bytes.count] == UInt8(ascii: " ") || raw[bytes.count] == UInt8(ascii: "\t")
-                }
-                return true
-            }
-            // Routes speak exact upper case (both ends are Unibus).
-            let candidates: [(StaticString, Bool, Keyword)]
-            switch raw.first {
+        try ControlLine.identify(buffer, caseInsensitive: false) { first -> [ControlLine.Candidate<Keyword>]? in
+            switch first {
             case UInt8(ascii: "R"):
-                candidates = [("RMSG", true, .message), ("RHMSG", true, .headerMessage), ("RS+", true, .subscribe),
-                              ("RS-", true, .unsubscribe), ("RDATA", true, .data)]
-            case UInt8(ascii: "P"): candidates = [("PING", false, .ping), ("PONG", false, .pong)]
-            case UInt8(ascii: "I"): candidates = [("INFO", true, .info)]
-            case UInt8(ascii: "-"): candidates = [("-ERR", false, .err)]
-            default: return .failure(.unknownOperation)
+                return [("RMSG", true, .message), ("RHMSG", true, .headerMessage), ("RS+", true, .subscribe),
+                        ("RS-", true, .unsubscribe), ("RDATA", true, .data)]
+            case UInt8(ascii: "P"): return [("PING", false, .ping), ("PONG", false, .pong)]
+            case UInt8(ascii: "I"): return [("INFO", true, .info)]
+            case UInt8(ascii: "-"): return [("-ERR", false, .err)]
+            default: return nil
             }
-            var undecided = false
-            for (word, separator, keyword) in candidates {
-                switch match(word, separator: separator) {
-                case .some(true): return .success((keyword, word.utf8CodeUnitCount))
-                case .none: undecided = true
-                case .some(false): continue
-                }
-            }
-            return undecided ? .success((nil, 0)) : .failure(.unknownOperation)
-        }.get()
+        }
     }
 }
 
@@ -294,77 +241,47 @@ public enum RouteEncoder {
     }
 
     /// `RMSG`/`RHMSG` for `message` (headers first when `headerLength` is set).
-    @inline(__always)
+    /// Inlinable: it is the forwarding hot path, called from the broker.
+    @inlinable @inline(__always)
     public static func writeMessage(into buffer: inout ByteBuffer, subject: String, reply: String?, queues: [String],
                                     headerLength: Int?, message: ByteBuffer) {
         let payloadLength = message.readableBytes
         var maximum = 6 + subject.utf8.count + 1 + (reply.map { $0.utf8.count + 1 } ?? 0) + 24 + payloadLength + 2
         if !queues.isEmpty { maximum += 2 + queues.reduce(0) { $0 + $1.utf8.count + 1 } }
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: maximum) { out in
-            let base = out.baseAddress!.assumingMemoryBound(to: UInt8.self)
-            var cursor = 0
-            @inline(__always) func put(_ byte: UInt8) {
-                base[cursor] = byte
-                cursor += 1
-            }
-            @inline(__always) func put(_ text: String) {
-                var text = text
-                text.withUTF8 { bytes in
-                    if let source = bytes.baseAddress { (base + cursor).update(from: source, count: bytes.count) }
-                    cursor += bytes.count
-                }
-            }
-            @inline(__always) func put(decimal value: Int) {
-                var digits = 1
-                var probe = value
-                while probe >= 10 {
-                    probe /= 10
-                    digits += 1
-                }
-                var remaining = value
-                for position in stride(from: cursor + digits - 1, through: cursor, by: -1) {
-                    base[position] = UInt8(truncatingIfNeeded: remaining % 10) &+ UInt8(ascii: "0")
-                    remaining /= 10
-                }
-                cursor += digits
-            }
-            put(UInt8(ascii: "R"))
-            if headerLength != nil { put(UInt8(ascii: "H")) }
-            put(UInt8(ascii: "M")); put(UInt8(ascii: "S")); put(UInt8(ascii: "G")); put(UInt8(ascii: " "))
-            put(subject)
-            put(UInt8(ascii: " "))
+            var cursor = OutputCursor(out)
+            cursor.put(UInt8(ascii: "R"))
+            if headerLength != nil { cursor.put(UInt8(ascii: "H")) }
+            cursor.put(UInt8(ascii: "M")); cursor.put(UInt8(ascii: "S")); cursor.put(UInt8(ascii: "G")); cursor.put(UInt8(ascii: " "))
+            cursor.put(subject)
+            cursor.put(UInt8(ascii: " "))
             if queues.isEmpty {
                 if let reply {
-                    put(reply)
-                    put(UInt8(ascii: " "))
+                    cursor.put(reply)
+                    cursor.put(UInt8(ascii: " "))
                 }
             } else {
                 if let reply {
-                    put(UInt8(ascii: "+")); put(UInt8(ascii: " "))
-                    put(reply)
+                    cursor.put(UInt8(ascii: "+")); cursor.put(UInt8(ascii: " "))
+                    cursor.put(reply)
                 } else {
-                    put(UInt8(ascii: "|"))
+                    cursor.put(UInt8(ascii: "|"))
                 }
                 for queue in queues {
-                    put(UInt8(ascii: " "))
-                    put(queue)
+                    cursor.put(UInt8(ascii: " "))
+                    cursor.put(queue)
                 }
-                put(UInt8(ascii: " "))
+                cursor.put(UInt8(ascii: " "))
             }
             if let headerLength {
-                put(decimal: headerLength)
-                put(UInt8(ascii: " "))
+                cursor.put(decimal: headerLength)
+                cursor.put(UInt8(ascii: " "))
             }
-            put(decimal: payloadLength)
-            put(UInt8(ascii: "\r")); put(UInt8(ascii: "\n"))
-            message.withUnsafeReadableBytes { payload in
-                if let source = payload.baseAddress {
-                    (base + cursor).update(from: source.assumingMemoryBound(to: UInt8.self), count: payload.count)
-                }
-                cursor += payload.count
-            }
-            put(UInt8(ascii: "\r")); put(UInt8(ascii: "\n"))
-            return cursor
+            cursor.put(decimal: payloadLength)
+            cursor.put(UInt8(ascii: "\r")); cursor.put(UInt8(ascii: "\n"))
+            message.withUnsafeReadableBytes { cursor.put($0) }
+            cursor.put(UInt8(ascii: "\r")); cursor.put(UInt8(ascii: "\n"))
+            return cursor.count
         }
     }
 }
