@@ -31,7 +31,6 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
 
     // MARK: loop-confined
     private var parser: ClientProtocolParser
-    private var cumulation: ByteBuffer?
     private var options = ClientOptions()
     private var connected = false
     private var nonce: String?
@@ -138,30 +137,13 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
         if closing { return }
-        stats.bytesIn.wrappingIncrement(by: incoming.readableBytes, ordering: .relaxed)
-        if cumulation == nil {
-            cumulation = incoming
-        } else {
-            cumulation!.writeBuffer(&incoming)
-        }
-        do {
-            while !closing, let op = try parser.next(&cumulation!) {
-                handle(op)
-            }
-        } catch {
+        accumulate(&incoming)
+        if let violation = parseBuffered(parser, while: { !closing }, handle) {
             stats.protocolViolations.wrappingIncrement(ordering: .relaxed)
-            if let message = error.errorMessage {
+            if let message = violation.errorMessage {
                 closeWithError(message)
             } else {
                 closeNow()
-            }
-            return
-        }
-        if let buffer = cumulation {
-            if buffer.readableBytes == 0 {
-                cumulation = nil
-            } else if buffer.readerIndex > 64 * 1024 {
-                cumulation!.discardReadBytes()
             }
         }
     }

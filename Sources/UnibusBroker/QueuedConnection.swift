@@ -33,6 +33,8 @@ class QueuedConnection: @unchecked Sendable {
     let stallThreshold: Int
 
     // MARK: loop-confined
+    /// Bytes read and not parsed yet.
+    private final var cumulation: ByteBuffer?
     /// Connections this batch of reads wrote to; flushed once per batch.
     final var touched: [QueuedConnection] = []
     /// Connections this batch filled past the stall threshold.
@@ -178,6 +180,41 @@ class QueuedConnection: @unchecked Sendable {
     }
 
     // MARK: reading side (loop-confined)
+
+    /// Adds one read to the bytes not parsed yet (and counts it).
+    @inline(__always)
+    final func accumulate(_ incoming: inout ByteBuffer) {
+        stats.bytesIn.wrappingIncrement(by: incoming.readableBytes, ordering: .relaxed)
+        if cumulation == nil {
+            cumulation = incoming
+        } else {
+            cumulation!.writeBuffer(&incoming)
+        }
+    }
+
+    /// Parses and handles buffered operations while `proceed()` holds;
+    /// returns the violation that stopped parsing, if any. Consumed bytes
+    /// are dropped (the buffer is compacted past 64 KiB of them).
+    @inline(__always)
+    final func parseBuffered<Parser: ProtocolParser>(_ parser: Parser, while proceed: () -> Bool,
+                                                      _ handle: (Parser.Operation) -> Void) -> ProtocolViolation? {
+        guard cumulation != nil else { return nil }
+        do {
+            while proceed(), let op = try parser.next(&cumulation!) {
+                handle(op)
+            }
+        } catch {
+            return error
+        }
+        if let buffer = cumulation {
+            if buffer.readableBytes == 0 {
+                cumulation = nil
+            } else if buffer.readerIndex > 64 * 1024 {
+                cumulation!.discardReadBytes()
+            }
+        }
+        return nil
+    }
 
     /// Flushes every connection this batch of reads wrote to.
     final func flushTouched() {

@@ -70,7 +70,6 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
 
     // MARK: loop-confined
     private var parser: RouteProtocolParser
-    private var cumulation: ByteBuffer?
     private(set) var state = State.handshaking
     private(set) var peer: RouteInfo?
     /// The far node's interest: (subject, queue) → its entry in the index.
@@ -145,13 +144,8 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
         if closing { return }
-        stats.bytesIn.wrappingIncrement(by: incoming.readableBytes, ordering: .relaxed)
-        if cumulation == nil {
-            cumulation = incoming
-        } else {
-            cumulation!.writeBuffer(&incoming)
-        }
-        parseBuffered()
+        accumulate(&incoming)
+        parseRoute()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -162,30 +156,21 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
     /// is being handled off the loop: nothing after it is handled until it
     /// is done (a replicated key share is stored before the notice about it
     /// is delivered).
-    private func parseBuffered() {
-        guard cumulation != nil else { return }
-        do {
-            while !closing, !awaitingData, let op = try parser.next(&cumulation!) {
-                handle(op)
-            }
-        } catch {
+    /// Handles every complete operation buffered, except while a data frame
+    /// is being handled off the loop: nothing after it is handled until it is
+    /// done (a replicated key share is stored before the notice about it is
+    /// delivered).
+    private func parseRoute() {
+        if let violation = parseBuffered(parser, while: { !closing && !awaitingData }, handle) {
             stats.protocolViolations.wrappingIncrement(ordering: .relaxed)
-            closeWithError("route protocol violation: \(error)")
-            return
-        }
-        if let buffer = cumulation {
-            if buffer.readableBytes == 0 {
-                cumulation = nil
-            } else if buffer.readerIndex > 64 * 1024 {
-                cumulation!.discardReadBytes()
-            }
+            closeWithError("route protocol violation: \(violation)")
         }
     }
 
     private func dataHandled() {
         awaitingData = false
         guard !closing else { return }
-        parseBuffered()
+        parseRoute()
         finishReadBatch()
         if !awaitingData && !readingPaused {
             channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
