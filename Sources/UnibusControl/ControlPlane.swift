@@ -161,7 +161,7 @@ public final class ControlPlane: Sendable {
             return .error(400, "the body must be {\"session_id\": ..., \"shares\": [{\"recipient\", \"sealed\", \"signature\"}]} with 1 to 1000 shares")
         }
         var shares: [KeyShare] = []
-        let created = Self.now()
+        let created = ControlTime.now()
         for entry in entries {
             guard let recipient = entry["recipient"] as? String,
                   let sealed = (entry["sealed"] as? String).flatMap({ try? Base64.decode($0) }),
@@ -186,12 +186,6 @@ public final class ControlPlane: Sendable {
             return .error(status, "\(error)")
         }
         return .json(200, ["stored": shares.count])
-    }
-
-    static func now() -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.string(from: Date())
     }
 
     static func userJSON(_ user: User) -> [String: Any] {

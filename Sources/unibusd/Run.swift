@@ -110,12 +110,8 @@ struct Run: AsyncParsableCommand {
     var routePingInterval: Double = 2
 
     func run() async throws {
-        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
-            throw ValidationError("--listen must be HOST:PORT, got \(listen)")
-        }
         var configuration = BrokerConfiguration()
-        configuration.host = String(listen[..<colon])
-        configuration.port = port
+        (configuration.host, configuration.port) = try Self.hostAndPort(listen, option: "--listen")
         configuration.maxPayload = maxPayload
         configuration.maxControlLine = maxControlLine
         configuration.maxConnections = maxConnections
@@ -134,8 +130,7 @@ struct Run: AsyncParsableCommand {
             }
         case (nil, nil):
             guard tlsClientCA == nil else { throw ValidationError("--tls-client-ca needs --tls-cert and --tls-key") }
-            let loopback = ["127.0.0.1", "localhost", "::1"].contains(configuration.host) || configuration.host.hasPrefix("127.")
-            guard loopback || allowPlaintext else {
+            guard Self.isLoopback(configuration.host) || allowPlaintext else {
                 throw ValidationError("refusing plain TCP on \(configuration.host): give --tls-cert and --tls-key, or --allow-plaintext for an isolated test network")
             }
         default:
@@ -191,10 +186,7 @@ struct Run: AsyncParsableCommand {
         }
         let bound = try await broker.start()
         if let node {
-            guard let colon = controlListen.lastIndex(of: ":"), let controlPort = Int(controlListen[controlListen.index(after: colon)...]) else {
-                throw ValidationError("--control-listen must be HOST:PORT, got \(controlListen)")
-            }
-            let controlHost = String(controlListen[..<colon])
+            let (controlHost, controlPort) = try Self.hostAndPort(controlListen, option: "--control-listen")
             var controlTLS: NIOSSLContext?
             if let cert = controlTlsCert ?? tlsCert, let key = controlTlsKey ?? tlsKey {
                 do {
@@ -207,8 +199,7 @@ struct Run: AsyncParsableCommand {
                     throw ValidationError("cannot load the control-plane certificate/key (\(cert), \(key)): \(error)")
                 }
             } else {
-                let loopback = ["127.0.0.1", "localhost", "::1"].contains(controlHost) || controlHost.hasPrefix("127.")
-                guard loopback || allowPlaintext else {
+                guard Self.isLoopback(controlHost) || allowPlaintext else {
                     throw ValidationError("refusing plain HTTP for the control plane on \(controlHost): give --control-tls-cert/--control-tls-key (or --tls-cert/--tls-key)")
                 }
             }
@@ -248,6 +239,14 @@ struct Run: AsyncParsableCommand {
 }
 
 extension Run {
+    /// Splits a HOST:PORT option; the error names the option.
+    static func hostAndPort(_ text: String, option: String) throws -> (String, Int) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else {
+            throw ValidationError("\(option) must be HOST:PORT, got \(text)")
+        }
+        return (String(text[..<colon]), port)
+    }
+
     static func isLoopback(_ host: String) -> Bool {
         ["127.0.0.1", "localhost", "::1"].contains(host) || host.hasPrefix("127.")
     }
@@ -263,12 +262,8 @@ extension Run {
             }
             return nil
         }
-        guard let colon = clusterListen.lastIndex(of: ":"), let port = Int(clusterListen[clusterListen.index(after: colon)...]) else {
-            throw ValidationError("--cluster-listen must be HOST:PORT, got \(clusterListen)")
-        }
         var cluster = ClusterConfiguration()
-        cluster.host = String(clusterListen[..<colon])
-        cluster.port = port
+        (cluster.host, cluster.port) = try Self.hostAndPort(clusterListen, option: "--cluster-listen")
         cluster.name = clusterName
         cluster.root = root
         cluster.pingInterval = .nanoseconds(Int64(max(0.1, routePingInterval) * 1e9))
@@ -301,8 +296,7 @@ extension Run {
             ?? (wildcard.contains(client.host) ? nil : "\(client.tls == nil ? "nats" : "tls")://\(client.host):\(client.port)")
         if let advertiseControl {
             cluster.advertiseControlURL = advertiseControl
-        } else if dataDir != nil, let colon = controlListen.lastIndex(of: ":") {
-            let host = String(controlListen[..<colon])
+        } else if dataDir != nil, let (host, _) = try? Self.hostAndPort(controlListen, option: "--control-listen") {
             let tls = (controlTlsCert ?? tlsCert) != nil
             cluster.advertiseControlURL = wildcard.contains(host) ? nil : "\(tls ? "https" : "http")://\(controlListen)"
         }

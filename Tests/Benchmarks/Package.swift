@@ -9,14 +9,16 @@ let package = Package(
     targets: [
         // libsodium directly, for the raw Ed25519 reference rates.
         .systemLibrary(name: "CSodiumBench", pkgConfig: "libsodium"),
+        // What the harnesses share: interleaved measurement.
+        .target(name: "BenchSupport"),
         .executableTarget(
             name: "unibus-crypto-bench",
-            dependencies: ["CSodiumBench", .product(name: "UnibusCrypto", package: "unibus")]
+            dependencies: ["CSodiumBench", "BenchSupport", .product(name: "UnibusCrypto", package: "unibus")]
         ),
         // The client library's frame path and two clients through a node.
         .executableTarget(
             name: "unibus-client-bench",
-            dependencies: ["CSodiumBench", .product(name: "UnibusClient", package: "unibus"),
+            dependencies: ["CSodiumBench", "BenchSupport", .product(name: "UnibusClient", package: "unibus"),
                            .product(name: "UnibusCrypto", package: "unibus"), .product(name: "UnibusMembership", package: "unibus"),
                            .product(name: "UnibusWire", package: "unibus")]
         ),

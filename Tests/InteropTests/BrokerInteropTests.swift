@@ -36,6 +36,16 @@ struct BrokerInteropTests {
         #expect(output.contains(" passed, 0 failed"))
     }
 
+    /// Runs a peer script against the bin directory holding unibusd and
+    /// unibus; it prints one line per check and "N passed, N failed".
+    private func runScenario(_ script: String) throws {
+        let path = Peer.packageRoot.appendingPathComponent("Tests/InteropTests/peers/" + script).path
+        let binDirectory = (Self.unibusd as NSString).deletingLastPathComponent
+        let (status, output) = try runPeer(["python3", path, binDirectory])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains(" passed, 0 failed"), "\(output)")
+    }
+
     @Test func natsPyClient() throws {
         let script = Peer.packageRoot.appendingPathComponent("Tests/InteropTests/peers/natspy_broker.py").path
         let (status, output) = try runPeer(["python3", script, Self.unibusd])
@@ -69,42 +79,26 @@ struct BrokerInteropTests {
     /// The admin CLI against a running node with TLS on both planes, and
     /// nats-py observing membership changes live (admin_e2e.py).
     @Test func adminCLIAgainstARunningNode() throws {
-        let script = Peer.packageRoot.appendingPathComponent("Tests/InteropTests/peers/admin_e2e.py").path
-        let binDirectory = (Self.unibusd as NSString).deletingLastPathComponent
-        let (status, output) = try runPeer(["python3", script, binDirectory])
-        #expect(status == 0, "\(output)")
-        #expect(output.contains(" passed, 0 failed"), "\(output)")
+        try runScenario("admin_e2e.py")
     }
 
     /// `unibus check` (golden and loop across a kill -9 and restart) and the
     /// README demo against a real node with TLS on both planes (check_e2e.py).
     @Test func unibusCheckAndDemoAgainstARealNode() throws {
-        let script = Peer.packageRoot.appendingPathComponent("Tests/InteropTests/peers/check_e2e.py").path
-        let binDirectory = (Self.unibusd as NSString).deletingLastPathComponent
-        let (status, output) = try runPeer(["python3", script, binDirectory])
-        #expect(status == 0, "\(output)")
-        #expect(output.contains(" passed, 0 failed"), "\(output)")
+        try runScenario("check_e2e.py")
     }
 
     /// Three unibusd processes as one cluster: mTLS routes, replicated
     /// membership, nats-py across nodes, UnibusClient failover under kill -9
     /// of the subscriber's and the publisher's node (cluster_e2e.py).
     @Test func threeNodeClusterOnLoopback() throws {
-        let script = Peer.packageRoot.appendingPathComponent("Tests/InteropTests/peers/cluster_e2e.py").path
-        let binDirectory = (Self.unibusd as NSString).deletingLastPathComponent
-        let (status, output) = try runPeer(["python3", script, binDirectory])
-        #expect(status == 0, "\(output)")
-        #expect(output.contains(" passed, 0 failed"), "\(output)")
+        try runScenario("cluster_e2e.py")
     }
 
     /// A partition between real hosts (network namespaces, veth pairs,
     /// bridges): changes on both sides, a conflict, healing, convergence
     /// (partition_e2e.py; needs root for `ip netns`, which CI runs as).
     @Test func partitionAndHealConverge() throws {
-        let script = Peer.packageRoot.appendingPathComponent("Tests/InteropTests/peers/partition_e2e.py").path
-        let binDirectory = (Self.unibusd as NSString).deletingLastPathComponent
-        let (status, output) = try runPeer(["python3", script, binDirectory])
-        #expect(status == 0, "\(output)")
-        #expect(output.contains(" passed, 0 failed"), "\(output)")
+        try runScenario("partition_e2e.py")
     }
 }

@@ -308,16 +308,24 @@ async def main(work):
         sub_seeds = lambda *ns: [arg for n in ns for arg in ("--subscriber-server", cluster.server(n))]
         nodes = [arg for n in "abc" for arg in ("--node", cluster.node(n))]
         rate = os.environ.get("UNIBUS_E2E_RATE", "1000")
-        loop = subprocess.Popen([os.path.join(BIN, "unibus"), "check", "--mode", "loop", "--identity", alice["path"], *seeds("a", "b", "c"),
-                                 *nodes, *peer, "--subscriber-identity", carol["path"], *sub_seeds("b", "c", "a"),
-                                 "--rate", rate, "--duration", "6"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(2.5)
-        cluster.kill("b")
-        output = loop.communicate(timeout=60)[0]
-        summary = next((line for line in output.splitlines() if line.startswith("check loop:")), "")
-        print("     " + summary)
+
+        def loop_with_kill(victim, publisher_seeds, subscriber_seeds):
+            """`unibus check --mode loop` (alice publishes, carol subscribes); kill -9 of `victim` mid-run; the summary."""
+            loop = subprocess.Popen([os.path.join(BIN, "unibus"), "check", "--mode", "loop", "--identity", alice["path"],
+                                     *seeds(*publisher_seeds), *nodes, *peer, "--subscriber-identity", carol["path"],
+                                     *sub_seeds(*subscriber_seeds), "--rate", rate, "--duration", "6"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            time.sleep(2.5)
+            cluster.kill(victim)
+            output = loop.communicate(timeout=60)[0]
+            summary = next((line for line in output.splitlines() if line.startswith("check loop:")), "")
+            print("     " + summary)
+            return loop.returncode, summary, output
+
+        # Failover: the subscriber's node is killed under a steady publish.
+        status, summary, output = loop_with_kill("b", "abc", "bca")
         check("loop: the subscriber failed over from b to a survivor and kept receiving",
-              loop.returncode == 0 and "failover observed" in summary and "subscriber lost tls://127.0.0.1:%d" % cluster.ports["b"]["client"] in summary
+              status == 0 and "failover observed" in summary and "subscriber lost tls://127.0.0.1:%d" % cluster.ports["b"]["client"] in summary
               and "first-message-after-disconnect" in summary, output[-3000:])
         check("loop: no duplicates, nothing rejected", "duplicates=0" in summary and "rejected: none" in summary, summary)
         lost = int(re.search(r" lost=(\d+)", summary).group(1)) if re.search(r" lost=(\d+)", summary) else -1
@@ -329,16 +337,9 @@ async def main(work):
         check("b is up to date after the restart", ok, states)
 
         # Failover: the publisher's node is killed.
-        loop = subprocess.Popen([os.path.join(BIN, "unibus"), "check", "--mode", "loop", "--identity", alice["path"], *seeds("a", "b", "c"),
-                                 *nodes, *peer, "--subscriber-identity", carol["path"], *sub_seeds("c", "b"),
-                                 "--rate", rate, "--duration", "6"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(2.5)
-        cluster.kill("a")
-        output = loop.communicate(timeout=60)[0]
-        summary = next((line for line in output.splitlines() if line.startswith("check loop:")), "")
-        print("     " + summary)
+        status, summary, output = loop_with_kill("a", "abc", "cb")
         check("loop: the publisher failed over from a and its messages kept arriving",
-              loop.returncode == 0 and "publisher lost tls://127.0.0.1:%d" % cluster.ports["a"]["client"] in summary
+              status == 0 and "publisher lost tls://127.0.0.1:%d" % cluster.ports["a"]["client"] in summary
               and "first-message-after-disconnect" in summary, output[-3000:])
         check("loop (publisher failover): no duplicates, nothing rejected", "duplicates=0" in summary and "rejected: none" in summary, summary)
     finally:

@@ -1,4 +1,5 @@
 import CSodiumBench
+import BenchSupport
 import Foundation
 import UnibusClient
 import UnibusCrypto
@@ -21,11 +22,7 @@ import UnibusWire
 ///         cryptography costs end to end.
 @main
 struct ClientBench {
-    static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
+    static func now() -> Double { monotonicSeconds() }
 
     static func nanos() -> UInt64 {
         var ts = timespec()
@@ -62,39 +59,6 @@ struct ClientBench {
 
     // MARK: frames per second
 
-    /// Cases measured in alternating slices, so that clock drift on a shared
-    /// VM does not skew the ratios between them.
-    struct Interleaved {
-        var cases: [(name: String, batch: () throws -> Int)] = []
-        var operations: [Int] = []
-        var elapsed: [Double] = []
-
-        mutating func add(_ name: String, _ batch: @escaping () throws -> Int) {
-            cases.append((name, batch))
-            operations.append(0)
-            elapsed.append(0)
-        }
-
-        mutating func run(seconds: Double, slices: Int = 20) throws {
-            for (_, batch) in cases { _ = try batch() }
-            let slice = seconds / Double(slices)
-            for _ in 0..<slices {
-                for index in cases.indices {
-                    let start = now()
-                    var done = 0
-                    var spent = 0.0
-                    repeat {
-                        done += try cases[index].batch()
-                        spent = now() - start
-                    } while spent < slice
-                    operations[index] += done
-                    elapsed[index] += spent
-                }
-            }
-        }
-
-        func rate(_ index: Int) -> Double { Double(operations[index]) / elapsed[index] }
-    }
 
     struct BenchError: Error, CustomStringConvertible {
         let description: String

@@ -1,4 +1,5 @@
 import CSodiumBench
+import BenchSupport
 import Foundation
 import UnibusCrypto
 
@@ -10,45 +11,8 @@ import UnibusCrypto
 /// this repeatedly gets measurements close together in time.
 @main
 struct CryptoBench {
-    static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
+    static func now() -> Double { monotonicSeconds() }
 
-    /// Cases measured in interleaved slices: this VM's clock speed drifts by
-    /// 10-20% over seconds, and ratios between cases must not see that drift.
-    struct Interleaved {
-        var cases: [(name: String, batch: () throws -> Int)] = []
-        var operations: [Int] = []
-        var elapsed: [Double] = []
-
-        mutating func add(_ name: String, _ batch: @escaping () throws -> Int) {
-            cases.append((name, batch))
-            operations.append(0)
-            elapsed.append(0)
-        }
-
-        mutating func run(seconds: Double, slices: Int = 20) throws {
-            for (_, batch) in cases { _ = try batch() } // warm-up
-            let slice = seconds / Double(slices)
-            for _ in 0..<slices {
-                for index in cases.indices {
-                    let start = now()
-                    var done = 0
-                    var spent = 0.0
-                    repeat {
-                        done += try cases[index].batch()
-                        spent = now() - start
-                    } while spent < slice
-                    operations[index] += done
-                    elapsed[index] += spent
-                }
-            }
-        }
-
-        func rate(_ index: Int) -> Double { Double(operations[index]) / elapsed[index] }
-    }
 
     static func report(_ name: String, size: Int, _ value: Double) {
         print("{\"case\": \"\(name)\", \"size\": \(size), \"ops_per_sec\": \(Int(value))}")
