@@ -301,9 +301,7 @@ public final class Cluster: @unchecked Sendable {
             let count = localInterest[key, default: 0] + 1
             localInterest[key] = count
             guard count == 1 else { return [] }
-            return active.values.filter { route in
-                route.enqueue { RouteEncoder.writeInterest(into: &$0, add: true, subject: subject, queue: queue) }
-            }
+            return announce(add: true, subject: subject, queue: queue)
         }
         for route in routes { route.eventLoop.execute { route.flushNow() } }
     }
@@ -317,11 +315,20 @@ public final class Cluster: @unchecked Sendable {
                 return []
             }
             localInterest[key] = nil
-            return active.values.filter { route in
-                route.enqueue { RouteEncoder.writeInterest(into: &$0, add: false, subject: subject, queue: queue) }
-            }
+            return announce(add: false, subject: subject, queue: queue)
         }
         for route in routes { route.eventLoop.execute { route.flushNow() } }
+    }
+
+    /// Queues RS+/RS- on every active link (under `lock`); returns the links
+    /// that need a flush.
+    private func announce(add: Bool, subject: String, queue: String?) -> [RouteConnection] {
+        var needFlush: [RouteConnection] = []
+        for route in active.values
+        where route.enqueue({ RouteEncoder.writeInterest(into: &$0, add: add, subject: subject, queue: queue) }) {
+            needFlush.append(route)
+        }
+        return needFlush
     }
 
     // MARK: dialing
