@@ -117,10 +117,10 @@ struct RoomIntegrationTests {
 
     @Test func reconnectsAfterANodeRestartWithItsSubscriptions() async throws {
         let node = try await TestNode()
-        // Alice backs off longer than Bob, so Bob has resubscribed by the
-        // time her buffered message goes out (NATS delivers to current
-        // subscribers only).
-        let alice = try await node.client(node.alice) { $0.minimumBackoff = .milliseconds(800) }
+        // Alice backs off far longer than Bob (Bob's backoff can reach about
+        // 1.1 s under load, with jitter), so Bob has resubscribed by the time
+        // her buffered message goes out (NATS delivers to current subscribers only).
+        let alice = try await node.client(node.alice) { $0.minimumBackoff = .seconds(2) }
         let bob = try await node.client(node.bob)
         try await alice.createRoom(id: "ops", subject: "rooms.ops")
         try await alice.addMember(node.bob.userNKey, to: "ops")
@@ -134,7 +134,9 @@ struct RoomIntegrationTests {
             // Published while the node is down: buffered, then sent in order.
             try await alice.publish(Array("during".utf8), to: "ops")
         }
-        #expect(await eventually(10) { alice.connection.isConnected && bob.connection.isConnected })
+        #expect(await eventually(10) { bob.connection.isConnected })
+        #expect(!alice.connection.isConnected, "the test needs Bob back before Alice")
+        #expect(await eventually(10) { alice.connection.isConnected })
         try await alice.publish(Array("after".utf8), to: "ops")
         let texts = await bobInbox.wait(for: 3, seconds: 10)
         let bobRejections = await bob.rejections
