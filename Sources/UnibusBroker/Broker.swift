@@ -16,6 +16,8 @@ public final class Broker: @unchecked Sendable {
     public let statistics = BrokerStatistics()
     /// The server's id, a NATS server nkey ("N…").
     public let serverID: String
+    /// The node's signing key: proves `serverID` to route peers.
+    let nodeKey: Ed25519KeyPair
     let index = SubjectIndex()
     /// The event loops, shared with the node's control plane.
     public let group: MultiThreadedEventLoopGroup
@@ -30,11 +32,14 @@ public final class Broker: @unchecked Sendable {
     /// connect_urls from the cluster (configured URLs of this node and its linked peers).
     private var clusterConnectURLs: [String] = []
 
-    /// - Parameter serverKey: the node's signing key, whose "N…" nkey becomes
-    ///   the server id; a fresh one is made if nil.
-    public init(configuration: BrokerConfiguration, serverKey: Ed25519PublicKey? = nil, group: MultiThreadedEventLoopGroup? = nil) {
+    /// - Parameter nodeKey: the node's signing key (from its persisted node
+    ///   identity), whose "N…" nkey becomes the server id and which proves
+    ///   that id to route peers; a fresh one is made if nil.
+    public init(configuration: BrokerConfiguration, nodeKey: Ed25519KeyPair? = nil, group: MultiThreadedEventLoopGroup? = nil) {
         self.configuration = configuration
-        self.serverID = NKey.encodePublicKey(serverKey ?? Ed25519KeyPair().publicKey, type: .server)
+        let key = nodeKey ?? Ed25519KeyPair()
+        self.nodeKey = key
+        self.serverID = NKey.encodePublicKey(key.publicKey, type: .server)
         if let group {
             self.group = group
             ownsGroup = false

@@ -12,8 +12,13 @@ public struct BrokerConfiguration: Sendable {
     public var maxControlLine: Int = 4096
     /// 0 = unlimited.
     public var maxConnections: Int = 65_536
-    /// Per connection; 0 = unlimited.
-    public var maxSubscriptions: Int = 0
+    /// Per connection; 0 = unlimited. A client past it gets
+    /// `-ERR 'maximum subscriptions exceeded'` for each further SUB.
+    public var maxSubscriptions: Int = 10_000
+    /// Bytes a connection may send before its CONNECT is accepted when
+    /// authentication is required: enough for CONNECT (a control line), far
+    /// less than `maxPayload`, so an unauthenticated socket holds little.
+    public var maxPreAuthBytes: Int = 8 * 1024
     public var pingInterval: TimeAmount = .minutes(2)
     public var maxPingsOutstanding: Int = 2
     /// Outbound bytes a connection may have queued before it is a slow consumer.

@@ -125,7 +125,11 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
             broker.localInterestRemoved(subject: subscription.subject, queue: subscription.queue)
         }
         subscriptions.removeAll()
+        setResponsePolicy(nil)
         closeForWrites()
+        // The context holds this handler and this handler held the context:
+        // without this the pair (and the channel) outlived every close.
+        context = nil
         if registered {
             broker.unregister(self)
             stats.currentConnections.wrappingDecrement(ordering: .relaxed)
@@ -145,6 +149,12 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
             } else {
                 closeNow()
             }
+            return
+        }
+        // Until CONNECT is accepted, a connection may hold only a little
+        // (what CONNECT needs), never a max_payload PUB.
+        if requiresAuthentication && !connected && !closing && bufferedBytes > broker.configuration.maxPreAuthBytes {
+            closeForAuthorizationViolation(.noCredentials)
         }
     }
 
@@ -165,6 +175,12 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
         }
         switch op {
         case .connect(let json):
+            if requiresAuthentication && connected {
+                // Never an identity switch on an authenticated connection.
+                stats.protocolViolations.wrappingIncrement(ordering: .relaxed)
+                closeWithError("Authorization Violation")
+                return
+            }
             handleConnect(json)
         case .ping:
             enqueueSelf { $0.writeStaticString("PONG\r\n") }
@@ -228,8 +244,10 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
             }
             permissions = granted
             publishAllowed.removeAll()
+            setResponsePolicy(granted.responses)
             sharedLock.withLock { user = nkey }
             authTimer?.cancel()
+            authTimer = nil
         }
         options = updated
         connected = true
@@ -263,7 +281,8 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
             enqueueError("maximum subscriptions exceeded")
             return
         }
-        let subscription = Subscription(connection: self, subject: subject, queue: queue, sid: sid)
+        let subscription = Subscription(connection: self, subject: subject, queue: queue, sid: sid,
+                                        deny: permissions.subscribe.denied(within: subject))
         subscriptions[sid] = subscription
         broker.index.insert(subscription)
         broker.localInterestAdded(subject: subject, queue: queue)
@@ -339,11 +358,12 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
 
     private func isPublishAllowed(_ subject: String) -> Bool {
         if publishUnrestricted { return true }
-        if let known = publishAllowed[subject] { return known }
+        if let known = publishAllowed[subject], known { return true }
         let allowed = permissions.publish.permits(subject: subject)
         if publishAllowed.count > 1024 { publishAllowed.removeAll() }
         publishAllowed[subject] = allowed
-        return allowed
+        // A reply to a request delivered here (allow_responses), once.
+        return allowed || (permissions.responses != nil && consumeResponsePermit(subject))
     }
 
     /// A 503 status to the publisher's own subscription for `reply`, as nats-server sends.
@@ -502,10 +522,23 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
             guard granted != permissions else { return }
             permissions = granted
             publishAllowed.removeAll()
+            setResponsePolicy(granted.responses)
             // Subscriptions the new permissions no longer allow are dropped, as nats-server does on reload.
-            for subscription in subscriptions.values where !granted.subscribe.permits(filter: subscription.subject) {
+            for subscription in subscriptions.values {
+                if !granted.subscribe.permits(filter: subscription.subject) {
+                    removeSubscription(subscription)
+                    enqueueError("Permissions Violation for Subscription to \"\(subscription.subject)\"")
+                    continue
+                }
+                // New deny rules that part of it overlaps: replace it with one that filters them.
+                let deny = granted.subscribe.denied(within: subscription.subject)
+                guard deny != subscription.deny else { continue }
                 removeSubscription(subscription)
-                enqueueError("Permissions Violation for Subscription to \"\(subscription.subject)\"")
+                let replacement = Subscription(connection: self, subject: subscription.subject, queue: subscription.queue,
+                                               sid: subscription.sid, deny: deny)
+                subscriptions[subscription.sid] = replacement
+                broker.index.insert(replacement)
+                broker.localInterestAdded(subject: replacement.subject, queue: replacement.queue)
             }
             flushTouched()
         }.get()

@@ -30,6 +30,21 @@ public final class BrokerStatistics: Sendable {
     public let routedIn = ManagedAtomic<Int>(0)
     /// Route links that became active.
     public let routesOpened = ManagedAtomic<Int>(0)
+    /// Route links refused or cut: failed proof of the claimed node id, or
+    /// a peer over its interest limit.
+    public let routesRefused = ManagedAtomic<Int>(0)
+    /// Connection objects (clients and routes) alive in memory: returns to
+    /// the number of open connections once closed ones are released. A value
+    /// that keeps growing under churn is a leak.
+    public let liveConnectionObjects = ManagedAtomic<Int>(0)
+    /// Signed control-plane requests refused (bad headers, skew, signature,
+    /// replay, unknown or revoked caller).
+    public let controlRefusals = ManagedAtomic<Int>(0)
+    /// Control-plane connections refused at the connection limit, or closed
+    /// for idling, a slow TLS handshake or oversized headers.
+    public let controlConnectionsCut = ManagedAtomic<Int>(0)
+
+    public func countControlRefusal() { controlRefusals.wrappingIncrement(ordering: .relaxed) }
 
     init() {}
 }

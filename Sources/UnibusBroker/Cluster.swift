@@ -35,6 +35,9 @@ public struct ClusterConfiguration: Sendable {
     public var maximumBackoff: TimeAmount = .seconds(2)
     /// Largest RDATA frame (replication traffic).
     public var maxDataFrame = 16 * 1024 * 1024
+    /// Most interest entries (RS+) one peer may hold on this node; a peer
+    /// past it is cut and counted (each entry costs memory and index work).
+    public var maxInterest = 100_000
 
     public init() {}
 }
@@ -136,6 +139,11 @@ public final class Cluster: @unchecked Sendable {
     public var onEvent: (@Sendable (ClusterEvent) -> Void)? {
         get { lock.withLock { _onEvent } }
         set { lock.withLock { _onEvent = newValue } }
+    }
+
+    /// A link refused before its handshake reached `handshake` (logged).
+    func refused(_ peer: String, reason: String) {
+        emit(.refused(peer, reason: reason))
     }
 
     private func emit(_ event: ClusterEvent) {

@@ -1,3 +1,4 @@
+import NIOCore
 import UnibusWire
 
 /// Allow/deny subject filters for one direction (publish or subscribe).
@@ -29,12 +30,31 @@ public struct SubjectPermission: Sendable, Equatable, Codable {
     }
 
     /// Whether a subscription filter is permitted: it must lie inside an
-    /// allowed filter, and no denied filter may be inside it or cover it.
+    /// allowed filter, and no denied filter may cover it. A filter that only
+    /// partly overlaps a denied one (`a.b.*` and `a.*.c`) is permitted, and
+    /// the overlap is filtered at delivery (`denied(within:)`), as nats-server does.
     public func permits(filter: String) -> Bool {
-        if deny.contains(where: { Self.filter($0, covers: filter) || Self.filter(filter, covers: $0) || $0 == filter }) {
-            return false
-        }
+        if deny.contains(where: { Self.filter($0, covers: filter) }) { return false }
         return allow.isEmpty || allow.contains { Self.filter($0, covers: filter) }
+    }
+
+    /// The denied filters some subject matching `filter` could match: what
+    /// delivery to a subscription on `filter` must check.
+    public func denied(within filter: String) -> [String] {
+        deny.filter { Self.intersect($0, filter) }
+    }
+
+    /// Whether some literal subject matches both filters.
+    static func intersect(_ a: String, _ b: String) -> Bool {
+        let x = a.split(separator: ".", omittingEmptySubsequences: false)
+        let y = b.split(separator: ".", omittingEmptySubsequences: false)
+        var index = 0
+        while index < x.count && index < y.count {
+            if x[index] == ">" || y[index] == ">" { return true }
+            if x[index] != "*" && y[index] != "*" && x[index] != y[index] { return false }
+            index += 1
+        }
+        return x.count == y.count
     }
 
     /// Whether every subject `inner` matches is also matched by `outer`.
@@ -53,25 +73,74 @@ public struct SubjectPermission: Sendable, Equatable, Codable {
     }
 }
 
+/// nats-server's `allow_responses`: a connection may publish to the reply
+/// subject of a message delivered to it (a request), up to `maximum` times
+/// within `expiry`, even where its publish permissions do not reach.
+public struct ResponsePermission: Sendable, Equatable, Codable {
+    public var maximum: Int
+    public var expiry: TimeAmount
+
+    public init(maximum: Int = 1, expiry: TimeAmount = .minutes(2)) {
+        self.maximum = max(1, maximum)
+        self.expiry = expiry
+    }
+
+    public static let standard = ResponsePermission()
+
+    private enum CodingKeys: String, CodingKey { case max, expires }
+
+    /// `{"max": 1, "expires": 120}` (seconds); both optional.
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let maximum = try container.decodeIfPresent(Int.self, forKey: .max) ?? 1
+        let seconds = try container.decodeIfPresent(Int.self, forKey: .expires) ?? 120
+        guard (1...1_000_000).contains(maximum), (1...86_400).contains(seconds) else {
+            throw DecodingError.dataCorruptedError(forKey: .max, in: container,
+                                                   debugDescription: "allow_responses: max must be 1 to 1000000 and expires 1 to 86400 seconds")
+        }
+        self.init(maximum: maximum, expiry: .seconds(Int64(seconds)))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(maximum, forKey: .max)
+        try container.encode(Int(expiry.nanoseconds / 1_000_000_000), forKey: .expires)
+    }
+}
+
 /// What one connection may publish and subscribe to.
 public struct Permissions: Sendable, Equatable, Codable {
     public var publish: SubjectPermission
     public var subscribe: SubjectPermission
+    /// Replies allowed to requests this connection receives; nil = none
+    /// beyond `publish`.
+    public var responses: ResponsePermission?
 
-    public init(publish: SubjectPermission = .everything, subscribe: SubjectPermission = .everything) {
+    public init(publish: SubjectPermission = .everything, subscribe: SubjectPermission = .everything,
+                responses: ResponsePermission? = nil) {
         self.publish = publish
         self.subscribe = subscribe
+        self.responses = responses
     }
 
     public static let everything = Permissions()
 
-    private enum CodingKeys: String, CodingKey { case publish, subscribe }
+    private enum CodingKeys: String, CodingKey {
+        case publish, subscribe
+        case responses = "allow_responses"
+    }
 
-    /// Either direction may be omitted in files (omitted = unrestricted).
+    /// Either direction may be omitted in files (omitted = unrestricted);
+    /// `allow_responses` is `true` (defaults) or `{"max", "expires"}`.
     public init(from decoder: Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         publish = try container.decodeIfPresent(SubjectPermission.self, forKey: .publish) ?? .everything
         subscribe = try container.decodeIfPresent(SubjectPermission.self, forKey: .subscribe) ?? .everything
+        if let flag = try? container.decodeIfPresent(Bool.self, forKey: .responses) {
+            responses = flag ? .standard : nil
+        } else {
+            responses = try container.decodeIfPresent(ResponsePermission.self, forKey: .responses)
+        }
     }
 }
 

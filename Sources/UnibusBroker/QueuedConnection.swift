@@ -54,6 +54,16 @@ class QueuedConnection: @unchecked Sendable {
     private final var closedForWrites = false
     /// Publishers paused until this connection's queue drains.
     private final var drainWaiters: [@Sendable () -> Void] = []
+    /// Reply subjects of requests delivered here that this connection may
+    /// publish to once (allow_responses): uses left and expiry.
+    private final var responsePermits: [String: (left: Int, expires: NIODeadline)] = [:]
+    private final var responsePolicy: ResponsePermission?
+    /// Whether deliveries must record reply permits (read on every request
+    /// delivered here, so an atomic rather than the lock).
+    final let tracksResponses = ManagedAtomic<Bool>(false)
+    /// Most reply permits one connection holds; past it, expired ones are
+    /// dropped and, if none expired, new requests grant nothing.
+    static let maximumResponsePermits = 10_000
 
     init(id: UInt64, broker: Broker, channel: Channel, isRoute: Bool, maxPendingBytes: Int) {
         self.id = id
@@ -66,6 +76,11 @@ class QueuedConnection: @unchecked Sendable {
         self.maxPendingBytes = maxPendingBytes
         self.stallThreshold = max(maxPendingBytes / 8, 64 * 1024)
         self.outbound = channel.allocator.buffer(capacity: 4096)
+        stats.liveConnectionObjects.wrappingIncrement(ordering: .relaxed)
+    }
+
+    deinit {
+        stats.liveConnectionObjects.wrappingDecrement(ordering: .relaxed)
     }
 
     // MARK: hooks for the two kinds
@@ -179,7 +194,51 @@ class QueuedConnection: @unchecked Sendable {
         for waiter in waiters { waiter() }
     }
 
+    // MARK: reply permissions (any thread)
+
+    /// Sets or clears allow_responses for this connection.
+    final func setResponsePolicy(_ policy: ResponsePermission?) {
+        sharedLock.withLock {
+            responsePolicy = policy
+            if policy == nil { responsePermits.removeAll() }
+        }
+        tracksResponses.store(policy != nil, ordering: .relaxed)
+    }
+
+    /// Records that a request with `reply` was delivered here.
+    final func grantResponse(to reply: String) {
+        sharedLock.withLock {
+            guard let policy = responsePolicy else { return }
+            let now = NIODeadline.now()
+            if responsePermits.count >= Self.maximumResponsePermits {
+                responsePermits = responsePermits.filter { $0.value.expires > now }
+                guard responsePermits.count < Self.maximumResponsePermits else { return }
+            }
+            responsePermits[reply] = (policy.maximum, now + policy.expiry)
+        }
+    }
+
+    /// Uses one reply permit for `subject`; false when none is held.
+    final func consumeResponsePermit(_ subject: String) -> Bool {
+        sharedLock.withLock {
+            guard let permit = responsePermits[subject] else { return false }
+            guard permit.expires > .now() else {
+                responsePermits[subject] = nil
+                return false
+            }
+            if permit.left <= 1 {
+                responsePermits[subject] = nil
+            } else {
+                responsePermits[subject] = (permit.left - 1, permit.expires)
+            }
+            return true
+        }
+    }
+
     // MARK: reading side (loop-confined)
+
+    /// Bytes received and not parsed yet.
+    final var bufferedBytes: Int { cumulation?.readableBytes ?? 0 }
 
     /// Adds one read to the bytes not parsed yet (and counts it).
     @inline(__always)
@@ -295,8 +354,10 @@ class QueuedConnection: @unchecked Sendable {
     @inline(__always)
     final func deliver(_ subscription: Subscription, subject: String, reply: String?, headerLength: Int?, message: ByteBuffer) -> Bool {
         let target = subscription.connection
+        guard subscription.admits(subject) else { return false }
         let (deliver, last) = subscription.claimDelivery()
         guard deliver else { return false }
+        if let reply, target.tracksResponses.load(ordering: .relaxed) { target.grantResponse(to: reply) }
         subscription.delivered.wrappingIncrement(ordering: .relaxed)
         let needsFlush = target.enqueue { buffer in
             MessageEncoder.writeMessage(into: &buffer, subject: subject, sid: subscription.sidBytes,

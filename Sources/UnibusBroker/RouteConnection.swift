@@ -28,18 +28,23 @@ public struct RouteInfo: Sendable, Equatable {
         self.controlURL = controlURL
     }
 
-    func json() -> [UInt8] {
+    func json(nonce: String) -> [UInt8] {
         var object: [String: Any] = ["server_id": serverID, "name": name, "cluster": cluster, "root": root,
-                                     "version": UnibusVersion.current, "proto": 1]
+                                     "version": UnibusVersion.current, "proto": 1, "nonce": nonce]
         if let clientURL { object["client_url"] = clientURL }
         if let controlURL { object["control_url"] = controlURL }
         return (try? [UInt8](JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))) ?? Array("{}".utf8)
     }
 
-    init?(json: ByteBuffer) {
+    /// Parses a peer's INFO; nil when it is not understood. The node id must
+    /// be a server nkey (the key the peer then proves it holds), and the
+    /// nonce the one this end will sign.
+    init?(json: ByteBuffer, nonce: inout String) {
         guard let object = try? JSONSerialization.jsonObject(with: Data(json.readableBytesView)) as? [String: Any],
-              let serverID = object["server_id"] as? String, !serverID.isEmpty,
-              let cluster = object["cluster"] as? String, let root = object["root"] as? String else { return nil }
+              let serverID = object["server_id"] as? String, (try? NKey.decodePublicKey(serverID, expecting: .server)) != nil,
+              let cluster = object["cluster"] as? String, let root = object["root"] as? String,
+              let peerNonce = object["nonce"] as? String, (16...64).contains(peerNonce.utf8.count) else { return nil }
+        nonce = peerNonce
         self.serverID = serverID
         self.name = object["name"] as? String ?? ""
         self.cluster = cluster
@@ -58,7 +63,7 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    enum State { case handshaking, active, closed }
+    enum State { case handshaking, authenticating, active, closed }
 
     let cluster: Cluster
     /// Whether this node opened the link (it matters for duplicate links).
@@ -82,6 +87,8 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
     private var closeReason: String?
     /// A data frame is being handled off the loop; parsing waits for it.
     private var awaitingData = false
+    /// The nonce this end sent in its INFO: the peer signs it to prove its id.
+    private let nonce = Base64.encode(Sodium.randomNonce(count: 18), alphabet: .url)
 
     init(id: UInt64, cluster: Cluster, channel: Channel, dialed: Bool, url: String?) {
         self.cluster = cluster
@@ -102,11 +109,11 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
     // MARK: lifecycle
 
     func channelActive(context: ChannelHandlerContext) {
-        let info = cluster.localInfo.json()
+        let info = cluster.localInfo.json(nonce: nonce)
         enqueueSelf { RouteEncoder.writeInfo(into: &$0, json: info) }
         flushTouched()
         handshakeTimer = eventLoop.scheduleTask(in: cluster.configuration.handshakeTimeout) { [self] in
-            if state == .handshaking { closeWithError("no INFO within the handshake timeout") }
+            if state == .handshaking || state == .authenticating { closeWithError("no INFO and AUTH within the handshake timeout") }
         }
         let tick = min(TimeAmount.seconds(1), cluster.configuration.pingInterval)
         timer = eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { [weak self] _ in self?.onTick() }
@@ -180,12 +187,27 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
     private func handle(_ op: RouteOp) {
         switch (state, op) {
         case (.handshaking, .info(let json)):
-            handshakeTimer?.cancel()
-            guard let info = RouteInfo(json: json) else {
-                closeWithError("the route INFO is not understood")
+            var peerNonce = ""
+            guard let info = RouteInfo(json: json, nonce: &peerNonce) else {
+                stats.routesRefused.wrappingIncrement(ordering: .relaxed)
+                closeWithError("the route INFO is not understood (it needs a server nkey as server_id and a nonce)")
                 return
             }
             peer = info
+            state = .authenticating
+            // Prove this node's id: sign the peer's nonce with the node key.
+            let proof = cluster.broker.nodeKey.sign(Self.proofBytes(nonce: peerNonce, signer: cluster.localInfo.serverID,
+                                                                    verifier: info.serverID, cluster: info.cluster))
+            let json = Array("{\"sig\":\"\(Base64.encode(proof, alphabet: .url))\"}".utf8)
+            enqueueSelf { RouteEncoder.writeAuth(into: &$0, json: json) }
+        case (.authenticating, .auth(let json)):
+            handshakeTimer?.cancel()
+            guard let info = peer, proves(info, json) else {
+                stats.routesRefused.wrappingIncrement(ordering: .relaxed)
+                cluster.refused(peer?.serverID ?? "?", reason: "the peer did not prove it holds the key of the node id it claims")
+                closeWithError("route AUTH does not verify: the peer did not prove it holds the key of node id \(peer?.serverID ?? "?")")
+                return
+            }
             switch cluster.handshake(self, info: info) {
             case .accept:
                 state = .active
@@ -205,6 +227,11 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
             }
             let key = InterestKey(subject: subject, queue: queue)
             guard interest[key] == nil else { return }
+            guard interest.count < cluster.configuration.maxInterest else {
+                stats.routesRefused.wrappingIncrement(ordering: .relaxed)
+                closeWithError("the peer announced more than \(cluster.configuration.maxInterest) interest entries")
+                return
+            }
             let subscription = Subscription(connection: self, subject: subject, queue: queue, sid: "")
             interest[key] = subscription
             index.insert(subscription)
@@ -229,11 +256,29 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
             closeNow()
         case (.handshaking, _):
             closeWithError("a route must start with INFO")
-        case (.active, .info):
-            closeWithError("a second INFO on an established route")
+        case (.authenticating, _):
+            closeWithError("a route must prove its node id (AUTH) right after INFO")
+        case (.active, .info), (.active, .auth):
+            closeWithError("a second INFO or AUTH on an established route")
         case (.closed, _):
             break
         }
+    }
+
+    /// What a node signs to prove its id on a route: the other end's nonce,
+    /// both ids and the cluster, so a proof is good for one link only.
+    static func proofBytes(nonce: String, signer: String, verifier: String, cluster: String) -> [UInt8] {
+        Array("UNIBUS-ROUTE-1\n\(nonce)\n\(signer)\n\(verifier)\n\(cluster)".utf8)
+    }
+
+    /// Whether `json` (`{"sig": base64url}`) is `info`'s node key signing this end's nonce.
+    private func proves(_ info: RouteInfo, _ json: ByteBuffer) -> Bool {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(json.readableBytesView)) as? [String: Any],
+              let text = object["sig"] as? String, text.utf8.count <= 128,
+              let signature = try? Base64.decode(text, alphabet: .url), signature.count == 64,
+              let (_, key) = try? NKey.decodePublicKey(info.serverID, expecting: .server) else { return false }
+        return key.verify(signature: signature, message: Self.proofBytes(nonce: nonce, signer: info.serverID,
+                                                                          verifier: cluster.localInfo.serverID, cluster: cluster.localInfo.cluster))
     }
 
     override func resumeReading() {

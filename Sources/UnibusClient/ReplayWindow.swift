@@ -12,14 +12,17 @@ struct ReplayWindow: Sendable {
 
     /// Whether `number` could still be accepted (not seen, not too old).
     func isFresh(_ number: UInt64) -> Bool {
+        if number == .max { return false }
         if number >= top { return true }
         if top - number > Self.size { return false }
         return bits[Self.slot(number)] & Self.mask(number) == 0
     }
 
     /// Records `number`; false if it was a replay (nothing changes then).
+    /// `UInt64.max` is never accepted: `top` is one past the highest number,
+    /// and a sender that reached the end of the range must start a new stream.
     mutating func accept(_ number: UInt64) -> Bool {
-        guard isFresh(number) else { return false }
+        guard number < .max, isFresh(number) else { return false }
         if number >= top {
             // Clear the slots the window slides over.
             let advance = number + 1 - top

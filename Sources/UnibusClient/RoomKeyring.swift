@@ -127,6 +127,14 @@ public final class RoomKeyring {
 
     // MARK: rooms and members
 
+    /// A policy's seconds as milliseconds, clamped to [0, UInt64.max]: a
+    /// policy from a node is input, whatever range the rules enforce.
+    static func milliseconds(_ seconds: Int) -> UInt64 {
+        guard seconds > 0 else { return 0 }
+        let (value, overflow) = UInt64(seconds).multipliedReportingOverflow(by: 1000)
+        return overflow ? .max : value
+    }
+
     public func setRoom(_ room: RoomInfo, members: Set<String>) {
         rooms[room.id] = room
         let before = self.members[room.id] ?? []
@@ -150,7 +158,7 @@ public final class RoomKeyring {
     public func currentOutbound(for room: String, now: UInt64) -> Outbound? {
         guard let current = outbound[room], let info = rooms[room] else { return nil }
         if current.mustRotate || current.sent >= info.policy.rotateAfterMessages { return nil }
-        if now >= current.created + UInt64(info.policy.rotateAfterSeconds) * 1000 { return nil }
+        if now >= current.created.addingSaturated(Self.milliseconds(info.policy.rotateAfterSeconds)) { return nil }
         if current.session.messageIndex == UInt32.max { return nil }
         return current
     }
@@ -300,8 +308,9 @@ public final class RoomKeyring {
         let inner: InnerFrame
         do { inner = try InnerFrame(decoding: innerBytes) } catch { return .failure(.malformed) }
         guard inner.room == room else { return .failure(.wrongRoom) }
-        let window = UInt64(info.policy.frameWindowSeconds) * 1000
-        guard inner.timestamp <= now + window, inner.timestamp + window >= now else { return .failure(.outsideWindow) }
+        // Both timestamps may be anything a sender wrote: compare by distance, which cannot overflow.
+        let distance = inner.timestamp > now ? inner.timestamp - now : now - inner.timestamp
+        guard distance <= Self.milliseconds(info.policy.frameWindowSeconds) else { return .failure(.outsideWindow) }
         var body = inner.body
         if inner.compressed {
             guard let expanded = Zstd.decompress(body, limit: maximumBody) else { return .failure(.malformed) }
@@ -345,5 +354,13 @@ public enum KeyShareError: Error, Equatable, Sendable, CustomStringConvertible {
         case .cannotOpen: return "the share is not sealed to this identity's exchange key"
         case .badSessionKey: return "the share does not hold a valid Megolm session key for its session id"
         }
+    }
+}
+
+extension UInt64 {
+    /// `self + other`, stopping at `UInt64.max` instead of trapping.
+    func addingSaturated(_ other: UInt64) -> UInt64 {
+        let (sum, overflow) = addingReportingOverflow(other)
+        return overflow ? .max : sum
     }
 }

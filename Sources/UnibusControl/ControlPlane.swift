@@ -73,15 +73,30 @@ public final class ControlPlane: Sendable {
             break
         }
         guard route.hasPrefix("/v1/") else { return .error(404, "no such endpoint: \(method) \(route)") }
-        // Everything else needs a signed request from an active user.
-        let caller: String
-        switch verifier.verify(method: method, path: route, body: body, header: header) {
-        case .failure(let error): return .error(error.status, "\(error)")
-        case .success(let key): caller = key
+        // Everything else needs a signed request from an active user. The
+        // query is part of what is signed (`path` is the whole request target).
+        let request: VerifiedRequest
+        switch verifier.verify(method: method, path: path, body: body, header: header) {
+        case .failure(let error):
+            node.broker.statistics.countControlRefusal()
+            return .error(error.status, "\(error)")
+        case .success(let verified): request = verified
         }
+        let caller = request.caller
         let state = node.membership.snapshot
-        guard let user = state.users[caller] else { return .error(403, "\(RequestAuthError.unknownCaller(caller))") }
-        guard user.status == .active else { return .error(403, "\(RequestAuthError.revokedCaller(caller))") }
+        guard let user = state.users[caller] else {
+            node.broker.statistics.countControlRefusal()
+            return .error(403, "\(RequestAuthError.unknownCaller(caller))")
+        }
+        guard user.status == .active else {
+            node.broker.statistics.countControlRefusal()
+            return .error(403, "\(RequestAuthError.revokedCaller(caller))")
+        }
+        // Only now, for a known active user, is the nonce remembered.
+        if let error = verifier.claim(request) {
+            node.broker.statistics.countControlRefusal()
+            return .error(error.status, "\(error)")
+        }
 
         let parts = route.split(separator: "/").map(String.init)   // ["v1", ...]
         switch (method, parts.count > 1 ? parts[1] : "", parts.count) {
@@ -104,23 +119,29 @@ public final class ControlPlane: Sendable {
         case ("POST", "rooms", 4) where parts[3] == "key-shares":
             return storeKeyShares(room: parts[2], sender: caller, body: body)
         case ("GET", "key-shares", 2):
+            let query = Self.query(path)
+            let limit = query["limit"].flatMap { Int($0) }.map { min(max($0, 1), Self.keySharePageLimit) } ?? Self.keySharePageLimit
+            let after = query["after"].flatMap { Int64($0) } ?? 0
             do {
-                let shares = try node.membership.pendingKeyShares(for: caller)
-                return .json(200, ["key_shares": shares.map { ["id": $0.id, "room": $0.room, "sender": $0.sender, "session_id": $0.sessionID,
-                                                                "sealed": Base64.encode($0.sealed), "signature": Base64.encode($0.signature),
-                                                                "created": $0.created] }])
+                let page = try node.membership.pendingKeyShares(for: caller, after: after, limit: limit)
+                var json: [String: Any] = ["key_shares": page.shares.map { ["id": $0.id, "room": $0.room, "sender": $0.sender, "session_id": $0.sessionID,
+                                                                           "sealed": Base64.encode($0.sealed), "signature": Base64.encode($0.signature),
+                                                                           "created": $0.created] }]
+                if let next = page.next { json["next"] = String(next) }
+                return .json(200, json)
             } catch {
-                return .error(500, "\(error)")
+                return storageFailure(error)
             }
         case ("POST", "key-shares", 3) where parts[2] == "ack":
             guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any], let ids = object["ids"] as? [String] else {
                 return .error(400, "the body must be {\"ids\": [...]}")
             }
+            guard ids.count <= Self.keySharePageLimit else { return .error(400, "acknowledge at most \(Self.keySharePageLimit) ids at once") }
             do {
                 let count = try node.acknowledgeKeyShares(ids, by: caller)
                 return .json(200, ["acknowledged": count])
             } catch {
-                return .error(500, "\(error)")
+                return storageFailure(error)
             }
         default:
             return .error(404, "no such endpoint: \(method) \(route)")
@@ -146,7 +167,7 @@ public final class ControlPlane: Sendable {
             case .alreadyRegistered, .conflict: status = 409
             case .invalid: status = 400
             case .unsupported: status = 422
-            case .storage: status = 500
+            case .storage: return storageFailure(error)
             }
             return .error(status, "\(error)")
         }
@@ -181,11 +202,33 @@ public final class ControlPlane: Sendable {
             case .unauthorized: status = 403
             case .notFound: status = 404
             case .invalid: status = 400
-            default: status = error.description.contains("UNIQUE") ? 409 : 500
+            case .conflict, .alreadyRegistered: status = 409
+            case .storage, .unsupported: return storageFailure(error)
             }
             return .error(status, "\(error)")
         }
         return .json(200, ["stored": shares.count])
+    }
+
+    /// Most shares in one page of `GET /v1/key-shares` (and ids in one ack).
+    public static let keySharePageLimit = 500
+
+    /// A storage failure: logged in full for the operator, answered with no
+    /// SQL or file paths (they help an attacker more than a caller).
+    private func storageFailure(_ error: MembershipError) -> ControlResponse {
+        node.log("control plane: storage error", ["error": "\(error)"])
+        return .error(500, "the node could not read or write its store; the operator's log has the details")
+    }
+
+    /// The query parameters of a request target (`a=1&b=2`), last one wins.
+    static func query(_ path: String) -> [String: String] {
+        guard let mark = path.firstIndex(of: "?") else { return [:] }
+        var result: [String: String] = [:]
+        for pair in path[path.index(after: mark)...].split(separator: "&").prefix(16) {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            if parts.count == 2 { result[String(parts[0])] = String(parts[1]) }
+        }
+        return result
     }
 
     static func userJSON(_ user: User) -> [String: Any] {

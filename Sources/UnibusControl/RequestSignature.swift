@@ -40,66 +40,150 @@ public enum RequestAuthError: Error, Equatable, Sendable, CustomStringConvertibl
     case badSignature
     case unknownCaller(String)
     case revokedCaller(String)
+    /// The nonce memory is full of live nonces (a flood by active users).
+    case busy
 
     public var status: Int {
         switch self {
         case .missing, .skew, .replayed, .badSignature: return 401
         case .unknownCaller, .revokedCaller: return 403
+        case .busy: return 503
         }
     }
 
     public var description: String {
         switch self {
         case .missing(let header): return "missing or malformed \(header) header: sign the request with your identity"
-        case .skew(let seconds): return "request timestamp is \(seconds) s away from the node's clock (window 60 s): check the clocks"
+        case .skew(let seconds):
+            return "request timestamp is \(seconds == .max ? "far" : "\(seconds) s") away from the node's clock (window 60 s): check the clocks"
         case .replayed: return "this request's nonce was already used: requests cannot be replayed"
         case .badSignature: return "the request signature does not verify (wrong key, body, path or node)"
         case .unknownCaller(let key): return "\(key) is not a registered user"
         case .revokedCaller(let key): return "\(key) is revoked"
+        case .busy: return "the node is refusing signed requests for a moment (too many recent requests); retry shortly"
         }
     }
 }
 
+/// A request whose signature verified, before its nonce is spent.
+public struct VerifiedRequest: Sendable, Equatable {
+    /// The caller's user nkey.
+    public let caller: String
+    public let nonce: String
+    public let timestamp: Int
+}
+
 /// Verifies signed requests: signature, time window, and nonces remembered
 /// for twice the window. Thread-safe.
+///
+/// A nonce is spent (`claim`) only after the caller is known to be an active
+/// user, so an outsider cannot fill the nonce memory: each request it sends
+/// fails before then.
 public final class RequestVerifier: @unchecked Sendable {
-    // @unchecked: `seen` is guarded by `lock`.
+    // @unchecked: `nonces` is guarded by `lock`.
     public let nodeID: String
     public let window: TimeInterval
     private let lock = NSLock()
-    private var seen: [String: Date] = [:]
+    private var nonces: NonceCache
 
-    public init(nodeID: String, window: TimeInterval = 60) {
+    /// Nonces are 8 to 64 bytes of base64url (the CLI sends 22).
+    public static let nonceLengths = 8...64
+    /// Timestamps are decimal Unix seconds of at most this many digits.
+    static let maximumTimestampDigits = 12
+
+    public init(nodeID: String, window: TimeInterval = 60, maximumNonces: Int = 200_000) {
         self.nodeID = nodeID
         self.window = window
+        self.nonces = NonceCache(capacity: maximumNonces)
     }
 
-    /// Returns the caller's user nkey, or why the request is refused.
+    /// Checks headers, time window and signature. The nonce is not spent yet.
     public func verify(method: String, path: String, body: [UInt8], header: (String) -> String?,
-                       now: Date = Date()) -> Result<String, RequestAuthError> {
-        guard let key = header(RequestSignature.keyHeader),
+                       now: Date = Date()) -> Result<VerifiedRequest, RequestAuthError> {
+        guard let key = header(RequestSignature.keyHeader), key.utf8.count <= 64,
               let (_, publicKey) = try? NKey.decodePublicKey(key, expecting: .user) else { return .failure(.missing(RequestSignature.keyHeader)) }
-        guard let timestampText = header(RequestSignature.timestampHeader), let timestamp = Int(timestampText) else {
+        guard let timestampText = header(RequestSignature.timestampHeader),
+              (1...Self.maximumTimestampDigits).contains(timestampText.utf8.count),
+              timestampText.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+              let timestamp = Int(timestampText) else {
             return .failure(.missing(RequestSignature.timestampHeader))
         }
-        guard let nonce = header(RequestSignature.nonceHeader), (8...64).contains(nonce.count) else {
+        guard let nonce = header(RequestSignature.nonceHeader), Self.nonceLengths.contains(nonce.utf8.count),
+              nonce.utf8.allSatisfy(Self.isNonceByte) else {
             return .failure(.missing(RequestSignature.nonceHeader))
         }
-        guard let signatureText = header(RequestSignature.signatureHeader),
-              let signature = try? Base64.decode(signatureText, alphabet: .url) else {
+        guard let signatureText = header(RequestSignature.signatureHeader), signatureText.utf8.count <= 128,
+              let signature = try? Base64.decode(signatureText, alphabet: .url), signature.count == 64 else {
             return .failure(.missing(RequestSignature.signatureHeader))
         }
-        let skew = Int(now.timeIntervalSince1970) - timestamp
-        guard abs(skew) <= Int(window) else { return .failure(.skew(seconds: skew)) }
+        // Both values are bounded (12 digits; the clock), so this cannot
+        // overflow; checked anyway, since a trap here is a remote kill switch.
+        let (skew, overflow) = Self.unixSeconds(now).subtractingReportingOverflow(timestamp)
+        guard !overflow, skew.magnitude <= UInt(window) else { return .failure(.skew(seconds: overflow ? .max : skew)) }
         let message = RequestSignature.canonical(method: method, path: path, body: body, timestamp: timestamp, nonce: nonce, nodeID: nodeID)
         guard publicKey.verify(signature: signature, message: message) else { return .failure(.badSignature) }
-        let fresh = lock.withLock { () -> Bool in
-            let horizon = now.addingTimeInterval(-2 * window)
-            if seen.count > 10_000 { seen = seen.filter { $0.value > horizon } }
-            if let previous = seen[nonce], previous > horizon { return false }
-            seen[nonce] = now
-            return true
+        return .success(VerifiedRequest(caller: key, nonce: nonce, timestamp: timestamp))
+    }
+
+    /// Spends the request's nonce; returns why not when it was seen within
+    /// twice the window (a replay) or the memory is full, nil when spent.
+    public func claim(_ request: VerifiedRequest, now: Date = Date()) -> RequestAuthError? {
+        let seconds = Self.unixSeconds(now)
+        return lock.withLock {
+            nonces.insert(request.caller + " " + request.nonce, now: seconds, lifetime: Int(2 * window))
         }
-        return fresh ? .success(key) : .failure(.replayed)
+    }
+
+    /// How many nonces are remembered now (tests, metrics).
+    public var rememberedNonces: Int { lock.withLock { nonces.count } }
+
+    static func unixSeconds(_ date: Date) -> Int {
+        let seconds = date.timeIntervalSince1970
+        return seconds.isFinite && seconds.magnitude < 1e15 ? Int(seconds) : 0
+    }
+
+    static func isNonceByte(_ byte: UInt8) -> Bool {
+        (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z")) || (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z"))
+            || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_")
+    }
+}
+
+/// Nonces with an expiry, evicted oldest first in O(1) amortised: entries go
+/// into a FIFO in arrival order (their lifetimes are equal, so arrival order
+/// is expiry order) and a set answers "seen?".
+struct NonceCache {
+    let capacity: Int
+    private var expiries: [String: Int] = [:]
+    private var queue: [(nonce: String, expiry: Int)] = []
+    private var head = 0
+
+    init(capacity: Int) {
+        self.capacity = capacity
+    }
+
+    var count: Int { expiries.count }
+
+    /// Remembers `nonce`; returns why not (replayed, or full), nil when remembered.
+    mutating func insert(_ nonce: String, now: Int, lifetime: Int) -> RequestAuthError? {
+        evict(now: now)
+        if let expiry = expiries[nonce], expiry > now { return .replayed }
+        guard expiries.count < capacity else { return .busy }
+        let expiry = now + lifetime
+        expiries[nonce] = expiry
+        queue.append((nonce, expiry))
+        return nil
+    }
+
+    private mutating func evict(now: Int) {
+        while head < queue.count, queue[head].expiry <= now {
+            let entry = queue[head]
+            if expiries[entry.nonce] == entry.expiry { expiries[entry.nonce] = nil }
+            head += 1
+        }
+        // Drop the consumed prefix once it is half the array: amortised O(1).
+        if head > 1024 && head * 2 > queue.count {
+            queue.removeFirst(head)
+            head = 0
+        }
     }
 }

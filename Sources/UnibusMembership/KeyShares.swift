@@ -40,7 +40,23 @@ public struct KeyShare: Equatable, Sendable {
     }
 }
 
+/// One page of a recipient's pending shares and where the next starts.
+public struct KeySharePage: Sendable {
+    public var shares: [KeyShare]
+    /// The cursor for the next page (`after`), nil on the last page.
+    public var next: Int64?
+}
+
 extension MembershipStore {
+    /// Most pending (unacknowledged) shares one recipient may have waiting on
+    /// a node: past it, new shares for it are refused (a sender or a route
+    /// peer cannot grow a node's store without bound through one member).
+    public static let maximumPendingSharesPerRecipient = 10_000
+    /// How long an acknowledged share's id is kept (its sealed key is erased
+    /// at acknowledgement): long enough that a peer still offering it cannot
+    /// bring it back, then it is pruned.
+    public static let acknowledgedShareRetention: TimeInterval = 7 * 24 * 3600
+
     /// Stores shares from `sender` for `room` after checking that the sender
     /// and every recipient are current members and each share is signed by
     /// the sender. All or nothing.
@@ -58,27 +74,78 @@ extension MembershipStore {
         do {
             try withDatabase { database in
                 try database.transaction {
+                    for recipient in Set(shares.map(\.recipient)) {
+                        let adding = shares.reduce(0) { $0 + ($1.recipient == recipient ? 1 : 0) }
+                        guard try Self.pendingCount(for: recipient, in: database) + adding <= Self.maximumPendingSharesPerRecipient else {
+                            throw MembershipError.conflict("\(recipient) has \(Self.maximumPendingSharesPerRecipient) key shares waiting; "
+                                                           + "it must fetch them before more can be stored")
+                        }
+                    }
                     for share in shares {
+                        let known = try !database.query("SELECT 1 FROM key_shares WHERE id = ?", [.text(share.id)]).isEmpty
+                        guard !known else { throw MembershipError.conflict("key share \(share.id.prefix(16))… is already stored") }
                         try database.query("INSERT INTO key_shares (id, room, sender, recipient, session_id, sealed, signature, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                            [.text(share.id), .text(share.room), .text(share.sender), .text(share.recipient),
                                             .text(share.sessionID), .blob(share.sealed), .blob(share.signature), .text(share.created)])
                     }
                 }
             }
+        } catch let error as MembershipError {
+            throw error
         } catch {
             throw .storage("\(error)")
         }
     }
 
+    static func pendingCount(for recipient: String, in database: SQLiteDatabase) throws -> Int {
+        Int(try database.query("SELECT count(*) FROM key_shares WHERE recipient = ? AND acked IS NULL", [.text(recipient)]).first?.first?.integer ?? 0)
+    }
+
     /// Shares waiting for `recipient` (not yet acknowledged), oldest first.
     public func pendingKeyShares(for recipient: String) throws(MembershipError) -> [KeyShare] {
+        var all: [KeyShare] = []
+        var after: Int64 = 0
+        while true {
+            let page = try pendingKeyShares(for: recipient, after: after, limit: 1000)
+            all += page.shares
+            guard let next = page.next else { return all }
+            after = next
+        }
+    }
+
+    /// One page of the shares waiting for `recipient`, oldest first, after
+    /// the cursor `after` (0 for the first page).
+    public func pendingKeyShares(for recipient: String, after: Int64, limit: Int) throws(MembershipError) -> KeySharePage {
+        let limit = max(1, min(limit, 1000))
         do {
             return try withDatabase { database in
-                try database.query("SELECT id, room, sender, recipient, session_id, sealed, signature, created FROM key_shares WHERE recipient = ? AND acked IS NULL ORDER BY rowid",
-                                   [.text(recipient)]).map { row in
+                let rows = try database.query("SELECT id, room, sender, recipient, session_id, sealed, signature, created, rowid FROM key_shares "
+                                              + "WHERE recipient = ? AND acked IS NULL AND rowid > ? ORDER BY rowid LIMIT ?",
+                                              [.text(recipient), .integer(after), .integer(Int64(limit) + 1)])
+                let shares = rows.prefix(limit).map { row in
                     KeyShare(id: row[0].text ?? "", room: row[1].text ?? "", sender: row[2].text ?? "", recipient: row[3].text ?? "",
                              sessionID: row[4].text ?? "", sealed: row[5].blob ?? [], signature: row[6].blob ?? [], created: row[7].text ?? "")
                 }
+                let next = rows.count > limit ? rows[limit - 1][8].integer : nil
+                return KeySharePage(shares: Array(shares), next: next)
+            }
+        } catch {
+            throw .storage("\(error)")
+        }
+    }
+
+    /// Deletes acknowledged shares older than the retention (their sealed
+    /// keys were erased at acknowledgement). Returns how many went.
+    @discardableResult
+    public func pruneAcknowledgedKeyShares(now: Date = Date()) throws(MembershipError) -> Int {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let horizon = formatter.string(from: now.addingTimeInterval(-Self.acknowledgedShareRetention))
+        do {
+            return try withDatabase { database in
+                let before = try database.query("SELECT count(*) FROM key_shares WHERE acked IS NOT NULL AND acked < ?", [.text(horizon)])
+                try database.query("DELETE FROM key_shares WHERE acked IS NOT NULL AND acked < ?", [.text(horizon)])
+                return Int(before.first?.first?.integer ?? 0)
             }
         } catch {
             throw .storage("\(error)")
@@ -93,7 +160,7 @@ extension MembershipStore {
                     var count = 0
                     for id in ids {
                         let before = try database.query("SELECT count(*) FROM key_shares WHERE id = ? AND recipient = ? AND acked IS NULL", [.text(id), .text(recipient)])
-                        try database.query("UPDATE key_shares SET acked = ? WHERE id = ? AND recipient = ?", [.text(timestamp), .text(id), .text(recipient)])
+                        try database.query("UPDATE key_shares SET acked = ?, sealed = x'' WHERE id = ? AND recipient = ? AND acked IS NULL", [.text(timestamp), .text(id), .text(recipient)])
                         count += Int(before.first?.first?.integer ?? 0)
                     }
                     return count
@@ -116,21 +183,36 @@ extension MembershipStore {
             throw .invalid("the share's id does not match its contents")
         }
         guard share.isSignedBySender else { throw .badSignature }
+        // Both ends must be users this node knows (its copy may lag on
+        // membership, not on who exists at all for long): a route peer cannot
+        // fill the store with shares between made-up keys.
+        let state = snapshot
+        guard state.users[share.sender] != nil, state.users[share.recipient] != nil else {
+            throw .notFound("the share's sender or recipient is not a user this node knows")
+        }
+        guard share.room.utf8.count <= 64, share.sessionID.utf8.count <= 64, share.created.utf8.count <= 64,
+              acked.map({ $0.utf8.count <= 64 }) ?? true else { throw .invalid("a share field is too long") }
         do {
             return try withDatabase { database in
                 try database.transaction {
                     let known = try !database.query("SELECT 1 FROM key_shares WHERE id = ?", [.text(share.id)]).isEmpty
+                    let pending = try Self.pendingCount(for: share.recipient, in: database)
+                    if !known && acked == nil && pending >= Self.maximumPendingSharesPerRecipient {
+                        throw MembershipError.conflict("\(share.recipient) has \(Self.maximumPendingSharesPerRecipient) key shares waiting")
+                    }
                     if !known {
                         try database.query("INSERT INTO key_shares (id, room, sender, recipient, session_id, sealed, signature, created, acked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                            [.text(share.id), .text(share.room), .text(share.sender), .text(share.recipient),
-                                            .text(share.sessionID), .blob(share.sealed), .blob(share.signature), .text(share.created),
-                                            acked.map { .text($0) } ?? .null])
+                                            .text(share.sessionID), .blob(acked == nil ? share.sealed : []), .blob(share.signature),
+                                            .text(share.created), acked.map { .text($0) } ?? .null])
                     } else if let acked {
-                        try database.query("UPDATE key_shares SET acked = ? WHERE id = ? AND acked IS NULL", [.text(acked), .text(share.id)])
+                        try database.query("UPDATE key_shares SET acked = ?, sealed = x'' WHERE id = ? AND acked IS NULL", [.text(acked), .text(share.id)])
                     }
                     return !known
                 }
             }
+        } catch let error as MembershipError {
+            throw error
         } catch {
             throw .storage("\(error)")
         }
@@ -142,7 +224,7 @@ extension MembershipStore {
             try withDatabase { database in
                 try database.transaction {
                     for id in ids {
-                        try database.query("UPDATE key_shares SET acked = ? WHERE id = ? AND acked IS NULL", [.text(timestamp), .text(id)])
+                        try database.query("UPDATE key_shares SET acked = ?, sealed = x'' WHERE id = ? AND acked IS NULL", [.text(timestamp), .text(id)])
                     }
                 }
             }

@@ -36,6 +36,8 @@ public struct MembershipState: Equatable, Sendable {
     /// The root admin: the only key whose self-registration can start the
     /// log. Nil until known (then the first genesis sets it).
     public private(set) var root: String?
+    /// Cluster-wide settings, as the last admin-signed change left them.
+    public private(set) var settings = ClusterSettings.standard
 
     public init(root: String? = nil) {
         self.root = root
@@ -54,8 +56,10 @@ public struct MembershipState: Equatable, Sendable {
     }
 
     /// Sets the tables directly (the store compares its tables with the fold).
-    mutating func restore(users: [String: User], rooms: [String: Room], members: [String: [String: Member]], root: String?) {
+    mutating func restore(users: [String: User], rooms: [String: Room], members: [String: [String: Member]], root: String?,
+                          settings: ClusterSettings) {
         self.root = root
+        self.settings = settings
         self.users = users
         self.rooms = rooms
         self.members = members.filter { !$0.value.isEmpty }
@@ -105,13 +109,25 @@ public struct MembershipState: Equatable, Sendable {
         case .createRoom(let id, let subject, let policy):
             guard !policy.persist else { throw .unsupported("durable history (persist) comes with a later release; create the room without it") }
             guard Self.isValidRoomID(id) else { throw .invalid("room ids are 1 to 64 of [A-Za-z0-9_-]") }
-            guard Self.isValidLiteralSubject(subject) else { throw .invalid("\(subject) is not a valid literal subject") }
-            guard rooms[id] == nil else { throw .conflict("room \(id) exists") }
-            guard !rooms.values.contains(where: { $0.subject == subject && $0.archived == nil }) else {
-                throw .conflict("subject \(subject) belongs to another room")
+            guard Self.isValidLiteralSubject(subject) else { throw .invalid("\(subject.prefix(80)) is not a valid literal subject") }
+            if let reason = ReservedNamespace.reservation(of: subject) {
+                throw .invalid("room subject \(subject.prefix(80)) is reserved: \(reason)")
             }
-            guard policy.rotateAfterMessages > 0, policy.rotateAfterSeconds > 0 else { throw .invalid("rotation limits must be positive") }
-            guard policy.frameWindowSeconds > 0 else { throw .invalid("the frame window must be positive") }
+            if let problem = policy.problem { throw .invalid(problem) }
+            guard policy.encrypt || settings.allowUnencryptedRooms else {
+                throw .unauthorized("this cluster does not allow unencrypted rooms; create the room with encryption "
+                                    + "(an admin can allow them with `unibus cluster settings --allow-unencrypted-rooms true`)")
+            }
+            guard rooms[id] == nil else { throw .conflict("room \(id) exists") }
+            if let other = rooms.values.first(where: { $0.archived == nil && ReservedNamespace.overlaps($0.subject, subject) }) {
+                throw .conflict("subject \(subject.prefix(80)) overlaps room \(other.id)'s subject \(other.subject) (one may not equal or lie under the other)")
+            }
+            if !isAdmin {
+                let owned = rooms.values.reduce(0) { $0 + ($1.owner == actor && $1.archived == nil ? 1 : 0) }
+                guard owned < settings.maxRoomsPerUser else {
+                    throw .unauthorized("\(actor) already owns \(owned) open rooms, the cluster's limit; archive one first")
+                }
+            }
             rooms[id] = Room(id: id, subject: subject, owner: actor, policy: policy, created: at, archived: nil)
             members[id] = [actor: Member(room: id, user: actor, role: .owner, joined: at)]
 
@@ -148,6 +164,13 @@ public struct MembershipState: Equatable, Sendable {
             }
             guard members[roomID]?[user] != nil else { throw .notFound("\(user) in room \(roomID)") }
             members[roomID]?[user]?.role = role
+
+        case .setClusterSettings(let newSettings):
+            guard isAdmin else { throw .unauthorized("only an admin may change cluster settings") }
+            guard ClusterSettings.maxRoomsPerUserRange.contains(newSettings.maxRoomsPerUser) else {
+                throw .invalid("max_rooms_per_user must be \(ClusterSettings.maxRoomsPerUserRange.lowerBound) to \(ClusterSettings.maxRoomsPerUserRange.upperBound)")
+            }
+            settings = newSettings
         }
     }
 
@@ -155,6 +178,9 @@ public struct MembershipState: Equatable, Sendable {
     /// the same users, rooms and members exactly when their digests match.
     public var digest: String {
         var text = "root \(root ?? "-")\n"
+        if settings != .standard {
+            text += "settings \(settings.allowUnencryptedRooms) \(settings.maxRoomsPerUser)\n"
+        }
         for user in users.values.sorted(by: { $0.key < $1.key }) {
             text += "user \(user.key) \(user.exchangeKey) \(user.handle) \(user.role.rawValue) \(user.status.rawValue) \(user.created) \(user.updated)\n"
         }

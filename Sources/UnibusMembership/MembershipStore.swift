@@ -240,12 +240,35 @@ public final class MembershipStore: @unchecked Sendable {
         return digest
     }
 
-    /// A clock reading after everything this store has seen.
+    /// A clock reading after everything this store has seen (saturating:
+    /// a log that already holds a position at the top of the range keeps
+    /// working, ties being broken by origin and id).
     private func tick() -> UInt64 {
-        let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000)) << 16
-        clock = max(now, clock + 1)
+        let now = Self.clockReading(at: Date())
+        let (next, overflow) = clock.addingReportingOverflow(1)
+        clock = max(now, overflow ? clock : next)
         return clock
     }
+
+    /// A hybrid-logical-clock reading for `date`: milliseconds << 16.
+    static func clockReading(at date: Date) -> UInt64 {
+        let millis = date.timeIntervalSince1970 * 1000
+        guard millis > 0, millis < Double(UInt64(1) << 47) else { return millis > 0 ? UInt64(1) << 63 : 0 }
+        return UInt64(millis) << 16
+    }
+
+    /// How far ahead of this node's clock a peer may place an operation.
+    /// A position beyond it is refused and never stored: stored, it would
+    /// push every node's clock to the end of its range.
+    public static let maximumClockLead: TimeInterval = 300
+
+    /// Replicated operations refused because their position lay too far ahead.
+    public var refusedFuturePositions: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return futurePositionsRefused
+    }
+    private var futurePositionsRefused = 0
 
     /// Verifies, checks against the rules at the end of the log and appends
     /// (an operation accepted by this node, `origin` being its id); durable
@@ -284,6 +307,11 @@ public final class MembershipStore: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard position.id == signed.id else { throw .invalid("a log position for another operation") }
+        let horizon = Self.clockReading(at: Date().addingTimeInterval(Self.maximumClockLead))
+        guard position.clock <= horizon else {
+            futurePositionsRefused += 1
+            throw .invalid("log position \(position.clock >> 16) ms is more than \(Int(Self.maximumClockLead)) s ahead of this node's clock; not stored")
+        }
         clock = max(clock, position.clock)
         let existing = positions[signed.id]
         if let existing, existing <= position { return .known }
@@ -381,6 +409,8 @@ public final class MembershipStore: @unchecked Sendable {
             if let member = state.members[room]?[user] { try upsert(member) }
         case .removeMember(let room, let user):
             try database.query("DELETE FROM members WHERE room = ? AND user = ?", [.text(room), .text(user)])
+        case .setClusterSettings:
+            break   // settings live in the fold only (the log is the truth)
         }
     }
 
@@ -429,13 +459,13 @@ public final class MembershipStore: @unchecked Sendable {
             guard let room = row[0].text, let user = row[1].text, let role = row[2].text.flatMap(RoomRole.init) else { continue }
             members[room, default: [:]][user] = Member(room: room, user: user, role: role, joined: row[3].text ?? "")
         }
-        return MembershipState(users: users, rooms: rooms, members: members, root: state.root)
+        return MembershipState(users: users, rooms: rooms, members: members, root: state.root, settings: state.settings)
     }
 }
 
 extension MembershipState {
-    init(users: [String: User], rooms: [String: Room], members: [String: [String: Member]], root: String?) {
+    init(users: [String: User], rooms: [String: Room], members: [String: [String: Member]], root: String?, settings: ClusterSettings) {
         self.init()
-        self.restore(users: users, rooms: rooms, members: members, root: root)
+        self.restore(users: users, rooms: rooms, members: members, root: root, settings: settings)
     }
 }

@@ -47,6 +47,46 @@ public struct RoomPolicy: Codable, Equatable, Sendable {
         rotateAfterSeconds = try container.decode(Int.self, forKey: .rotateAfterSeconds)
         frameWindowSeconds = try container.decodeIfPresent(Int.self, forKey: .frameWindowSeconds) ?? Self.defaultFrameWindowSeconds
     }
+
+    /// Ranges the rules accept. Every value is multiplied into milliseconds
+    /// or compared with clocks by clients, so each is bounded far below
+    /// where that arithmetic could overflow.
+    public static let rotateAfterMessagesRange = 1...100_000_000
+    public static let rotateAfterSecondsRange = 1...(366 * 24 * 3600)
+    public static let frameWindowSecondsRange = 1...(7 * 24 * 3600)
+
+    /// Why this policy is out of range, or nil when it is acceptable.
+    public var problem: String? {
+        if !Self.rotateAfterMessagesRange.contains(rotateAfterMessages) {
+            return "rotate_after_messages must be \(Self.rotateAfterMessagesRange.lowerBound) to \(Self.rotateAfterMessagesRange.upperBound)"
+        }
+        if !Self.rotateAfterSecondsRange.contains(rotateAfterSeconds) {
+            return "rotate_after_seconds must be \(Self.rotateAfterSecondsRange.lowerBound) to \(Self.rotateAfterSecondsRange.upperBound) (a year)"
+        }
+        if !Self.frameWindowSecondsRange.contains(frameWindowSeconds) {
+            return "frame_window_seconds must be \(Self.frameWindowSecondsRange.lowerBound) to \(Self.frameWindowSecondsRange.upperBound) (a week)"
+        }
+        return nil
+    }
+}
+
+/// Cluster-wide rules set by an admin in the log (`setClusterSettings`), so
+/// every node and client folds the same answer: never a per-node input.
+public struct ClusterSettings: Codable, Equatable, Sendable {
+    /// Whether rooms without end-to-end encryption may be created. Off until
+    /// an admin turns it on: plaintext rooms are an explicit choice.
+    public var allowUnencryptedRooms: Bool
+    /// Open rooms one non-admin user may own at once (creation beyond it is
+    /// refused), so no member can make every node re-authorize without bound.
+    public var maxRoomsPerUser: Int
+
+    public static let maxRoomsPerUserRange = 1...100_000
+    public static let standard = ClusterSettings(allowUnencryptedRooms: false, maxRoomsPerUser: 100)
+
+    public init(allowUnencryptedRooms: Bool, maxRoomsPerUser: Int) {
+        self.allowUnencryptedRooms = allowUnencryptedRooms
+        self.maxRoomsPerUser = maxRoomsPerUser
+    }
 }
 
 /// One membership change. Users are named by their NATS user nkey ("U…"),
@@ -59,6 +99,8 @@ public enum MembershipOperation: Codable, Equatable, Sendable {
     case addMember(room: String, user: String, role: RoomRole)
     case removeMember(room: String, user: String)
     case setMemberRole(room: String, user: String, role: RoomRole)
+    /// Admin only: replaces the cluster-wide settings.
+    case setClusterSettings(settings: ClusterSettings)
 
     /// A short name for logs and the operations table.
     public var kind: String {
@@ -70,6 +112,7 @@ public enum MembershipOperation: Codable, Equatable, Sendable {
         case .addMember: return "member.add"
         case .removeMember: return "member.remove"
         case .setMemberRole: return "member.role"
+        case .setClusterSettings: return "cluster.settings"
         }
     }
 }

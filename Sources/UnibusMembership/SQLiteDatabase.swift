@@ -68,7 +68,9 @@ final class SQLiteDatabase {
             case .integer(let value): status = sqlite3_bind_int64(statement, index, value)
             case .text(let value): status = sqlite3_bind_text(statement, index, value, -1, unibus_sqlite_transient())
             case .blob(let value):
-                status = value.withUnsafeBytes { sqlite3_bind_blob(statement, index, $0.baseAddress, Int32($0.count), unibus_sqlite_transient()) }
+                // An empty array may have no base address, which SQLite would bind as NULL.
+                status = value.isEmpty ? sqlite3_bind_zeroblob(statement, index, 0)
+                    : value.withUnsafeBytes { sqlite3_bind_blob(statement, index, $0.baseAddress, Int32($0.count), unibus_sqlite_transient()) }
             case .null: status = sqlite3_bind_null(statement, index)
             }
             guard status == SQLITE_OK else { throw DatabaseError(description: "\(message) (binding \(index) in: \(sql.prefix(80)))") }

@@ -41,7 +41,7 @@ public final class Node: Sendable {
         MembershipAuthorizer(store: store)
     }
 
-    func log(_ message: String, _ fields: [String: String]) { logger(message, fields) }
+    public func log(_ message: String, _ fields: [String: String]) { logger(message, fields) }
 
     /// Verifies, applies and persists `operation` (accepted by this node),
     /// pushes it to the cluster, then brings open connections in line.

@@ -7,6 +7,9 @@ import NIOCore
 public enum RouteOp: Equatable, Sendable {
     /// `INFO <json>`: the peer's node id, cluster root, advertised URLs.
     case info(ByteBuffer)
+    /// `AUTH <json>`: the peer's proof that it holds the key of the node id
+    /// its INFO claims (a signature over this end's INFO nonce).
+    case auth(ByteBuffer)
     case ping
     case pong
     /// `RS+ <subject> [<queue>]`: the peer gained local interest.
@@ -40,7 +43,7 @@ public struct RouteProtocolParser: Sendable {
         self.maxData = maxData
     }
 
-    private enum Keyword { case info, ping, pong, subscribe, unsubscribe, message, headerMessage, data, err }
+    private enum Keyword { case info, auth, ping, pong, subscribe, unsubscribe, message, headerMessage, data, err }
 
     public func next(_ buffer: inout ByteBuffer) throws(ProtocolViolation) -> RouteOp? {
         if buffer.readableBytes == 0 { return nil }
@@ -59,10 +62,10 @@ public struct RouteProtocolParser: Sendable {
             if text.count >= 2, text.hasPrefix("'"), text.hasSuffix("'") { text = String(text.dropFirst().dropLast()) }
             buffer.moveReaderIndex(forwardBy: controlLength)
             return .err(text)
-        case .info:
+        case .info, .auth:
             let json = ControlLine.argument(buffer, after: keywordLength, lineEnd: lineEnd)
             buffer.moveReaderIndex(forwardBy: controlLength)
-            return .info(json)
+            return keyword == .info ? .info(json) : .auth(json)
         case .subscribe, .unsubscribe:
             var fields = ArgumentFields()
             buffer.withUnsafeReadableBytes { raw in
@@ -190,6 +193,7 @@ public struct RouteProtocolParser: Sendable {
                         ("RS-", true, .unsubscribe), ("RDATA", true, .data)]
             case UInt8(ascii: "P"): return [("PING", false, .ping), ("PONG", false, .pong)]
             case UInt8(ascii: "I"): return [("INFO", true, .info)]
+            case UInt8(ascii: "A"): return [("AUTH", true, .auth)]
             case UInt8(ascii: "-"): return [("-ERR", false, .err)]
             default: return nil
             }
@@ -230,6 +234,12 @@ public enum RouteEncoder {
 
     public static func writeInfo(into buffer: inout ByteBuffer, json: [UInt8]) {
         buffer.writeStaticString("INFO ")
+        buffer.writeBytes(json)
+        buffer.writeStaticString("\r\n")
+    }
+
+    public static func writeAuth(into buffer: inout ByteBuffer, json: [UInt8]) {
+        buffer.writeStaticString("AUTH ")
         buffer.writeBytes(json)
         buffer.writeStaticString("\r\n")
     }

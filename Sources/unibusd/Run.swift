@@ -159,16 +159,16 @@ struct Run: AsyncParsableCommand {
             }
             configuration.authorizer = allowlistAuthorizer
         }
-        var serverKey: Ed25519PublicKey?
+        var nodeKey: Ed25519KeyPair?
         if let identity = identity ?? dataDir.map({ $0 + "/node-identity.json" }) {
             do {
-                serverKey = try IdentityFile.loadOrCreate(at: identity).identity.signing.publicKey
+                nodeKey = try IdentityFile.loadOrCreate(at: identity).identity.signing
             } catch {
                 throw ValidationError("\(error)")
             }
         }
         configuration.cluster = try clusterConfiguration(client: configuration, root: membership?.rootAdmin ?? "")
-        let broker = Broker(configuration: configuration, serverKey: serverKey)
+        let broker = Broker(configuration: configuration, nodeKey: nodeKey)
         broker.cluster?.onEvent = { event in
             switch event {
             case .routeUp(let peer, let dialed):

@@ -163,7 +163,7 @@ struct ClusterTests {
         #expect(await waitUntil { nodes[0].broker.cluster?.peers.isEmpty == true }, "the link goes when the peer goes")
         var configuration = nodes[1].broker.configuration
         configuration.port = 0
-        let restarted = Broker(configuration: configuration, serverKey: serverKey.publicKey)
+        let restarted = Broker(configuration: configuration, nodeKey: serverKey)
         _ = try await restarted.start()
         nodes[1] = Node(broker: restarted, clientPort: restarted.port ?? 0, routePort: nodes[1].routePort)
         #expect(await waitUntil { nodes.allSatisfy { $0.broker.cluster?.peers.count == 1 } }, "the survivor redials")

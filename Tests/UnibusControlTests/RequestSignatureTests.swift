@@ -14,11 +14,62 @@ struct RequestSignatureTests {
                                                                   identity: caller, now: date))
     }
 
-    @Test func aSignedRequestVerifiesOnceOnly() {
+    @Test func aSignedRequestVerifiesOnceOnly() throws {
         let verifier = RequestVerifier(nodeID: nodeID)
         let signed = headers()
-        #expect(verifier.verify(method: "POST", path: "/v1/operations", body: Array("{}".utf8), header: { signed[$0] }) == .success(caller.userNKey))
-        #expect(verifier.verify(method: "POST", path: "/v1/operations", body: Array("{}".utf8), header: { signed[$0] }) == .failure(.replayed))
+        let verified = try verifier.verify(method: "POST", path: "/v1/operations", body: Array("{}".utf8), header: { signed[$0] }).get()
+        #expect(verified.caller == caller.userNKey)
+        // Verifying alone spends nothing (the caller is not known yet) ...
+        #expect(verifier.rememberedNonces == 0)
+        #expect(verifier.claim(verified) == nil)
+        // ... claiming does, once.
+        #expect(verifier.claim(verified) == .replayed)
+        #expect(verifier.rememberedNonces == 1)
+    }
+
+    /// Absurd values in any header are refused by name, never trap (the
+    /// timestamp once overflowed `now - timestamp` and killed the node).
+    @Test(arguments: ["-9223372036854775808", "9223372036854775807", "99999999999999999999", "-1", "+5", " 1", "1e9", "", "0x10"])
+    func absurdTimestampsAreRefused(_ value: String) {
+        let verifier = RequestVerifier(nodeID: nodeID)
+        var signed = headers()
+        signed[RequestSignature.timestampHeader] = value
+        switch verifier.verify(method: "POST", path: "/v1/operations", body: Array("{}".utf8), header: { signed[$0] }) {
+        case .failure(.missing(RequestSignature.timestampHeader)), .failure(.skew): break
+        case let other: Issue.record("timestamp \(value) gave \(other)")
+        }
+    }
+
+    @Test func oversizedAndOddHeadersAreRefused() {
+        let verifier = RequestVerifier(nodeID: nodeID)
+        for (header, value) in [(RequestSignature.nonceHeader, String(repeating: "a", count: 65)),
+                                (RequestSignature.nonceHeader, "short"),
+                                (RequestSignature.nonceHeader, "ééééééééééééééééééééééééééééééé"),
+                                (RequestSignature.nonceHeader, "abc def ghijkl"),
+                                (RequestSignature.signatureHeader, String(repeating: "A", count: 10_000)),
+                                (RequestSignature.signatureHeader, "AAAA"),
+                                (RequestSignature.keyHeader, "U" + String(repeating: "A", count: 1000))] {
+            var signed = headers()
+            signed[header] = value
+            #expect(verifier.verify(method: "POST", path: "/v1/operations", body: Array("{}".utf8), header: { signed[$0] }) == .failure(.missing(header)),
+                    "\(header): \(value.prefix(20))")
+        }
+    }
+
+    @Test func theNonceMemoryIsBoundedAndForgets() throws {
+        let verifier = RequestVerifier(nodeID: nodeID, window: 60, maximumNonces: 3)
+        let start = Date()
+        var requests: [VerifiedRequest] = []
+        for _ in 0..<4 {
+            let signed = headers(at: start)
+            requests.append(try verifier.verify(method: "POST", path: "/v1/operations", body: Array("{}".utf8), header: { signed[$0] }, now: start).get())
+        }
+        #expect(requests.count == 4)
+        for request in requests.prefix(3) { #expect(verifier.claim(request, now: start) == nil) }
+        #expect(verifier.claim(requests[3], now: start) == .busy)
+        // Twice the window later every nonce has expired and is evicted.
+        #expect(verifier.claim(requests[3], now: start.addingTimeInterval(121)) == nil)
+        #expect(verifier.rememberedNonces == 1)
     }
 
     @Test func anythingChangedBreaksTheSignature() {

@@ -19,6 +19,7 @@ struct RouteProtocolTests {
         for op in ops {
             switch op {
             case .info(let json): RouteEncoder.writeInfo(into: &buffer, json: Array(json.readableBytesView))
+            case .auth(let json): RouteEncoder.writeAuth(into: &buffer, json: Array(json.readableBytesView))
             case .ping: buffer.writeString("PING\r\n")
             case .pong: buffer.writeString("PONG\r\n")
             case .subscribe(let subject, let queue): RouteEncoder.writeInterest(into: &buffer, add: true, subject: subject, queue: queue)
@@ -36,6 +37,7 @@ struct RouteProtocolTests {
     @Test func everyOperationRoundTrips() throws {
         let ops: [RouteOp] = [
             .info(ByteBuffer(string: "{\"server_id\":\"N\"}")),
+            .auth(ByteBuffer(string: "{\"sig\":\"AAAA\"}")),
             .ping, .pong,
             .subscribe(subject: "a.*", queue: nil), .subscribe(subject: "a.>", queue: "workers"),
             .unsubscribe(subject: "a.*", queue: nil), .unsubscribe(subject: "a.>", queue: "workers"),

@@ -1,0 +1,49 @@
+/// The subject namespaces no room may use, defined once. The membership
+/// rules (`MembershipState.apply`) refuse a room whose subject reaches into
+/// one of them, the authorizer builds every non-room permission from them,
+/// and clients name their inboxes and key subjects with them.
+///
+/// A room's subject `S` grants `S` and `S.>` to its members, so a room
+/// conflicts with a namespace or another room when either subject's tokens
+/// are a prefix of the other's (`rooms` and `rooms.ops` conflict, `rooms`
+/// and `roomsx` do not).
+public enum ReservedNamespace {
+    /// Reply inboxes (`_INBOX.<token>.…`): a room here would let its members
+    /// read everyone's replies.
+    public static let inbox = "_INBOX"
+    /// The node's own subjects: key notices, heartbeats, cluster control.
+    public static let node = "unibus"
+    /// Where a user is told that key shares or membership changes wait:
+    /// `unibus.keys.<user nkey>`.
+    public static let keyDeliveryPrefix = "unibus.keys."
+
+    /// First tokens reserved outright (besides anything starting with `$`,
+    /// which covers `$SYS`, `$JS`, `$KV` and every system account subject).
+    public static let reservedFirstTokens: [String] = [inbox, node]
+
+    /// The key-delivery subject of one user.
+    public static func keyDeliverySubject(for userNKey: String) -> String { keyDeliveryPrefix + userNKey }
+
+    /// Why `subject` may not be a room subject because of a reserved
+    /// namespace, or nil if it may (as far as namespaces go).
+    public static func reservation(of subject: String) -> String? {
+        if subject.hasPrefix("$") {
+            return "subjects starting with $ belong to the system ($SYS, $JS, …)"
+        }
+        let first = subject.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? subject
+        if reservedFirstTokens.contains(first) {
+            return "\(first) and everything under it is reserved (\(first == inbox ? "reply inboxes" : "the node's own subjects"))"
+        }
+        return nil
+    }
+
+    /// Whether two literal subjects overlap as room subjects: equal, or the
+    /// tokens of one are a prefix of the other's.
+    public static func overlaps(_ a: String, _ b: String) -> Bool {
+        let x = a.split(separator: ".", omittingEmptySubsequences: false)
+        let y = b.split(separator: ".", omittingEmptySubsequences: false)
+        let shorter = min(x.count, y.count)
+        for index in 0..<shorter where x[index] != y[index] { return false }
+        return true
+    }
+}
