@@ -148,6 +148,9 @@ public final class NATSConnection: @unchecked Sendable {
         for waiter in waiters { waiter.resume(throwing: ClientError.closed) }
         for event in events.values { event.finish() }
         try? await channel?.close()
+        // The reconnect loop may be mid-dial: wait for it, so nothing of this
+        // connection is still running when the caller (or the process) goes on.
+        await runner?.value
         return lost
     }
 

@@ -61,6 +61,7 @@ public actor UnibusClient {
     private var delivered = 0
     private var keyFetch: Task<Void, Never>?
     private var noticeTask: Task<Void, Never>?
+    private var closed = false
     /// Unknown sessions a share fetch was already tried for (bounded).
     private var fetchedFor: Set<[UInt8]> = []
 
@@ -96,7 +97,7 @@ public actor UnibusClient {
 
     private func start() async throws {
         _ = try await controlSession()
-        let notices = try connection.subscribe(MembershipAuthorizer.keyDeliverySubjectPrefix + userNKey)
+        let notices = try connection.subscribe(ReservedNamespace.keyDeliverySubject(for: userNKey))
         noticeTask = Task { [weak self] in
             for await notice in notices {
                 await self?.handleNotice(notice.payload)
@@ -106,11 +107,15 @@ public actor UnibusClient {
         await fetchKeyShares()
     }
 
-    /// Closes the data-plane connection; subscriptions end.
+    /// Closes the data-plane connection; subscriptions end. Returns when
+    /// every task of the client has finished (none outlives it).
     public func close() async {
+        closed = true
         noticeTask?.cancel()
         keyFetch?.cancel()
         await connection.close()
+        await noticeTask?.value
+        await keyFetch?.value
     }
 
     // MARK: control plane
@@ -134,6 +139,7 @@ public actor UnibusClient {
     /// A signed control-plane call, retried once on another seed when the
     /// node is unreachable (not when it answered with an error).
     private func call(_ method: String, _ path: String, json: Any? = nil) async throws -> [String: Any] {
+        guard !closed else { throw ClientError.closed }
         let body = try json.map { [UInt8](try JSONSerialization.data(withJSONObject: $0)) } ?? []
         for attempt in 0..<2 {
             let session = try await controlSession(refresh: attempt > 0)

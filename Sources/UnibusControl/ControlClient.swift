@@ -95,10 +95,13 @@ public final class ControlClient: Sendable {
         var buffer = channel.allocator.buffer(capacity: body.count)
         buffer.writeBytes(body)
         channel.write(HTTPClientRequestPart.body(.byteBuffer(buffer)), promise: nil)
-        try await channel.writeAndFlush(HTTPClientRequestPart.end(nil)).get()
         do {
-            return try await collector.response.futureResult.get()
+            try await channel.writeAndFlush(HTTPClientRequestPart.end(nil)).get()
+            let response = try await collector.response.futureResult.get()
+            try? await channel.closeFuture.get()   // nothing of this request outlives it
+            return response
         } catch {
+            try? await channel.close()
             throw Failure(description: "the node at \(host):\(port) did not answer: \(error)")
         }
     }
@@ -110,27 +113,46 @@ private final class ResponseCollector: ChannelInboundHandler, @unchecked Sendabl
     private var status = 0
     private var body: [UInt8] = []
 
+    private var done = false
+    /// A response body larger than this is an error, not a memory sink.
+    static let maximumBody = 16 * 1024 * 1024
+
     init() {
         response = MultiThreadedEventLoopGroup.singleton.next().makePromise()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !done else { return }
         switch unwrapInboundIn(data) {
         case .head(let head): status = Int(head.status.code)
-        case .body(var chunk): body += chunk.readBytes(length: chunk.readableBytes) ?? []
+        case .body(var chunk):
+            guard body.count + chunk.readableBytes <= Self.maximumBody else {
+                finish(.failure(ControlClient.Failure(description: "the node's answer is larger than \(Self.maximumBody) bytes")))
+                context.close(promise: nil)
+                return
+            }
+            body += chunk.readBytes(length: chunk.readableBytes) ?? []
         case .end:
-            response.succeed(ControlClient.Response(status: status, body: body))
+            finish(.success(ControlClient.Response(status: status, body: body)))
             context.close(promise: nil)
         }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        response.fail(error)
+        finish(.failure(error))
         context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        response.fail(ControlClient.Failure(description: "connection closed before a response"))
+        // Closed before a whole answer arrived: fail rather than wait forever.
+        finish(.failure(ControlClient.Failure(description: "the connection closed before a complete answer")))
+        context.fireChannelInactive()
+    }
+
+    private func finish(_ result: Result<ControlClient.Response, Error>) {
+        guard !done else { return }
+        done = true
+        response.completeWith(result)
     }
 }
 

@@ -58,7 +58,9 @@ public final class ControlPlane: Sendable {
                                        "client_port": node.broker.port ?? 0,
                                        "membership": ["operations": node.membership.operationCount, "log_digest": node.membership.logDigest,
                                                       "state_digest": state.digest, "refused": node.membership.refusedOperations.count,
-                                                      "root": node.membership.rootAdmin ?? ""]]
+                                                      "root": node.membership.rootAdmin ?? "",
+                                                      "settings": ["allow_unencrypted_rooms": state.settings.allowUnencryptedRooms,
+                                                                   "max_rooms_per_user": state.settings.maxRoomsPerUser]]]
             if let cluster = node.broker.cluster {
                 body["cluster"] = ["name": cluster.configuration.name, "route_port": cluster.port ?? 0,
                                    "routes": cluster.peers.map { peer -> [String: Any] in

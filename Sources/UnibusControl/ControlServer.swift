@@ -1,7 +1,25 @@
+import Atomics
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+
+/// What one control-plane listener lets a client hold: an outsider can open
+/// sockets and send bytes slowly, and none of it may stop the node serving.
+public struct ControlServerLimits: Sendable {
+    /// Concurrent connections; more are closed at once (and counted).
+    public var maxConnections = 256
+    /// From accept (TLS handshake included), or from the end of the previous
+    /// answer on a kept-alive connection, to the end of a whole request:
+    /// slow or idle sockets are closed when it passes (slow-loris).
+    public var requestTimeout: TimeAmount = .seconds(10)
+    /// Request headers: total bytes, one field's bytes, and field count.
+    public var maxHeaderBytes = 16 * 1024
+    public var maxHeaderFieldBytes = 8 * 1024
+    public var maxHeaderFields = 64
+
+    public init() {}
+}
 
 /// The control plane over HTTP/1.1: TLS by default; plain HTTP only when
 /// the caller (unibusd) allows it, which it does on loopback in dev mode.
@@ -9,26 +27,46 @@ public final class ControlServer: Sendable {
     private let plane: ControlPlane
     private let group: EventLoopGroup
     private let tls: NIOSSLContext?
+    private let limits: ControlServerLimits
+    private let open = ManagedAtomic<Int>(0)
 
-    public init(plane: ControlPlane, group: EventLoopGroup, tls: NIOSSLContext?) {
+    public init(plane: ControlPlane, group: EventLoopGroup, tls: NIOSSLContext?, limits: ControlServerLimits = ControlServerLimits()) {
         self.plane = plane
         self.group = group
         self.tls = tls
+        self.limits = limits
     }
+
+    /// Connections open now.
+    public var openConnections: Int { open.load(ordering: .relaxed) }
 
     /// Binds and returns the channel (its port with port 0).
     public func start(host: String, port: Int) async throws -> Channel {
         let plane = self.plane
         let tls = self.tls
+        let limits = self.limits
+        let open = self.open
+        let statistics = plane.node.broker.statistics
+        var decoderLimits = NIOHTTPDecoderLimitConfiguration()
+        decoderLimits.maxHeaderListSize = limits.maxHeaderBytes
+        decoderLimits.maxHeaderFieldSize = limits.maxHeaderFieldBytes
+        decoderLimits.maxHeaderFieldCount = limits.maxHeaderFields
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(.backlog, value: 256)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                guard open.wrappingIncrementThenLoad(ordering: .relaxed) <= limits.maxConnections else {
+                    open.wrappingDecrement(ordering: .relaxed)
+                    statistics.controlConnectionsCut.wrappingIncrement(ordering: .relaxed)
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { _ in open.wrappingDecrement(ordering: .relaxed) }
+                return channel.eventLoop.makeCompletedFuture {
                     if let tls {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
                     }
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(ControlHTTPHandler(plane: plane))
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withEncoderConfiguration: .init(), withDecoderLimitConfiguration: decoderLimits)
+                    try channel.pipeline.syncOperations.addHandler(ControlHTTPHandler(plane: plane, requestTimeout: limits.requestTimeout))
                 }
             }
             .bind(host: host, port: port).get()
@@ -42,12 +80,35 @@ final class ControlHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let plane: ControlPlane
+    private let requestTimeout: TimeAmount
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var tooLarge = false
+    /// Closes the connection unless a whole request arrives in time.
+    private var deadline: Scheduled<Void>?
 
-    init(plane: ControlPlane) {
+    init(plane: ControlPlane, requestTimeout: TimeAmount) {
         self.plane = plane
+        self.requestTimeout = requestTimeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        armDeadline(context: context)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+    }
+
+    private func armDeadline(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        let channel = context.channel
+        let statistics = plane.node.broker.statistics
+        deadline = context.eventLoop.scheduleTask(in: requestTimeout) {
+            statistics.controlConnectionsCut.wrappingIncrement(ordering: .relaxed)
+            channel.close(promise: nil)
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -65,6 +126,9 @@ final class ControlHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
         case .end:
             guard let head else { return }
             self.head = nil
+            // A whole request arrived: no deadline while the node answers.
+            deadline?.cancel()
+            deadline = nil
             if tooLarge {
                 respond(context: context, head: head, response: .error(413, "request body over \(ControlPlane.maximumBody) bytes"))
                 return
@@ -99,6 +163,8 @@ final class ControlHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
         if !keepAlive {
             let channel = context.channel
             done.whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            armDeadline(context: context)   // the next request has the same time
         }
     }
 }

@@ -32,21 +32,43 @@ public enum SecretFileError: Error, Equatable, Sendable, CustomStringConvertible
 /// Reading and writing small files that hold secrets: mode 0600, atomic
 /// replacement, create-only without races, and a size cap on reading.
 public enum SecretFile {
-    /// Reads a regular file of at most `maximumSize` bytes that only its owner may access.
+    /// Reads a regular file of at most `maximumSize` bytes that only its owner
+    /// may access. The file is opened without following a symbolic link
+    /// (another user's link cannot point a node at a file of its choosing),
+    /// and every check is made on the opened file, not on the path again.
     public static func read(_ path: String, maximumSize: Int, missingHint: String) throws(SecretFileError) -> [UInt8] {
-        var info = stat()
-        guard stat(path, &info) == 0 else {
-            if errno == ENOENT { throw .missing(path: path, hint: missingHint) }
-            throw .io(path: path, reason: String(cString: strerror(errno)))
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else {
+            switch errno {
+            case ENOENT: throw .missing(path: path, hint: missingHint)
+            case ELOOP: throw .corrupt(path: path, reason: "it is a symbolic link; give the real file's path (links are not followed for secret files)")
+            default: throw .io(path: path, reason: String(cString: strerror(errno)))
+            }
         }
-        guard (info.st_mode & S_IFMT) == S_IFREG else { throw .corrupt(path: path, reason: "not a regular file") }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .io(path: path, reason: String(cString: strerror(errno))) }
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: break
+        case S_IFDIR: throw .corrupt(path: path, reason: "it is a directory; give the path of the file itself")
+        default: throw .corrupt(path: path, reason: "not a regular file")
+        }
         let mode = UInt16(info.st_mode & 0o777)
         guard mode & 0o077 == 0 else { throw .insecurePermissions(path: path, mode: mode) }
         guard info.st_size <= maximumSize else { throw .corrupt(path: path, reason: "larger than \(maximumSize) bytes") }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw .io(path: path, reason: "cannot read")
+        var bytes = [UInt8](repeating: 0, count: maximumSize + 1)
+        var count = 0
+        while count <= maximumSize {
+            let n = bytes.withUnsafeMutableBytes { Foundation.read(fd, $0.baseAddress! + count, maximumSize + 1 - count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .io(path: path, reason: String(cString: strerror(errno)))
+            }
+            if n == 0 { break }
+            count += n
         }
-        return [UInt8](data)
+        guard count <= maximumSize else { throw .corrupt(path: path, reason: "larger than \(maximumSize) bytes") }
+        return Array(bytes[..<count])
     }
 
     /// Writes `bytes` with mode 0600 through a temporary file in the same

@@ -73,9 +73,8 @@ public final class MembershipStore: @unchecked Sendable {
     /// migrates the schema, and replays the log, verifying every signature.
     /// A log with an operation that does not verify is an error naming it.
     public init(directory: String) throws(MembershipError) {
+        try Self.prepareDirectory(directory)
         do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
-                                                    attributes: [.posixPermissions: 0o700])
             database = try SQLiteDatabase(path: directory + "/" + Self.fileName)
             try Self.migrate(database)
         } catch let error as MembershipError {
@@ -84,6 +83,27 @@ public final class MembershipStore: @unchecked Sendable {
             throw .storage("\(error)")
         }
         try replay()
+    }
+
+    /// Creates the data directory 0700, or checks an existing one: a
+    /// directory that group or others can reach is refused with the command
+    /// that fixes it (the store and key files inside are the node's secrets).
+    static func prepareDirectory(_ directory: String) throws(MembershipError) {
+        var info = stat()
+        if lstat(directory, &info) != 0 {
+            guard errno == ENOENT else { throw .storage("cannot use the data directory \(directory): \(String(cString: strerror(errno)))") }
+            guard mkdir(directory, 0o700) == 0 || errno == EEXIST else {
+                throw .storage("cannot create the data directory \(directory): \(String(cString: strerror(errno)))")
+            }
+            guard lstat(directory, &info) == 0 else { throw .storage("cannot use the data directory \(directory)") }
+        }
+        guard info.st_mode & S_IFMT == S_IFDIR else {
+            throw .storage("\(directory) is not a directory (symbolic links are not followed); give the data directory itself")
+        }
+        let mode = info.st_mode & 0o777
+        guard mode & 0o077 == 0 else {
+            throw .storage("the data directory \(directory) is accessible to others (mode \(String(mode, radix: 8))); run `chmod 700 \(directory)`")
+        }
     }
 
     private static func migrate(_ database: SQLiteDatabase) throws {

@@ -17,6 +17,20 @@ final class SQLiteDatabase {
     /// committed transaction survives kill -9 and power loss.
     init(path: String) throws {
         self.path = path
+        // Create the file 0600 before SQLite opens it (its -wal and -shm
+        // files take the database file's mode): never readable by others,
+        // not even between creation and a chmod. Links are not followed.
+        let fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw DatabaseError(description: "cannot open database \(path): \(String(cString: strerror(errno)))"
+                                + (errno == ELOOP ? " (it is a symbolic link)" : ""))
+        }
+        var info = stat()
+        let statted = fstat(fd, &info) == 0
+        close(fd)
+        guard statted, info.st_mode & S_IFMT == S_IFREG, info.st_mode & 0o077 == 0 else {
+            throw DatabaseError(description: "database \(path) is not a regular file only its owner can read; run `chmod 600 \(path)`")
+        }
         var db: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX
         guard sqlite3_open_v2(path, &db, flags, nil) == SQLITE_OK, let db else {
@@ -25,7 +39,6 @@ final class SQLiteDatabase {
             throw DatabaseError(description: "cannot open database \(path): \(message)")
         }
         handle = db
-        chmod(path, 0o600)
         sqlite3_busy_timeout(db, 5000)
         try execute("PRAGMA journal_mode=WAL")
         try execute("PRAGMA synchronous=FULL")

@@ -7,9 +7,15 @@ import UnibusMembership
 ///
 /// Subjects a member may use:
 /// - each open room's subject and anything below it (`S`, `S.>`), both ways;
-/// - its own inbox `_INBOX.<nkey>.>` (subscribe) and any `_INBOX.>` (publish,
-///   to answer requests); clients use `_INBOX.<nkey>` as their inbox prefix;
+/// - its own inbox `_INBOX.<nkey>.>` (subscribe); clients use
+///   `_INBOX.<nkey>` as their inbox prefix;
+/// - the reply subject of a request delivered to it, once, within two
+///   minutes (nats-server's `allow_responses`): nobody may publish into
+///   another user's inbox otherwise, so replies cannot be forged;
 /// - its key-delivery subject `unibus.keys.<nkey>` (subscribe).
+///
+/// Room subjects never reach a reserved namespace (`ReservedNamespace`,
+/// enforced by the membership rules), so these grants cannot overlap.
 public struct MembershipAuthorizer: Authorizer {
     public let store: MembershipStore
 
@@ -29,13 +35,12 @@ public struct MembershipAuthorizer: Authorizer {
             roomSubjects.append(room.subject)
             roomSubjects.append(room.subject + ".>")
         }
-        let inbox = "_INBOX.\(userNKey).>"
+        let inbox = "\(ReservedNamespace.inbox).\(userNKey).>"
+        // An empty allow list means "everything": a user in no room may publish nothing but replies.
+        let publish = roomSubjects.isEmpty ? SubjectPermission(allow: [], deny: [">"]) : SubjectPermission(allow: roomSubjects)
         return Permissions(
-            publish: SubjectPermission(allow: roomSubjects + ["_INBOX.>"]),
-            subscribe: SubjectPermission(allow: roomSubjects + [inbox, keyDeliverySubject(for: userNKey)]))
+            publish: publish,
+            subscribe: SubjectPermission(allow: roomSubjects + [inbox, ReservedNamespace.keyDeliverySubject(for: userNKey)]),
+            responses: .standard)
     }
-
-    /// Where a user is told that key shares are waiting for it.
-    public static func keyDeliverySubject(for userNKey: String) -> String { keyDeliverySubjectPrefix + userNKey }
-    public static let keyDeliverySubjectPrefix = "unibus.keys."
 }

@@ -11,20 +11,18 @@ import UnibusMembership
 public final class Node: Sendable {
     public let broker: Broker
     public let membership: MembershipStore
-    /// Whether rooms without encryption may be created through this node.
-    /// Off by default for a node listening beyond loopback (see `unibusd
-    /// run --allow-unencrypted-rooms`).
-    public let allowsUnencryptedRooms: Bool
     private let replicator: Replicator?
     private let logger: @Sendable (String, [String: String]) -> Void
 
     /// Set the node up before `broker.start()`: with a cluster, the node
     /// replicates its membership log and key shares over the route links.
-    public init(broker: Broker, membership: MembershipStore, allowsUnencryptedRooms: Bool = true,
+    /// Whether unencrypted rooms may be created is not a node's choice: it
+    /// is the cluster-wide, admin-signed `ClusterSettings` in the log, which
+    /// every node folds alike (a per-node flag was bypassed by replication).
+    public init(broker: Broker, membership: MembershipStore,
                 log: @escaping @Sendable (String, [String: String]) -> Void = { _, _ in }) {
         self.broker = broker
         self.membership = membership
-        self.allowsUnencryptedRooms = allowsUnencryptedRooms
         self.logger = log
         if let cluster = broker.cluster {
             let replicator = Replicator()
@@ -47,9 +45,6 @@ public final class Node: Sendable {
     /// pushes it to the cluster, then brings open connections in line.
     @discardableResult
     public func apply(_ operation: SignedOperation) async throws(MembershipError) -> MembershipState {
-        if case .createRoom(_, _, let policy) = operation.envelope.operation, !policy.encrypt, !allowsUnencryptedRooms {
-            throw .unauthorized("this node does not allow unencrypted rooms (it listens beyond loopback); create the room with encryption")
-        }
         let before = membership.snapshot
         let state = try membership.append(operation, origin: broker.serverID)
         if let cluster = broker.cluster, let position = membership.position(of: operation.id) {
@@ -101,7 +96,7 @@ public final class Node: Sendable {
             let recipients = Set(before.members[room].map { Array($0.keys) } ?? []).union(after.members[room].map { Array($0.keys) } ?? [])
             let notice = Array("{\"event\":\"members\",\"kind\":\"\(kind)\",\"room\":\"\(room)\"}".utf8)
             for recipient in recipients.sorted() {
-                broker.publish(subject: MembershipAuthorizer.keyDeliverySubject(for: recipient), payload: notice)
+                broker.publish(subject: ReservedNamespace.keyDeliverySubject(for: recipient), payload: notice)
             }
         }
     }
@@ -128,7 +123,7 @@ public final class Node: Sendable {
     func notifyKeyShares(_ shares: [KeyShare]) {
         for share in shares {
             let notice = Replicator.frame(["room": share.room, "session_id": share.sessionID, "sender": share.sender])
-            broker.publish(subject: MembershipAuthorizer.keyDeliverySubject(for: share.recipient), payload: notice)
+            broker.publish(subject: ReservedNamespace.keyDeliverySubject(for: share.recipient), payload: notice)
         }
     }
 }

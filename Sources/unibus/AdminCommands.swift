@@ -218,3 +218,42 @@ struct RoomCommand: AsyncParsableCommand {
         }
     }
 }
+
+struct ClusterCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cluster", abstract: "Cluster-wide settings, signed by an admin into the membership log.",
+                                                    subcommands: [Settings.self])
+
+    struct Settings: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show the cluster-wide settings, or change them (admins only; every node and client folds the same values).")
+        @OptionGroup var options: NodeOptions
+        @Option(name: .long, help: "true or false: whether rooms without end-to-end encryption may be created (default false).")
+        var allowUnencryptedRooms: Bool?
+        @Option(name: .long, help: "Open rooms one non-admin user may own (1 to 100000; default 100).")
+        var maxRoomsPerUser: Int?
+
+        func run() async throws {
+            let session = try await NodeSession.open(options)
+            let node = try await session.get("/v1/node")
+            let current = ((node["membership"] as? [String: Any])?["settings"] as? [String: Any]) ?? [:]
+            var settings = ClusterSettings.standard
+            if let value = current["allow_unencrypted_rooms"] as? Bool { settings.allowUnencryptedRooms = value }
+            if let value = (current["max_rooms_per_user"] as? NSNumber)?.intValue { settings.maxRoomsPerUser = value }
+            guard allowUnencryptedRooms != nil || maxRoomsPerUser != nil else {
+                if options.json { try printJSON(current) } else {
+                    print("allow_unencrypted_rooms: \(settings.allowUnencryptedRooms)\nmax_rooms_per_user: \(settings.maxRoomsPerUser)")
+                }
+                return
+            }
+            if let allowUnencryptedRooms { settings.allowUnencryptedRooms = allowUnencryptedRooms }
+            if let maxRoomsPerUser {
+                guard ClusterSettings.maxRoomsPerUserRange.contains(maxRoomsPerUser) else {
+                    throw ValidationError("--max-rooms-per-user must be 1 to \(ClusterSettings.maxRoomsPerUserRange.upperBound)")
+                }
+                settings.maxRoomsPerUser = maxRoomsPerUser
+            }
+            let result = try await session.submit(.setClusterSettings(settings: settings))
+            if options.json { try printJSON(result) } else { print("cluster settings changed (operation \(result["id"] as? String ?? "?"))") }
+        }
+    }
+}

@@ -71,7 +71,7 @@ struct CheckCommand: AsyncParsableCommand {
             // A loop at a high rate would rotate every 1,000 messages by default;
             // the ephemeral room rotates every 100,000 so the loop measures the bus.
             let policy = mode == .loop ? RoomPolicy(rotateAfterMessages: 100_000) : RoomPolicy()
-            try await client.createRoom(id: room, subject: "unibus.check.\(suffix)", policy: policy)
+            try await client.createRoom(id: room, subject: "check.\(suffix)", policy: policy)
             if let subscriberIdentity {
                 let identity = try loadIdentity(subscriberIdentity)
                 var configuration = UnibusClient.Configuration(identity: identity, dataPlane: subscriberServer.isEmpty ? peer.server : subscriberServer,
@@ -97,15 +97,18 @@ struct CheckCommand: AsyncParsableCommand {
                 await tally.received(number)
             }
         }
-        defer { receiver.cancel() }
         let outcome: Result<Void, CLIError>
         switch mode {
         case .golden: outcome = await golden(client, reader: reader, room: room, tally: tally)
         case .loop: outcome = await loop(client, reader: reader, room: room, tally: tally)
         }
         _ = try? await client.archiveRoom(room)   // the room was ephemeral
+        // Everything ends before the command returns: exit runs global
+        // destructors, and a thread still working then can crash the process.
         await client.close()
         if reader !== client { await reader.close() }
+        receiver.cancel()
+        await receiver.value
         try outcome.get()
     }
 
@@ -142,7 +145,6 @@ struct CheckCommand: AsyncParsableCommand {
         let publisherEvents = client.connection.events(), readerEvents = reader.connection.events()
         let watchers = [Task { for await event in publisherEvents { await watcher.saw(event, publisher: true) } },
                         Task { for await event in readerEvents { await watcher.saw(event, publisher: false) } }]
-        defer { for task in watchers { task.cancel() } }
         let started = Date()
         var sent = 0, failedPublishes = 0, lastStatus = "ok"
         var firstFailure: String?
@@ -201,6 +203,10 @@ struct CheckCommand: AsyncParsableCommand {
             }
         }
         summary += " rejected: \(format(await reader.rejections))"
+        for task in watchers {
+            task.cancel()
+            await task.value
+        }
         print(summary)
         if let firstFailure { print("check loop: first failed publish: \(firstFailure)") }
         guard received > 0 else { return .failure(CLIError("nothing was received")) }
@@ -314,7 +320,25 @@ struct DemoCommand: AsyncParsableCommand {
             do { return (try await UnibusClient.connect(configuration), identity) } catch { throw CLIError("\(error)") }
         }
         let (alice, aliceIdentity) = try await connect(self.alice, "demo-alice")
-        let (bob, bobIdentity) = try await connect(self.bob, "demo-bob")
+        let bob: UnibusClient, bobIdentity: Identity
+        do { (bob, bobIdentity) = try await connect(self.bob, "demo-bob") } catch {
+            await alice.close()
+            throw error
+        }
+        var tap: NATSConnection?
+        do {
+            try await converse(alice: alice, aliceIdentity: aliceIdentity, bob: bob, bobIdentity: bobIdentity, tap: &tap)
+        } catch {
+            // Close everything on the error path too, before the process exits.
+            await tap?.close()
+            await alice.close()
+            await bob.close()
+            throw error
+        }
+    }
+
+    private func converse(alice: UnibusClient, aliceIdentity: Identity, bob: UnibusClient, bobIdentity: Identity,
+                          tap tapSlot: inout NATSConnection?) async throws {
         let suffix = randomSuffix()
         let room = "demo-\(suffix)", subject = "demo.\(suffix)"
         try await alice.createRoom(id: room, subject: subject)
@@ -324,6 +348,7 @@ struct DemoCommand: AsyncParsableCommand {
 
         // A stock NATS subscription on the room's subject (Bob's credentials, no keys used).
         let tap = try NATSConnection(options: .init(seeds: [try Endpoint(parsing: server)], identity: bobIdentity, caPath: ca))
+        tapSlot = tap
         try await tap.connect()
         let wire = try tap.subscribe(subject)
         try await tap.flush()

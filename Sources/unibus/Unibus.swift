@@ -1,14 +1,30 @@
 import ArgumentParser
 import UnibusCrypto
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#else
+@preconcurrency import Darwin
+#endif
+
+/// Entry point: standard output is line-buffered, so every line (a loop's
+/// live status, a summary) reaches a pipe or file as it is printed, and
+/// SIGPIPE is ignored (a closed pipe is an error to report, not a kill).
+@main
+struct UnibusMain {
+    static func main() async {
+        setvbuf(stdout, nil, _IOLBF, 0)
+        signal(SIGPIPE, SIG_IGN)
+        await Unibus.main()
+    }
+}
 
 /// The Unibus admin and operator CLI.
-@main
 struct Unibus: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "unibus",
         abstract: "Administer and debug a Unibus message bus.",
         version: UnibusVersion.current,
-        subcommands: [UserCommand.self, RoomCommand.self, IdentityCommand.self, CheckCommand.self, DemoCommand.self, DebugCommand.self]
+        subcommands: [UserCommand.self, RoomCommand.self, ClusterCommand.self, IdentityCommand.self, CheckCommand.self, DemoCommand.self, DebugCommand.self]
     )
 }
 

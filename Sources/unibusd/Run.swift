@@ -58,9 +58,6 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .long, help: "Allow plain TCP on a non-loopback address (insecure; for isolated test networks only).")
     var allowPlaintext = false
 
-    @Flag(name: .long, help: "Allow rooms without encryption although the node listens beyond loopback (on loopback they are always allowed).")
-    var allowUnencryptedRooms = false
-
     @Option(name: .long, help: "Event loop threads (0 = half the cores, at least one).")
     var threads = 0
 
@@ -181,8 +178,7 @@ struct Run: AsyncParsableCommand {
         }
         var node: Node?
         if let membership {
-            let loopback = Self.isLoopback(configuration.host)
-            node = Node(broker: broker, membership: membership, allowsUnencryptedRooms: loopback || allowUnencryptedRooms, log: log)
+            node = Node(broker: broker, membership: membership, log: log)
         }
         let bound = try await broker.start()
         if let node {
@@ -309,8 +305,16 @@ func log(_ message: String, _ fields: [String: String]) {
     var object: [String: String] = fields
     object["msg"] = message
     object["ts"] = ISO8601DateFormatter().string(from: Date())
-    if let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) {
-        FileHandle.standardError.write(data + Data("\n".utf8))
+    guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
+    // write(2), not FileHandle: a closed or full stderr is a dropped line,
+    // never a trap (FileHandle.write raises on EPIPE).
+    let line = [UInt8](data) + [UInt8(ascii: "\n")]
+    line.withUnsafeBytes { raw in
+        var offset = 0
+        while offset < raw.count {
+            let written = write(2, raw.baseAddress! + offset, raw.count - offset)
+            if written > 0 { offset += written } else if written < 0 && errno == EINTR { continue } else { return }
+        }
     }
 }
 

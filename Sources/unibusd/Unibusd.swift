@@ -1,9 +1,27 @@
 import ArgumentParser
 import UnibusCrypto
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#else
+@preconcurrency import Darwin
+#endif
 
-/// The Unibus node. Today: the embedded NATS-protocol broker (`run`, the
-/// default) and a crypto self-check; membership and the control plane follow.
+/// Entry point: SIGPIPE is ignored before anything starts (a closed stderr
+/// pipe must not kill the node; a failed log write drops the line), and
+/// standard output is line-buffered.
 @main
+struct UnibusdMain {
+    static func main() async {
+        signal(SIGPIPE, SIG_IGN)
+        // Every file the node creates (stores, identities, spools) is its own.
+        umask(0o077)
+        setvbuf(stdout, nil, _IOLBF, 0)
+        await Unibusd.main()
+    }
+}
+
+/// The Unibus node: the embedded NATS-protocol broker with membership and
+/// the control plane (`run`, the default), bootstrap and a crypto self-check.
 struct Unibusd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "unibusd",

@@ -35,12 +35,16 @@ final class TestNode: @unchecked Sendable {
         for (user, handle) in [(alice, "alice"), (bob, "bob"), (carol, "carol")] {
             try store.append(.sign(addUserOperation(user, handle: handle), by: admin))
         }
-        (broker, node, control) = try await Self.start(store: store, port: 0, controlPort: 0, allowsUnencryptedRooms: allowsUnencryptedRooms)
+        if allowsUnencryptedRooms {
+            // A cluster-wide, admin-signed setting in the log (off by default).
+            try store.append(.sign(.setClusterSettings(settings: ClusterSettings(allowUnencryptedRooms: true, maxRoomsPerUser: 100)), by: admin))
+        }
+        (broker, node, control) = try await Self.start(store: store, port: 0, controlPort: 0)
         port = broker.port ?? 0
         controlPort = control.localAddress?.port ?? 0
     }
 
-    private static func start(store: MembershipStore, port: Int, controlPort: Int, allowsUnencryptedRooms: Bool) async throws -> (Broker, Node, Channel) {
+    private static func start(store: MembershipStore, port: Int, controlPort: Int) async throws -> (Broker, Node, Channel) {
         var configuration = BrokerConfiguration()
         configuration.host = "127.0.0.1"
         configuration.port = port
@@ -48,7 +52,7 @@ final class TestNode: @unchecked Sendable {
         configuration.authorizer = Node.authorizer(for: store)
         let broker = Broker(configuration: configuration)
         try await broker.start()
-        let node = Node(broker: broker, membership: store, allowsUnencryptedRooms: allowsUnencryptedRooms)
+        let node = Node(broker: broker, membership: store)
         let control = try await ControlServer(plane: ControlPlane(node: node), group: broker.group, tls: nil)
             .start(host: "127.0.0.1", port: controlPort)
         return (broker, node, control)
@@ -67,8 +71,7 @@ final class TestNode: @unchecked Sendable {
         await broker.shutdown()
         try await Task.sleep(for: downFor)
         try await whileDown()
-        (broker, node, control) = try await Self.start(store: store, port: port, controlPort: controlPort,
-                                                       allowsUnencryptedRooms: node.allowsUnencryptedRooms)
+        (broker, node, control) = try await Self.start(store: store, port: port, controlPort: controlPort)
     }
 
     func stop() async {
