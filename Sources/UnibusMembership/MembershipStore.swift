@@ -92,6 +92,10 @@ public final class MembershipStore: @unchecked Sendable {
         var info = stat()
         if lstat(directory, &info) != 0 {
             guard errno == ENOENT else { throw .storage("cannot use the data directory \(directory): \(String(cString: strerror(errno)))") }
+            let parent = (directory as NSString).deletingLastPathComponent
+            if !parent.isEmpty {
+                try? FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            }
             guard mkdir(directory, 0o700) == 0 || errno == EEXIST else {
                 throw .storage("cannot create the data directory \(directory): \(String(cString: strerror(errno)))")
             }

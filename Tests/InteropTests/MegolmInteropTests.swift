@@ -21,7 +21,10 @@ struct MegolmInteropTests {
         let reply = try Peer.python(["op": "decrypt", "lib": library, "session_key": sessionKey,
                                      "messages": order.map { messages[$0] }])
         #expect(reply["session_id"] as? String == outbound.sessionID)
-        for (result, index) in zip(try results(reply), order) {
+        // zip stops at the shorter side: a short reply must fail, not pass unchecked.
+        let decrypted = try results(reply)
+        try #require(decrypted.count == order.count, "\(decrypted)")
+        for (result, index) in zip(decrypted, order) {
             #expect(result["index"] as? Int == index, "\(result)")
             #expect(result["plaintext"] as? String == base64(Array(plaintexts[index].utf8)))
         }
@@ -34,7 +37,8 @@ struct MegolmInteropTests {
         let key = try MegolmSessionKey(base64: try #require(reply["session_key"] as? String))
         var inbound = MegolmInboundSession(sessionKey: key)
         let messages = try #require(reply["messages"] as? [[String: Any]])
-        #expect(messages.count == Set(keep).count)
+        // keep has a duplicate for olm (count - 1 == 1000): one message per distinct index, in order.
+        #expect(messages.compactMap { $0["index"] as? Int } == Set(keep).sorted(), "\(messages.count) messages")
         for entry in messages.reversed() + messages.shuffled() {
             let decrypted = try inbound.decrypt(try MegolmMessage(base64: try #require(entry["message"] as? String)))
             #expect(Int(decrypted.index) == entry["index"] as? Int)
@@ -60,7 +64,10 @@ struct MegolmInteropTests {
         }
         let reply = try Peer.python(["op": "decrypt", "lib": library, "session_key": key.base64,
                                      "messages": messages.reversed() + messages])
-        for (result, target) in zip(try results(reply), targets.reversed() + targets) {
+        let expected = targets.reversed() + targets
+        let decrypted = try results(reply)
+        try #require(decrypted.count == expected.count, "\(decrypted)")
+        for (result, target) in zip(decrypted, expected) {
             #expect(result["index"] as? Int == Int(target), "\(result)")
             #expect(result["plaintext"] as? String == base64(Array("at \(target)".utf8)))
         }
@@ -91,6 +98,7 @@ struct MegolmInteropTests {
         let reply = try Peer.python(["op": "decrypt", "lib": library, "exported": export.base64,
                                      "messages": Array(messages[1...])])
         let verdicts = try results(reply)
+        try #require(verdicts.count == 4, "one verdict per message: \(verdicts)")
         #expect(verdicts[0]["error"] as? String == "unknown-index", "\(verdicts[0])")
         for (offset, result) in verdicts.dropFirst().enumerated() {
             #expect(result["index"] as? Int == offset + 2)
@@ -98,7 +106,9 @@ struct MegolmInteropTests {
         // Theirs to ours: their export at 3 decrypts their messages 3 and 4, not 2.
         let theirs = try Peer.python(["op": "encrypt", "lib": library, "count": 5, "export_at": 3])
         var imported = MegolmInboundSession(exportedSessionKey: try MegolmExportedSessionKey(base64: try #require(theirs["export"] as? String)))
-        for entry in try #require(theirs["messages"] as? [[String: Any]]) {
+        let entries = try #require(theirs["messages"] as? [[String: Any]])
+        #expect(entries.compactMap { $0["index"] as? Int } == Array(0..<5), "\(entries)")
+        for entry in entries {
             let message = try MegolmMessage(base64: try #require(entry["message"] as? String))
             let index = try #require(entry["index"] as? Int)
             if index < 3 {
@@ -137,7 +147,9 @@ struct MegolmInteropTests {
             }
         }
         let reply = try Peer.python(["op": "decrypt", "lib": library, "session_key": key.base64, "messages": tampered])
-        for ((name, _), (result, verdict)) in zip(damage, zip(try results(reply), ours)) {
+        let theirs = try results(reply)
+        try #require(theirs.count == damage.count, "one verdict per tampered message: \(theirs)")
+        for ((name, _), (result, verdict)) in zip(damage, zip(theirs, ours)) {
             #expect(result["error"] as? String == verdict, "\(name): \(library) said \(result), Unibus said \(verdict)")
         }
     }
@@ -170,6 +182,7 @@ struct MegolmCLIInteropTests {
         let reply = try Peer.python(["op": "encrypt", "lib": "vodozemac", "count": 3, "export_at": 1])
         let key = try #require(reply["session_key"] as? String)
         let messages = try #require(reply["messages"] as? [[String: Any]]).compactMap { $0["message"] as? String }
+        try #require(messages.count == 3, "\(reply)")
         var tampered = Array(messages[1].utf8)
         tampered[20] = tampered[20] == UInt8(ascii: "A") ? UInt8(ascii: "B") : UInt8(ascii: "A")
         let input = [messages[2], messages[0], String(decoding: tampered, as: UTF8.self), "%%%"].joined(separator: "\n") + "\n"

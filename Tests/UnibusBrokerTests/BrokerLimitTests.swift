@@ -211,3 +211,141 @@ struct BrokerAuthenticationTests {
         #expect(BrokerConnection.decodeSignature("short") == nil)
     }
 }
+
+/// Attacks on the broker from a raw socket: each asserts the refusal, that
+/// the attacker got nothing, and that the broker still serves.
+@Suite("Broker under attack", .serialized)
+struct BrokerAttackTests {
+    private func connect(_ client: RawClient, as identity: Identity) throws {
+        let info = client.read(until: "\r\n")
+        let found = UnibusTestSupport.nonce(fromInfo: info)
+        let nonce = try #require(found)
+        let sig = Base64.encode(identity.sign(Array(nonce.utf8)), alphabet: .url)
+        client.clear()
+        client.send("CONNECT {\"verbose\":false,\"nkey\":\"\(identity.userNKey)\",\"sig\":\"\(sig)\"}\r\nPING\r\n")
+        #expect(client.read(until: "PONG").contains("PONG"))
+        client.clear()
+    }
+
+    private func stillServes(_ port: Int, as identity: Identity) throws {
+        let probe = try RawClient(port: port)
+        try connect(probe, as: identity)
+        probe.send("SUB alive 1\r\nPUB alive 2\r\nok\r\nPING\r\n")
+        #expect(probe.read(until: "PONG").contains("MSG alive 1 2\r\nok\r\n"))
+    }
+
+    /// A second CONNECT never switches identity: the connection is closed.
+    @Test func aSecondConnectCloses() async throws {
+        let member = Identity(), other = Identity()
+        let allowlist = StaticAllowlist(users: [member.userNKey: .everything, other.userNKey: .everything])
+        try await withBroker({ $0.authorizer = allowlist }) { broker, port in
+            let client = try RawClient(port: port)
+            try connect(client, as: member)
+            client.send("CONNECT {\"verbose\":false,\"nkey\":\"\(other.userNKey)\",\"sig\":\"AAAA\"}\r\nPING\r\n")
+            #expect(client.read(until: "Violation").contains("-ERR 'Authorization Violation'"))
+            client.read(timeout: 0.5)
+            #expect(client.closedByServer)
+            try stillServes(port, as: member)
+        }
+    }
+
+    /// Before CONNECT a socket may hold a few KiB, never a max_payload PUB.
+    @Test func unauthenticatedBytesAreBounded() async throws {
+        let member = Identity()
+        let allowlist = StaticAllowlist(users: [member.userNKey: .everything])
+        try await withBroker({ $0.authorizer = allowlist; $0.maxPreAuthBytes = 4096 }) { broker, port in
+            let client = try RawClient(port: port)
+            client.read(until: "\r\n")
+            client.send("PUB x 100000\r\n" + String(repeating: "y", count: 20_000))
+            #expect(client.read(until: "Violation").contains("-ERR 'Authorization Violation'"))
+            client.read(timeout: 0.5)
+            #expect(client.closedByServer)
+            #expect(broker.statistics.authorizationFailuresByReason[.noCredentials]?.load(ordering: .relaxed) == 1)
+            try stillServes(port, as: member)
+        }
+    }
+
+    /// Deny rules hold at delivery: `a.b.*` allowed by `a.>` does not get
+    /// `a.b.c` when `a.*.c` is denied (the subscription itself is allowed).
+    @Test func denyRulesHoldAtDelivery() async throws {
+        let reader = Identity(), writer = Identity()
+        let allowlist = StaticAllowlist(users: [reader.userNKey: Permissions(subscribe: SubjectPermission(allow: ["a.>"], deny: ["a.*.c"])),
+                                                writer.userNKey: .everything])
+        try await withBroker({ $0.authorizer = allowlist }) { _, port in
+            let subscriber = try RawClient(port: port)
+            try connect(subscriber, as: reader)
+            subscriber.send("SUB a.b.* 1\r\nSUB a.> 2\r\nPING\r\n")
+            #expect(!subscriber.read(until: "PONG").contains("-ERR"))
+            subscriber.clear()
+            let publisher = try RawClient(port: port)
+            try connect(publisher, as: writer)
+            publisher.send("PUB a.b.c 6\r\nsecret\r\nPUB a.b.d 4\r\nopen\r\nPING\r\n")
+            publisher.read(until: "PONG")
+            subscriber.send("PING\r\n")
+            let got = subscriber.read(until: "PONG")
+            #expect(!got.contains("secret"), "\(got)")
+            #expect(got.contains("MSG a.b.d 1 4\r\nopen\r\n"))
+            #expect(got.contains("MSG a.b.d 2 4\r\nopen\r\n"))
+        }
+    }
+
+    /// allow_responses: a user may answer a request it received, once; it may
+    /// not publish into another user's inbox otherwise.
+    @Test func repliesAreAllowedOnceAndOnlyToRequestsReceived() async throws {
+        let requester = Identity(), responder = Identity()
+        let allowlist = StaticAllowlist(users: [
+            requester.userNKey: Permissions(publish: SubjectPermission(allow: ["svc"]), subscribe: SubjectPermission(allow: ["_INBOX.r.>"])),
+            responder.userNKey: Permissions(publish: SubjectPermission(allow: ["nothing"]), subscribe: SubjectPermission(allow: ["svc"]),
+                                            responses: .standard),
+        ])
+        try await withBroker({ $0.authorizer = allowlist }) { _, port in
+            let server = try RawClient(port: port)
+            try connect(server, as: responder)
+            server.send("SUB svc 1\r\nPUB _INBOX.r.1 6\r\nforged\r\nPING\r\n")
+            #expect(server.read(until: "PONG").contains("-ERR 'Permissions Violation for Publish to \"_INBOX.r.1\"'"))
+            server.clear()
+            let client = try RawClient(port: port)
+            try connect(client, as: requester)
+            client.send("SUB _INBOX.r.> 9\r\nPUB svc _INBOX.r.2 3\r\nask\r\nPING\r\n")
+            client.read(until: "PONG")
+            #expect(server.read(until: "ask").contains("MSG svc 1 _INBOX.r.2 3"))
+            server.clear()
+            server.send("PUB _INBOX.r.2 6\r\nanswer\r\nPUB _INBOX.r.2 5\r\nagain\r\nPING\r\n")
+            #expect(server.read(until: "PONG").contains("-ERR 'Permissions Violation for Publish to \"_INBOX.r.2\"'"))
+            client.clear()
+            client.send("PING\r\n")
+            let replies = client.read(until: "PONG")
+            #expect(replies.contains("answer"))
+            #expect(!replies.contains("again"))
+            #expect(!replies.contains("forged"))
+        }
+    }
+
+    /// Every connection object is released after close: 1,000 connect/close
+    /// cycles (half failing authentication) leave none alive.
+    @Test func closedConnectionsAreReleased() async throws {
+        let member = Identity()
+        let allowlist = StaticAllowlist(users: [member.userNKey: .everything])
+        try await withBroker({ $0.authorizer = allowlist }) { broker, port in
+            for cycle in 0..<1000 {
+                let client = try RawClient(port: port)
+                let info = client.read(until: "\r\n")
+                if cycle % 2 == 0, let nonce = UnibusTestSupport.nonce(fromInfo: info) {
+                    let sig = Base64.encode(member.sign(Array(nonce.utf8)), alphabet: .url)
+                    client.send("CONNECT {\"verbose\":false,\"nkey\":\"\(member.userNKey)\",\"sig\":\"\(sig)\"}\r\nSUB x 1\r\nPING\r\n")
+                    client.read(until: "PONG")
+                } else {
+                    client.send("CONNECT {\"verbose\":false,\"nkey\":\"\(member.userNKey)\",\"sig\":\"AAAA\"}\r\n")
+                    client.read(until: "Violation")
+                }
+                // The client's socket closes as it goes out of scope.
+            }
+            let deadline = Date().addingTimeInterval(10)
+            while broker.statistics.liveConnectionObjects.load(ordering: .relaxed) > 0 && Date() < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(broker.statistics.liveConnectionObjects.load(ordering: .relaxed) == 0)
+            #expect(broker.connectionCount == 0)
+        }
+    }
+}

@@ -11,12 +11,33 @@ struct SubjectIndexTests {
         #expect(!permission.permits(subject: "payments.new"))
         #expect(permission.permits(filter: "orders.*"))
         #expect(permission.permits(filter: "orders.eu.>"))
-        #expect(!permission.permits(filter: "orders.>"), "covers a denied filter")
+        // As nats-server: a filter that contains a denied one is allowed and
+        // the denied part is filtered at delivery; one a deny covers is refused.
+        #expect(permission.permits(filter: "orders.>"))
+        #expect(permission.denied(within: "orders.>") == ["orders.secret.>"])
+        #expect(!permission.permits(filter: "orders.secret.>"))
+        #expect(!permission.permits(filter: "orders.secret.x"))
         #expect(!permission.permits(filter: ">"))
         #expect(!permission.permits(filter: "*.new"))
         #expect(SubjectPermission.everything.permits(filter: ">"))
         #expect(SubjectPermission.filter("a.*", covers: "a.b"))
         #expect(!SubjectPermission.filter("a.b", covers: "a.*"))
         #expect(SubjectPermission.filter("a.>", covers: "a.*.c"))
+    }
+
+    /// A subscription that only partly overlaps a deny rule is allowed, and
+    /// the overlap is checked at delivery (`a.b.*` allowed by `a.>` must not
+    /// receive `a.b.c` when `a.*.c` is denied).
+    @Test func partialOverlapsAreFilteredAtDelivery() {
+        let permission = SubjectPermission(allow: ["a.>"], deny: ["a.*.c"])
+        #expect(permission.permits(filter: "a.b.*"))
+        #expect(permission.denied(within: "a.b.*") == ["a.*.c"])
+        #expect(permission.denied(within: "a.b.d") == [])
+        #expect(permission.denied(within: "x.>") == [])
+        #expect(SubjectPermission.intersect("a.b.*", "a.*.c"))
+        #expect(SubjectPermission.intersect(">", "a"))
+        #expect(!SubjectPermission.intersect("a.b", "a.b.c"))
+        #expect(!SubjectPermission.intersect("a.*", "b.*"))
+        #expect(SubjectPermission.intersect("a.*.>", "a.b.c.d"))
     }
 }

@@ -91,8 +91,65 @@ struct MembershipStateTests {
         #expect(throws: MembershipError.self) { try state.apply(.sign(.createRoom(id: "w", subject: "rooms.*", policy: RoomPolicy()), by: alice)) }
         #expect(throws: MembershipError.self) { try state.apply(.sign(.createRoom(id: "bad id", subject: "rooms.x", policy: RoomPolicy()), by: alice)) }
         try state.apply(.sign(.createRoom(id: "a", subject: "rooms.a", policy: RoomPolicy()), by: alice))
-        #expect(throws: MembershipError.conflict("subject rooms.a belongs to another room")) {
+        #expect(throws: MembershipError.conflict("subject rooms.a overlaps room a's subject rooms.a (one may not equal or lie under the other)")) {
             try state.apply(.sign(.createRoom(id: "b", subject: "rooms.a", policy: RoomPolicy()), by: bob))
+        }
+    }
+
+    /// No room reaches a reserved namespace or another open room's subject,
+    /// either way round (`rooms` and `rooms.a` conflict; `roomsx` does not).
+    @Test(arguments: ["unibus", "unibus.keys", "unibus.keys.UABC", "_INBOX", "_INBOX.x", "$SYS", "$SYS.REQ", "$JS.API", "$anything",
+                      "rooms", "rooms.a.sub", "rooms.a"])
+    func reservedAndOverlappingSubjectsAreRefused(_ subject: String) throws {
+        var state = try bootstrapped()
+        try state.apply(.sign(.createRoom(id: "a", subject: "rooms.a", policy: RoomPolicy()), by: alice))
+        let before = state
+        #expect(throws: MembershipError.self) { try state.apply(.sign(.createRoom(id: "evil", subject: subject, policy: RoomPolicy()), by: bob)) }
+        #expect(state == before)
+    }
+
+    @Test func neighbouringSubjectsAndArchivedRoomsDoNotConflict() throws {
+        var state = try bootstrapped()
+        try state.apply(.sign(.createRoom(id: "a", subject: "rooms.a", policy: RoomPolicy()), by: alice))
+        try state.apply(.sign(.createRoom(id: "ax", subject: "rooms.ax", policy: RoomPolicy()), by: alice))
+        try state.apply(.sign(.createRoom(id: "x", subject: "roomsx", policy: RoomPolicy()), by: alice))
+        try state.apply(.sign(.createRoom(id: "u", subject: "unibusx", policy: RoomPolicy()), by: alice))
+        try state.apply(.sign(.archiveRoom(id: "a"), by: alice))
+        try state.apply(.sign(.createRoom(id: "a2", subject: "rooms.a.sub", policy: RoomPolicy()), by: bob))
+    }
+
+    /// Values clients multiply into milliseconds are bounded by the rules.
+    @Test func policyRangesAreEnforced() throws {
+        var state = try bootstrapped()
+        for policy in [RoomPolicy(rotateAfterMessages: 0), RoomPolicy(rotateAfterMessages: Int.max), RoomPolicy(rotateAfterSeconds: -1),
+                       RoomPolicy(rotateAfterSeconds: Int.max), RoomPolicy(frameWindowSeconds: 0), RoomPolicy(frameWindowSeconds: Int.max / 1000 + 1),
+                       RoomPolicy(frameWindowSeconds: Int.max)] {
+            #expect(throws: MembershipError.self) { try state.apply(.sign(.createRoom(id: "p", subject: "rooms.p", policy: policy), by: alice)) }
+        }
+        try state.apply(.sign(.createRoom(id: "p", subject: "rooms.p", policy: RoomPolicy(rotateAfterSeconds: 366 * 24 * 3600,
+                                                                                          frameWindowSeconds: 7 * 24 * 3600)), by: alice))
+    }
+
+    /// Unencrypted rooms and the rooms-per-user limit are cluster-wide
+    /// settings an admin signs into the log, applied by the fold itself.
+    @Test func clusterSettingsDecideUnencryptedRoomsAndRoomLimits() throws {
+        var state = try bootstrapped()
+        #expect(throws: MembershipError.self) {
+            try state.apply(.sign(.createRoom(id: "plain", subject: "rooms.plain", policy: RoomPolicy(encrypt: false)), by: alice))
+        }
+        #expect(throws: MembershipError.self) {
+            try state.apply(.sign(.setClusterSettings(settings: ClusterSettings(allowUnencryptedRooms: true, maxRoomsPerUser: 2)), by: alice))
+        }
+        try state.apply(.sign(.setClusterSettings(settings: ClusterSettings(allowUnencryptedRooms: true, maxRoomsPerUser: 2)), by: admin))
+        try state.apply(.sign(.createRoom(id: "plain", subject: "rooms.plain", policy: RoomPolicy(encrypt: false)), by: alice))
+        try state.apply(.sign(.createRoom(id: "two", subject: "rooms.two", policy: RoomPolicy()), by: alice))
+        #expect(throws: MembershipError.self) { try state.apply(.sign(.createRoom(id: "three", subject: "rooms.three", policy: RoomPolicy()), by: alice)) }
+        try state.apply(.sign(.archiveRoom(id: "two"), by: alice))
+        try state.apply(.sign(.createRoom(id: "three", subject: "rooms.three", policy: RoomPolicy()), by: alice))
+        // Admins are not limited.
+        for index in 0..<3 { try state.apply(.sign(.createRoom(id: "admin\(index)", subject: "admin.\(index)", policy: RoomPolicy()), by: admin)) }
+        #expect(throws: MembershipError.self) {
+            try state.apply(.sign(.setClusterSettings(settings: ClusterSettings(allowUnencryptedRooms: true, maxRoomsPerUser: 0)), by: admin))
         }
     }
 

@@ -88,11 +88,26 @@ struct ReplicatedLogTests {
         #expect(try b.merge(entries[1].operation, at: entries[1].position) == .known)
     }
 
+    /// A position beyond the bound ahead of local time (a peer sending clock
+    /// UInt64.max once made every node trap on its next append) is refused,
+    /// never stored, and counted; the store keeps appending.
+    @Test(arguments: [UInt64.max, UInt64.max - 1, (UInt64(1) << 63), (UInt64(Date().timeIntervalSince1970 * 1000) + 3_600_000) << 16])
+    func positionsFarAheadAreRefused(_ clock: UInt64) throws {
+        let a = try store("a")
+        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: "NA")
+        let addAlice = SignedOperation.sign(add(alice, "alice"), by: admin)
+        #expect(throws: MembershipError.self) { try a.merge(addAlice, at: LogPosition(clock: clock, origin: "NB", id: addAlice.id)) }
+        #expect(a.position(of: addAlice.id) == nil)
+        #expect(a.refusedFuturePositions == 1)
+        try a.append(.sign(add(bob, "bob"), by: admin), origin: "NA")
+        #expect(a.operationCount == 2)
+    }
+
     @Test func localOperationsSortAfterEverythingSeen() throws {
         let a = try store("a"), b = try store("b")
         try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: "NA")
-        // A peer whose clock runs an hour ahead accepted the next operation.
-        let ahead = LogPosition(clock: (UInt64(Date().timeIntervalSince1970 * 1000) + 3_600_000) << 16, origin: "NB", id: "")
+        // A peer whose clock runs four minutes ahead (inside the bound) accepted the next operation.
+        let ahead = LogPosition(clock: (UInt64(Date().timeIntervalSince1970 * 1000) + 240_000) << 16, origin: "NB", id: "")
         let addAlice = SignedOperation.sign(add(alice, "alice"), by: admin)
         _ = try a.merge(addAlice, at: LogPosition(clock: ahead.clock, origin: "NB", id: addAlice.id))
         // What this node accepts next depends on it, and must sort after it.
