@@ -78,7 +78,8 @@ let package = Package(
         // Assembly of a node: broker + membership, permissions derived live.
         .target(
             name: "UnibusNode",
-            dependencies: ["UnibusBroker", "UnibusMembership", "UnibusCrypto"]
+            dependencies: ["UnibusBroker", "UnibusMembership", "UnibusCrypto",
+                           .product(name: "Atomics", package: "swift-atomics")]
         ),
         // The HTTPS control plane: signed requests, health, metrics, admin API.
         .target(

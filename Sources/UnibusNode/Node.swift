@@ -1,3 +1,5 @@
+import Atomics
+import Foundation
 import NIOConcurrencyHelpers
 import UnibusBroker
 import UnibusCrypto
@@ -11,6 +13,8 @@ import UnibusMembership
 public final class Node: Sendable {
     public let broker: Broker
     public let membership: MembershipStore
+    /// Replication frames (and key shares in them) refused from route peers.
+    public let refusedReplicationFrames = ManagedAtomic<Int>(0)
     private let replicator: Replicator?
     private let logger: @Sendable (String, [String: String]) -> Void
 
@@ -122,8 +126,27 @@ public final class Node: Sendable {
     /// Tells each recipient connected here that a share is waiting (no key material).
     func notifyKeyShares(_ shares: [KeyShare]) {
         for share in shares {
-            let notice = Replicator.frame(["room": share.room, "session_id": share.sessionID, "sender": share.sender])
+            let notice = KeyShareNotice(room: share.room, sessionID: share.sessionID, sender: share.sender).encoded
             broker.publish(subject: ReservedNamespace.keyDeliverySubject(for: share.recipient), payload: notice)
         }
+    }
+}
+
+/// What a recipient is told on its key-delivery subject when a share waits
+/// for it (no key material).
+struct KeyShareNotice: Codable {
+    var room: String
+    var sessionID: String
+    var sender: String
+
+    enum CodingKeys: String, CodingKey {
+        case room, sender
+        case sessionID = "session_id"
+    }
+
+    var encoded: [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? [UInt8](encoder.encode(self))) ?? []
     }
 }

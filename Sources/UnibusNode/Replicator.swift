@@ -42,27 +42,16 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
 
     // MARK: frames
 
-    static func frame(_ object: [String: Any]) -> [UInt8] {
-        (try? [UInt8](JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))) ?? []
-    }
-
     static func operationFrame(_ operation: SignedOperation, at position: LogPosition) -> [UInt8] {
-        frame(["t": "op", "bytes": Base64.encode(operation.bytes), "signature": Base64.encode(operation.signature),
-               "clock": String(position.clock), "origin": position.origin])
+        ReplicationFrame.operation(operation, position).encoded
     }
 
     static func sharesFrame(_ shares: [KeyShare], acked: String? = nil) -> [UInt8] {
-        frame(["t": "shares", "shares": shares.map { share in
-            var object: [String: Any] = ["id": share.id, "room": share.room, "sender": share.sender, "recipient": share.recipient,
-                                         "session_id": share.sessionID, "sealed": Base64.encode(share.sealed),
-                                         "signature": Base64.encode(share.signature), "created": share.created]
-            if let acked { object["acked"] = acked }
-            return object
-        }])
+        ReplicationFrame.shares(shares.map { ReplicatedShare(share: $0, acked: acked) }).encoded
     }
 
     static func acksFrame(_ ids: [String], at timestamp: String) -> [UInt8] {
-        frame(["t": "acks", "ids": ids, "at": timestamp])
+        ReplicationFrame.acks(ids: ids, at: timestamp).encoded
     }
 
     // MARK: ClusterDelegate
@@ -70,15 +59,16 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
     func routeActivated(_ link: RouteLink) async {
         guard let node else { return }
         let store = node.membership
-        link.send(Self.frame(["t": "sync", "count": store.operationCount, "digest": store.logDigest]))
+        link.send(ReplicationFrame.sync(count: store.operationCount, digest: store.logDigest).encoded)
+        try? store.pruneAcknowledgedKeyShares()
         guard let (pending, acknowledged) = try? store.keySharesForSync() else { return }
-        var start = 0
-        while start < pending.count {
-            let end = min(start + 500, pending.count)
-            link.send(Self.sharesFrame(Array(pending[start..<end])))
-            start = end
+        for start in stride(from: 0, to: pending.count, by: ReplicationFrame.maximumShares) {
+            link.send(Self.sharesFrame(Array(pending[start..<min(start + ReplicationFrame.maximumShares, pending.count)])))
         }
-        if !acknowledged.isEmpty { link.send(Self.acksFrame(acknowledged, at: ControlTime.now())) }
+        let now = ControlTime.now()
+        for start in stride(from: 0, to: acknowledged.count, by: ReplicationFrame.maximumIDs) {
+            link.send(Self.acksFrame(Array(acknowledged[start..<min(start + ReplicationFrame.maximumIDs, acknowledged.count)]), at: now))
+        }
     }
 
     func routeClosed(_ peer: RouteInfo) async {
@@ -86,39 +76,36 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
     }
 
     func received(_ data: ByteBuffer, from link: RouteLink) async {
-        guard let node, let object = try? JSONSerialization.jsonObject(with: Data(data.readableBytesView)) as? [String: Any],
-              let type = object["t"] as? String else {
-            node?.log("replication frame not understood", ["peer": link.peer.serverID])
+        guard let node else { return }
+        let frame: ReplicationFrame
+        do {
+            frame = try ReplicationFrame(decoding: data.readableBytesView)
+        } catch {
+            node.refusedReplicationFrames.wrappingIncrement(ordering: .relaxed)
+            node.log("replication frame refused", ["peer": link.peer.serverID, "error": "\(error)"])
             return
         }
-        switch type {
-        case "sync":
-            let count = (object["count"] as? NSNumber)?.intValue ?? -1
-            let digest = object["digest"] as? String ?? ""
+        switch frame {
+        case .sync(let count, let digest):
             let store = node.membership
             guard count != store.operationCount || digest != store.logDigest else { return }
             let entries = store.logEntries()
             var start = 0
             repeat {
-                let end = min(start + Self.haveChunk, entries.count)
-                let items = entries[start..<end].map { "\($0.position.id) \($0.position.clock) \($0.position.origin)" }
-                link.send(Self.frame(["t": "have", "entries": items, "last": end == entries.count]))
+                let end = min(start + ReplicationFrame.maximumPositions, entries.count)
+                link.send(ReplicationFrame.have(positions: entries[start..<end].map(\.position), last: end == entries.count).encoded)
                 start = end
             } while start < entries.count
-        case "have":
-            var announced: [String: LogPosition] = [:]
-            for item in object["entries"] as? [String] ?? [] {
-                let parts = item.split(separator: " ", omittingEmptySubsequences: false)
-                guard parts.count == 3, let clock = UInt64(parts[1]) else { continue }
-                announced[String(parts[0])] = LogPosition(clock: clock, origin: String(parts[2]), id: String(parts[0]))
-            }
+        case .have(let positions, let last):
             let complete: [String: LogPosition]? = lock.withLock {
-                incoming[link.peer.serverID, default: [:]].merge(announced) { $1 }
-                if incoming[link.peer.serverID, default: [:]].count > Self.maximumAnnounced {
+                var held = incoming[link.peer.serverID, default: [:]]
+                for position in positions { held[position.id] = position }
+                if held.count > Self.maximumAnnounced {
                     incoming[link.peer.serverID] = nil
                     return nil
                 }
-                guard object["last"] as? Bool == true else { return nil }
+                incoming[link.peer.serverID] = held
+                guard last else { return nil }
                 return incoming.removeValue(forKey: link.peer.serverID)
             }
             guard let theirs = complete else { return }
@@ -127,45 +114,24 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
                 if let held = theirs[entry.position.id], held <= entry.position { continue }
                 link.send(Self.operationFrame(entry.operation, at: entry.position))
             }
-        case "op":
-            guard let bytes = (object["bytes"] as? String).flatMap({ try? Base64.decode($0) }),
-                  let signature = (object["signature"] as? String).flatMap({ try? Base64.decode($0) }),
-                  let clock = (object["clock"] as? String).flatMap({ UInt64($0) }),
-                  let origin = object["origin"] as? String else {
-                node.log("replicated operation not understood", ["peer": link.peer.serverID])
-                return
+        case .operation(let operation, let position):
+            if await node.merge(operation, at: position) {
+                // Relay once: a node that reaches a peer this link's node cannot.
+                node.broker.cluster?.broadcast(Self.operationFrame(operation, at: position), except: link)
             }
-            do {
-                let operation = try SignedOperation(bytes: bytes, signature: signature)
-                let position = LogPosition(clock: clock, origin: origin, id: operation.id)
-                if await node.merge(operation, at: position) {
-                    // Relay once: a node that reaches a peer this link's node cannot.
-                    node.broker.cluster?.broadcast(Self.operationFrame(operation, at: position), except: link)
-                }
-            } catch {
-                node.log("replicated operation refused", ["peer": link.peer.serverID, "error": "\(error)"])
-            }
-        case "shares":
-            for object in object["shares"] as? [[String: Any]] ?? [] {
-                guard let id = object["id"] as? String, let room = object["room"] as? String, let sender = object["sender"] as? String,
-                      let recipient = object["recipient"] as? String, let session = object["session_id"] as? String,
-                      let sealed = (object["sealed"] as? String).flatMap({ try? Base64.decode($0) }),
-                      let signature = (object["signature"] as? String).flatMap({ try? Base64.decode($0) }) else { continue }
-                let share = KeyShare(id: id, room: room, sender: sender, recipient: recipient, sessionID: session, sealed: sealed,
-                                     signature: signature, created: object["created"] as? String ?? "")
+        case .shares(let shares):
+            for item in shares {
                 do {
-                    if try node.membership.storeReplicatedKeyShare(share, acked: object["acked"] as? String), object["acked"] == nil {
-                        node.notifyKeyShares([share])
+                    if try node.membership.storeReplicatedKeyShare(item.share, acked: item.acked), item.acked == nil {
+                        node.notifyKeyShares([item.share])
                     }
                 } catch {
+                    node.refusedReplicationFrames.wrappingIncrement(ordering: .relaxed)
                     node.log("replicated key share refused", ["peer": link.peer.serverID, "error": "\(error)"])
                 }
             }
-        case "acks":
-            let ids = object["ids"] as? [String] ?? []
-            try? node.membership.acknowledgeReplicatedKeyShares(ids, at: object["at"] as? String ?? ControlTime.now())
-        default:
-            node.log("unknown replication frame", ["peer": link.peer.serverID, "type": type])
+        case .acks(let ids, let at):
+            try? node.membership.acknowledgeReplicatedKeyShares(ids, at: at.isEmpty ? ControlTime.now() : at)
         }
     }
 }

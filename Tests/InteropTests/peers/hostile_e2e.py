@@ -1,0 +1,940 @@
+#!/usr/bin/env python3
+"""Attacks on one real unibusd process (loopback, dev mode: plain client TCP,
+plain HTTP control plane, plaintext routes), each followed by proof that the
+node still serves (GET /healthz and a fresh authenticated nats-py round trip
+in a room) and that the attacker got nothing.
+
+    hostile_e2e.py BIN_DIR      (holding unibusd and unibus)
+
+1. control-plane header attacks (timestamps, nonces, signatures, header and
+   body sizes);  2. slow-loris on the control port;  3. reserved namespaces
+   and room overlaps, key-notice snooping;  4. room policy ranges and
+   unencrypted rooms, with operations built and signed here;  5. broker:
+   second CONNECT, pre-auth PUB, SUB flood, inbox forgery, reply-once;
+   6. route peer impersonation, RS+ flood, far-future RDATA clock;
+   7. connection churn.
+
+Prints one line per check and "N passed, N failed"; exit 1 on failure,
+3 when a Python peer library is missing.
+"""
+import asyncio
+import base64
+import concurrent.futures
+import datetime
+import hashlib
+import http.client as httpclient
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from servers import free_port, wait_for  # noqa: E402
+
+try:
+    import nats
+    import nkeys
+    import nacl.signing  # noqa: F401  (nkeys needs it; named so a missing one exits 3)
+except ImportError as error:
+    sys.stderr.write(f"interop peer missing: {error}; pip install nats-py nkeys pynacl\n")
+    sys.exit(3)
+
+BIN = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.getcwd(), ".build", "debug")
+HOST = "127.0.0.1"
+results = []
+
+
+def check(name, condition, detail=""):
+    results.append(bool(condition))
+    print(("ok   " if condition else "FAIL ") + name + ("" if condition else f": {str(detail)[:1500]}"), flush=True)
+
+
+def b64(data):
+    """Canonical unpadded standard base64 (what Base64.decode accepts)."""
+    return base64.b64encode(data).decode().rstrip("=")
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def binary(name):
+    """The binary's path; waits a little while it is being rebuilt."""
+    path = os.path.join(BIN, name)
+    deadline = time.time() + 240
+    while not os.access(path, os.X_OK) and time.time() < deadline:
+        time.sleep(2)
+    return path
+
+
+def cli(*args):
+    run = subprocess.run([binary("unibus"), *args], capture_output=True, text=True, timeout=30)
+    return run.returncode, run.stdout + run.stderr
+
+
+def server_keypair():
+    """A fresh server nkey pair ("N…") made here."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_SERVER)
+    pair = nkeys.from_seed(bytearray(seed))
+    return pair, pair.public_key.decode()
+
+
+# ---------------------------------------------------------------- HTTP helpers
+
+class Node:
+    def __init__(self):
+        self.client = self.control = self.route = 0
+        self.process = None
+        self.node_id = ""
+        self.root = ""
+        self.log = ""
+
+    @property
+    def url(self):
+        return f"http://{HOST}:{self.control}"
+
+
+NODE = Node()
+
+
+def http(method, path, headers=None, body=None, timeout=5):
+    """(status, body text); (None, reason) when the node closed without answering."""
+    connection = httpclient.HTTPConnection(HOST, NODE.control, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    except (OSError, httpclient.HTTPException) as error:
+        return None, f"{type(error).__name__}: {error}"
+    finally:
+        connection.close()
+
+
+def signed_headers(method, path, body, seed, timestamp=None, nonce=None, node_id=None):
+    timestamp = str(int(time.time())) if timestamp is None else timestamp
+    nonce = nonce if nonce is not None else b64url(os.urandom(16))
+    canonical = f"UNIBUS-REQUEST-1\n{method}\n{path}\n{hashlib.sha256(body).hexdigest()}\n{timestamp}\n{nonce}\n{node_id or NODE.node_id}"
+    pair = nkeys.from_seed(seed.encode())
+    return {"unibus-key": pair.public_key.decode(), "unibus-timestamp": timestamp, "unibus-nonce": nonce,
+            "unibus-signature": b64url(pair.sign(canonical.encode()))}
+
+
+def signed_request(method, path, body, seed, **overrides):
+    headers = signed_headers(method, path, body, seed, **{k: v for k, v in overrides.items() if k in ("timestamp", "nonce")})
+    for key, value in overrides.items():
+        if key.startswith("unibus-"):
+            headers[key] = value
+    if method == "POST":
+        headers["content-type"] = "application/json"
+    return http(method, path, headers=headers, body=body if method == "POST" else None)
+
+
+def raw_http(data, timeout=5, read_limit=1 << 20):
+    """Sends raw bytes to the control port; (status or None, whole answer, closed by the node)."""
+    sock = socket.create_connection((HOST, NODE.control), timeout=timeout)
+    answer = b""
+    closed = False
+    try:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass
+        deadline = time.time() + timeout
+        while time.time() < deadline and len(answer) < read_limit:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            except OSError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            answer += chunk
+            if b"\r\n\r\n" in answer:
+                head, _, rest = answer.partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+                if length and len(rest) >= int(length.group(1)):
+                    break
+    finally:
+        sock.close()
+    match = re.match(rb"HTTP/1\.[01] (\d{3})", answer)
+    return (int(match.group(1)) if match else None), answer.decode(errors="replace"), closed
+
+
+def error_only(body):
+    """The body is a JSON object holding nothing but an error message."""
+    try:
+        return list(json.loads(body).keys()) == ["error"]
+    except ValueError:
+        return False
+
+
+def metric(name):
+    status, text = http("GET", "/metrics")
+    if status != 200:
+        return None
+    match = re.search(rf"^{re.escape(name)} (\d+)$", text, re.M)
+    return int(match.group(1)) if match else None
+
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+    except (OSError, AttributeError):
+        return -1
+
+
+# ---------------------------------------------------------------- NATS helpers
+
+def raw_nats(seed=None, bad_signature=False, timeout=3):
+    """A raw client socket: INFO read, and (with a seed) CONNECT sent with the
+    nonce signed by that seed, then PING. Returns (socket, info, answer so far)."""
+    sock = socket.create_connection((HOST, NODE.client), timeout=timeout)
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed before INFO")
+        data += chunk
+    line, _, rest = data.partition(b"\r\n")
+    info = json.loads(line[5:])
+    if seed is None:
+        return sock, info, rest
+    pair = nkeys.from_seed(seed.encode())
+    message = info["nonce"].encode() + (b"x" if bad_signature else b"")
+    connect = {"verbose": False, "pedantic": False, "nkey": pair.public_key.decode(), "sig": b64url(pair.sign(message)),
+               "name": "hostile", "protocol": 1}
+    sock.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+    return sock, info, rest
+
+
+def read_until(sock, predicate, timeout=3.0, initial=b""):
+    """Reads until predicate(data) or close or timeout; returns (data, closed)."""
+    data = initial
+    deadline = time.time() + timeout
+    closed = False
+    while not predicate(data) and time.time() < deadline:
+        sock.settimeout(max(0.01, deadline - time.time()))
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            break
+        except OSError:
+            closed = True
+            break
+        if not chunk:
+            closed = True
+            break
+        data += chunk
+    return data, closed
+
+
+def read_to_close(sock, timeout=3.0, initial=b""):
+    return read_until(sock, lambda _: False, timeout, initial)
+
+
+async def nats_connect(person, **options):
+    options.setdefault("allow_reconnect", False)
+    options.setdefault("max_reconnect_attempts", 0)
+    options.setdefault("connect_timeout", 3)
+    return await nats.connect(f"nats://{HOST}:{NODE.client}", nkeys_seed_str=person["seed"],
+                              inbox_prefix=f"_INBOX.{person['nkey']}".encode(), **options)
+
+
+class Errors:
+    """An error_cb that remembers the texts."""
+
+    def __init__(self):
+        self.texts = []
+
+    async def __call__(self, error):
+        self.texts.append(str(error))
+
+    def has(self, text):
+        return any(text in t for t in self.texts)
+
+
+PEOPLE = {}
+
+
+async def serves(label):
+    """(b): /healthz on a new connection and an authenticated nats-py round trip in a room."""
+    status, body = None, ""
+    deadline = time.time() + 3
+    while time.time() < deadline:
+        status, body = http("GET", "/healthz", timeout=2)
+        if status == 200:
+            break
+        await asyncio.sleep(0.1)
+    ok_http = status == 200 and json.loads(body).get("status") == "ok"
+    trip = None
+    try:
+        nc = await nats_connect(PEOPLE["alice"])
+        try:
+            subject = f"rooms.ops.health.{os.urandom(4).hex()}"
+            sub = await nc.subscribe(subject)
+            await nc.publish(subject, label.encode())
+            trip = (await sub.next_msg(timeout=3)).data
+        finally:
+            await nc.close()
+    except Exception as error:  # noqa: BLE001
+        trip = f"{type(error).__name__}: {error}"
+    alive = NODE.process.poll() is None
+    check(f"{label}: the node still serves (healthz 200, NATS round trip)", alive and ok_http and trip == label.encode(),
+          f"process alive={alive} healthz={status} {body[:100]!r} round trip={trip!r}")
+
+
+# ---------------------------------------------------------------- operations signed here
+
+def signed_operation(person, operation, nonce=None):
+    """An operation envelope as SignedOperation.sign makes it (sorted keys),
+    signed with the actor's Ed25519 key: {"bytes", "signature"} for POST /v1/operations."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    envelope = {"actor": person["nkey"], "nonce": nonce or b64(os.urandom(12)), "operation": operation,
+                "timestamp": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z", "version": 1}
+    data = json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
+    signature = nkeys.from_seed(person["seed"].encode()).sign(data)
+    return data, signature
+
+
+def create_room_op(room_id, subject, **policy):
+    full = {"encrypt": True, "sign": True, "compress": False, "persist": False, "rotateAfterMessages": 1000,
+            "rotateAfterSeconds": 7 * 24 * 3600, "frameWindowSeconds": 300}
+    full.update(policy)
+    return {"createRoom": {"id": room_id, "policy": full, "subject": subject}}
+
+
+def submit(person, operation, signer=None):
+    data, signature = signed_operation(person, operation)
+    if signer is not None:
+        signature = nkeys.from_seed(signer["seed"].encode()).sign(data)
+    body = json.dumps({"bytes": b64(data), "signature": b64(signature)}).encode()
+    return signed_request("POST", "/v1/operations", body, (signer or person)["seed"])
+
+
+def room_ids():
+    status, body = signed_request("GET", "/v1/rooms", b"", PEOPLE["admin"]["seed"])
+    return {room["id"]: room for room in json.loads(body)["rooms"]} if status == 200 else {}
+
+
+# ---------------------------------------------------------------- 1. control-plane headers
+
+async def header_attacks():
+    admin = PEOPLE["admin"]
+    mallory = PEOPLE["mallory"]
+    for stamp in ("-9223372036854775808", "9223372036854775807", "99999999999999999999", "1e9", "", "999999999999"):
+        status, body = signed_request("GET", "/v1/users", b"", mallory["seed"], timestamp=stamp)
+        refused = status == 401 and error_only(body) and (
+            "missing or malformed unibus-timestamp header" in body or "away from the node's clock" in body)
+        check(f"unibus-timestamp {stamp!r} is refused (401, timestamp/skew error, no data)", refused, f"{status} {body[:200]}")
+    status, body = signed_request("GET", "/v1/users", b"", admin["seed"], nonce="n" * 65)
+    check("a 65-byte nonce is refused (401 naming unibus-nonce)", status == 401 and "unibus-nonce" in body and error_only(body),
+          f"{status} {body[:200]}")
+    status, body = signed_request("GET", "/v1/users", b"", admin["seed"], nonce="abc$def+ghi/jkl=mno")
+    check("a non-base64url nonce is refused (401 naming unibus-nonce)", status == 401 and "unibus-nonce" in body and error_only(body),
+          f"{status} {body[:200]}")
+    status, body = signed_request("GET", "/v1/users", b"", admin["seed"], **{"unibus-signature": "A" * 5000})
+    check("a 5 KB signature is refused (401 naming unibus-signature)", status == 401 and "unibus-signature" in body and error_only(body),
+          f"{status} {body[:200]}")
+    status, body = signed_request("GET", "/v1/users", b"", admin["seed"], **{"unibus-signature": "A" * 10240})
+    check("a 10 KB signature is refused (401)", status == 401 and error_only(body), f"{status} {body[:200]}")
+    status, body = signed_request("GET", "/v1/users", b"", admin["seed"], **{"unibus-key": "U" + "A" * 10000})
+    check("a 10 KB unibus-key is refused (4xx, no data)", status is not None and 400 <= status < 500 and "exchange_key" not in body,
+          f"{status} {body[:200]}")
+
+    # Header sizes: total over 16 KiB, one field over 8 KiB, more than 64 fields.
+    filler = "".join(f"x-filler-{i}: {'f' * 1000}\r\n" for i in range(20)).encode()
+    status, answer, closed = raw_http(b"GET /v1/users HTTP/1.1\r\nHost: x\r\n" + filler + b"\r\n")
+    check("request headers over 16 KiB: answered 4xx or closed", (status is not None and 400 <= status < 500) or (status is None and closed),
+          f"{status} closed={closed} {answer[:200]!r}")
+    status, answer, closed = raw_http(b"GET /healthz HTTP/1.1\r\nHost: x\r\nx-big: " + b"b" * 9000 + b"\r\n\r\n")
+    check("one header field over 8 KiB: answered 4xx or closed", (status is not None and 400 <= status < 500) or (status is None and closed),
+          f"{status} closed={closed} {answer[:200]!r}")
+    many = "".join(f"x-h{i}: v\r\n" for i in range(100)).encode()
+    status, answer, closed = raw_http(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+    check("100 header fields: answered 4xx or closed", (status is not None and 400 <= status < 500) or (status is None and closed),
+          f"{status} closed={closed} {answer[:200]!r}")
+    huge = b"{" + b" " * 70000 + b"}"
+    status, body = http("POST", "/v1/operations", headers={"content-type": "application/json"}, body=huge)
+    check("an unsigned 70 KB body is refused (413)", status == 413 and error_only(body), f"{status} {body[:200]}")
+    status, body = signed_request("POST", "/v1/operations", huge, admin["seed"])
+    check("a signed 70 KB body is refused (413)", status == 413 and error_only(body), f"{status} {body[:200]}")
+    status, answer, closed = raw_http(b"POST /v1/operations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                      + b"".join(b"4000\r\n" + b"c" * 0x4000 + b"\r\n" for _ in range(6)) + b"0\r\n\r\n")
+    check("a chunked body over 64 KiB is refused (413)", status == 413, f"{status} closed={closed} {answer[:200]!r}")
+    await serves("after header attacks")
+
+
+# ---------------------------------------------------------------- 2. slow-loris
+
+async def slow_loris():
+    sockets = []
+    started = time.time()
+    for _ in range(300):
+        try:
+            sockets.append(socket.create_connection((HOST, NODE.control), timeout=2))
+        except OSError:
+            sockets.append(None)
+    trickling = [s for s in sockets[:20] if s is not None]
+    for s in trickling:
+        try:
+            s.sendall(b"GET /v1/users HTTP/1.1\r\nHost: x\r\nx-slow: ")
+        except OSError:
+            pass
+    await asyncio.sleep(1.0)
+
+    def gone(s):
+        if s is None:
+            return True
+        try:
+            s.setblocking(False)
+            data = s.recv(4096)
+            return data == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            try:
+                s.setblocking(True)
+            except OSError:
+                pass
+
+    early = sum(1 for s in sockets if gone(s))
+    check("slow-loris: connections over the cap of 256 are closed at once", early >= 300 - 256, f"{early} of 300 closed within 1 s")
+    stop = threading.Event()
+
+    def trickle():
+        while not stop.wait(0.7):
+            for s in trickling:
+                try:
+                    s.send(b"a")
+                except OSError:
+                    pass
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    trip = None
+    try:
+        nc = await nats_connect(PEOPLE["alice"])
+        sub = await nc.subscribe("rooms.ops.loris")
+        await nc.publish("rooms.ops.loris", b"still here")
+        trip = (await sub.next_msg(timeout=3)).data
+        await nc.close()
+    except Exception as error:  # noqa: BLE001
+        trip = f"{type(error).__name__}: {error}"
+    check("slow-loris: the NATS port serves while the control port is held", trip == b"still here", trip)
+    # The per-request deadline is 10 s from accept; trickled bytes must not extend it.
+    await asyncio.sleep(max(0.0, started + 11.5 - time.time()))
+    stop.set()
+    trickler.join()
+    open_after = [i for i, s in enumerate(sockets) if not gone(s)]
+    check("slow-loris: every idle or trickling socket is closed by the node after the 10 s deadline", not open_after,
+          f"{len(open_after)} still open, e.g. indexes {open_after[:10]} (trickling: 0-19)")
+    leaked = []
+    for s in sockets:
+        if s is None:
+            continue
+        try:
+            s.setblocking(False)
+            leaked.append(s.recv(65536))
+        except OSError:
+            pass
+        s.close()
+    check("slow-loris: the held sockets got no data (the trickled requests were never answered)",
+          not any(b"users" in d or b"HTTP/1.1 200" in d for d in leaked), [d[:100] for d in leaked if d][:3])
+    await serves("after slow-loris")
+
+
+# ---------------------------------------------------------------- 3. reserved namespaces
+
+async def reserved_namespaces():
+    mallory, bob, admin = PEOPLE["mallory"], PEOPLE["bob"], PEOPLE["admin"]
+    as_mallory = ["--node", NODE.url, "--identity", mallory["path"]]
+    for index, subject in enumerate(("unibus", "unibus.keys", "_INBOX", "_INBOX.x", "$SYS", "$JS.API", "$anything")):
+        code, out = cli("room", "create", *as_mallory, "--id", f"evil{index}", "--subject", subject)
+        check(f"a member cannot create a room on {subject!r} (reserved)", code != 0 and "reserved" in out, f"exit {code}: {out.strip()[:300]}")
+    for index, subject in enumerate(("rooms", "rooms.ops", "rooms.ops.sub")):
+        code, out = cli("room", "create", *as_mallory, "--id", f"overlap{index}", "--subject", subject)
+        check(f"a room on {subject!r} overlapping rooms.ops is refused", code != 0 and "overlaps" in out, f"exit {code}: {out.strip()[:300]}")
+    code, out = cli("room", "create", *as_mallory, "--id", "mallorys", "--subject", "roomsx")
+    check("a room on 'roomsx' (no overlap) is created", code == 0, out)
+    rooms = room_ids()
+    bad = [r for r in rooms if r.startswith("evil") or r.startswith("overlap")]
+    check("no refused room exists afterwards", not bad and "mallorys" in rooms, sorted(rooms))
+
+    errors, got = Errors(), []
+
+    async def collect(msg):
+        got.append((msg.subject, msg.data))
+    nc = await nats_connect(mallory, error_cb=errors)
+    wanted = ["unibus.keys.>", "_INBOX.>", f"unibus.keys.{bob['nkey']}", f"_INBOX.{bob['nkey']}.>", ">", "unibus.>", "$SYS.>"]
+    for subject in wanted:
+        await nc.subscribe(subject, cb=collect)
+    await nc.subscribe(f"unibus.keys.{mallory['nkey']}", cb=collect)   # her own: allowed
+    await nc.flush()
+    await asyncio.sleep(0.3)
+    for subject in wanted:
+        check(f"subscribing to {subject!r} is a permissions violation",
+              errors.has(f'Permissions Violation for Subscription to "{subject}"'), errors.texts)
+    check("the violations did not close mallory's connection", nc.is_connected, nc.last_error)
+
+    bob_notices = []
+
+    async def bob_cb(msg):
+        bob_notices.append(msg.data)
+    bob_nc = await nats_connect(bob)
+    await bob_nc.subscribe(f"unibus.keys.{bob['nkey']}", cb=bob_cb)
+    await bob_nc.flush()
+    as_admin = ["--node", NODE.url, "--identity", admin["path"]]
+    code, out = cli("room", "create", *as_admin, "--id", "hr", "--subject", "corp.hr")
+    code2, out2 = cli("room", "add-member", *as_admin, "--id", "hr", "--sign-pub", bob["nkey"])
+    deadline = time.time() + 3
+    while time.time() < deadline and not bob_notices:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    check("control: bob gets the key notice for his new room on unibus.keys.<bob>",
+          code == 0 and code2 == 0 and any(b'"room":"hr"' in n for n in bob_notices), f"{out} {out2} {bob_notices}")
+    check("mallory received no other user's key notice (nor anything else)", not got, got)
+    await nc.close()
+    await bob_nc.close()
+    await serves("after reserved-namespace attacks")
+
+
+# ---------------------------------------------------------------- 4. policy ranges
+
+async def policy_ranges():
+    mallory, admin = PEOPLE["mallory"], PEOPLE["admin"]
+    status, body = submit(mallory, create_room_op("pyok", "pyok.subject"))
+    check("control: a create-room operation built and signed here is accepted (200)", status == 200, f"{status} {body[:200]}")
+    cases = [("frame_window_seconds", {"frameWindowSeconds": 10 ** 12}),
+             ("frame_window_seconds", {"frameWindowSeconds": 9223372036854775807}),
+             ("frame_window_seconds", {"frameWindowSeconds": -1}),
+             ("rotate_after_seconds", {"rotateAfterSeconds": 9223372036854775807}),
+             ("rotate_after_seconds", {"rotateAfterSeconds": 10 ** 12}),
+             ("rotate_after_seconds", {"rotateAfterSeconds": 0}),
+             ("rotate_after_messages", {"rotateAfterMessages": 9223372036854775807})]
+    for index, (field, policy) in enumerate(cases):
+        status, body = submit(mallory, create_room_op(f"range{index}", f"range{index}.s", **policy))
+        check(f"policy {policy} is refused (400 naming {field})", status == 400 and field in body and error_only(body), f"{status} {body[:200]}")
+    # The actor named is the admin, the signature mallory's: a forged admin operation.
+    data, _ = signed_operation(admin, create_room_op("forged", "forged.s"))
+    forged = nkeys.from_seed(mallory["seed"].encode()).sign(data)
+    status, body = signed_request("POST", "/v1/operations", json.dumps({"bytes": b64(data), "signature": b64(forged)}).encode(),
+                                  mallory["seed"])
+    check("an operation naming the admin as actor but signed by a member is refused (401)", status == 401 and error_only(body),
+          f"{status} {body[:200]}")
+    status, body = submit(mallory, create_room_op("plain1", "plain1.s", encrypt=False))
+    check("an unencrypted room is refused by default (403)", status == 403 and "unencrypted" in body, f"{status} {body[:200]}")
+    rooms = room_ids()
+    check("none of the refused rooms exists", not any(r.startswith("range") or r in ("forged", "plain1") for r in rooms) and "pyok" in rooms,
+          sorted(rooms))
+    code, out = cli("cluster", "settings", "--node", NODE.url, "--identity", mallory["path"], "--allow-unencrypted-rooms", "true")
+    check("a member cannot allow unencrypted rooms", code != 0 and "only an admin" in out, f"exit {code}: {out.strip()[:300]}")
+    code, out = cli("cluster", "settings", "--node", NODE.url, "--identity", admin["path"], "--allow-unencrypted-rooms", "true")
+    check("an admin allows unencrypted rooms", code == 0, out)
+    status, body = submit(mallory, create_room_op("plain2", "plain2.s", encrypt=False))
+    check("then an unencrypted room is allowed (200)", status == 200, f"{status} {body[:200]}")
+    code, out = cli("cluster", "settings", "--node", NODE.url, "--identity", admin["path"], "--allow-unencrypted-rooms", "false")
+    check("the admin turns unencrypted rooms off again", code == 0, out)
+    await serves("after policy-range attacks")
+
+
+# ---------------------------------------------------------------- 5. broker
+
+async def broker_attacks():
+    alice, bob, mallory = PEOPLE["alice"], PEOPLE["bob"], PEOPLE["mallory"]
+
+    # A second CONNECT on an authenticated connection.
+    sock, _, rest = raw_nats(alice["seed"])
+    data, closed = read_until(sock, lambda d: b"PONG\r\n" in d or b"-ERR" in d, initial=rest)
+    authenticated = b"PONG\r\n" in data and b"-ERR" not in data
+    _, info, _ = raw_nats()   # a second INFO, for another valid signature
+    sock.sendall(b"CONNECT " + json.dumps({"verbose": False, "pedantic": False, "nkey": bob["nkey"],
+                                            "sig": b64url(nkeys.from_seed(bob["seed"].encode()).sign(info["nonce"].encode()))}).encode()
+                 + b"\r\nPING\r\n")
+    data, closed = read_to_close(sock)
+    sock.close()
+    check("a second CONNECT (identity switch) gets -ERR 'Authorization Violation' and is closed",
+          authenticated and b"-ERR 'Authorization Violation'" in data and closed and b"PONG" not in data, f"auth={authenticated} {data!r} closed={closed}")
+
+    # A large PUB before CONNECT: cut before the payload arrives.
+    sock, _, _ = raw_nats()
+    sock.sendall(b"PUB rooms.ops 100000\r\n")
+    sent, answer, closed, started = 0, b"", False, time.time()
+    while sent < 100000 and not closed and time.time() - started < 5:
+        try:
+            sock.sendall(b"p" * 4096)
+            sent += 4096
+        except OSError:
+            closed = True
+            break
+        time.sleep(0.02)
+        sock.setblocking(False)
+        try:
+            chunk = sock.recv(4096)
+            answer += chunk
+            closed = closed or chunk == b""
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed = True
+        sock.setblocking(True)
+    elapsed = time.time() - started
+    more, closed_later = read_to_close(sock, timeout=3, initial=answer)
+    sock.close()
+    check("a 100 KB PUB before CONNECT is cut with -ERR 'Authorization Violation' before its payload is read",
+          b"-ERR 'Authorization Violation'" in more and (closed or closed_later) and sent < 100000 and elapsed < 2,
+          f"sent {sent} payload bytes in {elapsed:.2f} s, got {more[:200]!r}")
+
+    # A SUB flood beyond 10,000 subscriptions on one connection.
+    sock, _, rest = raw_nats(alice["seed"])
+    data, _ = read_until(sock, lambda d: b"PONG\r\n" in d, initial=rest)
+    lines = b"".join(b"SUB rooms.ops.flood.%d %d\r\n" % (i, i) for i in range(10_010))
+    sock.sendall(lines + b"PING\r\n")
+    data, closed = read_until(sock, lambda d: d.count(b"PONG\r\n") >= 2, timeout=20, initial=data)
+    exceeded = data.count(b"-ERR 'maximum subscriptions exceeded'")
+    check("a SUB flood beyond 10,000 gets -ERR 'maximum subscriptions exceeded' (once per extra SUB)",
+          exceeded == 10, f"{exceeded} errors; closed={closed}; tail {data[-200:]!r}")
+    sock.close()
+
+    # Another user's inbox cannot be published to.
+    bob_errors, bob_got, mallory_errors = Errors(), [], Errors()
+
+    async def bob_cb(msg):
+        bob_got.append((msg.subject, msg.data))
+    bob_nc = await nats_connect(bob, error_cb=bob_errors)
+    await bob_nc.subscribe(f"_INBOX.{bob['nkey']}.>", cb=bob_cb)
+    await bob_nc.flush()
+    mallory_nc = await nats_connect(mallory, error_cb=mallory_errors)
+    forged = f"_INBOX.{bob['nkey']}.x"
+    await mallory_nc.publish(forged, b"forged reply")
+    await mallory_nc.flush()
+    await asyncio.sleep(0.3)
+    check("publishing into another user's inbox is a permissions violation",
+          mallory_errors.has(f'Permissions Violation for Publish to "{forged}"'), mallory_errors.texts)
+    check("the inbox owner received nothing", not bob_got, bob_got)
+    await mallory_nc.close()
+
+    # A reply to a delivered request works once.
+    alice_errors, alice_inbox = Errors(), []
+
+    async def responder(msg):
+        await msg.respond(b"one")
+        await bob_nc.publish(msg.reply, b"two")
+        await bob_nc.flush()
+    await bob_nc.subscribe("rooms.ops.svc", cb=responder)
+    await bob_nc.flush()
+    alice_nc = await nats_connect(alice, error_cb=alice_errors)
+
+    async def alice_cb(msg):
+        alice_inbox.append(msg.data)
+    await alice_nc.subscribe(f"_INBOX.{alice['nkey']}.>", cb=alice_cb)
+    await alice_nc.flush()
+    reply = None
+    try:
+        reply = (await alice_nc.request("rooms.ops.svc", b"ping", timeout=3)).data
+    except Exception as error:  # noqa: BLE001
+        reply = f"{type(error).__name__}: {error}"
+    await asyncio.sleep(0.5)
+    check("a reply to a delivered request is allowed", reply == b"one", reply)
+    check("a second publish to the same reply subject is a permissions violation",
+          any("Permissions Violation for Publish to \"_INBOX." + alice["nkey"] in t for t in bob_errors.texts), bob_errors.texts)
+    check("the requester got exactly one reply", alice_inbox == [b"one"], alice_inbox)
+    await alice_nc.close()
+    await bob_nc.close()
+    await serves("after broker attacks")
+
+
+# ---------------------------------------------------------------- 6. routes
+
+class RoutePeer:
+    """A raw plaintext route connection that claims `server_id`."""
+
+    def __init__(self):
+        self.sock = socket.create_connection((HOST, NODE.route), timeout=3)
+        data, _ = read_until(self.sock, lambda d: b"\r\n" in d)
+        line, _, self.rest = data.partition(b"\r\n")
+        if not line.startswith(b"INFO "):
+            raise ConnectionError(f"no route INFO: {data[:200]!r}")
+        self.info = json.loads(line[5:])
+
+    def hello(self, server_id, proof=None, pair=None, nonce=None):
+        nonce = nonce or b64url(os.urandom(18))
+        info = {"server_id": server_id, "cluster": self.info["cluster"], "root": self.info["root"], "name": "x", "nonce": nonce, "proto": 1}
+        if pair is not None:
+            message = f"UNIBUS-ROUTE-1\n{self.info['nonce']}\n{server_id}\n{self.info['server_id']}\n{self.info['cluster']}".encode()
+            proof = b64url(pair.sign(message))
+        self.sock.sendall(b"INFO " + json.dumps(info).encode() + b"\r\nAUTH " + json.dumps({"sig": proof}).encode() + b"\r\n")
+
+    def data_frame(self, obj):
+        payload = json.dumps(obj, sort_keys=True).encode()
+        self.sock.sendall(b"RDATA %d\r\n" % len(payload) + payload + b"\r\n")
+
+    def ping(self, timeout=10):
+        """PING, then read until PONG: a barrier (a data frame is handled before what follows it)."""
+        self.sock.sendall(b"PING\r\n")
+        data, closed = read_until(self.sock, lambda d: b"PONG\r\n" in d, timeout=timeout, initial=self.rest)
+        self.rest = b""
+        return data, closed
+
+    def close(self):
+        self.sock.close()
+
+
+def route_ids():
+    status, body = http("GET", "/v1/node")
+    return [r["node_id"] for r in json.loads(body).get("cluster", {}).get("routes", [])] if status == 200 else None
+
+
+async def route_attacks():
+    admin = PEOPLE["admin"]
+    opened = metric("unibus_routes_opened_total")
+
+    # An impersonator: a valid server nkey it does not hold, a garbage proof.
+    _, victim_id = server_keypair()
+    peer = RoutePeer()
+    check("the route INFO carries a nonce, the node id and the cluster root",
+          len(peer.info.get("nonce", "")) >= 16 and peer.info.get("server_id") == NODE.node_id and peer.info.get("root") == NODE.root, peer.info)
+    peer.hello(victim_id, proof=b64url(os.urandom(20)) + "!!garbage")
+    data, closed = read_to_close(peer.sock, initial=peer.rest)
+    peer.close()
+    text = data.decode(errors="replace")
+    check("an AUTH with a garbage proof gets -ERR (does not prove the node id) and is closed",
+          closed and re.search(r"-ERR '[^']*AUTH[^']*(prove|verify)", text) is not None, f"closed={closed} {text[:400]}")
+    check("the impersonator got no interest, messages or replication", not any(k in data for k in (b"RS+", b"RMSG", b"RDATA")), text[:400])
+
+    # A proof made with another key (valid Ed25519 signature, wrong signer).
+    other, _ = server_keypair()
+    peer = RoutePeer()
+    message = f"UNIBUS-ROUTE-1\n{peer.info['nonce']}\n{victim_id}\n{peer.info['server_id']}\n{peer.info['cluster']}".encode()
+    peer.hello(victim_id, proof=b64url(other.sign(message)))
+    data, closed = read_to_close(peer.sock, initial=peer.rest)
+    peer.close()
+    text = data.decode(errors="replace")
+    check("an AUTH signed by a key other than the claimed node id's is refused and closed",
+          closed and "-ERR" in text and "AUTH" in text and not any(k in data for k in (b"RS+", b"RMSG", b"RDATA")), f"closed={closed} {text[:400]}")
+
+    # Traffic before AUTH.
+    peer = RoutePeer()
+    peer.sock.sendall(b"INFO " + json.dumps({"server_id": victim_id, "cluster": peer.info["cluster"], "root": peer.info["root"],
+                                             "nonce": b64url(os.urandom(18))}).encode() + b"\r\nRS+ rooms.>\r\n")
+    data, closed = read_to_close(peer.sock, initial=peer.rest)
+    peer.close()
+    check("RS+ before AUTH is refused and closed", closed and b"-ERR" in data and b"AUTH" in data and b"RS+" not in data, data[:300])
+    check("no route was opened by the refused peers", route_ids() == [] and metric("unibus_routes_opened_total") == opened,
+          f"routes={route_ids()} opened {opened} -> {metric('unibus_routes_opened_total')}")
+    has_refused_metric = metric("unibus_routes_refused_total")
+    print(f"     note: unibus_routes_refused_total is {'exported: ' + str(has_refused_metric) if has_refused_metric is not None else 'not exported by /metrics'}")
+
+    # A peer that proves its own key, then replays an admin-signed operation at clock 2^64-1.
+    pair, peer_id = server_keypair()
+    peer = RoutePeer()
+    peer.hello(peer_id, pair=pair)
+    data, closed = peer.ping()
+    deadline = time.time() + 3
+    while time.time() < deadline and peer_id not in (route_ids() or []):
+        await asyncio.sleep(0.05)
+    check("control: a peer proving its own server key is accepted as a route", not closed and peer_id in (route_ids() or []),
+          f"closed={closed} routes={route_ids()} {data[:300]!r}")
+    status, body = http("GET", "/v1/node")
+    before = json.loads(body)["membership"]["operations"] if status == 200 else None
+    op, signature = signed_operation(admin, create_room_op("clockbomb", "clockbomb.s"))
+    peer.data_frame({"t": "op", "bytes": b64(op), "signature": b64(signature), "clock": "18446744073709551615", "origin": peer_id})
+    data, closed = peer.ping()
+    status, body = http("GET", "/v1/node")
+    after = json.loads(body)["membership"]["operations"] if status == 200 else None
+    code, out = cli("room", "list", "--node", NODE.url, "--identity", admin["path"])
+    check("an RDATA op at clock 18446744073709551615 is not stored (room list, operation count)",
+          not closed and b"PONG" in data and code == 0 and "clockbomb" not in out and before == after,
+          f"closed={closed} ops {before} -> {after}; room list: {out.strip()[:300]}")
+    op, signature = signed_operation(admin, create_room_op("routeok", "routeok.s"))
+    clock = int(time.time() * 1000) << 16
+    peer.data_frame({"t": "op", "bytes": b64(op), "signature": b64(signature), "clock": str(clock), "origin": peer_id})
+    data, closed = peer.ping()
+    code, out = cli("room", "list", "--node", NODE.url, "--identity", admin["path"])
+    check("control: the same frame at a current clock is stored (the refusal was the clock)", code == 0 and "routeok" in out,
+          f"closed={closed} {out.strip()[:300]}")
+    check("the clock-bomb frame did not push the node's clock: a later operation still applies",
+          cli("room", "create", "--node", NODE.url, "--identity", admin["path"], "--id", "afterclock", "--subject", "afterclock.s")[0] == 0
+          and "afterclock" in room_ids())
+    peer.close()
+
+    # A proven peer floods RS+ past 100,000 interest entries.
+    pair, flood_id = server_keypair()
+    peer = RoutePeer()
+    peer.hello(flood_id, pair=pair)
+    data, closed = peer.ping()
+    received = bytearray(data)
+    done = threading.Event()
+
+    def reader():
+        peer.sock.settimeout(1)
+        while not done.is_set():
+            try:
+                chunk = peer.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            received.extend(chunk)
+        done.set()
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    started, sent = time.time(), 0
+    try:
+        for start in range(0, 100_100, 5000):
+            peer.sock.sendall(b"".join(b"RS+ flood.%d\r\n" % i for i in range(start, min(start + 5000, 100_100))))
+            sent = min(start + 5000, 100_100)
+            if done.is_set():
+                break
+    except OSError:
+        pass
+    done.wait(timeout=30)
+    cut = done.is_set()
+    done.set()
+    thread.join(timeout=3)
+    peer.close()
+    text = bytes(received).decode(errors="replace")
+    check("an RS+ flood past 100,000 interest entries is cut with -ERR naming interest entries",
+          cut and re.search(r"-ERR '[^']*interest entries", text) is not None,
+          f"sent {sent} in {time.time() - started:.1f} s, cut={cut}, tail {text[-300:]!r}")
+    check("the flooding peer got no messages", b"RMSG" not in received, text[-300:])
+    deadline = time.time() + 3
+    while time.time() < deadline and route_ids():
+        await asyncio.sleep(0.05)
+    check("no route remains after the attacks", route_ids() == [], route_ids())
+    await serves("after route attacks")
+
+
+# ---------------------------------------------------------------- 7. churn
+
+def churn_once(i):
+    person = PEOPLE["alice"] if i % 2 == 0 else PEOPLE["mallory"]
+    bad = i % 2 == 1
+    try:
+        sock, _, rest = raw_nats(person["seed"], bad_signature=bad)
+        data, _ = read_until(sock, lambda d: b"PONG\r\n" in d or b"-ERR" in d, initial=rest)
+        sock.close()
+    except OSError as error:
+        return "error", str(error)
+    if bad:
+        return ("refused" if b"-ERR 'Authorization Violation'" in data and b"PONG" not in data else "unexpected"), data[:100]
+    return ("served" if b"PONG\r\n" in data and b"-ERR" not in data else "unexpected"), data[:100]
+
+
+async def churn():
+    pid = NODE.process.pid
+    before_rss = rss_kib(pid)
+    baseline = metric("unibus_connections")
+    started = time.time()
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        outcomes = await asyncio.gather(*(loop.run_in_executor(pool, churn_once, i) for i in range(2000)))
+    elapsed = time.time() - started
+    counts = {}
+    for kind, _ in outcomes:
+        counts[kind] = counts.get(kind, 0) + 1
+    examples = [o for o in outcomes if o[0] not in ("served", "refused")][:3]
+    check("2,000 connect/close cycles: 1,000 served, 1,000 refused for a bad signature",
+          counts.get("served") == 1000 and counts.get("refused") == 1000, f"{counts} {examples}")
+    deadline = time.time() + 5
+    current = metric("unibus_connections")
+    while time.time() < deadline and current != baseline:
+        await asyncio.sleep(0.1)
+        current = metric("unibus_connections")
+    check("the connection gauge returns to its level before the churn", current == baseline, f"{baseline} -> {current}")
+    print(f"     churn: {elapsed:.1f} s; RSS {before_rss} KiB -> {rss_kib(pid)} KiB (information only)")
+    await serves("after connection churn")
+
+
+# ---------------------------------------------------------------- main
+
+def identity(work, name):
+    path = os.path.join(work, name + ".json")
+    subprocess.run([binary("unibus"), "identity", "new", "--out", path], check=True, capture_output=True)
+    shown = json.loads(cli("identity", "show", "--identity", path, "--json")[1])
+    seed = cli("identity", "nkey", "--identity", path, "--seed")[1].strip()
+    return {"path": path, "nkey": shown["nkey"], "kx": shown["x25519_public"], "seed": seed}
+
+
+async def main(work):
+    data = os.path.join(work, "data")
+    admin_path = os.path.join(work, "admin.json")
+    subprocess.run([binary("unibusd"), "init", "--data-dir", data, "--admin-identity", admin_path], check=True, capture_output=True)
+    admin_seed = cli("identity", "nkey", "--identity", admin_path, "--seed")[1].strip()
+    admin_nkey = json.loads(cli("identity", "show", "--identity", admin_path, "--json")[1])["nkey"]
+    PEOPLE["admin"] = {"path": admin_path, "nkey": admin_nkey, "seed": admin_seed}
+    for name in ("alice", "bob", "mallory"):
+        PEOPLE[name] = identity(work, name)
+    NODE.client, NODE.control, NODE.route = free_port(), free_port(), free_port()
+    NODE.log = os.path.join(work, "node.log")
+    log = open(NODE.log, "a")
+    NODE.process = subprocess.Popen(
+        [binary("unibusd"), "run", "--data-dir", data, "--listen", f"{HOST}:{NODE.client}", "--control-listen", f"{HOST}:{NODE.control}",
+         "--cluster-listen", f"{HOST}:{NODE.route}", "--cluster-allow-plaintext", "--routes", f"route://{HOST}:{NODE.route}"],
+        stdout=log, stderr=log)
+    try:
+        wait_for(NODE.client)
+        wait_for(NODE.control)
+        wait_for(NODE.route)
+        status, body = http("GET", "/v1/node")
+        node = json.loads(body)
+        NODE.node_id, NODE.root = node["node_id"], node["membership"]["root"]
+        as_admin = ["--node", NODE.url, "--identity", admin_path]
+        for name in ("alice", "bob", "mallory"):
+            person = PEOPLE[name]
+            code, out = cli("user", "add", *as_admin, "--sign-pub", person["nkey"], "--kx-pub", person["kx"], "--handle", name)
+            check(f"setup: admin adds {name}", code == 0, out)
+        code, out = cli("room", "create", *as_admin, "--id", "ops", "--subject", "rooms.ops")
+        check("setup: room ops on rooms.ops", code == 0, out)
+        for name in ("alice", "bob"):
+            code, out = cli("room", "add-member", *as_admin, "--id", "ops", "--sign-pub", PEOPLE[name]["nkey"])
+            check(f"setup: {name} joins ops", code == 0, out)
+        await serves("baseline")
+        for section in (header_attacks, slow_loris, reserved_namespaces, policy_ranges, broker_attacks, route_attacks, churn):
+            started = time.time()
+            try:
+                await section()
+            except Exception as error:  # noqa: BLE001
+                traceback.print_exc()
+                check(f"{section.__name__} ran to the end", False, f"{type(error).__name__}: {error}")
+            print(f"     {section.__name__}: {time.time() - started:.1f} s", flush=True)
+        check("the node process is alive at the end", NODE.process.poll() is None, f"exit status {NODE.process.poll()}")
+    finally:
+        if NODE.process.poll() is None:
+            NODE.process.terminate()
+            try:
+                NODE.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                NODE.process.kill()
+                NODE.process.wait(timeout=10)
+        log.close()
+
+
+if __name__ == "__main__":
+    began = time.time()
+    with tempfile.TemporaryDirectory() as work:
+        try:
+            asyncio.run(main(work))
+        except Exception as error:  # noqa: BLE001
+            traceback.print_exc()
+            check("the scenario ran to the end", False, error)
+        passed = sum(results)
+        failed = len(results) - passed
+        if failed and NODE.log and os.path.exists(NODE.log):
+            print("--- node log (tail)")
+            print(open(NODE.log).read()[-3000:])
+        print(f"     total {time.time() - began:.1f} s")
+        print(f"{passed} passed, {failed} failed")
+    sys.exit(0 if results and not failed else 1)
