@@ -15,6 +15,8 @@ let package = Package(
         .library(name: "UnibusWire", targets: ["UnibusWire"]),
         .library(name: "UnibusBroker", targets: ["UnibusBroker"]),
         .library(name: "UnibusMembership", targets: ["UnibusMembership"]),
+        .library(name: "UnibusNode", targets: ["UnibusNode"]),
+        .library(name: "UnibusControl", targets: ["UnibusControl"]),
         .library(name: "UnibusClient", targets: ["UnibusClient"]),
         .executable(name: "unibusd", targets: ["unibusd"]),
         .executable(name: "unibus", targets: ["unibus"]),

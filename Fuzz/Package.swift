@@ -6,7 +6,10 @@ import PackageDescription
 
 let package = Package(
     name: "UnibusFuzz",
-    dependencies: [.package(name: "unibus", path: "..")],
+    dependencies: [
+        .package(name: "unibus", path: ".."),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    ],
     targets: [
         .executableTarget(name: "FuzzMegolmMessage", dependencies: [.product(name: "UnibusCrypto", package: "unibus")]),
         .executableTarget(name: "FuzzMegolmSessionKey", dependencies: [.product(name: "UnibusCrypto", package: "unibus")]),
@@ -16,5 +19,17 @@ let package = Package(
         .executableTarget(name: "FuzzFrameEnvelope", dependencies: [.product(name: "UnibusWire", package: "unibus")]),
         .executableTarget(name: "FuzzServerProtocol", dependencies: ["FuzzSupport", .product(name: "UnibusWire", package: "unibus")]),
         .executableTarget(name: "FuzzRouteProtocol", dependencies: ["FuzzSupport", .product(name: "UnibusWire", package: "unibus")]),
+        .executableTarget(name: "FuzzReplicationFrame", dependencies: [.product(name: "UnibusMembership", package: "unibus"),
+                                                                       .product(name: "UnibusCrypto", package: "unibus")]),
+        .executableTarget(name: "FuzzRoomKeyring", dependencies: [.product(name: "UnibusClient", package: "unibus"),
+                                                                  .product(name: "UnibusMembership", package: "unibus"),
+                                                                  .product(name: "UnibusCrypto", package: "unibus")]),
+        .executableTarget(name: "FuzzControlRequest", dependencies: [
+            .product(name: "UnibusControl", package: "unibus"), .product(name: "UnibusNode", package: "unibus"),
+            .product(name: "UnibusBroker", package: "unibus"), .product(name: "UnibusMembership", package: "unibus"),
+            .product(name: "UnibusCrypto", package: "unibus"),
+            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
     ]
 )

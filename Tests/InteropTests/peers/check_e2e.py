@@ -80,6 +80,20 @@ with tempfile.TemporaryDirectory() as work:
         check("demo: the plain NATS subscriber saw ciphertext only",
               output.count("contains the text: no") == 3 and "YES" not in output, output)
 
+        # Every run must exit 0 (a crash at exit once made 1 in ~25 fail):
+        # UNIBUS_CHECK_REPEAT runs of each (20 in CI; Tests/stress/tools.sh runs 200).
+        repeat = int(os.environ.get("UNIBUS_CHECK_REPEAT", "20"))
+        failures = []
+        for index in range(repeat):
+            status, output = run("unibus", "check", "--identity", admin, *peer, "--count", "5")
+            if status != 0 or "check golden: OK" not in output:
+                failures.append(f"check #{index}: exit {status}: {output[-300:]}")
+            status, output = run("unibus", "demo", "--alice", os.path.join(work, "alice.json"), "--bob", os.path.join(work, "bob.json"),
+                                 "--server", f"tls://127.0.0.1:{port}", "--node", f"https://127.0.0.1:{control}", "--ca", ca)
+            if status != 0 or output.count("verified") != 3:
+                failures.append(f"demo #{index}: exit {status}: {output[-300:]}")
+        check(f"check and demo exit 0 in {repeat} runs each", not failures, "; ".join(failures[:3]))
+
         # Loop mode across a kill -9 and restart of the node.
         loop = subprocess.Popen([os.path.join(BIN, "unibus"), "check", "--mode", "loop", "--identity", admin, *peer,
                                  "--duration", "6", "--interval", "5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
