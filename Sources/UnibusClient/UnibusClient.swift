@@ -378,9 +378,21 @@ public actor UnibusClient {
     }
 
     private func fetchKeySharesNow() async {
-        guard let json = try? await call("GET", "/v1/key-shares") else { return }
+        // The node pages its answer; follow `next` to the end (bounded, so a
+        // node that keeps answering with a cursor cannot hold the client).
+        var cursor: String?
+        for _ in 0..<1000 {
+            let path = cursor.map { "/v1/key-shares?after=\($0)" } ?? "/v1/key-shares"
+            guard let json = try? await call("GET", path) else { return }
+            await handleKeyShares(json["key_shares"] as? [[String: Any]] ?? [])
+            guard let next = json["next"] as? String, next != cursor, !closed else { return }
+            cursor = next
+        }
+    }
+
+    private func handleKeyShares(_ shares: [[String: Any]]) async {
         var handled: [String] = []
-        for share in json["key_shares"] as? [[String: Any]] ?? [] {
+        for share in shares {
             guard let id = share["id"] as? String, let room = share["room"] as? String, let sender = share["sender"] as? String,
                   let session = share["session_id"] as? String,
                   let sealed = (share["sealed"] as? String).flatMap({ try? Base64.decode($0) }),

@@ -75,8 +75,11 @@ public enum SecretFile {
     /// directory, fsynced. With `overwrite` false an existing file is never
     /// replaced (`alreadyExists`); with true the replacement is atomic.
     public static func write(_ bytes: [UInt8], to path: String, overwrite: Bool) throws(SecretFileError) {
-        let directory = (path as NSString).deletingLastPathComponent
-        let name = (path as NSString).lastPathComponent
+        // Split by hand: NSString.deletingLastPathComponent traps on some
+        // short relative paths (seen with a one-letter name).
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { String(path[..<$0]) } ?? ""
+        let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
         let temporary = (directory.isEmpty ? "." : directory) + "/.\(name).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .io(path: path, reason: String(cString: strerror(errno))) }

@@ -92,7 +92,9 @@ public final class MembershipStore: @unchecked Sendable {
         var info = stat()
         if lstat(directory, &info) != 0 {
             guard errno == ENOENT else { throw .storage("cannot use the data directory \(directory): \(String(cString: strerror(errno)))") }
-            let parent = (directory as NSString).deletingLastPathComponent
+            // The parent, by hand: NSString.deletingLastPathComponent traps on
+            // some short relative paths (a one-letter "d" killed `unibusd init`).
+            let parent = directory.lastIndex(of: "/").map { String(directory[..<$0]) } ?? ""
             if !parent.isEmpty {
                 try? FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             }

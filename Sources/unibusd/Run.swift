@@ -31,8 +31,14 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Most concurrent client connections (0 = unlimited).")
     var maxConnections = 65_536
 
-    @Option(name: .long, help: "Most subscriptions per connection (0 = unlimited).")
-    var maxSubscriptions = 0
+    @Option(name: .long, help: "Most subscriptions per connection (0 = unlimited); past it a SUB gets -ERR 'maximum subscriptions exceeded'.")
+    var maxSubscriptions = 10_000
+
+    @Option(name: .long, help: "Bytes a client may send before its CONNECT is accepted (authentication on); more closes it.")
+    var maxPreAuthBytes = 8 * 1024
+
+    @Option(name: .long, help: "Most interest entries (RS+) one route peer may hold; a peer past it is cut and counted.")
+    var maxRouteInterest = 100_000
 
     @Option(name: .long, help: "Seconds between server PINGs.")
     var pingInterval: Double = 120
@@ -106,13 +112,35 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds between route PINGs; a route with 3 unanswered is closed.")
     var routePingInterval: Double = 2
 
+    /// Numbers from the command line, checked before any is multiplied or
+    /// converted (a huge --ping-interval once trapped converting to nanoseconds).
+    func validateLimits() throws {
+        let checks: [(String, Bool)] = [
+            ("--max-payload must be 1 B to 64 MiB", (1...(64 << 20)).contains(maxPayload)),
+            ("--max-control-line must be 256 to 1 MiB", (256...(1 << 20)).contains(maxControlLine)),
+            ("--max-connections must be 0 to 10000000", (0...10_000_000).contains(maxConnections)),
+            ("--max-subscriptions must be 0 to 10000000", (0...10_000_000).contains(maxSubscriptions)),
+            ("--max-pre-auth-bytes must be 1 KiB to 1 MiB", (1024...(1 << 20)).contains(maxPreAuthBytes)),
+            ("--max-route-interest must be 1 to 100000000", (1...100_000_000).contains(maxRouteInterest)),
+            ("--ping-interval must be 0.01 to 86400 seconds", pingInterval.isFinite && (0.01...86_400).contains(pingInterval)),
+            ("--max-pings-out must be 1 to 1000", (1...1000).contains(maxPingsOut)),
+            ("--max-pending must be 64 KiB to 16 GiB", ((64 << 10)...(16 << 30)).contains(maxPending)),
+            ("--write-deadline must be 0.01 to 3600 seconds", writeDeadline.isFinite && (0.01...3600).contains(writeDeadline)),
+            ("--route-ping-interval must be 0.1 to 3600 seconds", routePingInterval.isFinite && (0.1...3600).contains(routePingInterval)),
+            ("--threads must be 0 to 1024", (0...1024).contains(threads)),
+        ]
+        for (message, valid) in checks where !valid { throw ValidationError(message) }
+    }
+
     func run() async throws {
+        try validateLimits()
         var configuration = BrokerConfiguration()
         (configuration.host, configuration.port) = try Self.hostAndPort(listen, option: "--listen")
         configuration.maxPayload = maxPayload
         configuration.maxControlLine = maxControlLine
         configuration.maxConnections = maxConnections
         configuration.maxSubscriptions = maxSubscriptions
+        configuration.maxPreAuthBytes = maxPreAuthBytes
         configuration.pingInterval = .nanoseconds(Int64(pingInterval * 1e9))
         configuration.maxPingsOutstanding = maxPingsOut
         configuration.maxPendingBytes = maxPending
@@ -237,8 +265,8 @@ struct Run: AsyncParsableCommand {
 extension Run {
     /// Splits a HOST:PORT option; the error names the option.
     static func hostAndPort(_ text: String, option: String) throws -> (String, Int) {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else {
-            throw ValidationError("\(option) must be HOST:PORT, got \(text)")
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65_535).contains(port) else {
+            throw ValidationError("\(option) must be HOST:PORT with a port from 0 to 65535, got \(text)")
         }
         return (String(text[..<colon]), port)
     }
@@ -263,6 +291,7 @@ extension Run {
         cluster.name = clusterName
         cluster.root = root
         cluster.pingInterval = .nanoseconds(Int64(max(0.1, routePingInterval) * 1e9))
+        cluster.maxInterest = maxRouteInterest
         for url in routeURLs {
             do { _ = try Cluster.parse(url) } catch { throw ValidationError("\(error)") }
         }

@@ -88,6 +88,15 @@ struct BrokerInteropTests {
         try runScenario("check_e2e.py")
     }
 
+    /// Every attack of the hostile-input issue against a real unibusd:
+    /// absurd headers, slow-loris, reserved namespaces, policy ranges, a
+    /// second CONNECT, pre-auth floods, SUB floods, forged replies, route
+    /// impersonation and interest floods, far-future log positions, and
+    /// connection churn; the node serves after each (hostile_e2e.py).
+    @Test func hostileInputAgainstARealNode() throws {
+        try runScenario("hostile_e2e.py")
+    }
+
     /// Three unibusd processes as one cluster: mTLS routes, replicated
     /// membership, nats-py across nodes, UnibusClient failover under kill -9
     /// of the subscriber's and the publisher's node (cluster_e2e.py).

@@ -109,6 +109,43 @@ struct KeyShareTests {
         await node.broker.shutdown()
     }
 
+    /// A recipient's pending shares come in pages, and acknowledged ones
+    /// lose their sealed key at once (a tombstone keeps the id).
+    @Test func pendingSharesArePagedAndErasedAtAcknowledgement() async throws {
+        let (node, plane, _) = try await makeNode()
+        for batch in 0..<3 {
+            let shares = (0..<250).map { _ in share(from: alice, to: bob, session: "S\(batch)") }
+            let (status, reply) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice, body: ["session_id": "S\(batch)", "shares": shares])
+            #expect(status == 200, "\(reply)")
+        }
+        var seen: [String] = []
+        var path = "/v1/key-shares"
+        var pages = 0
+        while pages < 10 {
+            pages += 1
+            let (status, page) = await call(plane, "GET", path, as: bob)
+            #expect(status == 200)
+            let shares = page["key_shares"] as? [[String: Any]] ?? []
+            #expect(shares.count <= ControlPlane.keySharePageLimit)
+            seen += shares.compactMap { $0["id"] as? String }
+            guard let next = page["next"] as? String else { break }
+            path = "/v1/key-shares?after=\(next)"
+        }
+        #expect(pages == 2)
+        #expect(seen.count == 750)
+        #expect(Set(seen).count == 750, "no share twice across pages")
+        let (_, ack) = await call(plane, "POST", "/v1/key-shares/ack", as: bob, body: ["ids": Array(seen.prefix(500))])
+        #expect(ack["acknowledged"] as? Int == 500)
+        let left = try node.membership.pendingKeyShares(for: bob.userNKey)
+        #expect(left.count == 250)
+        let (tooMany, _) = await call(plane, "POST", "/v1/key-shares/ack", as: bob, body: ["ids": Array(repeating: "x", count: 501)])
+        #expect(tooMany == 400)
+        // Pruning removes only tombstones older than the retention.
+        #expect(try node.membership.pruneAcknowledgedKeyShares() == 0)
+        #expect(try node.membership.pruneAcknowledgedKeyShares(now: Date().addingTimeInterval(MembershipStore.acknowledgedShareRetention + 60)) == 500)
+        await node.broker.shutdown()
+    }
+
     @Test func oversizedAndUnsignedRequestsAreRefused() async throws {
         let (node, plane, _) = try await makeNode()
         let unsigned = await plane.handle(method: "GET", path: "/v1/users", header: { _ in nil }, body: [])
