@@ -43,7 +43,9 @@ struct RoomIntegrationTests {
         try await alice.publish(Array("three".utf8), to: "ops")
         // Bob shares his session with Carol when the node announces her.
         #expect(await eventually { await bob.deliveredCount >= 4 })
-        try await Task.sleep(for: .milliseconds(200))
+        // Wait for Bob to have learned Carol's membership (not for a fixed time).
+        let carolKey = node.carol.userNKey
+        #expect(await eventually { await bob.handle(of: carolKey) != nil })
         try await bob.publish(Array("bob again".utf8), to: "ops")
         #expect(await carolInbox.wait(for: 2) == ["three", "bob again"])
         #expect(await bobInbox.wait(for: 5) == ["one", "two", "from bob", "three", "bob again"])
@@ -189,6 +191,7 @@ struct RoomIntegrationTests {
         }
         do {
             try await remote.createRoom(id: "plain", subject: "rooms.plain", policy: RoomPolicy(encrypt: false, sign: true))
+            Issue.record("an unencrypted room was created although the cluster does not allow them")
         } catch {
             #expect("\(error)".contains("does not allow unencrypted rooms"), "\(error)")
         }
