@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
+import UnibusCrypto
 import UnibusWire
 
 /// How a node joins a cluster. Routes are explicit: the node dials exactly
@@ -49,10 +50,17 @@ public struct ClusterConfiguration: Sendable {
 public struct RouteTLS: Sendable {
     let server: NIOSSLContext
     let client: NIOSSLContext
+    /// SHA-256 (hex) of this node's leaf certificate (DER). A node's route
+    /// proof names the certificate it presents, so a proof relayed through
+    /// another certificate holder's connection does not verify.
+    let certificateFingerprint: String
 
     /// Loads PEM files; errors name the file and what is wrong with it.
     public init(certificateChainPath: String, privateKeyPath: String, caPath: String) throws {
-        let chain = try NIOSSLCertificate.fromPEMFile(certificateChainPath).map { NIOSSLCertificateSource.certificate($0) }
+        let certificates = try NIOSSLCertificate.fromPEMFile(certificateChainPath)
+        guard let leaf = certificates.first else { throw RouteTLSError.emptyChain(certificateChainPath) }
+        certificateFingerprint = Self.fingerprint(leaf)
+        let chain = certificates.map { NIOSSLCertificateSource.certificate($0) }
         let key = NIOSSLPrivateKeySource.privateKey(try NIOSSLPrivateKey(file: privateKeyPath, format: .pem))
         var server = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: key)
         server.minimumTLSVersion = .tlsv12
@@ -67,6 +75,25 @@ public struct RouteTLS: Sendable {
         client.certificateVerification = .fullVerification
         self.server = try NIOSSLContext(configuration: server)
         self.client = try NIOSSLContext(configuration: client)
+    }
+}
+
+extension RouteTLS {
+    /// SHA-256 (hex) of a certificate's DER bytes ("" if it cannot be encoded).
+    static func fingerprint(_ certificate: NIOSSLCertificate) -> String {
+        guard let der = try? certificate.toDERBytes() else { return "" }
+        return Hex.encode(Digest.sha256(der))
+    }
+}
+
+/// Why route TLS material cannot be used.
+public enum RouteTLSError: Error, CustomStringConvertible {
+    case emptyChain(String)
+
+    public var description: String {
+        switch self {
+        case .emptyChain(let path): return "\(path) holds no certificate; give the node's route certificate (PEM)"
+        }
     }
 }
 

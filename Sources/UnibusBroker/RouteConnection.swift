@@ -1,6 +1,7 @@
 import Atomics
 import Foundation
 import NIOCore
+import NIOSSL
 import UnibusCrypto
 import UnibusWire
 
@@ -195,9 +196,11 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
             }
             peer = info
             state = .authenticating
-            // Prove this node's id: sign the peer's nonce with the node key.
+            // Prove this node's id: sign the peer's nonce with the node key,
+            // naming the certificate this node presents on the link.
             let proof = cluster.broker.nodeKey.sign(Self.proofBytes(nonce: peerNonce, signer: cluster.localInfo.serverID,
-                                                                    verifier: info.serverID, cluster: info.cluster))
+                                                                    verifier: info.serverID, cluster: info.cluster,
+                                                                    certificate: cluster.configuration.tls?.certificateFingerprint ?? "-"))
             let json = Array("{\"sig\":\"\(Base64.encode(proof, alphabet: .url))\"}".utf8)
             enqueueSelf { RouteEncoder.writeAuth(into: &$0, json: json) }
         case (.authenticating, .auth(let json)):
@@ -266,9 +269,21 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
     }
 
     /// What a node signs to prove its id on a route: the other end's nonce,
-    /// both ids and the cluster, so a proof is good for one link only.
-    static func proofBytes(nonce: String, signer: String, verifier: String, cluster: String) -> [UInt8] {
-        Array("UNIBUS-ROUTE-1\n\(nonce)\n\(signer)\n\(verifier)\n\(cluster)".utf8)
+    /// both ids, the cluster, and the fingerprint of the certificate the
+    /// signer presents ("-" on plaintext dev-mode routes). The nonce makes a
+    /// proof good for one link; the certificate makes it useless to a
+    /// holder of another cluster certificate relaying between two nodes.
+    static func proofBytes(nonce: String, signer: String, verifier: String, cluster: String, certificate: String) -> [UInt8] {
+        Array("UNIBUS-ROUTE-2\n\(nonce)\n\(signer)\n\(verifier)\n\(cluster)\n\(certificate)".utf8)
+    }
+
+    /// The fingerprint of the certificate the peer presented on this link
+    /// ("-" without TLS; nil when TLS is on and none can be read).
+    private func peerCertificateFingerprint() -> String? {
+        guard cluster.configuration.tls != nil else { return "-" }
+        guard let certificate = try? channel.pipeline.syncOperations.nioSSL_peerCertificate() else { return nil }
+        let fingerprint = RouteTLS.fingerprint(certificate)
+        return fingerprint.isEmpty ? nil : fingerprint
     }
 
     /// Whether `json` (`{"sig": base64url}`) is `info`'s node key signing this end's nonce.
@@ -276,9 +291,11 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
         guard let object = try? JSONSerialization.jsonObject(with: Data(json.readableBytesView)) as? [String: Any],
               let text = object["sig"] as? String, text.utf8.count <= 128,
               let signature = try? Base64.decode(text, alphabet: .url), signature.count == 64,
-              let (_, key) = try? NKey.decodePublicKey(info.serverID, expecting: .server) else { return false }
+              let (_, key) = try? NKey.decodePublicKey(info.serverID, expecting: .server),
+              let certificate = peerCertificateFingerprint() else { return false }
         return key.verify(signature: signature, message: Self.proofBytes(nonce: nonce, signer: info.serverID,
-                                                                          verifier: cluster.localInfo.serverID, cluster: cluster.localInfo.cluster))
+                                                                          verifier: cluster.localInfo.serverID, cluster: cluster.localInfo.cluster,
+                                                                          certificate: certificate))
     }
 
     override func resumeReading() {

@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import NIOCore
 import Testing
 @testable import UnibusBroker
 import UnibusCrypto
@@ -22,6 +23,20 @@ struct ClusterTests {
     /// If one fails to start, the ones already started are shut down before the error is thrown.
     func startCluster(_ count: Int, root: (Int) -> String = { _ in "" }, name: String = "test",
                       events: NIOLockedValueBox<[String]>? = nil) async throws -> [Node] {
+        // A port that was free a moment ago can be taken before its node binds
+        // it (by another node's outgoing dial, say): start again on fresh ports.
+        var attempt = 1
+        while true {
+            do {
+                return try await startClusterOnce(count, root: root, name: name, events: events)
+            } catch let error as IOError where error.errnoCode == EADDRINUSE && attempt < 3 {
+                attempt += 1
+            }
+        }
+    }
+
+    private func startClusterOnce(_ count: Int, root: (Int) -> String, name: String,
+                                  events: NIOLockedValueBox<[String]>?) async throws -> [Node] {
         let routePorts = (0..<count).map { _ in freeLoopbackPort() }
         var nodes: [Node] = []
         for index in 0..<count {
