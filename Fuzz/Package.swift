@@ -22,6 +22,7 @@ let package = Package(
         .executableTarget(name: "FuzzReplicationFrame", dependencies: [.product(name: "UnibusMembership", package: "unibus"),
                                                                        .product(name: "UnibusCrypto", package: "unibus")]),
         .executableTarget(name: "FuzzRoomKeyring", dependencies: [.product(name: "UnibusClient", package: "unibus"),
+                                                                  .product(name: "UnibusWire", package: "unibus"),
                                                                   .product(name: "UnibusMembership", package: "unibus"),
                                                                   .product(name: "UnibusCrypto", package: "unibus")]),
         .executableTarget(name: "FuzzControlRequest", dependencies: [

@@ -24,6 +24,8 @@ public final class Broker: @unchecked Sendable {
     private let ownsGroup: Bool
     private let lock = NIOLock()
     private var connections: [UInt64: BrokerConnection] = [:]
+    /// Subscriptions held by each authenticated user over all connections.
+    private var subscriptionsByUser: [String: Int] = [:]
     private var serverChannel: Channel?
     private var draining = false
     private let nextClientID = ManagedAtomic<UInt64>(0)
@@ -116,6 +118,29 @@ public final class Broker: @unchecked Sendable {
     }
 
     public var connectionCount: Int { lock.withLock { connections.count } }
+
+    /// Counts one more subscription for `user`; false when that would pass
+    /// `maxSubscriptionsPerUser` (and then nothing is counted).
+    func reserveSubscription(for user: String, enforcingLimit: Bool = true) -> Bool {
+        let limit = configuration.maxSubscriptionsPerUser
+        return lock.withLock {
+            let held = subscriptionsByUser[user, default: 0]
+            if enforcingLimit && limit > 0 && held >= limit { return false }
+            subscriptionsByUser[user] = held + 1
+            return true
+        }
+    }
+
+    func releaseSubscriptions(of user: String, count: Int) {
+        guard count > 0 else { return }
+        lock.withLock {
+            let left = subscriptionsByUser[user, default: 0] - count
+            subscriptionsByUser[user] = left > 0 ? left : nil
+        }
+    }
+
+    /// Subscriptions `user` holds now over all its connections.
+    public func subscriptionCount(of user: String) -> Int { lock.withLock { subscriptionsByUser[user, default: 0] } }
 
     // MARK: server-originated messages
 

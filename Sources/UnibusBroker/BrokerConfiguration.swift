@@ -15,6 +15,10 @@ public struct BrokerConfiguration: Sendable {
     /// Per connection; 0 = unlimited. A client past it gets
     /// `-ERR 'maximum subscriptions exceeded'` for each further SUB.
     public var maxSubscriptions: Int = 10_000
+    /// Per authenticated user over all its connections; 0 = unlimited. Every
+    /// distinct subscription is interest on each route peer, whose limit
+    /// (`ClusterConfiguration.maxInterest`) must stay far above this.
+    public var maxSubscriptionsPerUser: Int = 50_000
     /// Bytes a connection may send before its CONNECT is accepted when
     /// authentication is required: enough for CONNECT (a control line), far
     /// less than `maxPayload`, so an unauthenticated socket holds little.

@@ -35,9 +35,17 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
     private var connected = false
     private var nonce: String?
     private var permissions = Permissions.everything {
-        didSet { publishUnrestricted = permissions.publish == .everything }
+        didSet {
+            publishUnrestricted = permissions.publish == .everything
+            subscribeUnrestricted = permissions.subscribe == .everything
+            lastAllowedReplyFilter = nil
+        }
     }
     private var publishUnrestricted = true
+    private var subscribeUnrestricted = true
+    /// The last reply subject found allowed: clients reuse one inbox
+    /// subscription for many requests, whose replies share a prefix.
+    private var lastAllowedReplyFilter: String?
     private var publishAllowed: [String: Bool] = [:]
     private var subscriptions: [String: Subscription] = [:]
     private var pingsOutstanding = 0
@@ -45,6 +53,8 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
     private var authTimer: Scheduled<Void>?
     private var lastPingSent = NIODeadline.now()
     private var registered = false
+    /// The authenticated user, on the loop: subscriptions count against it.
+    private var subscriber: String?
     private var tornDown = false
     private var context: ChannelHandlerContext?
 
@@ -124,6 +134,7 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
             broker.index.remove(subscription)
             broker.localInterestRemoved(subject: subscription.subject, queue: subscription.queue)
         }
+        if let key = subscriber { broker.releaseSubscriptions(of: key, count: subscriptions.count) }
         subscriptions.removeAll()
         setResponsePolicy(nil)
         closeForWrites()
@@ -246,6 +257,7 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
             publishAllowed.removeAll()
             setResponsePolicy(granted.responses)
             sharedLock.withLock { user = nkey }
+            subscriber = nkey
             authTimer?.cancel()
             authTimer = nil
         }
@@ -278,6 +290,12 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
         }
         let limit = broker.configuration.maxSubscriptions
         if limit > 0 && subscriptions.count >= limit {
+            enqueueError("maximum subscriptions exceeded")
+            return
+        }
+        // One user's subscriptions over all its connections are bounded too:
+        // each distinct one becomes interest on every route peer.
+        if let key = subscriber, !broker.reserveSubscription(for: key) {
             enqueueError("maximum subscriptions exceeded")
             return
         }
@@ -315,6 +333,7 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
         guard !subscription.removed.exchange(true, ordering: .relaxed) else { return }
         if subscriptions[subscription.sid] === subscription {
             subscriptions[subscription.sid] = nil
+            if let key = subscriber { broker.releaseSubscriptions(of: key, count: 1) }
         }
         broker.index.remove(subscription)
         broker.localInterestRemoved(subject: subscription.subject, queue: subscription.queue)
@@ -328,6 +347,16 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
         if !isPublishAllowed(subject) {
             stats.permissionViolations.wrappingIncrement(ordering: .relaxed)
             enqueueError("Permissions Violation for Publish to \"\(subject)\"")
+            return
+        }
+        // A reply subject becomes a one-time publish permit for whoever
+        // answers (allow_responses), so it must be somewhere this publisher
+        // can receive: its own inbox, not a room, inbox or key subject of
+        // someone else. Checked here, where the publisher is known; routes
+        // carry only replies that passed this check on their node.
+        if let reply, !subscribeUnrestricted, !isReplyAllowed(reply) {
+            stats.permissionViolations.wrappingIncrement(ordering: .relaxed)
+            enqueueError("Permissions Violation for Publish to \"\(subject)\" with reply \"\(reply)\"")
             return
         }
         stats.messagesIn.wrappingIncrement(ordering: .relaxed)
@@ -364,6 +393,21 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
         publishAllowed[subject] = allowed
         // A reply to a request delivered here (allow_responses), once.
         return allowed || (permissions.responses != nil && consumeResponsePermit(subject))
+    }
+
+    /// Whether this connection may subscribe to `reply` (so may receive the
+    /// answer there). Typical clients send every request with a reply under
+    /// one inbox subscription, so the subscription that covers the last
+    /// allowed reply is tried first, without splitting the subject.
+    private func isReplyAllowed(_ reply: String) -> Bool {
+        if let filter = lastAllowedReplyFilter, Subject.matches(filter: filter, subject: reply) { return true }
+        guard Subject.isValidLiteral(reply), permissions.subscribe.permits(filter: reply),
+              permissions.subscribe.denied(within: reply).isEmpty else { return false }
+        // Only cached where no deny rule could carve an exception out of it.
+        if permissions.subscribe.deny.isEmpty {
+            lastAllowedReplyFilter = permissions.subscribe.allow.first { SubjectPermission.filter($0, covers: reply) }
+        }
+        return true
     }
 
     /// A 503 status to the publisher's own subscription for `reply`, as nats-server sends.
@@ -537,6 +581,7 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
                 let replacement = Subscription(connection: self, subject: subscription.subject, queue: subscription.queue,
                                                sid: subscription.sid, deny: deny)
                 subscriptions[subscription.sid] = replacement
+                if let key = subscriber { _ = broker.reserveSubscription(for: key, enforcingLimit: false) }
                 broker.index.insert(replacement)
                 broker.localInterestAdded(subject: replacement.subject, queue: replacement.queue)
             }

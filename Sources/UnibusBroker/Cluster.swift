@@ -1,3 +1,4 @@
+import Atomics
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
@@ -36,9 +37,14 @@ public struct ClusterConfiguration: Sendable {
     public var maximumBackoff: TimeAmount = .seconds(2)
     /// Largest RDATA frame (replication traffic).
     public var maxDataFrame = 16 * 1024 * 1024
+    /// Connections the route listener holds at once (any state); more are
+    /// closed at once. Handshakes must finish within `handshakeTimeout`.
+    public var maxRouteConnections = 256
     /// Most interest entries (RS+) one peer may hold on this node; a peer
-    /// past it is cut and counted (each entry costs memory and index work).
-    public var maxInterest = 100_000
+    /// past it is cut and counted (each entry costs memory and index work,
+    /// about 300 bytes). Far above one user's subscriptions
+    /// (`maxSubscriptionsPerUser`), so no single user can get a route cut.
+    public var maxInterest = 1_000_000
 
     public init() {}
 }
@@ -145,6 +151,8 @@ public final class Cluster: @unchecked Sendable {
     private var dialers: [Task<Void, Never>] = []
     private var stopped = false
     private var nextID: UInt64 = 1 << 48
+    /// Connections the route listener holds now.
+    private let acceptedLinks = ManagedAtomic<Int>(0)
     private var _delegate: ClusterDelegate?
     private var _onEvent: (@Sendable (ClusterEvent) -> Void)?
 
@@ -189,7 +197,14 @@ public final class Cluster: @unchecked Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
+                guard acceptedLinks.wrappingIncrementThenLoad(ordering: .relaxed) <= configuration.maxRouteConnections else {
+                    acceptedLinks.wrappingDecrement(ordering: .relaxed)
+                    broker.statistics.routesRefused.wrappingIncrement(ordering: .relaxed)
+                    return channel.close()
+                }
+                let counter = acceptedLinks
+                channel.closeFuture.whenComplete { _ in counter.wrappingDecrement(ordering: .relaxed) }
+                return channel.eventLoop.makeCompletedFuture {
                     if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.server)) }
                     try channel.pipeline.syncOperations.addHandler(RouteConnection(id: makeID(), cluster: self, channel: channel,
                                                                                    dialed: false, url: nil))

@@ -95,8 +95,9 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
         self.cluster = cluster
         self.dialed = dialed
         self.url = url
-        self.parser = RouteProtocolParser(maxControlLine: 64 * 1024, maxPayload: cluster.broker.configuration.maxPayload + 64 * 1024,
-                                          maxData: cluster.configuration.maxDataFrame)
+        // Until the peer has proven its id it may send INFO and AUTH only:
+        // no message or data frame is buffered for it (see `activate`).
+        self.parser = RouteProtocolParser(maxControlLine: 64 * 1024, maxPayload: 0, maxData: 0)
         super.init(id: id, broker: cluster.broker, channel: channel, isRoute: true,
                    maxPendingBytes: max(cluster.broker.configuration.maxPendingBytes, 64 * 1024 * 1024))
     }
@@ -214,6 +215,8 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
             switch cluster.handshake(self, info: info) {
             case .accept:
                 state = .active
+                parser.maxPayload = cluster.broker.configuration.maxPayload + 64 * 1024
+                parser.maxData = cluster.configuration.maxDataFrame
                 becameActive.store(true, ordering: .relaxed)
                 stats.routesOpened.wrappingIncrement(ordering: .relaxed)
             case .reject(let reason):

@@ -91,10 +91,10 @@ public final class RequestVerifier: @unchecked Sendable {
     /// Timestamps are decimal Unix seconds of at most this many digits.
     static let maximumTimestampDigits = 12
 
-    public init(nodeID: String, window: TimeInterval = 60, maximumNonces: Int = 200_000) {
+    public init(nodeID: String, window: TimeInterval = 60, maximumNonces: Int = 200_000, maximumNoncesPerCaller: Int = 2_000) {
         self.nodeID = nodeID
         self.window = window
-        self.nonces = NonceCache(capacity: maximumNonces)
+        self.nonces = NonceCache(capacity: maximumNonces, perOwner: maximumNoncesPerCaller)
     }
 
     /// Checks headers, time window and signature. The nonce is not spent yet.
@@ -130,7 +130,7 @@ public final class RequestVerifier: @unchecked Sendable {
     public func claim(_ request: VerifiedRequest, now: Date = Date()) -> RequestAuthError? {
         let seconds = Self.unixSeconds(now)
         return lock.withLock {
-            nonces.insert(request.caller + " " + request.nonce, now: seconds, lifetime: Int(2 * window))
+            nonces.insert(request.nonce, owner: request.caller, now: seconds, lifetime: Int(2 * window))
         }
     }
 
@@ -148,36 +148,48 @@ public final class RequestVerifier: @unchecked Sendable {
     }
 }
 
-/// Nonces with an expiry, evicted oldest first in O(1) amortised: entries go
-/// into a FIFO in arrival order (their lifetimes are equal, so arrival order
-/// is expiry order) and a set answers "seen?".
+/// Nonces with an expiry, per owner (the caller), evicted oldest first in
+/// O(1) amortised: entries go into a FIFO in arrival order (their lifetimes
+/// are equal, so arrival order is expiry order) and a set answers "seen?".
+/// One owner may hold at most `perOwner` live nonces, so no single active
+/// user can fill the memory and lock everyone else out.
 struct NonceCache {
     let capacity: Int
+    let perOwner: Int
     private var expiries: [String: Int] = [:]
-    private var queue: [(nonce: String, expiry: Int)] = []
+    private var owned: [String: Int] = [:]
+    private var queue: [(key: String, owner: String, expiry: Int)] = []
     private var head = 0
 
-    init(capacity: Int) {
+    init(capacity: Int, perOwner: Int = .max) {
         self.capacity = capacity
+        self.perOwner = perOwner
     }
 
     var count: Int { expiries.count }
 
-    /// Remembers `nonce`; returns why not (replayed, or full), nil when remembered.
-    mutating func insert(_ nonce: String, now: Int, lifetime: Int) -> RequestAuthError? {
+    /// Remembers `nonce` for `owner`; returns why not (replayed, or full),
+    /// nil when remembered.
+    mutating func insert(_ nonce: String, owner: String, now: Int, lifetime: Int) -> RequestAuthError? {
         evict(now: now)
-        if let expiry = expiries[nonce], expiry > now { return .replayed }
-        guard expiries.count < capacity else { return .busy }
+        let key = owner + " " + nonce
+        if let expiry = expiries[key], expiry > now { return .replayed }
+        guard expiries.count < capacity, owned[owner, default: 0] < perOwner else { return .busy }
         let expiry = now + lifetime
-        expiries[nonce] = expiry
-        queue.append((nonce, expiry))
+        expiries[key] = expiry
+        owned[owner, default: 0] += 1
+        queue.append((key, owner, expiry))
         return nil
     }
 
     private mutating func evict(now: Int) {
         while head < queue.count, queue[head].expiry <= now {
             let entry = queue[head]
-            if expiries[entry.nonce] == entry.expiry { expiries[entry.nonce] = nil }
+            if expiries[entry.key] == entry.expiry {
+                expiries[entry.key] = nil
+                let left = owned[entry.owner, default: 1] - 1
+                owned[entry.owner] = left > 0 ? left : nil
+            }
             head += 1
         }
         // Drop the consumed prefix once it is half the array: amortised O(1).

@@ -48,10 +48,11 @@ public struct KeySharePage: Sendable {
 }
 
 extension MembershipStore {
-    /// Most pending (unacknowledged) shares one recipient may have waiting on
-    /// a node: past it, new shares for it are refused (a sender or a route
-    /// peer cannot grow a node's store without bound through one member).
-    public static let maximumPendingSharesPerRecipient = 10_000
+    /// Most pending (unacknowledged) shares one sender may have waiting for
+    /// one recipient on a node: past it, that sender's new shares for that
+    /// recipient are refused. Counted per pair, so a sender flooding a
+    /// member blocks only itself, never the other senders of the room.
+    public static let maximumPendingSharesPerSender = 2_000
     /// How long an acknowledged share's id is kept (its sealed key is erased
     /// at acknowledgement): long enough that a peer still offering it cannot
     /// bring it back, then it is pruned.
@@ -76,9 +77,10 @@ extension MembershipStore {
                 try database.transaction {
                     for recipient in Set(shares.map(\.recipient)) {
                         let adding = shares.reduce(0) { $0 + ($1.recipient == recipient ? 1 : 0) }
-                        guard try Self.pendingCount(for: recipient, in: database) + adding <= Self.maximumPendingSharesPerRecipient else {
-                            throw MembershipError.conflict("\(recipient) has \(Self.maximumPendingSharesPerRecipient) key shares waiting; "
-                                                           + "it must fetch them before more can be stored")
+                        guard let sender = shares.first?.sender,
+                              try Self.pendingCount(for: recipient, from: sender, in: database) + adding <= Self.maximumPendingSharesPerSender else {
+                            throw MembershipError.conflict("\(recipient) already has \(Self.maximumPendingSharesPerSender) of your key shares waiting; "
+                                                           + "it must fetch them before you can store more")
                         }
                     }
                     for share in shares {
@@ -97,8 +99,9 @@ extension MembershipStore {
         }
     }
 
-    static func pendingCount(for recipient: String, in database: SQLiteDatabase) throws -> Int {
-        Int(try database.query("SELECT count(*) FROM key_shares WHERE recipient = ? AND acked IS NULL", [.text(recipient)]).first?.first?.integer ?? 0)
+    static func pendingCount(for recipient: String, from sender: String, in database: SQLiteDatabase) throws -> Int {
+        Int(try database.query("SELECT count(*) FROM key_shares WHERE recipient = ? AND sender = ? AND acked IS NULL",
+                               [.text(recipient), .text(sender)]).first?.first?.integer ?? 0)
     }
 
     /// Shares waiting for `recipient` (not yet acknowledged), oldest first.
@@ -196,9 +199,9 @@ extension MembershipStore {
             return try withDatabase { database in
                 try database.transaction {
                     let known = try !database.query("SELECT 1 FROM key_shares WHERE id = ?", [.text(share.id)]).isEmpty
-                    let pending = try Self.pendingCount(for: share.recipient, in: database)
-                    if !known && acked == nil && pending >= Self.maximumPendingSharesPerRecipient {
-                        throw MembershipError.conflict("\(share.recipient) has \(Self.maximumPendingSharesPerRecipient) key shares waiting")
+                    let pending = try Self.pendingCount(for: share.recipient, from: share.sender, in: database)
+                    if !known && acked == nil && pending >= Self.maximumPendingSharesPerSender {
+                        throw MembershipError.conflict("\(share.recipient) has \(Self.maximumPendingSharesPerSender) key shares from \(share.sender) waiting")
                     }
                     if !known {
                         try database.query("INSERT INTO key_shares (id, room, sender, recipient, session_id, sealed, signature, created, acked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -15,6 +15,7 @@ public final class Node: Sendable {
     public let membership: MembershipStore
     /// Replication frames (and key shares in them) refused from route peers.
     public let refusedReplicationFrames = ManagedAtomic<Int>(0)
+    private let lastPrune = NIOLockedValueBox(Date.distantPast)
     private let replicator: Replicator?
     private let logger: @Sendable (String, [String: String]) -> Void
 
@@ -119,6 +120,15 @@ public final class Node: Sendable {
     public func acknowledgeKeyShares(_ ids: [String], by recipient: String) throws(MembershipError) -> Int {
         let at = ControlTime.now()
         let count = try membership.acknowledgeKeyShares(ids, by: recipient, at: at)
+        // Tombstones go after their retention even on a node with no peers.
+        let now = Date()
+        if lastPrune.withLockedValue({ last in
+            guard now.timeIntervalSince(last) > 3600 else { return false }
+            last = now
+            return true
+        }) {
+            try? membership.pruneAcknowledgedKeyShares(now: now)
+        }
         if count > 0 { broker.cluster?.broadcast(Replicator.acksFrame(ids, at: at)) }
         return count
     }

@@ -29,6 +29,11 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
     private var node: Node? { lock.withLock { _node } }
     /// Positions a peer announced in `have` chunks, until its last chunk.
     private var incoming: [String: [String: LogPosition]] = [:]
+    /// Peers whose `sync` (or final `have`) was answered on their current
+    /// link: each is answered once per link, so a peer cannot make this node
+    /// send its whole log again and again.
+    private var answeredSync: Set<String> = []
+    private var answeredHave: Set<String> = []
     static let haveChunk = 4000
     /// Most positions held for one peer's `have` before its last chunk (a
     /// peer that never finishes cannot grow this node's memory without bound).
@@ -72,7 +77,11 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
     }
 
     func routeClosed(_ peer: RouteInfo) async {
-        lock.withLock { _ = incoming.removeValue(forKey: peer.serverID) }
+        lock.withLock {
+            _ = incoming.removeValue(forKey: peer.serverID)
+            answeredSync.remove(peer.serverID)
+            answeredHave.remove(peer.serverID)
+        }
     }
 
     func received(_ data: ByteBuffer, from link: RouteLink) async {
@@ -89,6 +98,10 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
         case .sync(let count, let digest):
             let store = node.membership
             guard count != store.operationCount || digest != store.logDigest else { return }
+            guard lock.withLock({ answeredSync.insert(link.peer.serverID).inserted }) else {
+                node.refusedReplicationFrames.wrappingIncrement(ordering: .relaxed)
+                return
+            }
             let entries = store.logEntries()
             var start = 0
             repeat {
@@ -106,6 +119,10 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
                 }
                 incoming[link.peer.serverID] = held
                 guard last else { return nil }
+                guard answeredHave.insert(link.peer.serverID).inserted else {
+                    incoming[link.peer.serverID] = nil
+                    return nil
+                }
                 return incoming.removeValue(forKey: link.peer.serverID)
             }
             guard let theirs = complete else { return }

@@ -37,8 +37,11 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Bytes a client may send before its CONNECT is accepted (authentication on); more closes it.")
     var maxPreAuthBytes = 8 * 1024
 
-    @Option(name: .long, help: "Most interest entries (RS+) one route peer may hold; a peer past it is cut and counted.")
-    var maxRouteInterest = 100_000
+    @Option(name: .long, help: "Most subscriptions one authenticated user may hold over all its connections (0 = unlimited).")
+    var maxSubscriptionsPerUser = 50_000
+
+    @Option(name: .long, help: "Most interest entries (RS+) one route peer may hold; a peer past it is cut and counted. Keep it far above --max-subscriptions-per-user.")
+    var maxRouteInterest = 1_000_000
 
     @Option(name: .long, help: "Seconds between server PINGs.")
     var pingInterval: Double = 120
@@ -122,6 +125,7 @@ struct Run: AsyncParsableCommand {
             ("--max-subscriptions must be 0 to 10000000", (0...10_000_000).contains(maxSubscriptions)),
             ("--max-pre-auth-bytes must be 1 KiB to 1 MiB", (1024...(1 << 20)).contains(maxPreAuthBytes)),
             ("--max-route-interest must be 1 to 100000000", (1...100_000_000).contains(maxRouteInterest)),
+            ("--max-subscriptions-per-user must be 0 to 100000000", (0...100_000_000).contains(maxSubscriptionsPerUser)),
             ("--ping-interval must be 0.01 to 86400 seconds", pingInterval.isFinite && (0.01...86_400).contains(pingInterval)),
             ("--max-pings-out must be 1 to 1000", (1...1000).contains(maxPingsOut)),
             ("--max-pending must be 64 KiB to 16 GiB", ((64 << 10)...(16 << 30)).contains(maxPending)),
@@ -141,6 +145,7 @@ struct Run: AsyncParsableCommand {
         configuration.maxConnections = maxConnections
         configuration.maxSubscriptions = maxSubscriptions
         configuration.maxPreAuthBytes = maxPreAuthBytes
+        configuration.maxSubscriptionsPerUser = maxSubscriptionsPerUser
         configuration.pingInterval = .nanoseconds(Int64(pingInterval * 1e9))
         configuration.maxPingsOutstanding = maxPingsOut
         configuration.maxPendingBytes = maxPending

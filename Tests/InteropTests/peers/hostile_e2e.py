@@ -2,7 +2,8 @@
 """Attacks on one real unibusd process (loopback, dev mode: plain client TCP,
 plain HTTP control plane, plaintext routes), each followed by proof that the
 node still serves (GET /healthz and a fresh authenticated nats-py round trip
-in a room) and that the attacker got nothing.
+in a room) and that the attacker got nothing; and one attack on two more
+nodes linked by mutual-TLS routes.
 
     hostile_e2e.py BIN_DIR      (holding unibusd and unibus)
 
@@ -12,7 +13,9 @@ in a room) and that the attacker got nothing.
    unencrypted rooms, with operations built and signed here;  5. broker:
    second CONNECT, pre-auth PUB, SUB flood, inbox forgery, reply-once;
    6. route peer impersonation, RS+ flood, far-future RDATA clock;
-   7. connection churn.
+   7. route relay over mutual TLS: a holder of a valid cluster certificate
+   splices two nodes' handshakes (each node's AUTH forwarded to the other);
+   8. connection churn.
 
 Prints one line per check and "N passed, N failed"; exit 1 on failure,
 3 when a Python peer library is missing.
@@ -27,6 +30,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -47,6 +51,8 @@ except ImportError as error:
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.getcwd(), ".build", "debug")
 HOST = "127.0.0.1"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+WORK = ""   # the run's temporary directory (set by main)
 results = []
 
 
@@ -76,6 +82,13 @@ def binary(name):
 def cli(*args):
     run = subprocess.run([binary("unibus"), *args], capture_output=True, text=True, timeout=30)
     return run.returncode, run.stdout + run.stderr
+
+
+def route_proof(nonce, signer, verifier, cluster, certificate="-"):
+    """What a node signs on a route (RouteConnection.proofBytes): the other
+    end's nonce, both ids, the cluster and the SHA-256 (hex) of the signer's
+    own leaf certificate ("-" on a plaintext route)."""
+    return f"UNIBUS-ROUTE-2\n{nonce}\n{signer}\n{verifier}\n{cluster}\n{certificate}".encode()
 
 
 def server_keypair():
@@ -639,6 +652,17 @@ async def broker_attacks():
     exceeded = data.count(b"-ERR 'maximum subscriptions exceeded'")
     check("a SUB flood beyond 10,000 gets -ERR 'maximum subscriptions exceeded' (once per extra SUB)",
           exceeded == 10, f"{exceeded} errors; closed={closed}; tail {data[-200:]!r}")
+    # The same user on a second connection: the per-user limit (15,000 here)
+    # counts over all its connections, so one user cannot flood the routes.
+    second, _, rest = raw_nats(alice["seed"])
+    data2, _ = read_until(second, lambda d: b"PONG\r\n" in d, initial=rest)
+    lines = b"".join(b"SUB rooms.ops.more.%d %d\r\n" % (i, i) for i in range(5_010))
+    second.sendall(lines + b"PING\r\n")
+    data2, closed2 = read_until(second, lambda d: d.count(b"PONG\r\n") >= 2, timeout=20, initial=data2)
+    exceeded2 = data2.count(b"-ERR 'maximum subscriptions exceeded'")
+    check("the per-user subscription limit holds across connections (15,000: 10 refused on the second connection)",
+          exceeded2 == 10, f"{exceeded2} errors; closed={closed2}; tail {data2[-200:]!r}")
+    second.close()
     sock.close()
 
     # Another user's inbox cannot be published to.
@@ -684,6 +708,25 @@ async def broker_attacks():
     check("a second publish to the same reply subject is a permissions violation",
           bob_errors.has('Permissions Violation for Publish to "_INBOX.' + alice["nkey"]), bob_errors.texts)
     check("the requester got exactly one reply", alice_inbox == [b"one"], alice_inbox)
+
+    # Laundering a reply permit: publish on one's own room with someone else's
+    # subject as the reply, receive the echo, then "answer" it. The publish
+    # with a foreign reply subject is refused, so no permit is ever granted.
+    sock, _, rest = raw_nats(alice["seed"])
+    data, _ = read_until(sock, lambda d: b"PONG\r\n" in d, initial=rest)
+    targets = [f"_INBOX.{bob['nkey']}.laundered", f"unibus.keys.{bob['nkey']}", "rooms.other"]
+    lines = b"SUB rooms.ops 1\r\n" + b"".join(b"PUB rooms.ops %s 4\r\nlure\r\n" % t.encode() for t in targets)
+    lines += b"".join(b"PUB %s 6\r\nforged\r\n" % t.encode() for t in targets) + b"PING\r\n"
+    sock.sendall(lines)
+    data, _ = read_until(sock, lambda d: b"PONG\r\n" in d, timeout=5)
+    text = data.decode(errors="replace")
+    for target in targets:
+        check(f"a publish naming {target.split('.')[0]}… as its reply subject is refused",
+              f"with reply \"{target}\"'" in text, text[-400:])
+        check(f"no permit to publish to {target.split('.')[0]}… was laundered",
+              f"Permissions Violation for Publish to \"{target}\"'" in text, text[-400:])
+    check("the lure was not delivered with a foreign reply subject", "MSG rooms.ops 1 _INBOX" not in text, text[-400:])
+    sock.close()
     await alice_nc.close()
     await bob_nc.close()
     await serves("after broker attacks")
@@ -706,8 +749,7 @@ class RoutePeer:
         nonce = nonce or b64url(os.urandom(18))
         info = {"server_id": server_id, "cluster": self.info["cluster"], "root": self.info["root"], "name": "x", "nonce": nonce, "proto": 1}
         if pair is not None:
-            message = f"UNIBUS-ROUTE-1\n{self.info['nonce']}\n{server_id}\n{self.info['server_id']}\n{self.info['cluster']}".encode()
-            proof = b64url(pair.sign(message))
+            proof = b64url(pair.sign(route_proof(self.info["nonce"], server_id, self.info["server_id"], self.info["cluster"])))
         self.sock.sendall(b"INFO " + json.dumps(info).encode() + b"\r\nAUTH " + json.dumps({"sig": proof}).encode() + b"\r\n")
 
     def data_frame(self, obj):
@@ -751,8 +793,7 @@ async def route_attacks():
     # A proof made with another key (valid Ed25519 signature, wrong signer).
     other, _ = server_keypair()
     peer = RoutePeer()
-    message = f"UNIBUS-ROUTE-1\n{peer.info['nonce']}\n{victim_id}\n{peer.info['server_id']}\n{peer.info['cluster']}".encode()
-    peer.hello(victim_id, proof=b64url(other.sign(message)))
+    peer.hello(victim_id, proof=b64url(other.sign(route_proof(peer.info["nonce"], victim_id, peer.info["server_id"], peer.info["cluster"]))))
     data, closed = read_to_close(peer.sock, initial=peer.rest)
     peer.close()
     text = data.decode(errors="replace")
@@ -805,7 +846,7 @@ async def route_attacks():
           and "afterclock" in room_ids())
     peer.close()
 
-    # A proven peer floods RS+ past 100,000 interest entries.
+    # A proven peer floods RS+ past the interest limit (20,000 on this node).
     refused_before = metric("unibus_routes_refused_total")
     pair, flood_id = server_keypair()
     peer = RoutePeer()
@@ -831,9 +872,9 @@ async def route_attacks():
     thread.start()
     started, sent = time.time(), 0
     try:
-        for start in range(0, 100_100, 5000):
-            peer.sock.sendall(b"".join(b"RS+ flood.%d\r\n" % i for i in range(start, min(start + 5000, 100_100))))
-            sent = min(start + 5000, 100_100)
+        for start in range(0, 20_100, 5000):
+            peer.sock.sendall(b"".join(b"RS+ flood.%d\r\n" % i for i in range(start, min(start + 5000, 20_100))))
+            sent = min(start + 5000, 20_100)
             if done.is_set():
                 break
     except OSError:
@@ -844,7 +885,7 @@ async def route_attacks():
     thread.join(timeout=3)
     peer.close()
     text = bytes(received).decode(errors="replace")
-    check("an RS+ flood past 100,000 interest entries is cut with -ERR naming interest entries",
+    check("an RS+ flood past the interest limit is cut with -ERR naming interest entries",
           cut and re.search(r"-ERR '[^']*interest entries", text) is not None,
           f"sent {sent} in {time.time() - started:.1f} s, cut={cut}, tail {text[-300:]!r}")
     check("the flooding peer got no messages", b"RMSG" not in received, text[-300:])
@@ -856,7 +897,209 @@ async def route_attacks():
     await serves("after route attacks")
 
 
-# ---------------------------------------------------------------- 7. churn
+# ---------------------------------------------------------------- 7. route relay over mutual TLS
+
+class RelayNode:
+    """One extra unibusd with mutual-TLS routes whose --routes names only itself."""
+
+    def __init__(self, name, certs):
+        self.name = name
+        self.data = os.path.join(WORK, f"relay-{name}")
+        self.client, self.control, self.route = free_port(), free_port(), free_port()
+        self.cert, self.key = os.path.join(certs, f"{name}-route.pem"), os.path.join(certs, f"{name}-route.key")
+        self.ca = os.path.join(certs, "cluster-ca.pem")
+        self.log_path = os.path.join(WORK, f"relay-{name}.log")
+        self.process = None
+        self.log = None
+
+    def start(self):
+        self.log = open(self.log_path, "a")
+        self.process = subprocess.Popen(
+            [binary("unibusd"), "run", "--data-dir", self.data, "--listen", f"{HOST}:{self.client}",
+             "--control-listen", f"{HOST}:{self.control}", "--cluster-listen", f"{HOST}:{self.route}",
+             "--routes", f"tls://{HOST}:{self.route}", "--cluster-name", "relay",
+             "--cluster-cert", self.cert, "--cluster-key", self.key, "--cluster-ca", self.ca],
+            stdout=self.log, stderr=self.log)
+        for port in (self.client, self.control, self.route):
+            wait_for(port)
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self.log is not None:
+            self.log.close()
+
+    def http(self, path):
+        connection = httpclient.HTTPConnection(HOST, self.control, timeout=5)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read().decode(errors="replace")
+        except (OSError, httpclient.HTTPException) as error:
+            return None, f"{type(error).__name__}: {error}"
+        finally:
+            connection.close()
+
+    def metric(self, name):
+        status, text = self.http("/metrics")
+        match = re.search(rf"^{re.escape(name)} (\d+)$", text, re.M) if status == 200 else None
+        return int(match.group(1)) if match else None
+
+    def routes(self):
+        status, body = self.http("/v1/node")
+        return [r["node_id"] for r in json.loads(body).get("cluster", {}).get("routes", [])] if status == 200 else None
+
+
+class TLSRoutePeer:
+    """A mutual-TLS route connection made with node c's route certificate and key."""
+
+    def __init__(self, node, cert, key, ca):
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+        context.check_hostname = False
+        context.load_cert_chain(cert, key)
+        raw = socket.create_connection((HOST, node.route), timeout=5)
+        try:
+            self.sock = context.wrap_socket(raw)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            raise
+        self.sock.settimeout(5)
+        data, _ = read_until(self.sock, lambda d: b"\r\n" in d, timeout=5)
+        self.info_line, _, self.rest = data.partition(b"\r\n")
+        if not self.info_line.startswith(b"INFO "):
+            self.sock.close()
+            raise ConnectionError(f"no route INFO from {node.name}: {data[:200]!r}")
+        self.info = json.loads(self.info_line[5:])
+
+    def send(self, data):
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def auth_line(self, timeout=5):
+        """Reads until the node's AUTH line; (line or None, everything read)."""
+        data, _ = read_until(self.sock, lambda d: re.search(rb"(^|\r\n)AUTH [^\r\n]*\r\n", d) is not None, timeout=timeout,
+                             initial=self.rest)
+        self.rest = b""
+        match = re.search(rb"(?:^|\r\n)(AUTH [^\r\n]*\r\n)", data)
+        return (match.group(1) if match else None), data
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+async def route_relay():
+    certs = os.path.join(WORK, "relay-certs")
+    made = subprocess.run(["bash", os.path.join(ROOT, "deploy", "make-certs.sh"), certs, "a=127.0.0.1", "b=127.0.0.1", "c=127.0.0.1"],
+                          capture_output=True, text=True, timeout=120)
+    check("relay setup: deploy/make-certs.sh makes the cluster CA and route certificates for a, b, c", made.returncode == 0,
+          made.stdout + made.stderr)
+    if made.returncode != 0:
+        return
+    first = len(results)
+    admin_path = os.path.join(WORK, "relay-admin.json")
+    a, b = RelayNode("a", certs), RelayNode("b", certs)
+    attacker = (os.path.join(certs, "c-route.pem"), os.path.join(certs, "c-route.key"), os.path.join(certs, "cluster-ca.pem"))
+    try:
+        init_a = subprocess.run([binary("unibusd"), "init", "--data-dir", a.data, "--admin-identity", admin_path],
+                                capture_output=True, text=True, timeout=30)
+        admin_nkey = json.loads(cli("identity", "show", "--identity", admin_path, "--json")[1])["nkey"]
+        init_b = subprocess.run([binary("unibusd"), "init", "--data-dir", b.data, "--root", admin_nkey],
+                                capture_output=True, text=True, timeout=30)
+        check("relay setup: a inited with the admin, b with the admin's nkey as root", init_a.returncode == 0 and init_b.returncode == 0,
+              init_a.stdout + init_a.stderr + init_b.stdout + init_b.stderr)
+        a.start()
+        b.start()
+        ids = {}
+        for node in (a, b):
+            status, body = node.http("/v1/node")
+            ids[node.name] = json.loads(body)["node_id"] if status == 200 else None
+        await asyncio.sleep(0.5)   # each node has dialed its own URL (and dropped it as a route to self)
+        check("relay setup: a and b run with TLS routes, unlinked (each lists only its own URL)",
+              all(ids.values()) and ids["a"] != ids["b"] and a.routes() == [] and b.routes() == []
+              and a.metric("unibus_routes") == 0 and b.metric("unibus_routes") == 0,
+              f"ids={ids} routes a={a.routes()} b={b.routes()}")
+
+        for variant in ("INFO rebuilt with the other node's id and nonce", "INFO and AUTH forwarded byte for byte"):
+            refused = {node.name: node.metric("unibus_routes_refused_total") for node in (a, b)}
+            opened = {node.name: node.metric("unibus_routes_opened_total") for node in (a, b)}
+            to_a = to_b = None
+            try:
+                to_a = TLSRoutePeer(a, *attacker)
+                to_b = TLSRoutePeer(b, *attacker)
+                check(f"relay ({variant}): c's route certificate opens TLS to both nodes and each sends its INFO",
+                      to_a.info.get("server_id") == ids["a"] and to_b.info.get("server_id") == ids["b"]
+                      and len(to_a.info.get("nonce", "")) >= 16 and len(to_b.info.get("nonce", "")) >= 16,
+                      f"{to_a.info} {to_b.info}")
+                if variant.startswith("INFO rebuilt"):
+                    # To b, claim to be a with a's nonce (a's other fields copied); to a, claim to be b with b's nonce.
+                    as_a = dict(to_a.info, server_id=to_a.info["server_id"], nonce=to_a.info["nonce"])
+                    as_b = dict(to_b.info, server_id=to_b.info["server_id"], nonce=to_b.info["nonce"])
+                    sent = to_b.send(b"INFO " + json.dumps(as_a).encode() + b"\r\n") and to_a.send(b"INFO " + json.dumps(as_b).encode() + b"\r\n")
+                else:
+                    sent = to_b.send(to_a.info_line + b"\r\n") and to_a.send(to_b.info_line + b"\r\n")
+                auth_a, seen_a = to_a.auth_line()
+                auth_b, seen_b = to_b.auth_line()
+                check(f"relay ({variant}): each node answers the spoofed INFO with its own AUTH (the proofs to relay)",
+                      sent and auth_a is not None and auth_b is not None, f"sent={sent} a: {seen_a[:300]!r} b: {seen_b[:300]!r}")
+                if auth_b is not None:
+                    to_a.send(auth_b)
+                if auth_a is not None:
+                    to_b.send(auth_a)
+                outcome = {}
+                for name, peer in (("a", to_a), ("b", to_b)):
+                    data, closed = read_to_close(peer.sock, timeout=5)
+                    outcome[name] = (data, closed)
+                for name, other in (("a", "b"), ("b", "a")):
+                    data, closed = outcome[name]
+                    text = data.decode(errors="replace")
+                    check(f"relay ({variant}): {name} refuses {other}'s relayed proof with -ERR naming AUTH and closes",
+                          closed and re.search(r"-ERR '[^']*AUTH[^']*(prove|verify)", text) is not None,
+                          f"closed={closed} {text[:400]!r}")
+                    check(f"relay ({variant}): the relay got no interest, messages or replication from {name}",
+                          not any(k in data for k in (b"RS+", b"RMSG", b"RHMSG", b"RDATA")), text[:400])
+            except (OSError, ConnectionError, ValueError) as error:
+                check(f"relay ({variant}): the relay ran", False, f"{type(error).__name__}: {error}")
+            finally:
+                for peer in (to_a, to_b):
+                    if peer is not None:
+                        peer.close()
+            await asyncio.sleep(0.3)
+            for node in (a, b):
+                routes, gauge = node.routes(), node.metric("unibus_routes")
+                check(f"relay ({variant}): {node.name} counts no active route (unibus_routes 0, no route in /v1/node, none opened)",
+                      routes == [] and gauge == 0 and node.metric("unibus_routes_opened_total") == opened[node.name],
+                      f"routes={routes} unibus_routes={gauge} opened {opened[node.name]} -> {node.metric('unibus_routes_opened_total')}")
+                after = node.metric("unibus_routes_refused_total")
+                check(f"relay ({variant}): {node.name}'s unibus_routes_refused_total grew",
+                      refused[node.name] is not None and after is not None and after > refused[node.name], f"{refused[node.name]} -> {after}")
+        for node in (a, b):
+            status, body = node.http("/healthz")
+            alive = node.process.poll() is None
+            check(f"after the relay: {node.name} still serves (process alive, healthz 200)",
+                  alive and status == 200 and json.loads(body).get("status") == "ok", f"alive={alive} {status} {body[:200]!r}")
+    finally:
+        failed = not all(results[first:])
+        a.stop()
+        b.stop()
+        if failed:
+            for node in (a, b):
+                if os.path.exists(node.log_path):
+                    print(f"--- relay node {node.name} log (tail)")
+                    print(open(node.log_path).read()[-2000:])
+
+
+# ---------------------------------------------------------------- 8. churn
 
 def churn_once(i):
     person = PEOPLE["alice"] if i % 2 == 0 else PEOPLE["mallory"]
@@ -918,6 +1161,8 @@ def identity(work, name):
 
 
 async def main(work):
+    global WORK
+    WORK = work
     data = os.path.join(work, "data")
     admin_path = os.path.join(work, "admin.json")
     subprocess.run([binary("unibusd"), "init", "--data-dir", data, "--admin-identity", admin_path], check=True, capture_output=True)
@@ -931,7 +1176,10 @@ async def main(work):
     log = open(NODE.log, "a")
     NODE.process = subprocess.Popen(
         [binary("unibusd"), "run", "--data-dir", data, "--listen", f"{HOST}:{NODE.client}", "--control-listen", f"{HOST}:{NODE.control}",
-         "--cluster-listen", f"{HOST}:{NODE.route}", "--cluster-allow-plaintext", "--routes", f"route://{HOST}:{NODE.route}"],
+         "--cluster-listen", f"{HOST}:{NODE.route}", "--cluster-allow-plaintext", "--routes", f"route://{HOST}:{NODE.route}",
+         # Lower limits than the defaults (50,000 per user, 1,000,000 per
+         # route peer) so the floods below stay quick; the mechanism is the same.
+         "--max-subscriptions-per-user", "15000", "--max-route-interest", "20000"],
         stdout=log, stderr=log)
     try:
         wait_for(NODE.client)
@@ -951,7 +1199,7 @@ async def main(work):
             code, out = cli("room", "add-member", *as_admin, "--id", "ops", "--sign-pub", PEOPLE[name]["nkey"])
             check(f"setup: {name} joins ops", code == 0, out)
         await serves("baseline")
-        for section in (header_attacks, slow_loris, reserved_namespaces, policy_ranges, broker_attacks, route_attacks, churn):
+        for section in (header_attacks, slow_loris, reserved_namespaces, policy_ranges, broker_attacks, route_attacks, route_relay, churn):
             started = time.time()
             try:
                 await section()
