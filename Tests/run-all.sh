@@ -13,5 +13,8 @@ swift build --build-tests >/dev/null   # fails the script if the build failed
 echo "== fuzz smoke"
 Fuzz/run.sh --smoke
 
+echo "== memory soak smoke (Tests/soak/soak.py runs the 10-minute soak)"
+python3 Tests/soak/soak.py .build/debug/unibusd --smoke
+
 echo "== tests"
 swift test
