@@ -130,7 +130,7 @@ let package = Package(
         ),
         .target(
             name: "UnibusTestSupport",
-            dependencies: ["UnibusBroker"],
+            dependencies: ["UnibusBroker", "UnibusCrypto"],
             path: "Tests/UnibusTestSupport"
         ),
         .testTarget(

@@ -217,12 +217,7 @@ struct BrokerAuthenticationTests {
 @Suite("Broker under attack", .serialized)
 struct BrokerAttackTests {
     private func connect(_ client: RawClient, as identity: Identity) throws {
-        let info = client.read(until: "\r\n")
-        let found = UnibusTestSupport.nonce(fromInfo: info)
-        let nonce = try #require(found)
-        let sig = Base64.encode(identity.sign(Array(nonce.utf8)), alphabet: .url)
-        client.clear()
-        client.send("CONNECT {\"verbose\":false,\"nkey\":\"\(identity.userNKey)\",\"sig\":\"\(sig)\"}\r\nPING\r\n")
+        try client.authenticate(as: identity)
         #expect(client.read(until: "PONG").contains("PONG"))
         client.clear()
     }

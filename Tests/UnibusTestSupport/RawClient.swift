@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import UnibusBroker
+import UnibusCrypto
 
 /// A blocking TCP client speaking raw protocol text, for broker and node tests.
 public final class RawClient {
@@ -54,6 +55,18 @@ public final class RawClient {
     }
 
     public func clear() { buffer.removeAll() }
+}
+
+extension RawClient {
+    /// Reads INFO and answers with a CONNECT that signs its nonce as
+    /// `identity`, then PING (the caller reads the verdict).
+    public func authenticate(as identity: Identity) throws {
+        let info = read(until: "\r\n")
+        guard let nonce = nonce(fromInfo: info) else { throw POSIXError(.EPROTO) }
+        let signature = Base64.encode(identity.sign(Array(nonce.utf8)), alphabet: .url)
+        clear()
+        send("CONNECT {\"verbose\":false,\"nkey\":\"\(identity.userNKey)\",\"sig\":\"\(signature)\"}\r\nPING\r\n")
+    }
 }
 
 /// Starts a broker on a free loopback port for one test.
