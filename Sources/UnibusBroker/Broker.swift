@@ -154,7 +154,7 @@ public final class Broker: @unchecked Sendable {
         for group in result.queues {
             if let member = group.members.filter({ !$0.connection.isRoute }).randomElement() { targets.append(member) }
         }
-        for subscription in targets {
+        for subscription in targets where subscription.admits(subject) {
             let (deliver, last) = subscription.claimDelivery()
             guard deliver else { continue }
             subscription.delivered.wrappingIncrement(ordering: .relaxed)

@@ -480,6 +480,7 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
 
     private func onTick() {
         guard !closing else { return }
+        pruneResponsePermits()
         let configuration = broker.configuration
         let now = NIODeadline.now()
         if let stuck = unwrittenFor, stuck > configuration.writeDeadline {
@@ -580,6 +581,10 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
                 removeSubscription(subscription)
                 let replacement = Subscription(connection: self, subject: subscription.subject, queue: subscription.queue,
                                                sid: subscription.sid, deny: deny)
+                // Keep an UNSUB maximum: the replacement is the same subscription.
+                replacement.delivered.store(subscription.delivered.load(ordering: .relaxed), ordering: .relaxed)
+                replacement.remaining.store(subscription.remaining.load(ordering: .relaxed), ordering: .relaxed)
+                replacement.limited.store(subscription.limited.load(ordering: .relaxed), ordering: .relaxed)
                 subscriptions[subscription.sid] = replacement
                 if let key = subscriber { _ = broker.reserveSubscription(for: key, enforcingLimit: false) }
                 broker.index.insert(replacement)

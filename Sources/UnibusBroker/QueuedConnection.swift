@@ -57,13 +57,18 @@ class QueuedConnection: @unchecked Sendable {
     /// Reply subjects of requests delivered here that this connection may
     /// publish to once (allow_responses): uses left and expiry.
     private final var responsePermits: [String: (left: Int, expires: NIODeadline)] = [:]
+    /// Grants in arrival order (equal lifetimes: also expiry order), so the
+    /// oldest is dropped in O(1) when the table is full or expired.
+    private final var responseOrder: [(reply: String, expires: NIODeadline)] = []
+    private final var responseHead = 0
     private final var responsePolicy: ResponsePermission?
     /// Whether deliveries must record reply permits (read on every request
     /// delivered here, so an atomic rather than the lock).
     final let tracksResponses = ManagedAtomic<Bool>(false)
-    /// Most reply permits one connection holds; past it, expired ones are
-    /// dropped and, if none expired, new requests grant nothing.
+    /// Most reply permits one connection holds; past it the oldest goes.
     static let maximumResponsePermits = 10_000
+    /// Longest reply subject a permit is kept for (inboxes are short).
+    static let maximumReplyLength = 256
 
     init(id: UInt64, broker: Broker, channel: Channel, isRoute: Bool, maxPendingBytes: Int) {
         self.id = id
@@ -200,22 +205,57 @@ class QueuedConnection: @unchecked Sendable {
     final func setResponsePolicy(_ policy: ResponsePermission?) {
         sharedLock.withLock {
             responsePolicy = policy
-            if policy == nil { responsePermits.removeAll() }
+            if policy == nil {
+                responsePermits.removeAll()
+                responseOrder.removeAll()
+                responseHead = 0
+            }
         }
         tracksResponses.store(policy != nil, ordering: .relaxed)
     }
 
     /// Records that a request with `reply` was delivered here.
     final func grantResponse(to reply: String) {
+        guard reply.utf8.count <= Self.maximumReplyLength else { return }
         sharedLock.withLock {
             guard let policy = responsePolicy else { return }
             let now = NIODeadline.now()
-            if responsePermits.count >= Self.maximumResponsePermits {
-                responsePermits = responsePermits.filter { $0.value.expires > now }
-                guard responsePermits.count < Self.maximumResponsePermits else { return }
+            dropResponsePermits(expiredBy: now, keepingAtMost: Self.maximumResponsePermits - 1)
+            let expires = now + policy.expiry
+            responsePermits[reply] = (policy.maximum, expires)
+            responseOrder.append((reply, expires))
+            // Answered permits leave the table at once but stay queued until
+            // they expire; a busy responder would queue minutes of them.
+            // Rebuilding from the live ones is O(n) per n grants.
+            if responseOrder.count - responseHead > 2 * Self.maximumResponsePermits {
+                responseOrder = responseOrder[responseHead...].filter { responsePermits[$0.reply]?.expires == $0.expires }
+                responseHead = 0
             }
-            responsePermits[reply] = (policy.maximum, now + policy.expiry)
         }
+    }
+
+    /// Drops expired permits, then the oldest while more than `limit` are
+    /// held; O(1) amortised. Under `sharedLock`.
+    private final func dropResponsePermits(expiredBy now: NIODeadline, keepingAtMost limit: Int) {
+        while responseHead < responseOrder.count,
+              responseOrder[responseHead].expires <= now || responsePermits.count > limit {
+            let entry = responseOrder[responseHead]
+            // Only if this entry is still the live grant for that reply (a
+            // later grant for the same reply replaced it).
+            if responsePermits[entry.reply]?.expires == entry.expires { responsePermits[entry.reply] = nil }
+            responseHead += 1
+        }
+        if responseHead > 1024 && responseHead * 2 > responseOrder.count {
+            responseOrder.removeFirst(responseHead)
+            responseHead = 0
+        }
+    }
+
+    /// Drops expired reply permits (the connection's timer calls it, so an
+    /// idle connection does not keep them).
+    final func pruneResponsePermits() {
+        guard tracksResponses.load(ordering: .relaxed) else { return }
+        sharedLock.withLock { dropResponsePermits(expiredBy: .now(), keepingAtMost: Self.maximumResponsePermits) }
     }
 
     /// Uses one reply permit for `subject`; false when none is held.

@@ -46,12 +46,31 @@ public struct RouteInfo: Sendable, Equatable {
               let cluster = object["cluster"] as? String, let root = object["root"] as? String,
               let peerNonce = object["nonce"] as? String, (16...64).contains(peerNonce.utf8.count) else { return nil }
         nonce = peerNonce
+        let name = object["name"] as? String ?? ""
+        let clientURL = object["client_url"] as? String, controlURL = object["control_url"] as? String
+        // What a peer says about itself reaches clients (connect_urls) and
+        // /v1/node: bounded and well-formed, or the INFO is not understood.
+        guard name.utf8.count <= 128, name.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7f }), cluster.utf8.count <= 128, root.utf8.count <= 64,
+              clientURL.map({ Self.isURL($0, schemes: ["nats", "tls"]) }) ?? true,
+              controlURL.map({ Self.isURL($0, schemes: ["http", "https"]) }) ?? true else { return nil }
         self.serverID = serverID
-        self.name = object["name"] as? String ?? ""
+        self.name = name
         self.cluster = cluster
         self.root = root
-        self.clientURL = object["client_url"] as? String
-        self.controlURL = object["control_url"] as? String
+        self.clientURL = clientURL
+        self.controlURL = controlURL
+    }
+}
+
+extension RouteInfo {
+    /// `SCHEME://HOST:PORT`, at most 256 printable bytes, no user info or path.
+    static func isURL(_ text: String, schemes: [String]) -> Bool {
+        guard text.utf8.count <= 256, text.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }),
+              let separator = text.range(of: "://"), schemes.contains(String(text[..<separator.lowerBound])) else { return false }
+        let rest = text[separator.upperBound...]
+        guard !rest.contains("@"), !rest.contains("/"), let colon = rest.lastIndex(of: ":"),
+              let port = Int(rest[rest.index(after: colon)...]), (1...65_535).contains(port) else { return false }
+        return colon > rest.startIndex
     }
 }
 

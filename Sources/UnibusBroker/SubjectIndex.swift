@@ -16,6 +16,10 @@ struct MatchResult: Sendable {
     var queues: [QueueGroup] = []
     var routes: [RouteConnection] = []
     var isEmpty: Bool { plain.isEmpty && queues.isEmpty && routes.isEmpty }
+    /// Where each group name sits in `queues` while matching: merging the
+    /// groups of several filters stays linear (a search per group made a
+    /// subject with thousands of groups quadratic, under the index lock).
+    fileprivate var queueSlots: [String: Int] = [:]
 }
 
 /// The subscription index (nats-server's "sublist"): a trie over subject
@@ -144,6 +148,7 @@ final class SubjectIndex: @unchecked Sendable {
             var result = MatchResult()
             let tokens = subject.split(separator: ".", omittingEmptySubsequences: false)
             collect(level: root, tokens: tokens[...], into: &result)
+            result.queueSlots = [:]
             if cache.count >= Self.cacheLimit {
                 // Drop a small arbitrary batch rather than track recency on
                 // the hot path; small, so no single publish pays a long sweep
@@ -190,9 +195,10 @@ final class SubjectIndex: @unchecked Sendable {
         // Queue groups are one group per name, whichever filters matched
         // (a message goes to one member of "workers", not one per filter).
         for (name, members) in node.queues where !members.isEmpty {
-            if let existing = result.queues.firstIndex(where: { $0.name == name }) {
+            if let existing = result.queueSlots[name] {
                 result.queues[existing].members.append(contentsOf: members.values)
             } else {
+                result.queueSlots[name] = result.queues.count
                 result.queues.append(QueueGroup(name: name, members: Array(members.values)))
             }
         }

@@ -179,7 +179,7 @@ public final class ControlPlane: Sendable {
     /// each recipient on its key-delivery subject that a share is waiting.
     private func storeKeyShares(room: String, sender: String, body: [UInt8]) -> ControlResponse {
         guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-              let sessionID = object["session_id"] as? String, !sessionID.isEmpty, sessionID.count <= 64,
+              let sessionID = object["session_id"] as? String, !sessionID.isEmpty, sessionID.utf8.count <= 64,
               let entries = object["shares"] as? [[String: Any]], !entries.isEmpty, entries.count <= 1000 else {
             return .error(400, "the body must be {\"session_id\": ..., \"shares\": [{\"recipient\", \"sealed\", \"signature\"}]} with 1 to 1000 shares")
         }

@@ -33,6 +33,29 @@ public struct KeyShare: Equatable, Sendable {
         Array("UNIBUS-KEY-SHARE-1\n\(room)\n\(sessionID)\n\(recipient)\n".utf8) + sealed
     }
 
+    /// Why this share's fields are out of bounds, or nil. One rule for the
+    /// control plane and for replication: a share one node accepts is never
+    /// one its peers refuse (a refused share used to take its whole
+    /// replication frame, and the good shares in it, down with it).
+    public var fieldProblem: String? {
+        guard (1...64).contains(sessionID.utf8.count), sessionID.utf8.allSatisfy(Self.isSessionIDByte) else {
+            return "session_id must be 1 to 64 bytes of base64"
+        }
+        guard (1...64).contains(room.utf8.count) else { return "room must be 1 to 64 bytes" }
+        guard (try? NKey.decodePublicKey(sender, expecting: .user)) != nil,
+              (try? NKey.decodePublicKey(recipient, expecting: .user)) != nil else { return "sender and recipient must be user nkeys" }
+        guard sealed.count > SealedBox.overhead, sealed.count <= 4096 else { return "a sealed share must be 49 to 4096 bytes" }
+        guard signature.count == 64 else { return "a share signature is 64 bytes" }
+        guard created.utf8.count <= 64 else { return "created is at most 64 bytes" }
+        return nil
+    }
+
+    static func isSessionIDByte(_ byte: UInt8) -> Bool {
+        (byte >= 65 && byte <= 90) || (byte >= 97 && byte <= 122) || (byte >= 48 && byte <= 57)
+            || byte == UInt8(ascii: "+") || byte == UInt8(ascii: "/") || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_")
+            || byte == UInt8(ascii: "=")
+    }
+
     /// Whether `signature` is the sender's over this share.
     public var isSignedBySender: Bool {
         guard let (_, key) = try? NKey.decodePublicKey(sender, expecting: .user) else { return false }
@@ -69,7 +92,7 @@ extension MembershipStore {
             guard state.members[share.room]?[share.recipient] != nil else {
                 throw .unauthorized("\(share.recipient) is not a member of \(share.room); keys go to current members only")
             }
-            guard share.sealed.count > SealedBox.overhead, share.sealed.count <= 4096 else { throw .invalid("a sealed share must be 49 to 4096 bytes") }
+            if let problem = share.fieldProblem { throw .invalid(problem) }
             guard share.isSignedBySender else { throw .badSignature }
         }
         do {
@@ -181,7 +204,7 @@ extension MembershipStore {
     /// of the membership may lag. Returns whether it was new. `acked` marks
     /// it delivered (a share the recipient already fetched elsewhere).
     public func storeReplicatedKeyShare(_ share: KeyShare, acked: String?) throws(MembershipError) -> Bool {
-        guard share.sealed.count > SealedBox.overhead, share.sealed.count <= 4096 else { throw .invalid("a sealed share must be 49 to 4096 bytes") }
+        if let problem = share.fieldProblem { throw .invalid(problem) }
         guard share.id == KeyShare.identifier(room: share.room, sessionID: share.sessionID, recipient: share.recipient, sealed: share.sealed) else {
             throw .invalid("the share's id does not match its contents")
         }

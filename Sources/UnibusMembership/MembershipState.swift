@@ -217,8 +217,11 @@ public struct MembershipState: Equatable, Sendable {
 
     static func isValidLiteralSubject(_ subject: String) -> Bool {
         guard !subject.isEmpty, subject.utf8.count <= 256 else { return false }
-        return subject.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { token in
-            !token.isEmpty && token != "*" && token != ">" && !token.contains(where: { $0 == " " || $0 == "\t" || $0 == "\r" || $0 == "\n" })
+        // Bytes, not Characters: "\r\n" is one Swift Character, which a
+        // character test for "\r" or "\n" does not match.
+        return subject.utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false).allSatisfy { token in
+            !token.isEmpty && !(token.count == 1 && (token.first == UInt8(ascii: "*") || token.first == UInt8(ascii: ">")))
+                && !token.contains(where: { $0 <= 0x20 || $0 == 0x7f })
         }
     }
 }

@@ -19,6 +19,12 @@ public struct LogPosition: Comparable, Hashable, Sendable {
         self.id = id
     }
 
+    /// An origin is "" (offline bootstrap) or a server nkey: nothing else is
+    /// stored, so no node ever relays a position its peers cannot parse.
+    public static func isValidOrigin(_ origin: String) -> Bool {
+        origin.isEmpty || (origin.utf8.count <= 64 && (try? NKey.decodePublicKey(origin, expecting: .server)) != nil)
+    }
+
     public static func < (a: LogPosition, b: LogPosition) -> Bool {
         if a.clock != b.clock { return a.clock < b.clock }
         if a.origin != b.origin { return a.origin < b.origin }
@@ -333,6 +339,7 @@ public final class MembershipStore: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard position.id == signed.id else { throw .invalid("a log position for another operation") }
+        guard LogPosition.isValidOrigin(position.origin) else { throw .invalid("a log position's origin must be a node id") }
         let horizon = Self.clockReading(at: Date().addingTimeInterval(Self.maximumClockLead))
         guard position.clock <= horizon else {
             futurePositionsRefused += 1

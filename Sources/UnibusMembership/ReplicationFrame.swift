@@ -43,7 +43,7 @@ public enum ReplicationFrame: Equatable, Sendable {
             positions.reserveCapacity(items.count)
             for item in items {
                 let parts = item.split(separator: " ", omittingEmptySubsequences: false)
-                guard parts.count == 3, Self.isHex(parts[0], count: 64), let clock = UInt64(parts[1]), parts[2].utf8.count <= 64 else {
+                guard parts.count == 3, Self.isHex(parts[0], count: 64), let clock = UInt64(parts[1]), LogPosition.isValidOrigin(String(parts[2])) else {
                     throw .malformed("a have entry must be \"ID CLOCK ORIGIN\"")
                 }
                 positions.append(LogPosition(clock: clock, origin: String(parts[2]), id: String(parts[0])))
@@ -51,7 +51,7 @@ public enum ReplicationFrame: Equatable, Sendable {
             self = .have(positions: positions, last: wire.last ?? false)
         case "op":
             guard let bytesText = wire.bytes, let signatureText = wire.signature, let clockText = wire.clock,
-                  let clock = UInt64(clockText), let origin = wire.origin, origin.utf8.count <= 64,
+                  let clock = UInt64(clockText), let origin = wire.origin, LogPosition.isValidOrigin(origin),
                   let operationBytes = try? Base64.decode(bytesText), let signature = try? Base64.decode(signatureText) else {
                 throw .malformed("op needs bytes, signature (base64), clock and origin")
             }
@@ -65,15 +65,14 @@ public enum ReplicationFrame: Equatable, Sendable {
             var shares: [ReplicatedShare] = []
             for item in items {
                 guard let sealed = try? Base64.decode(item.sealed), let signature = try? Base64.decode(item.signature),
-                      sealed.count <= 4096, signature.count == 64,
-                      [item.id, item.room, item.sender, item.recipient, item.session_id, item.created ?? "", item.acked ?? ""]
-                        .allSatisfy({ $0.utf8.count <= 128 }) else {
-                    throw .malformed("a share needs id, room, sender, recipient, session_id, sealed and signature within bounds")
+                      Self.isHex(item.id, count: 64), (item.acked ?? "").utf8.count <= 64 else {
+                    throw .malformed("a share needs a hex id, base64 sealed and signature, and a short acked time")
                 }
-                shares.append(ReplicatedShare(share: KeyShare(id: item.id, room: item.room, sender: item.sender, recipient: item.recipient,
-                                                              sessionID: item.session_id, sealed: sealed, signature: signature,
-                                                              created: item.created ?? ""),
-                                              acked: item.acked))
+                let share = KeyShare(id: item.id, room: item.room, sender: item.sender, recipient: item.recipient,
+                                     sessionID: item.session_id, sealed: sealed, signature: signature, created: item.created ?? "")
+                // An acknowledged share travels without its sealed key.
+                if item.acked == nil || !sealed.isEmpty, let problem = share.fieldProblem { throw .malformed(problem) }
+                shares.append(ReplicatedShare(share: share, acked: item.acked))
             }
             self = .shares(shares)
         case "acks":

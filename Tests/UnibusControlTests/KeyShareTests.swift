@@ -104,6 +104,15 @@ struct KeyShareTests {
         #expect(otherRoom == 401, "the signature binds the room")
         let (malformed, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice, body: ["shares": "nope"])
         #expect(malformed == 400)
+        // A session id of 64 characters but thousands of bytes (one a peer's
+        // replication decoder would refuse) is refused here too.
+        let wide = String(repeating: "\u{1F600}", count: 64)
+        let (wideStatus, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice,
+                                         body: ["session_id": wide, "shares": [share(from: alice, to: bob, session: wide)]])
+        #expect(wideStatus == 400)
+        let (oddStatus, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice,
+                                        body: ["session_id": "a b", "shares": [share(from: alice, to: bob, session: "a b")]])
+        #expect(oddStatus == 400)
         let (_, pending) = await call(plane, "GET", "/v1/key-shares", as: bob)
         #expect((pending["key_shares"] as? [Any])?.isEmpty == true, "nothing was stored")
         await node.broker.shutdown()

@@ -99,7 +99,7 @@ struct MembershipStateTests {
     /// No room reaches a reserved namespace or another open room's subject,
     /// either way round (`rooms` and `rooms.a` conflict; `roomsx` does not).
     @Test(arguments: ["unibus", "unibus.keys", "unibus.keys.UABC", "_INBOX", "_INBOX.x", "$SYS", "$SYS.REQ", "$JS.API", "$anything",
-                      "rooms", "rooms.a.sub", "rooms.a"])
+                      "rooms", "rooms.a.sub", "rooms.a", "rooms.b\r\nc", "rooms.b c", "rooms.b\tc", "rooms..b", "rooms.b.", ".rooms", "rooms.*", "rooms.>"])
     func reservedAndOverlappingSubjectsAreRefused(_ subject: String) throws {
         var state = try bootstrapped()
         try state.apply(.sign(.createRoom(id: "a", subject: "rooms.a", policy: RoomPolicy()), by: alice))

@@ -11,6 +11,10 @@ struct ReplicatedLogTests {
     let alice = Identity()
     let bob = Identity()
     let base = NSTemporaryDirectory() + "unibus-replicated-\(UUID().uuidString)"
+    /// Node ids (server nkeys) for origins, in the order the old names
+    /// "NA" < "NB" < "NC" < "NX" had (origins break ties in log order).
+    static let nodes = (0..<4).map { _ in NKey.encodePublicKey(Ed25519KeyPair().publicKey, type: .server) }.sorted()
+    static let nodeA = nodes[0], nodeB = nodes[1], nodeC = nodes[2], nodeX = nodes[3]
 
     private func store(_ name: String) throws -> MembershipStore {
         try MembershipStore(directory: base + "/" + name)
@@ -27,11 +31,11 @@ struct ReplicatedLogTests {
 
     @Test func anyArrivalOrderFoldsToTheSameState() throws {
         let a = try store("a")
-        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: "NA")
-        try a.append(.sign(add(alice, "alice"), by: admin), origin: "NA")
-        try a.append(.sign(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: alice), origin: "NA")
-        try a.append(.sign(add(bob, "bob"), by: admin), origin: "NA")
-        try a.append(.sign(.addMember(room: "ops", user: bob.userNKey, role: .member), by: alice), origin: "NA")
+        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: Self.nodeA)
+        try a.append(.sign(add(alice, "alice"), by: admin), origin: Self.nodeA)
+        try a.append(.sign(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: alice), origin: Self.nodeA)
+        try a.append(.sign(add(bob, "bob"), by: admin), origin: Self.nodeA)
+        try a.append(.sign(.addMember(room: "ops", user: bob.userNKey, role: .member), by: alice), origin: Self.nodeA)
         let entries = a.logEntries()
         for (index, order) in [entries, entries.reversed(), entries.shuffled(), entries.shuffled()].enumerated() {
             let b = try store("b\(index)")
@@ -48,12 +52,12 @@ struct ReplicatedLogTests {
     @Test func concurrentConflictsResolveTheSameWayEverywhere() throws {
         // Two nodes share a bootstrap, then each accepts a room "ops" while partitioned.
         let a = try store("a"), c = try store("c")
-        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: "NA")
-        try a.append(.sign(add(alice, "alice"), by: admin), origin: "NA")
-        try a.append(.sign(add(bob, "bob"), by: admin), origin: "NA")
+        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: Self.nodeA)
+        try a.append(.sign(add(alice, "alice"), by: admin), origin: Self.nodeA)
+        try a.append(.sign(add(bob, "bob"), by: admin), origin: Self.nodeA)
         try ship(a.logEntries(), to: c)
-        try a.append(.sign(.createRoom(id: "ops", subject: "rooms.a", policy: RoomPolicy()), by: alice), origin: "NA")
-        try c.append(.sign(.createRoom(id: "ops", subject: "rooms.c", policy: RoomPolicy()), by: bob), origin: "NC")
+        try a.append(.sign(.createRoom(id: "ops", subject: "rooms.a", policy: RoomPolicy()), by: alice), origin: Self.nodeA)
+        try c.append(.sign(.createRoom(id: "ops", subject: "rooms.c", policy: RoomPolicy()), by: bob), origin: Self.nodeC)
         #expect(a.snapshot.rooms["ops"]?.subject == "rooms.a")
         #expect(c.snapshot.rooms["ops"]?.subject == "rooms.c")
         // Heal: each gets the other's operations.
@@ -72,9 +76,9 @@ struct ReplicatedLogTests {
 
     @Test func anOperationWaitsForTheOperationsBeforeIt() throws {
         let a = try store("a")
-        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: "NA")
-        try a.append(.sign(add(alice, "alice"), by: admin), origin: "NA")
-        try a.append(.sign(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: alice), origin: "NA")
+        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: Self.nodeA)
+        try a.append(.sign(add(alice, "alice"), by: admin), origin: Self.nodeA)
+        try a.append(.sign(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: alice), origin: Self.nodeA)
         let entries = a.logEntries()
         let b = try store("b")
         // The room arrives before the user who created it: refused for now...
@@ -94,24 +98,53 @@ struct ReplicatedLogTests {
     @Test(arguments: [UInt64.max, UInt64.max - 1, (UInt64(1) << 63), (UInt64(Date().timeIntervalSince1970 * 1000) + 3_600_000) << 16])
     func positionsFarAheadAreRefused(_ clock: UInt64) throws {
         let a = try store("a")
-        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: "NA")
+        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: Self.nodeA)
         let addAlice = SignedOperation.sign(add(alice, "alice"), by: admin)
-        #expect(throws: MembershipError.self) { try a.merge(addAlice, at: LogPosition(clock: clock, origin: "NB", id: addAlice.id)) }
+        #expect(throws: MembershipError.self) { try a.merge(addAlice, at: LogPosition(clock: clock, origin: Self.nodeB, id: addAlice.id)) }
         #expect(a.position(of: addAlice.id) == nil)
         #expect(a.refusedFuturePositions == 1)
-        try a.append(.sign(add(bob, "bob"), by: admin), origin: "NA")
+        try a.append(.sign(add(bob, "bob"), by: admin), origin: Self.nodeA)
         #expect(a.operationCount == 2)
+    }
+
+    /// Origins are node ids or "": a position with any other origin (one with
+    /// a space once broke every peer's anti-entropy) is never stored.
+    @Test(arguments: [" ", "NA", "x y", "UABC", String(repeating: "N", count: 100)])
+    func positionsWithBadOriginsAreRefused(_ origin: String) throws {
+        let a = try store("a")
+        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: Self.nodeA)
+        let addAlice = SignedOperation.sign(add(alice, "alice"), by: admin)
+        #expect(throws: MembershipError.self) { try a.merge(addAlice, at: LogPosition(clock: 1, origin: origin, id: addAlice.id)) }
+        #expect(a.position(of: addAlice.id) == nil)
+        let frame = Array("{\"t\":\"have\",\"entries\":[\"\(addAlice.id) 1 \(origin)\"],\"last\":true}".utf8)
+        #expect(throws: ReplicationFrameError.self) { try ReplicationFrame(decoding: frame) }
+    }
+
+    /// Every frame a node sends decodes on its peers, and back to itself.
+    @Test func replicationFramesRoundTrip() throws {
+        let operation = SignedOperation.sign(add(alice, "alice"), by: admin)
+        let frames: [ReplicationFrame] = [
+            .sync(count: 3, digest: String(repeating: "a", count: 64)),
+            .have(positions: [LogPosition(clock: 5, origin: Self.nodeA, id: operation.id), LogPosition(clock: 6, origin: "", id: operation.id)], last: true),
+            .operation(operation, LogPosition(clock: 7, origin: Self.nodeB, id: operation.id)),
+            .acks(ids: ["x"], at: "2026-12-01T00:00:00Z"),
+        ]
+        for frame in frames { #expect(try ReplicationFrame(decoding: frame.encoded) == frame) }
+        #expect(throws: ReplicationFrameError.self) { try ReplicationFrame(decoding: Array("{\"t\":\"nope\"}".utf8)) }
+        #expect(throws: ReplicationFrameError.self) { try ReplicationFrame(decoding: Array("[1]".utf8)) }
+        let tooMany = "{\"t\":\"acks\",\"ids\":[" + Array(repeating: "\"a\"", count: ReplicationFrame.maximumIDs + 1).joined(separator: ",") + "]}"
+        #expect(throws: ReplicationFrameError.self) { try ReplicationFrame(decoding: Array(tooMany.utf8)) }
     }
 
     @Test func localOperationsSortAfterEverythingSeen() throws {
         let a = try store("a"), b = try store("b")
-        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: "NA")
+        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: Self.nodeA)
         // A peer whose clock runs four minutes ahead (inside the bound) accepted the next operation.
-        let ahead = LogPosition(clock: (UInt64(Date().timeIntervalSince1970 * 1000) + 240_000) << 16, origin: "NB", id: "")
+        let ahead = LogPosition(clock: (UInt64(Date().timeIntervalSince1970 * 1000) + 240_000) << 16, origin: Self.nodeB, id: "")
         let addAlice = SignedOperation.sign(add(alice, "alice"), by: admin)
-        _ = try a.merge(addAlice, at: LogPosition(clock: ahead.clock, origin: "NB", id: addAlice.id))
+        _ = try a.merge(addAlice, at: LogPosition(clock: ahead.clock, origin: Self.nodeB, id: addAlice.id))
         // What this node accepts next depends on it, and must sort after it.
-        try a.append(.sign(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: alice), origin: "NA")
+        try a.append(.sign(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: alice), origin: Self.nodeA)
         try ship(a.logEntries().reversed(), to: b)
         #expect(b.snapshot.rooms["ops"] != nil)
         #expect(b.snapshot == a.snapshot)
@@ -120,11 +153,11 @@ struct ReplicatedLogTests {
     @Test func theRootAdminIsPinned() throws {
         let intruder = Identity()
         let a = try store("a")
-        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: "NA")
+        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: Self.nodeA)
         #expect(a.rootAdmin == admin.userNKey)
         // A self-registered admin that sorts before the genesis cannot take over.
         let forged = SignedOperation.sign(add(intruder, "evil", role: .admin), by: intruder)
-        #expect(try a.merge(forged, at: LogPosition(clock: 1, origin: "NX", id: forged.id))
+        #expect(try a.merge(forged, at: LogPosition(clock: 1, origin: Self.nodeX, id: forged.id))
                 == .stored(refused: .unauthorized("the log's root admin is \(admin.userNKey); \(intruder.userNKey) cannot start it")))
         #expect(a.snapshot.users[intruder.userNKey] == nil)
         #expect(a.snapshot.users[admin.userNKey]?.role == .admin)
@@ -141,11 +174,11 @@ struct ReplicatedLogTests {
 
     @Test func theSameOperationAcceptedTwiceKeepsItsEarlierPosition() throws {
         let a = try store("a"), b = try store("b")
-        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: "NA")
+        try a.append(.sign(add(admin, "root", role: .admin), by: admin), origin: Self.nodeA)
         try ship(a.logEntries(), to: b)
         let addAlice = SignedOperation.sign(add(alice, "alice"), by: admin)
-        try a.append(addAlice, origin: "NA")
-        try b.append(addAlice, origin: "NB")
+        try a.append(addAlice, origin: Self.nodeA)
+        try b.append(addAlice, origin: Self.nodeB)
         try ship(b.logEntries(), to: a)
         try ship(a.logEntries(), to: b)
         #expect(a.position(of: addAlice.id) == b.position(of: addAlice.id))
