@@ -67,6 +67,53 @@ struct BrokerInteropTests {
         #expect(output.contains("6 passed, 0 failed"), "\(output)")
     }
 
+    /// A node whose stderr pipe was closed keeps serving and stops cleanly:
+    /// a failed log write is a dropped line, never SIGPIPE or a trap
+    /// (`unibusd … 2>&1 | head -1` used to kill it with SIGILL).
+    @Test func aClosedLogPipeDoesNotKillTheNode() throws {
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, length) == 0 && getsockname(probe, $0, &length) == 0 }
+        }
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        close(probe)
+        let node = Process()
+        node.executableURL = URL(fileURLWithPath: Self.unibusd)
+        node.arguments = ["run", "--listen", "127.0.0.1:\(port)"]
+        let logs = Pipe()
+        node.standardError = logs
+        node.standardOutput = FileHandle.nullDevice
+        try logs.fileHandleForReading.close()   // the reader is gone before the node writes a line
+        try node.run()
+        var served = false
+        let deadline = Date().addingTimeInterval(10)
+        while !served && Date() < deadline && node.isRunning {
+            let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var target = sockaddr_in()
+            target.sin_family = sa_family_t(AF_INET)
+            target.sin_port = in_port_t(UInt16(port).bigEndian)
+            target.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &target) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            }
+            if connected {
+                var buffer = [UInt8](repeating: 0, count: 5)
+                served = recv(client, &buffer, 5, Int32(MSG_WAITALL)) == 5 && buffer == Array("INFO ".utf8)
+            }
+            close(client)
+            if !served { usleep(50_000) }
+        }
+        #expect(served, "the node served INFO with its stderr closed")
+        node.terminate()   // SIGTERM: it logs "shutting down" into the closed pipe
+        node.waitUntilExit()
+        #expect(node.terminationReason == .exit && node.terminationStatus == 0,
+                "exit \(node.terminationStatus), reason \(node.terminationReason == .exit ? "exit" : "signal")")
+    }
+
     @Test func unibusdRefusesPlaintextOffLoopback() throws {
         let (status, output) = try runPeer([Self.unibusd, "run", "--listen", "0.0.0.0:0"])
         #expect(status != 0)
