@@ -56,7 +56,11 @@ struct BrokerLimitTests {
             let publisher = try RawClient(port: port)
             publisher.send("CONNECT {\"verbose\":false}\r\nPUB big 100000\r\n" + String(repeating: "x", count: 100_000) + "\r\nPING\r\n")
             publisher.read(until: "PONG")
-            try await Task.sleep(for: .milliseconds(200))
+            // Wait for the condition (bounded), not for a fixed time.
+            let deadline = Date().addingTimeInterval(5)
+            while broker.statistics.slowConsumers.load(ordering: .relaxed) == 0 && Date() < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
             #expect(broker.statistics.slowConsumers.load(ordering: .relaxed) == 1)
             subscriber.read(timeout: 1)
             #expect(subscriber.closedByServer)
