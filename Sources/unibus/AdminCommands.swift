@@ -59,7 +59,12 @@ func printJSON(_ object: Any) throws {
 func canonicalUserKey(_ text: String) throws -> String {
     if let (_, key) = try? NKey.decodePublicKey(text, expecting: .user) { return NKey.encodePublicKey(key, type: .user) }
     if let bytes = try? Hex.decode(text), let key = Ed25519PublicKey(bytes: bytes) { return NKey.encodePublicKey(key, type: .user) }
-    throw CLIError("\(text) is neither a user nkey (U…) nor 64 hex digits of an Ed25519 public key")
+    // Never echo what was given: it may be a secret pasted by mistake.
+    if text.hasPrefix("S") {
+        throw CLIError("--sign-pub looks like a seed (a secret key, S…): pass the public key (U…) from `unibus identity show`, "
+                       + "and treat that seed as exposed if it was shared")
+    }
+    throw CLIError("--sign-pub is neither a user nkey (U…) nor 64 hex digits of an Ed25519 public key")
 }
 
 struct UserCommand: AsyncParsableCommand {

@@ -542,6 +542,13 @@ async def reserved_namespaces():
     check("mallory received no other user's key notice (nor anything else)", not got, got)
     await nc.close()
     await bob_nc.close()
+
+    # A seed pasted where a public key belongs is refused without being echoed.
+    mallory_seed = PEOPLE["mallory"]["seed"]
+    code, out = cli("user", "add", "--node", NODE.url, "--identity", PEOPLE["admin"]["path"], "--sign-pub", mallory_seed,
+                    "--kx-pub", PEOPLE["mallory"]["kx"], "--handle", "pasted")
+    check("a seed given as --sign-pub is refused, named as a secret, and never printed back",
+          code != 0 and "seed" in out and mallory_seed not in out and mallory_seed[:12] not in out, out)
     await serves("after reserved-namespace attacks")
 
 
