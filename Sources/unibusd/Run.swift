@@ -137,6 +137,10 @@ struct Run: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Termination signals are taken from here on, before anything starts:
+        // one that arrives while the node is still starting is handled as soon
+        // as it has started (it used to be lost, and the node kept running).
+        let signals = SignalWaiter()
         try validateLimits()
         var configuration = BrokerConfiguration()
         (configuration.host, configuration.port) = try Self.hostAndPort(listen, option: "--listen")
@@ -246,7 +250,6 @@ struct Run: AsyncParsableCommand {
                           "auth": membership != nil ? "membership" : (allowlist == nil ? "none" : "allowlist"),
                           "tls": configuration.tls == nil ? "off" : (tlsClientCA == nil ? "on" : "mutual")])
 
-        let signals = SignalWaiter()
         while true {
             let signal = await signals.next()
             if signal == SIGHUP, let allowlistAuthorizer {

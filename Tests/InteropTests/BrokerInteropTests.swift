@@ -114,6 +114,28 @@ struct BrokerInteropTests {
                 "exit \(node.terminationStatus), reason \(node.terminationReason == .exit ? "exit" : "signal")")
     }
 
+    /// SIGTERM at any moment of start-up stops the node (it once stayed up
+    /// after a SIGTERM sent right after start).
+    @Test func sigtermDuringStartUpStopsTheNode() throws {
+        for attempt in 0..<8 {
+            let node = Process()
+            node.executableURL = URL(fileURLWithPath: Self.unibusd)
+            node.arguments = ["run", "--listen", "127.0.0.1:0"]
+            node.standardError = FileHandle.nullDevice
+            node.standardOutput = FileHandle.nullDevice
+            try node.run()
+            usleep(UInt32(attempt) * 40_000)   // 0 to 280 ms into start-up
+            node.terminate()
+            let deadline = Date().addingTimeInterval(10)
+            while node.isRunning && Date() < deadline { usleep(10_000) }
+            #expect(!node.isRunning, "SIGTERM \(attempt * 40) ms after start was lost")
+            if node.isRunning {
+                kill(node.processIdentifier, SIGKILL)
+                node.waitUntilExit()
+            }
+        }
+    }
+
     @Test func unibusdRefusesPlaintextOffLoopback() throws {
         let (status, output) = try runPeer([Self.unibusd, "run", "--listen", "0.0.0.0:0"])
         #expect(status != 0)
