@@ -176,6 +176,12 @@ public final class Cluster: @unchecked Sendable {
         set { lock.withLock { _onEvent = newValue } }
     }
 
+    /// Whether `text` is a URL a node may advertise (and accept from a peer):
+    /// `SCHEME://HOST:PORT` with one of `schemes`, at most 256 printable bytes.
+    public static func isAdvertisableURL(_ text: String, schemes: [String]) -> Bool {
+        RouteInfo.isURL(text, schemes: schemes)
+    }
+
     /// A link refused before its handshake reached `handshake` (logged).
     func refused(_ peer: String, reason: String) {
         emit(.refused(peer, reason: reason))

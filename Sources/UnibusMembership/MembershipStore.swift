@@ -67,6 +67,10 @@ public final class MembershipStore: @unchecked Sendable {
 
     private let lock = NSLock()
     private let database: SQLiteDatabase
+    /// An exclusive lock on `DIR/lock`, held for the store's lifetime: two
+    /// processes (a running node and `unibusd init`, or two nodes) never
+    /// write one data directory.
+    private let directoryLock: Int32
     private var state = MembershipState()
     private var entries: [LogEntry] = []
     private var positions: [String: LogPosition] = [:]
@@ -80,15 +84,42 @@ public final class MembershipStore: @unchecked Sendable {
     /// A log with an operation that does not verify is an error naming it.
     public init(directory: String) throws(MembershipError) {
         try Self.prepareDirectory(directory)
+        directoryLock = try Self.lockDirectory(directory)
         do {
             database = try SQLiteDatabase(path: directory + "/" + Self.fileName)
             try Self.migrate(database)
         } catch let error as MembershipError {
+            close(directoryLock)
             throw error
         } catch {
+            close(directoryLock)
             throw .storage("\(error)")
         }
-        try replay()
+        do { try replay() } catch {
+            close(directoryLock)
+            throw error
+        }
+    }
+
+    deinit { close(directoryLock) }
+
+    /// Takes the data directory's lock or says who holds it.
+    static func lockDirectory(_ directory: String) throws(MembershipError) -> Int32 {
+        let path = directory + "/lock"
+        let fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .storage("cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let reason = errno == EWOULDBLOCK ? "another unibusd (a running node, or init) is using \(directory); stop it first"
+                : "cannot lock \(path): \(String(cString: strerror(errno)))"
+            close(fd)
+            throw .storage(reason)
+        }
+        return fd
+    }
+
+    /// Whether `directory` holds a store (without creating anything).
+    public static func exists(in directory: String) -> Bool {
+        FileManager.default.fileExists(atPath: directory + "/" + fileName)
     }
 
     /// Creates the data directory 0700, or checks an existing one: a

@@ -25,6 +25,11 @@ struct Init: ParsableCommand {
     func run() throws {
         if let root {
             guard adminIdentity == nil else { throw CLIFailure("give --admin-identity or --root, not both") }
+            // Checked before anything is created: a refused init leaves nothing behind.
+            guard (try? NKey.decodePublicKey(root, expecting: .user)) != nil else {
+                throw CLIFailure("--root must be the root admin's user nkey (U…, `unibus identity nkey --identity ADMIN.json`); "
+                                 + (root.hasPrefix("S") ? "this looks like a seed (a secret): never give it to a node" : "this is not one"))
+            }
             do {
                 let store = try MembershipStore(directory: dataDir)
                 try store.pinRoot(root)

@@ -174,6 +174,11 @@ struct Run: AsyncParsableCommand {
         var membership: MembershipStore?
         if let dataDir {
             guard allowlist == nil else { throw ValidationError("--data-dir and --allowlist are exclusive: membership decides who may connect") }
+            // Refused before anything is created in a directory init never made.
+            guard MembershipStore.exists(in: dataDir) else {
+                throw ValidationError("\(dataDir) is not a node's data directory: run `unibusd init --data-dir \(dataDir) --admin-identity FILE` "
+                                      + "(or `--root NKEY` for a node that gets its log from its --routes)")
+            }
             do {
                 membership = try MembershipStore(directory: dataDir)
             } catch {
@@ -272,15 +277,21 @@ struct Run: AsyncParsableCommand {
 
 extension Run {
     /// Splits a HOST:PORT option; the error names the option.
+    /// HOST:PORT, with an IPv6 host in brackets (`[::1]:4222`).
     static func hostAndPort(_ text: String, option: String) throws -> (String, Int) {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65_535).contains(port) else {
             throw ValidationError("\(option) must be HOST:PORT with a port from 0 to 65535, got \(text)")
         }
-        return (String(text[..<colon]), port)
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.contains(" "), !host.contains("/"), host.utf8.count <= 253 else {
+            throw ValidationError("\(option) has an invalid host: \(host)")
+        }
+        return (host, port)
     }
 
     static func isLoopback(_ host: String) -> Bool {
-        ["127.0.0.1", "localhost", "::1"].contains(host) || host.hasPrefix("127.")
+        ["127.0.0.1", "localhost", "::1", "[::1]"].contains(host) || host.hasPrefix("127.")
     }
 
     /// The route settings, checked: TLS under a cluster CA distinct from
@@ -325,8 +336,15 @@ extension Run {
             throw ValidationError("--cluster-cert, --cluster-key and --cluster-ca go together")
         }
         let wildcard = ["0.0.0.0", "::", "[::]", ""]
+        if let advertise, !Cluster.isAdvertisableURL(advertise, schemes: ["nats", "tls"]) {
+            throw ValidationError("--advertise must be nats://HOST:PORT or tls://HOST:PORT (clients are told it), got \(advertise)")
+        }
+        if let advertiseControl, !Cluster.isAdvertisableURL(advertiseControl, schemes: ["http", "https"]) {
+            throw ValidationError("--advertise-control must be https://HOST:PORT (or http:// on loopback), got \(advertiseControl)")
+        }
+        let clientHost = client.host.contains(":") ? "[\(client.host)]" : client.host
         cluster.advertiseClientURL = advertise
-            ?? (wildcard.contains(client.host) ? nil : "\(client.tls == nil ? "nats" : "tls")://\(client.host):\(client.port)")
+            ?? (wildcard.contains(client.host) ? nil : "\(client.tls == nil ? "nats" : "tls")://\(clientHost):\(client.port)")
         if let advertiseControl {
             cluster.advertiseControlURL = advertiseControl
         } else if dataDir != nil, let (host, _) = try? Self.hostAndPort(controlListen, option: "--control-listen") {

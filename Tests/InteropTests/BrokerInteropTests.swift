@@ -136,6 +136,50 @@ struct BrokerInteropTests {
         }
     }
 
+    /// Careless input to unibusd is refused by name and leaves nothing
+    /// behind; a data directory is locked while a node uses it.
+    @Test func unibusdRefusesLooseInput() throws {
+        let work = NSTemporaryDirectory() + "unibus-loose-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let (badRoot, badRootOutput) = try runPeer([Self.unibusd, "init", "--data-dir", work + "/a", "--root", "UABC"])
+        #expect(badRoot != 0 && badRootOutput.contains("--root must be"), "\(badRootOutput)")
+        #expect(!FileManager.default.fileExists(atPath: work + "/a"), "a refused init left a directory behind")
+        let (uninitialised, runOutput) = try runPeer([Self.unibusd, "run", "--data-dir", work + "/b", "--listen", "127.0.0.1:0"])
+        #expect(uninitialised != 0 && runOutput.contains("is not a node's data directory"), "\(runOutput)")
+        #expect(!FileManager.default.fileExists(atPath: work + "/b"), "run on an uninitialised directory created files")
+        let (badAdvertise, advertiseOutput) = try runPeer([Self.unibusd, "run", "--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0",
+                                                           "--cluster-allow-plaintext", "--advertise", "foo bar"])
+        #expect(badAdvertise != 0 && advertiseOutput.contains("--advertise must be"), "\(advertiseOutput)")
+        let (ipv6, ipv6Output) = try runPeer([Self.unibusd, "run", "--listen", "[::1]:99999"])
+        #expect(ipv6 != 0 && !ipv6Output.contains("refusing plain TCP"), "IPv6 loopback is loopback: \(ipv6Output)")
+
+        // init against the data directory of a running node is refused (the node holds its lock).
+        let (initialised, initOutput) = try runPeer([Self.unibusd, "init", "--data-dir", work + "/c", "--admin-identity", work + "/admin.json"])
+        #expect(initialised == 0, "\(initOutput)")
+        let node = Process()
+        node.executableURL = URL(fileURLWithPath: Self.unibusd)
+        node.arguments = ["run", "--data-dir", work + "/c", "--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"]
+        node.standardError = FileHandle.nullDevice
+        node.standardOutput = FileHandle.nullDevice
+        try node.run()
+        defer {
+            node.terminate()
+            node.waitUntilExit()
+        }
+        var refusal = ""
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline && node.isRunning {
+            let (status, output) = try runPeer([Self.unibusd, "init", "--data-dir", work + "/c", "--admin-identity", work + "/other.json"])
+            if status != 0 && output.contains("is using") {
+                refusal = output
+                break
+            }
+            usleep(100_000)
+        }
+        #expect(refusal.contains("another unibusd"), "init on a running node's directory was not refused: \(refusal)")
+    }
+
     @Test func unibusdRefusesPlaintextOffLoopback() throws {
         let (status, output) = try runPeer([Self.unibusd, "run", "--listen", "0.0.0.0:0"])
         #expect(status != 0)
