@@ -69,8 +69,8 @@ public final class MembershipStore: @unchecked Sendable {
     private let database: SQLiteDatabase
     /// An exclusive lock on `DIR/lock`, held for the store's lifetime: two
     /// processes (a running node and `unibusd init`, or two nodes) never
-    /// write one data directory.
-    private let directoryLock: Int32
+    /// write one data directory. Stores of one process share it.
+    private let directoryLock: DirectoryLock
     private var state = MembershipState()
     private var entries: [LogEntry] = []
     private var positions: [String: LogPosition] = [:]
@@ -89,32 +89,23 @@ public final class MembershipStore: @unchecked Sendable {
             database = try SQLiteDatabase(path: directory + "/" + Self.fileName)
             try Self.migrate(database)
         } catch let error as MembershipError {
-            close(directoryLock)
+            directoryLock.release()
             throw error
         } catch {
-            close(directoryLock)
+            directoryLock.release()
             throw .storage("\(error)")
         }
         do { try replay() } catch {
-            close(directoryLock)
+            directoryLock.release()
             throw error
         }
     }
 
-    deinit { close(directoryLock) }
+    deinit { directoryLock.release() }
 
     /// Takes the data directory's lock or says who holds it.
-    static func lockDirectory(_ directory: String) throws(MembershipError) -> Int32 {
-        let path = directory + "/lock"
-        let fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .storage("cannot open \(path): \(String(cString: strerror(errno)))") }
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            let reason = errno == EWOULDBLOCK ? "another unibusd (a running node, or init) is using \(directory); stop it first"
-                : "cannot lock \(path): \(String(cString: strerror(errno)))"
-            close(fd)
-            throw .storage(reason)
-        }
-        return fd
+    static func lockDirectory(_ directory: String) throws(MembershipError) -> DirectoryLock {
+        try DirectoryLock.acquire(directory)
     }
 
     /// Whether `directory` holds a store (without creating anything).
@@ -531,5 +522,54 @@ extension MembershipState {
     init(users: [String: User], rooms: [String: Room], members: [String: [String: Member]], root: String?, settings: ClusterSettings) {
         self.init()
         self.restore(users: users, rooms: rooms, members: members, root: root, settings: settings)
+    }
+}
+
+/// `flock` on `DIR/lock`, shared by every store of this process on the same
+/// directory (tests reopen a store in-process) and exclusive between
+/// processes. Released when the last holder releases it.
+final class DirectoryLock: @unchecked Sendable {
+    // @unchecked: `released` is guarded by `DirectoryLock.registryLock`.
+    private static let registryLock = NSLock()
+    nonisolated(unsafe) private static var held: [String: (fd: Int32, holders: Int)] = [:]
+    private let key: String
+    private var released = false
+
+    private init(key: String) {
+        self.key = key
+    }
+
+    static func acquire(_ directory: String) throws(MembershipError) -> DirectoryLock {
+        let key = URL(fileURLWithPath: directory).standardizedFileURL.path
+        registryLock.lock()
+        defer { registryLock.unlock() }
+        if let entry = held[key] {
+            held[key] = (entry.fd, entry.holders + 1)
+            return DirectoryLock(key: key)
+        }
+        let path = directory + "/lock"
+        let fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .storage("cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let reason = errno == EWOULDBLOCK ? "another unibusd (a running node, or init) is using \(directory); stop it first"
+                : "cannot lock \(path): \(String(cString: strerror(errno)))"
+            close(fd)
+            throw .storage(reason)
+        }
+        held[key] = (fd, 1)
+        return DirectoryLock(key: key)
+    }
+
+    func release() {
+        Self.registryLock.lock()
+        defer { Self.registryLock.unlock() }
+        guard !released, let entry = Self.held[key] else { return }
+        released = true
+        if entry.holders <= 1 {
+            close(entry.fd)
+            Self.held[key] = nil
+        } else {
+            Self.held[key] = (entry.fd, entry.holders - 1)
+        }
     }
 }
