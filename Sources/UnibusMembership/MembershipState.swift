@@ -93,8 +93,20 @@ public struct MembershipState: Equatable, Sendable {
             guard let exchange = try? Base64.decode(exchangeKey), exchange.count == 32 else {
                 throw .invalid("the X25519 key must be 32 bytes of unpadded base64")
             }
-            guard !handle.isEmpty, handle.count <= 64 else { throw .invalid("a handle must be 1 to 64 characters") }
-            guard users[key] == nil else { throw .alreadyRegistered(key) }
+            guard !handle.isEmpty, handle.utf8.count <= 64 else { throw .invalid("a handle must be 1 to 64 bytes") }
+            if var existing = users[key] {
+                // Re-adding an active user changes nothing; a revoked one is
+                // reinstated by this new operation (its history stays), with
+                // the keys and handle given now and in no room.
+                guard existing.status == .revoked else { throw .alreadyRegistered(key) }
+                existing.status = .active
+                existing.exchangeKey = exchangeKey
+                existing.handle = handle
+                existing.role = role
+                existing.updated = at
+                users[key] = existing
+                break
+            }
             if users.isEmpty { root = key }
             users[key] = User(key: key, exchangeKey: exchangeKey, handle: handle, role: role, status: .active, created: at, updated: at)
 
@@ -105,6 +117,12 @@ public struct MembershipState: Equatable, Sendable {
             user.status = .revoked
             user.updated = at
             users[key] = user
+            // Revocation is removal from every room: members see it as a
+            // departure (senders rotate), and a reinstated key starts in none.
+            for roomID in members.keys where members[roomID]?[key] != nil {
+                members[roomID]?[key] = nil
+                if members[roomID]?.isEmpty == true { members[roomID] = nil }
+            }
 
         case .createRoom(let id, let subject, let policy):
             guard !policy.persist else { throw .unsupported("durable history (persist) comes with a later release; create the room without it") }

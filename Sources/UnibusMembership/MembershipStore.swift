@@ -455,8 +455,11 @@ public final class MembershipStore: @unchecked Sendable {
 
     private func materialize(_ operation: MembershipOperation, in state: MembershipState) throws {
         switch operation {
-        case .addUser(let key, _, _, _), .revokeUser(let key):
+        case .addUser(let key, _, _, _):
             if let user = state.users[key] { try upsert(user) }
+        case .revokeUser(let key):
+            if let user = state.users[key] { try upsert(user) }
+            try database.query("DELETE FROM members WHERE user = ?", [.text(key)])
         case .createRoom(let id, _, _), .archiveRoom(let id):
             if let room = state.rooms[id] { try upsert(room) }
             for member in state.members[id]?.values ?? [:].values { try upsert(member) }

@@ -203,11 +203,28 @@ struct MembershipStoreTests {
         let store = try MembershipStore(directory: directory)
         try populate(store)
         let before = store.snapshot
-        #expect(throws: MembershipError.alreadyRegistered(alice.userNKey)) {
-            try store.append(.sign(addUser(alice, handle: "again", role: .admin), by: admin))
+        #expect(throws: MembershipError.alreadyRegistered(admin.userNKey)) {
+            try store.append(.sign(addUser(admin, handle: "again", role: .member), by: admin))
         }
         #expect(store.snapshot == before)
         #expect(store.operationCount == 6)
+    }
+
+    /// Revoking removes a user from every room; adding the key again (a new
+    /// operation, history kept) reinstates it, active and in no room.
+    @Test func aRevokedUserIsRemovedFromRoomsAndCanBeReinstated() throws {
+        let store = try MembershipStore(directory: directory)
+        try populate(store)   // alice created "ops" and was then revoked
+        #expect(store.snapshot.members["ops"]?[alice.userNKey] == nil)
+        #expect(try store.materializedState() == store.snapshot)
+        try store.append(.sign(addUser(alice, handle: "alice2"), by: admin))
+        let user = try #require(store.snapshot.users[alice.userNKey])
+        #expect(user.status == .active && user.handle == "alice2")
+        #expect(store.snapshot.rooms(of: alice.userNKey).isEmpty)
+        #expect(try store.materializedState() == store.snapshot)
+        #expect(throws: MembershipError.alreadyRegistered(alice.userNKey)) {
+            try store.append(.sign(addUser(alice, handle: "alice3"), by: admin))
+        }
     }
 
     @Test func damagedTablesAreRebuiltFromTheLog() throws {

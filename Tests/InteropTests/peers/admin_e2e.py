@@ -183,6 +183,13 @@ async def main():
             except asyncio.TimeoutError:
                 check("revoke closes the user's connection", False, "still connected after 3 s")
             await check_refused("a revoked user cannot reconnect", server, context, alice["seed"])
+            code, out = cli("room", "members", *as_admin, "--id", "ops")
+            check("revocation removed the user from every room", code == 0 and alice["nkey"] not in out, out)
+            # Revoke, then add again: the key is reinstated (a new operation), in no room.
+            code, out = cli("user", "add", *as_admin, "--sign-pub", alice["nkey"], "--kx-pub", alice["kx"], "--handle", "alice")
+            check("a revoked user can be added again (reinstated)", code == 0, out)
+            code, out = cli("user", "list", *as_admin)
+            check("the reinstated user is active", code == 0 and "alice" in out and "revoked" not in out.split(alice["nkey"])[-1].split("\n")[0], out)
         finally:
             node.terminate()
             node.wait(timeout=10)
