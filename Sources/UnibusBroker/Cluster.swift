@@ -129,6 +129,12 @@ public enum ClusterEvent: Sendable {
     case routeUp(RouteInfo, dialed: Bool)
     case routeDown(RouteInfo, reason: String)
     case refused(String, reason: String)
+    /// A configured route could not be linked: said once per change of
+    /// reason (a port typo, a URL that is a client or control port, a
+    /// certificate from the wrong CA), not on every retry.
+    case dialFailed(url: String, reason: String)
+    /// A configured route that had failed is linked again.
+    case dialRecovered(url: String)
 }
 
 /// The route links of one node: a listener for peers, a dialer per
@@ -393,6 +399,7 @@ public final class Cluster: @unchecked Sendable {
     /// none, waits while there is one.
     private func dial(_ url: String) async {
         var attempt = 0
+        var lastFailure: String?
         while !Task.isCancelled {
             let (stop, existing): (Bool, RouteConnection?) = lock.withLock {
                 (stopped || selfURLs.contains(url), urlPeers[url].flatMap { active[$0] })
@@ -404,19 +411,41 @@ public final class Cluster: @unchecked Sendable {
                 continue
             }
             var wasActive = false
+            var failure: String?
             do {
                 let route = try await connect(url)
                 try? await route.channel.closeFuture.get()
                 wasActive = route.becameActive.load(ordering: .relaxed)
+                if !wasActive { failure = "the link closed before it was established: \(route.closedBecause ?? "no reason given")" }
             } catch {
-                // Unreachable: try again after the pause.
+                failure = Self.describe(error)
             }
-            if wasActive { attempt = 0 }
+            if wasActive {
+                attempt = 0
+                if lastFailure != nil { emit(.dialRecovered(url: url)) }
+                lastFailure = nil
+            } else if let failure, failure != lastFailure {
+                lastFailure = failure
+                emit(.dialFailed(url: url, reason: failure))
+            }
             let base = min(configuration.maximumBackoff.nanoseconds, configuration.minimumBackoff.nanoseconds << min(attempt, 20))
             let pause = base + Int64.random(in: 0...max(1, base / 2))
             attempt += 1
             try? await Task.sleep(nanoseconds: UInt64(pause))
         }
+    }
+
+    /// A dial error in words an operator can act on.
+    static func describe(_ error: Error) -> String {
+        let text = "\(error)"
+        if text.contains("connectTimeout") { return "no answer within 2 s (wrong address, or a firewall)" }
+        if text.contains("connection reset") || text.contains("Connection refused") || text.contains("refused") {
+            return "connection refused (nothing listens on that port: check the route port, not the client or control port)"
+        }
+        if text.contains("handshake") || text.contains("SSL") || text.contains("certificate") {
+            return "TLS failed (is the peer's route certificate from this --cluster-ca, and is it a route port?): \(text.prefix(200))"
+        }
+        return String(text.prefix(300))
     }
 
     private func connect(_ url: String) async throws -> RouteConnection {

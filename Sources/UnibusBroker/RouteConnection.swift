@@ -1,5 +1,6 @@
 import Atomics
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
 import UnibusCrypto
@@ -105,6 +106,9 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
     private var lastPingSent = NIODeadline.now()
     private var tornDown = false
     private var closeReason: String?
+    /// Why the link closed, once it has (read after `closeFuture`).
+    private let finalReason = NIOLockedValueBox<String?>(nil)
+    var closedBecause: String? { finalReason.withLockedValue { $0 } }
     /// A data frame is being handled off the loop; parsing waits for it.
     private var awaitingData = false
     /// The nonce this end sent in its INFO: the peer signs it to prove its id.
@@ -164,6 +168,7 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
         }
         interest.removeAll()
         closeForWrites()
+        finalReason.withLockedValue { $0 = closeReason ?? "closed" }
         cluster.routeClosed(self, wasActive: wasActive, reason: closeReason ?? "closed")
     }
 

@@ -216,6 +216,10 @@ struct Run: AsyncParsableCommand {
                 log("route down", ["peer": peer.serverID, "peer_name": peer.name, "reason": reason])
             case .refused(let peer, let reason):
                 log("route refused", ["peer": peer, "reason": reason])
+            case .dialFailed(let url, let reason):
+                log("route cannot be linked", ["url": url, "reason": reason])
+            case .dialRecovered(let url):
+                log("route linked again", ["url": url])
             }
         }
         var node: Node?

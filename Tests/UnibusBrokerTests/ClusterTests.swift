@@ -58,6 +58,8 @@ struct ClusterTests {
                 case .routeUp(let peer, let dialed): links.withLockedValue { $0[peer.serverID] = dialed }
                 case .routeDown(let peer, _): links.withLockedValue { $0[peer.serverID] = nil }
                 case .refused(_, let reason): events?.withLockedValue { $0.append(reason) }
+                case .dialFailed(let url, let reason): events?.withLockedValue { $0.append("dial \(url): \(reason)") }
+                case .dialRecovered: break
                 }
             }
             do {
@@ -70,6 +72,34 @@ struct ClusterTests {
             }
         }
         return nodes
+    }
+
+    /// A route that cannot be linked is reported once per reason, not on
+    /// every retry (a typo'd port used to be silent).
+    @Test func aRouteThatCannotLinkIsReportedOnce() async throws {
+        var configuration = BrokerConfiguration()
+        configuration.port = 0
+        configuration.threads = 1
+        var cluster = ClusterConfiguration()
+        cluster.port = 0
+        cluster.routes = ["route://127.0.0.1:\(freeLoopbackPort())"]   // nothing listens there
+        cluster.minimumBackoff = .milliseconds(10)
+        cluster.maximumBackoff = .milliseconds(20)
+        configuration.cluster = cluster
+        let broker = Broker(configuration: configuration)
+        let failures = NIOLockedValueBox<[String]>([])
+        broker.cluster?.onEvent = { event in
+            if case .dialFailed(let url, let reason) = event { failures.withLockedValue { $0.append("\(url) \(reason)") } }
+        }
+        _ = try await broker.start()
+        // Many retries happen at a 10-20 ms pause; wait for the first report, then a while more.
+        let deadline = Date().addingTimeInterval(5)
+        while failures.withLockedValue({ $0.isEmpty }) && Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        try await Task.sleep(for: .milliseconds(300))   // ~15 more retries: none may be reported again
+        let reported = failures.withLockedValue { $0 }
+        await broker.shutdown()
+        #expect(reported.count == 1, "\(reported)")
+        #expect(reported.first?.contains("connection refused") == true, "\(reported)")
     }
 
     /// Shuts every node down, awaited: each test calls it on every path
