@@ -181,13 +181,25 @@ public final class Broker: @unchecked Sendable {
         cluster?.interestRemoved(subject: subject, queue: queue)
     }
 
-    /// The URLs clients are told in INFO: configured, then the cluster's.
+    /// The addresses clients are told in INFO (`connect_urls`): configured,
+    /// then the cluster's, as `host:port` like nats-server sends them (stock
+    /// clients add their own scheme; `tls://host:port` became
+    /// `tls://tls://host:port` in nats-py, which then never failed over).
     var connectURLs: [String] {
         lock.withLock {
-            var urls = configuration.connectURLs
-            for url in clusterConnectURLs where !urls.contains(url) { urls.append(url) }
+            var urls: [String] = []
+            for url in configuration.connectURLs + clusterConnectURLs {
+                let address = Self.hostAndPort(of: url)
+                if !urls.contains(address) { urls.append(address) }
+            }
             return urls
         }
+    }
+
+    /// `host:port` of a URL (`tls://host:port` → `host:port`).
+    static func hostAndPort(of url: String) -> String {
+        guard let separator = url.range(of: "://") else { return url }
+        return String(url[separator.upperBound...])
     }
 
     /// Sets the cluster's URLs and tells connected clients (async INFO), as

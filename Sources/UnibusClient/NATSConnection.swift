@@ -417,7 +417,7 @@ public final class NATSConnection: @unchecked Sendable {
                 self.serverID = info.serverID
                 self.maxPayload = info.maxPayload
                 for url in info.connectURLs {
-                    if let learned = try? Endpoint(parsing: url), !self.discovered.contains(learned) { self.discovered.append(learned) }
+                    if let learned = Self.endpoint(learned: url, from: endpoint), !self.discovered.contains(learned) { self.discovered.append(learned) }
                 }
             }
         }.get()
@@ -446,9 +446,17 @@ public final class NATSConnection: @unchecked Sendable {
     fileprivate func learn(_ urls: [String]) {
         lock.withLock {
             for url in urls {
-                if let learned = try? Endpoint(parsing: url), !discovered.contains(learned) { discovered.append(learned) }
+                if let learned = Self.endpoint(learned: url, from: endpoint), !discovered.contains(learned) { discovered.append(learned) }
             }
         }
+    }
+
+    /// An address from `connect_urls`: nodes send `host:port` (as
+    /// nats-server does), so the scheme, and with it TLS, is the current
+    /// node's; a learned address never downgrades to plaintext.
+    static func endpoint(learned url: String, from current: Endpoint?) -> Endpoint? {
+        guard let parsed = try? Endpoint(parsing: url) else { return nil }
+        return Endpoint(host: parsed.host, port: parsed.port, requiresTLS: parsed.requiresTLS || (current?.requiresTLS ?? true))
     }
 
     /// Nodes learned from the servers' connect_urls.

@@ -144,6 +144,63 @@ async def nats_connect(cluster, name, person, **options):
                               inbox_prefix=f"_INBOX.{person['nkey']}".encode(), **options)
 
 
+def build_gonats():
+    """The Go client (Debian's nats.go sources, GOPATH mode), built once."""
+    binary = os.path.join(tempfile.gettempdir(), f"unibus-gonats-e2e-{os.getpid()}")
+    env = dict(os.environ, GOPATH="/usr/share/gocode", GO111MODULE="off", GOFLAGS="",
+               GOCACHE=os.path.join(tempfile.gettempdir(), "unibus-gocache"))
+    subprocess.run(["go", "build", "-o", binary, "."], cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), "gonats"),
+                   env=env, check=True, capture_output=True, timeout=300)
+    return binary
+
+
+async def stock_clients_fail_over(cluster, person, victim, survivor):
+    subject = "rooms.ops.failover"
+    reconnected = asyncio.Event()
+
+    async def on_reconnect():
+        reconnected.set()
+    received = []
+
+    async def on_message(msg):
+        received.append(msg.data)
+    py = await nats.connect(cluster.server(victim), tls=cluster.context, nkeys_seed_str=person["seed"],
+                            inbox_prefix=f"_INBOX.{person['nkey']}".encode(), reconnected_cb=on_reconnect,
+                            max_reconnect_attempts=-1, reconnect_time_wait=0.1, dont_randomize=True)
+    await py.subscribe(subject, cb=on_message)
+    await py.flush()
+    learned = [str(server.uri.netloc) for server in py._server_pool]
+    check("nats-py (one seed) learned the other nodes from connect_urls",
+          f"127.0.0.1:{cluster.ports[survivor]['client']}" in learned, learned)
+    go = subprocess.Popen([build_gonats(), "failover", "-url", cluster.server(victim), "-seed", person["seed"],
+                           "-ca", cluster.client_pki["ca.pem"], "-subject", subject],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ready = go.stdout.readline()
+    check("nats.go (one seed) learned the other nodes from connect_urls",
+          ready.startswith("ready") and f"127.0.0.1:{cluster.ports[survivor]['client']}" in ready, ready)
+    cluster.kill(victim)
+    try:
+        await asyncio.wait_for(reconnected.wait(), timeout=20)
+    except asyncio.TimeoutError:
+        pass
+    check("nats-py failed over after kill -9 of its only seed", reconnected.is_set(), py.connected_url)
+    if reconnected.is_set():
+        await py.publish(subject, b"py after failover")
+        await py.flush()
+        deadline = time.time() + 5
+        while time.time() < deadline and b"py after failover" not in received:
+            await asyncio.sleep(0.02)
+    check("nats-py: its own message arrives through the node it failed over to", b"py after failover" in received, received)
+    try:
+        output, _ = go.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        go.kill()
+        output, _ = go.communicate()
+    check("nats.go failed over after kill -9 of its only seed and got its message through",
+          go.returncode == 0 and "failover ok" in output, ready + output)
+    await py.close()
+
+
 async def main(work):
     cluster = Cluster(work)
     admin = os.path.join(work, "admin.json")
@@ -245,8 +302,8 @@ async def main(work):
               sorted(queued) == sorted(b"w%d" % i for i in range(200)), f"{len(queued)} received, {len(set(queued))} distinct")
         reply = await alice_c.request("rooms.ops.svc", b"ping", timeout=3)
         check("nats-py: request on c, responder on b, reply across the route", reply.data == b"pong ping", reply.data)
-        check("nats-py: the client on a learned every node's configured URL (connect_urls)",
-              sorted(bob_a._server_info.get("connect_urls", [])) == sorted(cluster.server(n) for n in "abc"),
+        check("nats-py: the client on a learned every node's configured address (connect_urls, host:port as nats-server sends)",
+              sorted(bob_a._server_info.get("connect_urls", [])) == sorted(f"127.0.0.1:{cluster.ports[n]['client']}" for n in "abc"),
               bob_a._server_info.get("connect_urls"))
         await bob_a.close()
 
@@ -342,6 +399,10 @@ async def main(work):
               status == 0 and "publisher lost tls://127.0.0.1:%d" % cluster.ports["a"]["client"] in summary
               and "first-message-after-disconnect" in summary, output[-3000:])
         check("loop (publisher failover): no duplicates, nothing rejected", "duplicates=0" in summary and "rejected: none" in summary, summary)
+
+        # Stock clients given ONE seed fail over to what connect_urls taught
+        # them: nats-py and nats.go on c, then kill -9 of c.
+        await stock_clients_fail_over(cluster, alice, victim="c", survivor="b")
     finally:
         cluster.stop_all()
 

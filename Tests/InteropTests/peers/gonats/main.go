@@ -4,6 +4,7 @@
 //
 //	gonats interop UNIBUSD_BINARY
 //	gonats bench -url nats://127.0.0.1:4222 -mode pubsub -size 128 -n 1000000
+//	gonats failover -url tls://127.0.0.1:4222 -seed SU... -ca ca.pem -subject rooms.x.failover
 package main
 
 import (
@@ -34,6 +35,8 @@ func main() {
 		os.Exit(interop(os.Args[2]))
 	case "bench":
 		os.Exit(bench(os.Args[2:]))
+	case "failover":
+		os.Exit(failover(os.Args[2:]))
 	default:
 		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
 		os.Exit(2)
@@ -598,5 +601,66 @@ func bench(args []string) int {
 		return 2
 	}
 	json.NewEncoder(os.Stdout).Encode(out)
+	return 0
+}
+
+// failover connects with ONE seed URL, subscribes, prints "ready" with the
+// servers it learned from connect_urls, and waits for its node to go away
+// (the caller kills it): it must reconnect to a learned server on its own
+// and get its own message through there. Exit 0 and "failover ok URL".
+func failover(args []string) int {
+	flags := flag.NewFlagSet("failover", flag.ContinueOnError)
+	url := flags.String("url", "", "the one seed URL")
+	seed := flags.String("seed", "", "the user's nkey seed")
+	ca := flags.String("ca", "", "the client CA")
+	subject := flags.String("subject", "", "a subject the user may publish and subscribe to")
+	if err := flags.Parse(args); err != nil {
+		return 2
+	}
+	kp, err := nkeys.FromSeed([]byte(*seed))
+	if err != nil {
+		fmt.Println("failover failed: bad seed:", err)
+		return 1
+	}
+	reconnected := make(chan string, 4)
+	nc, err := nats.Connect(*url, nkeyOption(kp), nats.RootCAs(*ca), nats.MaxReconnects(-1),
+		nats.ReconnectWait(100*time.Millisecond), nats.ReconnectHandler(func(c *nats.Conn) { reconnected <- c.ConnectedUrl() }))
+	if err != nil {
+		fmt.Println("failover failed: connect:", err)
+		return 1
+	}
+	defer nc.Close()
+	got := make(chan []byte, 16)
+	if _, err := nc.Subscribe(*subject, func(m *nats.Msg) { got <- m.Data }); err != nil {
+		fmt.Println("failover failed: subscribe:", err)
+		return 1
+	}
+	if err := nc.Flush(); err != nil {
+		fmt.Println("failover failed: flush:", err)
+		return 1
+	}
+	fmt.Println("ready", strings.Join(nc.DiscoveredServers(), ","))
+	var at string
+	select {
+	case at = <-reconnected:
+	case <-time.After(30 * time.Second):
+		fmt.Println("failover failed: no reconnect within 30 s; discovered:", nc.DiscoveredServers())
+		return 1
+	}
+	if err := nc.Publish(*subject, []byte("after failover")); err != nil {
+		fmt.Println("failover failed: publish:", err)
+		return 1
+	}
+	select {
+	case data := <-got:
+		if string(data) != "after failover" {
+			fmt.Println("failover failed: unexpected message", string(data))
+			return 1
+		}
+	case <-time.After(10 * time.Second):
+		fmt.Println("failover failed: own message not received at", at)
+		return 1
+	}
+	fmt.Println("failover ok", at)
 	return 0
 }
