@@ -33,6 +33,34 @@ struct PeerOptions: ParsableArguments {
 /// A random suffix for ephemeral room ids and subjects.
 func randomSuffix() -> String { Hex.encode(Sodium.randomNonce(count: 6)) }
 
+/// The probe room `check` and `demo` use: one per identity and purpose,
+/// created on first use and reused by every later run, so a periodic health
+/// probe adds nothing to the membership log after its first run (each run
+/// used to create and archive a room: two operations, forever).
+struct ProbeRoom {
+    let id: String
+    let subject: String
+
+    /// `kind` is one letter (g: check golden, l: check loop, d: demo).
+    init(kind: Character, owner: String) {
+        // "probe-K-" + a 56-character nkey = 64, the longest room id.
+        id = "probe-\(kind)-\(owner)"
+        subject = "probe.\(kind).\(owner)"
+    }
+
+    /// Creates the room unless `owner` already has it open.
+    func ensure(by owner: UnibusClient, policy: RoomPolicy) async throws {
+        if try await owner.myRooms().contains(where: { $0.id == id }) { return }
+        try await owner.createRoom(id: id, subject: subject, policy: policy)
+    }
+
+    /// Adds `member` unless it already is one.
+    func ensure(member: UnibusClient, addedBy owner: UnibusClient) async throws {
+        if try await member.myRooms().contains(where: { $0.id == id }) { return }
+        try await owner.addMember(member.userNKey, to: id)
+    }
+}
+
 func format(_ rejections: [FrameRejection: Int]) -> String {
     rejections.isEmpty ? "none" : rejections.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue)=\($0.value)" }.joined(separator: " ")
 }
@@ -63,22 +91,24 @@ struct CheckCommand: AsyncParsableCommand {
 
     func run() async throws {
         let client = try await peer.connect(name: "unibus-check")
-        let suffix = randomSuffix()
-        let room = "check-\(suffix)"
+        // This run's messages carry its own token: a reused room may see another run's.
+        let run = randomSuffix()
+        let probe = ProbeRoom(kind: mode == .loop ? "l" : "g", owner: client.userNKey)
+        let room = probe.id
         var reader = client
         let messages: RoomMessages
         do {
             // A loop at a high rate would rotate every 1,000 messages by default;
             // the ephemeral room rotates every 100,000 so the loop measures the bus.
             let policy = mode == .loop ? RoomPolicy(rotateAfterMessages: 100_000) : RoomPolicy()
-            try await client.createRoom(id: room, subject: "check.\(suffix)", policy: policy)
+            try await probe.ensure(by: client, policy: policy)
             if let subscriberIdentity {
                 let identity = try loadIdentity(subscriberIdentity)
                 var configuration = UnibusClient.Configuration(identity: identity, dataPlane: subscriberServer.isEmpty ? peer.server : subscriberServer,
                                                                controlPlane: peer.node, caPath: peer.ca)
                 configuration.name = "unibus-check-subscriber"
                 reader = try await UnibusClient.connect(configuration)
-                try await client.addMember(identity.userNKey, to: room)
+                try await probe.ensure(member: reader, addedBy: client)
                 messages = try await reader.join(room)
                 try await client.openForSending(room)
             } else {
@@ -92,17 +122,16 @@ struct CheckCommand: AsyncParsableCommand {
         let tally = Tally()
         let receiver = Task {
             for await frame in messages {
-                guard frame.protection == .encrypted, let text = String(validating: frame.body, as: UTF8.self),
-                      let number = Int(text.split(separator: " ").last ?? "") else { continue }
+                let words = String(decoding: frame.body, as: UTF8.self).split(separator: " ")
+                guard frame.protection == .encrypted, words.count == 4, words[2] == run, let number = Int(words[3]) else { continue }
                 await tally.received(number)
             }
         }
         let outcome: Result<Void, CLIError>
         switch mode {
-        case .golden: outcome = await golden(client, reader: reader, room: room, tally: tally)
-        case .loop: outcome = await loop(client, reader: reader, room: room, tally: tally)
+        case .golden: outcome = await golden(client, reader: reader, room: room, token: run, tally: tally)
+        case .loop: outcome = await loop(client, reader: reader, room: room, token: run, tally: tally)
         }
-        _ = try? await client.archiveRoom(room)   // the room was ephemeral
         // Everything ends before the command returns: exit runs global
         // destructors, and a thread still working then can crash the process.
         await client.close()
@@ -112,11 +141,11 @@ struct CheckCommand: AsyncParsableCommand {
         try outcome.get()
     }
 
-    private func golden(_ client: UnibusClient, reader: UnibusClient, room: String, tally: Tally) async -> Result<Void, CLIError> {
+    private func golden(_ client: UnibusClient, reader: UnibusClient, room: String, token: String, tally: Tally) async -> Result<Void, CLIError> {
         let started = Date()
         for number in 1...max(1, count) {
             do {
-                try await client.publish(Array("unibus check \(number)".utf8), to: room, contentType: "text/plain")
+                try await client.publish(Array("unibus check \(token) \(number)".utf8), to: room, contentType: "text/plain")
             } catch {
                 return .failure(CLIError("publish #\(number) failed: \(error)"))
             }
@@ -139,7 +168,7 @@ struct CheckCommand: AsyncParsableCommand {
         return .success(())
     }
 
-    private func loop(_ client: UnibusClient, reader: UnibusClient, room: String, tally: Tally) async -> Result<Void, CLIError> {
+    private func loop(_ client: UnibusClient, reader: UnibusClient, room: String, token: String, tally: Tally) async -> Result<Void, CLIError> {
         let perSecond = rate ?? 1000 / max(0.001, interval)
         let watcher = FailoverWatcher(tally: tally)
         let publisherEvents = client.connection.events(), readerEvents = reader.connection.events()
@@ -161,7 +190,7 @@ struct CheckCommand: AsyncParsableCommand {
             while sent < due {
                 sent += 1
                 do {
-                    try await client.publish(Array("unibus check \(sent)".utf8), to: room, contentType: "text/plain")
+                    try await client.publish(Array("unibus check \(token) \(sent)".utf8), to: room, contentType: "text/plain")
                     lastStatus = client.connection.isConnected ? "ok" : "buffered"
                 } catch {
                     failedPublishes += 1
@@ -339,10 +368,10 @@ struct DemoCommand: AsyncParsableCommand {
 
     private func converse(alice: UnibusClient, aliceIdentity: Identity, bob: UnibusClient, bobIdentity: Identity,
                           tap tapSlot: inout NATSConnection?) async throws {
-        let suffix = randomSuffix()
-        let room = "demo-\(suffix)", subject = "demo.\(suffix)"
-        try await alice.createRoom(id: room, subject: subject)
-        try await alice.addMember(bobIdentity.userNKey, to: room)
+        let probe = ProbeRoom(kind: "d", owner: alice.userNKey)
+        let room = probe.id, subject = probe.subject
+        try await probe.ensure(by: alice, policy: RoomPolicy())
+        try await probe.ensure(member: bob, addedBy: alice)
         let aliceMessages = try await alice.join(room), bobMessages = try await bob.join(room)
         print("room \(room) on subject \(subject): encrypted (Megolm), members alice \(aliceIdentity.userNKey.prefix(12))…, bob \(bobIdentity.userNKey.prefix(12))…")
 
@@ -374,7 +403,6 @@ struct DemoCommand: AsyncParsableCommand {
                 print("plain NATS sees: \(raw.payload.count) bytes \(hex)…  (contains the text: \(Data(raw.payload).range(of: Data(text.utf8)) != nil ? "YES" : "no"))")
             }
         }
-        _ = try? await alice.archiveRoom(room)
         await tap.close()
         await alice.close()
         await bob.close()

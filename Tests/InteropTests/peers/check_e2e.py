@@ -9,6 +9,8 @@ Prints one line per check and "N passed, N failed"; exit 1 on failure.
 """
 import json
 import os
+import ssl
+import urllib.request
 import re
 import signal
 import subprocess
@@ -83,6 +85,12 @@ with tempfile.TemporaryDirectory() as work:
         # Every run must exit 0 (a crash at exit once made 1 in ~25 fail):
         # UNIBUS_CHECK_REPEAT runs of each (20 in CI; Tests/stress/tools.sh runs 200).
         repeat = int(os.environ.get("UNIBUS_CHECK_REPEAT", "20"))
+        context = ssl.create_default_context(cafile=ca)
+
+        def operations():
+            with urllib.request.urlopen(f"https://127.0.0.1:{control}/v1/node", context=context, timeout=5) as response:
+                return json.loads(response.read())["membership"]["operations"]
+        before = operations()
         failures = []
         for index in range(repeat):
             status, output = run("unibus", "check", "--identity", admin, *peer, "--count", "5")
@@ -93,6 +101,9 @@ with tempfile.TemporaryDirectory() as work:
             if status != 0 or output.count("verified") != 3:
                 failures.append(f"demo #{index}: exit {status}: {output[-300:]}")
         check(f"check and demo exit 0 in {repeat} runs each", not failures, "; ".join(failures[:3]))
+        after = operations()
+        check(f"{repeat} more runs of check and demo added nothing to the membership log (one probe room each, reused)",
+              after == before, f"{before} -> {after} operations")
 
         # Loop mode across a kill -9 and restart of the node.
         loop = subprocess.Popen([os.path.join(BIN, "unibus"), "check", "--mode", "loop", "--identity", admin, *peer,
