@@ -224,6 +224,7 @@ public final class NATSConnection: @unchecked Sendable {
 
     private func unsubscribe(_ sid: UInt64) {
         lock.withLock {
+            refusedAttempts[sid] = nil
             guard subscriptions.removeValue(forKey: sid) != nil, let channel else { return }
             var buffer = channel.allocator.buffer(capacity: 24)
             buffer.writeString("UNSUB \(sid)\r\n")
@@ -365,6 +366,9 @@ public final class NATSConnection: @unchecked Sendable {
     }
 
     private var lastError: String?
+    private var subscriptionRefusals = 0
+    /// Re-SUB attempts per subscription after refusals.
+    private var refusedAttempts: [UInt64: Int] = [:]
 
     /// Connects, authenticates, resubscribes and drains the buffer, all
     /// before any new publish can reach the channel.
@@ -413,6 +417,7 @@ public final class NATSConnection: @unchecked Sendable {
                 self.channel = channel
                 self.endpoint = endpoint
                 self.attachedAt = Date()
+                self.refusedAttempts = [:]   // a new node: refusals start over
                 self.firstMessageAt = nil
                 self.serverID = info.serverID
                 self.maxPayload = info.maxPayload
@@ -469,7 +474,41 @@ public final class NATSConnection: @unchecked Sendable {
 
     fileprivate func serverError(_ text: String) {
         lock.withLock { lastError = text }
+        if case .subscriptionRefused(let subject) = ServerError(text: text) { retryRefused(subject) }
     }
+
+    /// A node refused a SUB: typically the membership change that allows it
+    /// (an add-member on another node) has not reached this node yet. The
+    /// subscription is sent again with backoff (0.1 s doubling to 5 s, for
+    /// about a minute), so it takes effect once the node catches up.
+    private func retryRefused(_ subject: String) {
+        let retries: [(UInt64, Int, Channel)] = lock.withLock {
+            subscriptionRefusals += 1
+            guard let channel else { return [] }
+            return subscriptions.compactMap { sid, entry in
+                guard entry.subject == subject else { return nil }
+                let attempt = refusedAttempts[sid, default: 0]
+                guard attempt < 16 else { return nil }
+                refusedAttempts[sid] = attempt + 1
+                return (sid, attempt, channel)
+            }
+        }
+        for (sid, attempt, channel) in retries {
+            let delay = TimeAmount.milliseconds(min(5000, 100 << min(attempt, 6)))
+            channel.eventLoop.scheduleTask(in: delay) { [weak self] in
+                guard let self else { return }
+                self.lock.withLock {
+                    // Still wanted, and still on the same attachment.
+                    guard let entry = self.subscriptions[sid], self.channel === channel else { return }
+                    self.writeLocked(Self.subCommand(subject: entry.subject, queue: entry.queue, sid: sid), to: channel)
+                }
+            }
+        }
+    }
+
+    /// How many SUBs nodes refused (each refusal is retried; a count that
+    /// keeps growing means the node does not know this user's membership).
+    public var refusedSubscriptions: Int { lock.withLock { subscriptionRefusals } }
 }
 
 /// The fields of INFO the client uses.

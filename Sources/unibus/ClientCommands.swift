@@ -238,7 +238,13 @@ struct CheckCommand: AsyncParsableCommand {
         }
         print(summary)
         if let firstFailure { print("check loop: first failed publish: \(firstFailure)") }
-        guard received > 0 else { return .failure(CLIError("nothing was received")) }
+        guard received > 0 else {
+            let refused = reader.connection.refusedSubscriptions
+            return .failure(CLIError(refused > 0
+                ? "nothing was received: the subscriber's node refused its subscription \(refused) time(s) (Permissions Violation); "
+                    + "that node has not learned the subscriber's room membership (check its routes and `unibus room members`)"
+                : "nothing was received (no subscription was refused; check that the publisher's and subscriber's nodes are linked)"))
+        }
         for failover in failovers where failover.firstMessageAfter == nil {
             return .failure(CLIError("nothing was received after the \(failover.publisher ? "publisher" : "subscriber") lost \(failover.lost)"))
         }

@@ -23,6 +23,43 @@ struct RoomIntegrationTests {
         return await iterator.next()?.payload
     }
 
+    /// A SUB refused because the node does not know the membership yet (the
+    /// add-member is still on its way from another node) is sent again, so
+    /// it takes effect once the membership arrives.
+    @Test func aRefusedSubscriptionIsRetriedUntilTheMembershipArrives() async throws {
+        let node = try await TestNode()
+        let alice = try await node.client(node.alice)
+        try await alice.createRoom(id: "late", subject: "rooms.late")
+        let (bobRaw, stream) = try await raw(node, as: node.bob, subject: "rooms.late")   // bob is no member yet: refused
+        #expect(await eventually { bobRaw.refusedSubscriptions >= 1 })
+        try await alice.addMember(node.bob.userNKey, to: "late")
+        let (aliceRaw, _) = try await raw(node, as: node.alice, subject: "rooms.late.echo")
+        let received = Box()
+        let reader = Task {
+            for await message in stream {
+                await received.set(message.payload)
+                return
+            }
+        }
+        // Publish until the retried subscription is in place (bounded).
+        let delivered = await eventually(10) {
+            try? aliceRaw.publish("rooms.late", payload: Array("hello".utf8))
+            try? await aliceRaw.flush()
+            return await received.value != nil
+        }
+        #expect(delivered, "the refused subscription was never retried")
+        reader.cancel()
+        await bobRaw.close()
+        await aliceRaw.close()
+        await alice.close()
+        await node.stop()
+    }
+
+    actor Box {
+        var value: [UInt8]?
+        func set(_ value: [UInt8]) { self.value = value }
+    }
+
     @Test func twoAndThreeClientsAndALateJoiner() async throws {
         let node = try await TestNode()
         let alice = try await node.client(node.alice), bob = try await node.client(node.bob), carol = try await node.client(node.carol)
