@@ -9,9 +9,10 @@ import UnibusWire
 public func fuzzServerProtocol(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = UnsafeBufferPointer(start: data, count: size)
     checkSplitConsistency(ServerProtocolParser(maxControlLine: 512, maxPayload: 4096), bytes)
-    switch ServerError(text: String(decoding: bytes, as: UTF8.self)) {
+    let text = String(decoding: bytes, as: UTF8.self)   // invalid bytes become U+FFFD, as the client reads them
+    switch ServerError(text: text) {
     case .subscriptionRefused(let subject), .publishRefused(let subject):
-        precondition(subject.utf8.count <= size, "a subject longer than the text it came from")
+        precondition(text.contains(subject) && subject.utf8.count < text.utf8.count, "a subject that is not part of the text")
     case .other:
         break
     }
