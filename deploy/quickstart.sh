@@ -42,7 +42,7 @@ for peer in alice bob; do
     if [ ! -f ".unibus/$peer.json" ]; then
         keys=$("$bin/unibus" identity new --out ".unibus/$peer.json" --json)
         field() { printf '%s' "$keys" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
-        "$bin/unibus" user add --identity .unibus/admin.json --sign-pub "$(field nkey)" --kx-pub "$(field x25519_public)" --handle "$peer"
+        "$bin/unibus" user add --identity .unibus/admin.json --sign-pub "$(field nkey)" --exchange-key "$(field exchange_key)" --handle "$peer"
     fi
 done
 

@@ -55,6 +55,21 @@ func printJSON(_ object: Any) throws {
     print(String(decoding: data, as: UTF8.self))
 }
 
+/// The public keys in FILE: `unibus identity show --json` output (public
+/// only), or an identity file, of which only the public halves are used.
+func publicKeys(from path: String) throws -> (signing: String, exchange: String) {
+    struct Shown: Decodable {
+        let nkey: String
+        let exchange_key: String
+    }
+    if let data = FileManager.default.contents(atPath: path), data.count <= 64 * 1024,
+       let shown = try? JSONDecoder().decode(Shown.self, from: data) {
+        return (shown.nkey, shown.exchange_key)
+    }
+    let identity = try loadIdentity(path)
+    return (identity.userNKey, Base64.encode(identity.keyExchange.publicKey.bytes))
+}
+
 /// A signing key given as a user nkey or 64 hex digits, in canonical nkey form.
 func canonicalUserKey(_ text: String) throws -> String {
     if let (_, key) = try? NKey.decodePublicKey(text, expecting: .user) { return NKey.encodePublicKey(key, type: .user) }
@@ -72,18 +87,29 @@ struct UserCommand: AsyncParsableCommand {
                                                     subcommands: [Add.self, List.self, Revoke.self])
 
     struct Add: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Register a user (admins only). An existing key is an error and changes nothing.")
+        static let configuration = CommandConfiguration(
+            abstract: "Register a user (admins only), or reinstate a revoked one. Re-adding an active user is an error and changes nothing.",
+            discussion: "Give the public keys with --sign-pub and --exchange-key, or --from-identity FILE: the output of "
+                + "`unibus identity show --json` saved to a file, or an identity file (only its public halves are used).")
         @OptionGroup var options: NodeOptions
-        @Option(name: .long, help: "The user's public signing key (U… nkey or hex).") var signPub: String
-        @Option(name: .long, help: "The user's public X25519 key (base64), which room keys are sealed to.") var kxPub: String
+        @Option(name: .long, help: "The user's public signing key (U… nkey or hex).") var signPub: String?
+        @Option(name: .long, help: "The user's exchange key (X25519, base64), which room keys are sealed to.") var exchangeKey: String?
+        @Option(name: .long, help: "Take both public keys from FILE (`unibus identity show --json` output, or an identity file).")
+        var fromIdentity: String?
         @Option(name: .long, help: "A short name.") var handle: String
         @Option(name: .long, help: "admin or member.") var role = "member"
 
         func run() async throws {
             guard let role = UserRole(rawValue: role) else { throw ValidationError("--role is admin or member") }
+            let (signing, exchange): (String, String)
+            switch (fromIdentity, signPub, exchangeKey) {
+            case let (path?, nil, nil): (signing, exchange) = try publicKeys(from: path)
+            case let (nil, sign?, kx?): (signing, exchange) = (sign, kx)
+            default: throw ValidationError("give --sign-pub and --exchange-key, or --from-identity FILE")
+            }
             let session = try await NodeSession.open(options)
-            let key = try canonicalUserKey(signPub)
-            let result = try await session.submit(.addUser(key: key, exchangeKey: kxPub, handle: handle, role: role))
+            let key = try canonicalUserKey(signing)
+            let result = try await session.submit(.addUser(key: key, exchangeKey: exchange, handle: handle, role: role))
             if options.json { try printJSON(result) } else { print("added \(handle) (\(key)) as \(role.rawValue)") }
         }
     }

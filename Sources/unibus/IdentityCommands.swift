@@ -75,7 +75,9 @@ func printIdentity(_ identity: Identity, path: String, json: Bool) throws {
         ("nkey", identity.userNKey),
         ("ed25519_public", Base64.encode(identity.signing.publicKey.bytes)),
         ("ed25519_public_hex", Hex.encode(identity.signing.publicKey.bytes)),
-        ("x25519_public", Base64.encode(identity.keyExchange.publicKey.bytes)),
+        // The X25519 key has one name wherever users see it: the exchange key
+        // (`--exchange-key`, `exchange_key` in the control plane).
+        ("exchange_key", Base64.encode(identity.keyExchange.publicKey.bytes)),
     ]
     if json {
         let object = Dictionary(uniqueKeysWithValues: fields)

@@ -92,7 +92,7 @@ def end_to_end(bench, unibusd, unibus, args):
             keys = json.loads(subprocess.run([unibus, "identity", "new", "--out", path, "--json"], check=True,
                                              capture_output=True, text=True).stdout)
             subprocess.run([unibus, "user", "add", "--identity", os.path.join(work, "admin.json"), "--node", node_url,
-                            "--sign-pub", keys["nkey"], "--kx-pub", keys["x25519_public"], "--handle", peer],
+                            "--sign-pub", keys["nkey"], "--exchange-key", keys["exchange_key"], "--handle", peer],
                            check=True, stdout=subprocess.DEVNULL)
         rounds = []
         for _ in range(args.rounds):

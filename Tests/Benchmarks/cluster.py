@@ -248,7 +248,7 @@ def failover(bin_dir, work, rate, rounds):
         keys = json.loads(subprocess.run([os.path.join(bin_dir, "unibus"), "identity", "new", "--out", subscriber, "--json"],
                                          check=True, capture_output=True, text=True).stdout)
         subprocess.run([os.path.join(bin_dir, "unibus"), "user", "add", "--identity", admin, "--node", f"https://127.0.0.1:{cluster.ports[0]['control']}",
-                        "--ca", pki["ca.pem"], "--sign-pub", keys["nkey"], "--kx-pub", keys["x25519_public"], "--handle", "sub"],
+                        "--ca", pki["ca.pem"], "--sign-pub", keys["nkey"], "--exchange-key", keys["exchange_key"], "--handle", "sub"],
                        check=True, stdout=subprocess.DEVNULL)
         time.sleep(1)
         for victim, pub_order, sub_order in ((1, (0, 1, 2), (1, 2, 0)), (0, (0, 1, 2), (2, 1, 0))) * rounds:

@@ -86,7 +86,7 @@ async def main():
             subprocess.run([os.path.join(BIN, "unibus"), "identity", "new", "--out", path], check=True, capture_output=True)
             shown = json.loads(cli("identity", "show", "--identity", path, "--json")[1])
             seed = cli("identity", "nkey", "--identity", path, "--seed")[1].strip()
-            people[name] = {"path": path, "nkey": shown["nkey"], "kx": shown["x25519_public"], "seed": seed}
+            people[name] = {"path": path, "nkey": shown["nkey"], "kx": shown["exchange_key"], "seed": seed}
         port, control = free_port(), free_port()
         node = subprocess.Popen([os.path.join(BIN, "unibusd"), "run", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
                                  "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"],
@@ -99,19 +99,31 @@ async def main():
             as_admin = ["--node", url, "--identity", admin, "--ca", pki["ca.pem"]]
             alice = people["alice"]
 
-            code, out = cli("user", "add", *as_admin, "--sign-pub", alice["nkey"], "--kx-pub", alice["kx"], "--handle", "alice")
+            code, out = cli("user", "add", *as_admin, "--sign-pub", alice["nkey"], "--exchange-key", alice["kx"], "--handle", "alice")
             check("admin adds a user", code == 0, out)
-            code, out = cli("user", "add", *as_admin, "--sign-pub", alice["nkey"], "--kx-pub", alice["kx"], "--handle", "x", "--role", "admin")
+            code, out = cli("user", "add", *as_admin, "--sign-pub", alice["nkey"], "--exchange-key", alice["kx"], "--handle", "x", "--role", "admin")
             check("adding an existing key is 'already registered' (exit 1)", code == 1 and "already registered" in out, out)
             code, out = cli("user", "list", *as_admin, "--json")
             users = {u["key"]: u for u in json.loads(out)["users"]} if code == 0 else {}
             check("the duplicate changed nothing (role, handle)",
                   users.get(alice["nkey"], {}).get("role") == "member" and users.get(alice["nkey"], {}).get("handle") == "alice", out)
             code, out = cli("user", "add", "--node", url, "--identity", alice["path"], "--ca", pki["ca.pem"],
-                            "--sign-pub", people["mallory"]["nkey"], "--kx-pub", people["mallory"]["kx"], "--handle", "m")
+                            "--sign-pub", people["mallory"]["nkey"], "--exchange-key", people["mallory"]["kx"], "--handle", "m")
             check("a member may not add users", code == 1 and "only an admin may add users" in out, out)
             code, out = cli("user", "list", "--node", url, "--identity", people["mallory"]["path"], "--ca", pki["ca.pem"])
             check("an unknown caller is refused", code == 1 and "not a registered user" in out, out)
+            # --from-identity: the public document `identity show --json` prints, no keys copied by hand.
+            carol_path, carol_public = os.path.join(tmp, "carol.json"), os.path.join(tmp, "carol.public.json")
+            subprocess.run([os.path.join(BIN, "unibus"), "identity", "new", "--out", carol_path], check=True, capture_output=True)
+            with open(carol_public, "w") as file:
+                file.write(cli("identity", "show", "--identity", carol_path, "--json")[1])
+            code, out = cli("user", "add", *as_admin, "--from-identity", carol_public, "--handle", "carol")
+            carol_key = json.loads(open(carol_public).read())["nkey"]
+            code2, listed = cli("user", "list", *as_admin, "--json")
+            check("user add --from-identity takes both public keys from `identity show --json` output",
+                  code == 0 and code2 == 0 and any(u["key"] == carol_key and u["handle"] == "carol" for u in json.loads(listed)["users"]), out)
+            code, out = cli("user", "add", *as_admin, "--from-identity", carol_public, "--sign-pub", carol_key, "--handle", "c2")
+            check("--from-identity with --sign-pub is refused by name", code != 0 and "--from-identity" in out, out)
             code, out = cli("user", "list", "--node", url, "--identity", admin)
             check("https without --ca is refused", code == 1 and "without --ca" in out, out)
             code, out = cli("room", "create", *as_admin, "--id", "ops", "--subject", "rooms.ops")
@@ -186,7 +198,7 @@ async def main():
             code, out = cli("room", "members", *as_admin, "--id", "ops")
             check("revocation removed the user from every room", code == 0 and alice["nkey"] not in out, out)
             # Revoke, then add again: the key is reinstated (a new operation), in no room.
-            code, out = cli("user", "add", *as_admin, "--sign-pub", alice["nkey"], "--kx-pub", alice["kx"], "--handle", "alice")
+            code, out = cli("user", "add", *as_admin, "--sign-pub", alice["nkey"], "--exchange-key", alice["kx"], "--handle", "alice")
             check("a revoked user can be added again (reinstated)", code == 0, out)
             code, out = cli("user", "list", *as_admin)
             check("the reinstated user is active", code == 0 and "alice" in out and "revoked" not in out.split(alice["nkey"])[-1].split("\n")[0], out)

@@ -74,7 +74,7 @@ with tempfile.TemporaryDirectory() as work:
             _, shown = run("unibus", "identity", "new", "--out", path, "--json")
             keys = json.loads(shown)
             status, output = run("unibus", "user", "add", "--node", f"https://127.0.0.1:{control}", "--ca", ca, "--identity", admin,
-                                 "--sign-pub", keys["nkey"], "--kx-pub", keys["x25519_public"], "--handle", name)
+                                 "--sign-pub", keys["nkey"], "--exchange-key", keys["exchange_key"], "--handle", name)
             check(f"user add {name}", status == 0, output)
         status, output = run("unibus", "demo", "--alice", os.path.join(work, "alice.json"), "--bob", os.path.join(work, "bob.json"),
                              "--server", f"tls://127.0.0.1:{port}", "--node", f"https://127.0.0.1:{control}", "--ca", ca)

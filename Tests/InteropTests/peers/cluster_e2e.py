@@ -136,7 +136,7 @@ def identity(work, name):
     code, out = run("unibus", "identity", "new", "--out", path, "--json")
     keys = json.loads(out)
     seed = run("unibus", "identity", "nkey", "--identity", path, "--seed")[1].strip()
-    return {"path": path, "nkey": keys["nkey"], "kx": keys["x25519_public"], "seed": seed}
+    return {"path": path, "nkey": keys["nkey"], "kx": keys["exchange_key"], "seed": seed}
 
 
 async def nats_connect(cluster, name, person, **options):
@@ -245,7 +245,7 @@ async def main(work):
         # Membership changes on a reach c (and c authenticates from its own copy).
         alice, bob, carol = identity(work, "alice"), identity(work, "bob"), identity(work, "carol")
         for person, handle in ((alice, "alice"), (bob, "bob")):
-            status, output = run("unibus", "user", "add", *as_admin("a"), "--sign-pub", person["nkey"], "--kx-pub", person["kx"],
+            status, output = run("unibus", "user", "add", *as_admin("a"), "--sign-pub", person["nkey"], "--exchange-key", person["kx"],
                                  "--handle", handle)
             check(f"user add {handle} on a", status == 0, output)
         added = time.time()
@@ -353,7 +353,7 @@ async def main(work):
 
         # End-to-end encrypted room across nodes: publisher on a, subscriber on c.
         for person, handle in ((carol, "carol"),):
-            run("unibus", "user", "add", *as_admin("a"), "--sign-pub", person["nkey"], "--kx-pub", person["kx"], "--handle", handle)
+            run("unibus", "user", "add", *as_admin("a"), "--sign-pub", person["nkey"], "--exchange-key", person["kx"], "--handle", handle)
         peer = ["--ca", cluster.client_pki["ca.pem"]]
         status, output = run("unibus", "check", "--identity", alice["path"], "--server", cluster.server("a"),
                              "--node", cluster.node("a"), "--subscriber-identity", carol["path"],

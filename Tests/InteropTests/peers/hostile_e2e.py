@@ -546,7 +546,7 @@ async def reserved_namespaces():
     # A seed pasted where a public key belongs is refused without being echoed.
     mallory_seed = PEOPLE["mallory"]["seed"]
     code, out = cli("user", "add", "--node", NODE.url, "--identity", PEOPLE["admin"]["path"], "--sign-pub", mallory_seed,
-                    "--kx-pub", PEOPLE["mallory"]["kx"], "--handle", "pasted")
+                    "--exchange-key", PEOPLE["mallory"]["kx"], "--handle", "pasted")
     check("a seed given as --sign-pub is refused, named as a secret, and never printed back",
           code != 0 and "seed" in out and mallory_seed not in out and mallory_seed[:12] not in out, out)
     await serves("after reserved-namespace attacks")
@@ -1164,7 +1164,7 @@ def identity(work, name):
     subprocess.run([binary("unibus"), "identity", "new", "--out", path], check=True, capture_output=True)
     shown = json.loads(cli("identity", "show", "--identity", path, "--json")[1])
     seed = cli("identity", "nkey", "--identity", path, "--seed")[1].strip()
-    return {"path": path, "nkey": shown["nkey"], "kx": shown["x25519_public"], "seed": seed}
+    return {"path": path, "nkey": shown["nkey"], "kx": shown["exchange_key"], "seed": seed}
 
 
 async def main(work):
@@ -1198,7 +1198,7 @@ async def main(work):
         as_admin = ["--node", NODE.url, "--identity", admin_path]
         for name in ("alice", "bob", "mallory"):
             person = PEOPLE[name]
-            code, out = cli("user", "add", *as_admin, "--sign-pub", person["nkey"], "--kx-pub", person["kx"], "--handle", name)
+            code, out = cli("user", "add", *as_admin, "--sign-pub", person["nkey"], "--exchange-key", person["kx"], "--handle", name)
             check(f"setup: admin adds {name}", code == 0, out)
         code, out = cli("room", "create", *as_admin, "--id", "ops", "--subject", "rooms.ops")
         check("setup: room ops on rooms.ops", code == 0, out)

@@ -161,7 +161,7 @@ def main(work):
             people[name]["path"] = path
 
         def add(node, name):
-            return cli(node, "user", "add", "--sign-pub", people[name]["nkey"], "--kx-pub", people[name]["x25519_public"], "--handle", name)
+            return cli(node, "user", "add", "--sign-pub", people[name]["nkey"], "--exchange-key", people[name]["exchange_key"], "--handle", name)
         for name in ("alice", "bob"):
             status, output = add("a", name)
             check(f"add {name} before the partition", status == 0, output)
