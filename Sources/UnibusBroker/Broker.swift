@@ -5,6 +5,34 @@ import NIOCore
 import NIOPosix
 import UnibusCrypto
 
+/// A listener that could not be opened, naming which one, where, and what
+/// to do about the usual causes.
+public struct ListenerError: Error, CustomStringConvertible {
+    public let listener: String
+    public let host: String
+    public let port: Int
+    public let underlying: Error
+
+    public init(listener: String, host: String, port: Int, underlying: Error) {
+        self.listener = listener
+        self.host = host
+        self.port = port
+        self.underlying = underlying
+    }
+
+    public var description: String {
+        let address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        let reason: String
+        switch (underlying as? IOError)?.errnoCode {
+        case EADDRINUSE: reason = "the address is already in use (another process, perhaps another unibusd, listens there: stop it or choose another port)"
+        case EADDRNOTAVAIL: reason = "this machine has no such address (check the host part)"
+        case EACCES: reason = "permission denied (ports below 1024 need privileges)"
+        default: reason = "\(underlying)"
+        }
+        return "cannot open the \(listener) on \(address): \(reason)"
+    }
+}
+
 /// The embedded NATS-protocol broker of a node.
 ///
 /// Protocol logic lives in `UnibusWire` (parsing) and `BrokerConnection`
@@ -68,7 +96,12 @@ public final class Broker: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(BrokerConnection(id: id, broker: self, channel: channel))
                 }
             }
-        let channel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
+        let channel: Channel
+        do {
+            channel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
+        } catch {
+            throw ListenerError(listener: "client listener (--listen)", host: configuration.host, port: configuration.port, underlying: error)
+        }
         lock.withLock { serverChannel = channel }
         if let cluster {
             do {

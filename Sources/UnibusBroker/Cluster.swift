@@ -222,7 +222,12 @@ public final class Cluster: @unchecked Sendable {
                                                                                    dialed: false, url: nil))
                 }
             }
-        let channel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
+        let channel: Channel
+        do {
+            channel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
+        } catch {
+            throw ListenerError(listener: "route listener (--cluster-listen)", host: configuration.host, port: configuration.port, underlying: error)
+        }
         lock.withLock { listener = channel }
         for url in Set(configuration.routes).sorted() {
             let task = Task { [weak self] in

@@ -3,6 +3,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+import UnibusBroker
 
 /// What one control-plane listener lets a client hold: an outsider can open
 /// sockets and send bytes slowly, and none of it may stop the node serving.
@@ -51,7 +52,18 @@ public final class ControlServer: Sendable {
         decoderLimits.maxHeaderListSize = limits.maxHeaderBytes
         decoderLimits.maxHeaderFieldSize = limits.maxHeaderFieldBytes
         decoderLimits.maxHeaderFieldCount = limits.maxHeaderFields
-        return try await ServerBootstrap(group: group)
+        do {
+            return try await bind(host: host, port: port, plane: plane, tls: tls, limits: limits, open: open, statistics: statistics,
+                                  decoderLimits: decoderLimits)
+        } catch {
+            throw ListenerError(listener: "control plane (--control-listen)", host: host, port: port, underlying: error)
+        }
+    }
+
+    private func bind(host: String, port: Int, plane: ControlPlane, tls: NIOSSLContext?, limits: ControlServerLimits,
+                      open: ManagedAtomic<Int>, statistics: BrokerStatistics,
+                      decoderLimits: NIOHTTPDecoderLimitConfiguration) async throws -> Channel {
+        try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 256)
             .childChannelInitializer { channel in

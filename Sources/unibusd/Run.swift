@@ -133,7 +133,7 @@ struct Run: AsyncParsableCommand {
             ("--route-ping-interval must be 0.1 to 3600 seconds", routePingInterval.isFinite && (0.1...3600).contains(routePingInterval)),
             ("--threads must be 0 to 1024", (0...1024).contains(threads)),
         ]
-        for (message, valid) in checks where !valid { throw ValidationError(message) }
+        for (message, valid) in checks where !valid { throw CLIFailure(message) }
     }
 
     func run() async throws {
@@ -160,32 +160,32 @@ struct Run: AsyncParsableCommand {
             do {
                 configuration.tls = try BrokerTLS(certificateChainPath: cert, privateKeyPath: key, clientCAPath: tlsClientCA)
             } catch {
-                throw ValidationError("cannot load TLS certificate/key (\(cert), \(key)): \(error)")
+                throw CLIFailure(Self.tlsProblem(error, files: [(cert, "--tls-cert"), (key, "--tls-key")] + (tlsClientCA.map { [($0, "--tls-client-ca")] } ?? [])))
             }
         case (nil, nil):
-            guard tlsClientCA == nil else { throw ValidationError("--tls-client-ca needs --tls-cert and --tls-key") }
+            guard tlsClientCA == nil else { throw CLIFailure("--tls-client-ca needs --tls-cert and --tls-key") }
             guard Self.isLoopback(configuration.host) || allowPlaintext else {
-                throw ValidationError("refusing plain TCP on \(configuration.host): give --tls-cert and --tls-key, or --allow-plaintext for an isolated test network")
+                throw CLIFailure("refusing plain TCP on \(configuration.host): give --tls-cert and --tls-key, or --allow-plaintext for an isolated test network")
             }
         default:
-            throw ValidationError("--tls-cert and --tls-key go together")
+            throw CLIFailure("--tls-cert and --tls-key go together")
         }
         var allowlistAuthorizer: StaticAllowlist?
         var membership: MembershipStore?
         if let dataDir {
-            guard allowlist == nil else { throw ValidationError("--data-dir and --allowlist are exclusive: membership decides who may connect") }
+            guard allowlist == nil else { throw CLIFailure("--data-dir and --allowlist are exclusive: membership decides who may connect") }
             // Refused before anything is created in a directory init never made.
             guard MembershipStore.exists(in: dataDir) else {
-                throw ValidationError("\(dataDir) is not a node's data directory: run `unibusd init --data-dir \(dataDir) --admin-identity FILE` "
+                throw CLIFailure("\(dataDir) is not a node's data directory: run `unibusd init --data-dir \(dataDir) --admin-identity FILE` "
                                       + "(or `--root NKEY` for a node that gets its log from its --routes)")
             }
             do {
                 membership = try MembershipStore(directory: dataDir)
             } catch {
-                throw ValidationError("\(error)")
+                throw CLIFailure("\(error)")
             }
             guard let store = membership, !store.snapshot.users.isEmpty || (store.rootAdmin != nil && !routes.isEmpty) else {
-                throw ValidationError("\(dataDir) has no users: run `unibusd init --data-dir \(dataDir) --admin-identity FILE` first "
+                throw CLIFailure("\(dataDir) has no users: run `unibusd init --data-dir \(dataDir) --admin-identity FILE` first "
                                       + "(or `--root NKEY` for a node that gets its log from its --routes)")
             }
             configuration.authorizer = Node.authorizer(for: store)
@@ -194,7 +194,7 @@ struct Run: AsyncParsableCommand {
             do {
                 allowlistAuthorizer = try StaticAllowlist(path: allowlist)
             } catch {
-                throw ValidationError("\(error)")
+                throw CLIFailure("\(error)")
             }
             configuration.authorizer = allowlistAuthorizer
         }
@@ -203,7 +203,7 @@ struct Run: AsyncParsableCommand {
             do {
                 nodeKey = try IdentityFile.loadOrCreate(at: identity).identity.signing
             } catch {
-                throw ValidationError("\(error)")
+                throw CLIFailure("\(error)")
             }
         }
         configuration.cluster = try clusterConfiguration(client: configuration, root: membership?.rootAdmin ?? "")
@@ -238,11 +238,12 @@ struct Run: AsyncParsableCommand {
                     tlsConfiguration.minimumTLSVersion = .tlsv12
                     controlTLS = try NIOSSLContext(configuration: tlsConfiguration)
                 } catch {
-                    throw ValidationError("cannot load the control-plane certificate/key (\(cert), \(key)): \(error)")
+                    throw CLIFailure(Self.tlsProblem(error, files: [(cert, controlTlsCert == nil ? "--tls-cert" : "--control-tls-cert"),
+                                                                    (key, controlTlsKey == nil ? "--tls-key" : "--control-tls-key")]))
                 }
             } else {
                 guard Self.isLoopback(controlHost) || allowPlaintext else {
-                    throw ValidationError("refusing plain HTTP for the control plane on \(controlHost): give --control-tls-cert/--control-tls-key (or --tls-cert/--tls-key)")
+                    throw CLIFailure("refusing plain HTTP for the control plane on \(controlHost): give --control-tls-cert/--control-tls-key (or --tls-cert/--tls-key)")
                 }
             }
             let control = ControlServer(plane: ControlPlane(node: node), group: broker.group, tls: controlTLS)
@@ -281,15 +282,41 @@ struct Run: AsyncParsableCommand {
 
 extension Run {
     /// Splits a HOST:PORT option; the error names the option.
+    /// What is wrong with TLS files, in words an operator can act on (NIOSSL
+    /// says `noSuchFilesystemObject` or `failedToLoadPrivateKey`). `files` are
+    /// (path, option) with the certificate first and the key second.
+    static func tlsProblem(_ error: Error, files: [(String, String)]) -> String {
+        for (path, option) in files {
+            var isDirectory: ObjCBool = false
+            if !FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) { return "no file at \(path) (\(option))" }
+            if isDirectory.boolValue { return "\(path) (\(option)) is a directory; give the PEM file" }
+            if !FileManager.default.isReadableFile(atPath: path) { return "\(path) (\(option)) cannot be read by this user" }
+        }
+        let (certificate, key) = (files.first, files.dropFirst().first)
+        switch error as? NIOSSLError {
+        case .failedToLoadPrivateKey?:
+            if let certificate, let key {
+                return "\(key.0) (\(key.1)) is not a PEM private key, or not the key of the certificate in \(certificate.0) (\(certificate.1)): "
+                    + "check that the two files belong together"
+            }
+        case .failedToLoadCertificate?:
+            if let certificate { return "\(certificate.0) (\(certificate.1)) holds no PEM certificate" }
+        default:
+            break
+        }
+        let names = files.map { "\($0.0) (\($0.1))" }.joined(separator: ", ")
+        return "cannot use the TLS files \(names): \(String("\(error)".prefix(300)))"
+    }
+
     /// HOST:PORT, with an IPv6 host in brackets (`[::1]:4222`).
     static func hostAndPort(_ text: String, option: String) throws -> (String, Int) {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65_535).contains(port) else {
-            throw ValidationError("\(option) must be HOST:PORT with a port from 0 to 65535, got \(text)")
+            throw CLIFailure("\(option) must be HOST:PORT with a port from 0 to 65535, got \(text)")
         }
         var host = String(text[..<colon])
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         guard !host.contains(" "), !host.contains("/"), host.utf8.count <= 253 else {
-            throw ValidationError("\(option) has an invalid host: \(host)")
+            throw CLIFailure("\(option) has an invalid host: \(host)")
         }
         return (host, port)
     }
@@ -305,7 +332,7 @@ extension Run {
         let routeURLs = routes.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }.filter { !$0.isEmpty }
         guard let clusterListen else {
             guard routeURLs.isEmpty, clusterCert == nil, clusterKey == nil, clusterCa == nil else {
-                throw ValidationError("--routes and --cluster-* need --cluster-listen HOST:PORT")
+                throw CLIFailure("--routes and --cluster-* need --cluster-listen HOST:PORT")
             }
             return nil
         }
@@ -316,35 +343,35 @@ extension Run {
         cluster.pingInterval = .nanoseconds(Int64(max(0.1, routePingInterval) * 1e9))
         cluster.maxInterest = maxRouteInterest
         for url in routeURLs {
-            do { _ = try Cluster.parse(url) } catch { throw ValidationError("\(error)") }
+            do { _ = try Cluster.parse(url) } catch { throw CLIFailure("\(error)") }
         }
         cluster.routes = routeURLs
         switch (clusterCert, clusterKey, clusterCa) {
         case let (cert?, key?, ca?):
             if let clientCA = tlsClientCA,
                let a = FileManager.default.contents(atPath: clientCA), let b = FileManager.default.contents(atPath: ca), a == b {
-                throw ValidationError("--cluster-ca must not be the client CA (\(clientCA)): a client certificate could then open a route")
+                throw CLIFailure("--cluster-ca must not be the client CA (\(clientCA)): a client certificate could then open a route")
             }
             do {
                 cluster.tls = try RouteTLS(certificateChainPath: cert, privateKeyPath: key, caPath: ca)
             } catch {
-                throw ValidationError("cannot load the route certificate/key/CA (\(cert), \(key), \(ca)): \(error)")
+                throw CLIFailure(Self.tlsProblem(error, files: [(cert, "--cluster-cert"), (key, "--cluster-key"), (ca, "--cluster-ca")]))
             }
         case (nil, nil, nil):
             let loopbackRoutes = routeURLs.allSatisfy { url in (try? Cluster.parse(url)).map { Self.isLoopback($0.host) } ?? false }
             guard clusterAllowPlaintext, Self.isLoopback(cluster.host), loopbackRoutes else {
-                throw ValidationError("routes need mutual TLS: give --cluster-cert, --cluster-key and --cluster-ca "
+                throw CLIFailure("routes need mutual TLS: give --cluster-cert, --cluster-key and --cluster-ca "
                                       + "(or --cluster-allow-plaintext with loopback addresses only, for development)")
             }
         default:
-            throw ValidationError("--cluster-cert, --cluster-key and --cluster-ca go together")
+            throw CLIFailure("--cluster-cert, --cluster-key and --cluster-ca go together")
         }
         let wildcard = ["0.0.0.0", "::", "[::]", ""]
         if let advertise, !Cluster.isAdvertisableURL(advertise, schemes: ["nats", "tls"]) {
-            throw ValidationError("--advertise must be nats://HOST:PORT or tls://HOST:PORT (clients are told it), got \(advertise)")
+            throw CLIFailure("--advertise must be nats://HOST:PORT or tls://HOST:PORT (clients are told it), got \(advertise)")
         }
         if let advertiseControl, !Cluster.isAdvertisableURL(advertiseControl, schemes: ["http", "https"]) {
-            throw ValidationError("--advertise-control must be https://HOST:PORT (or http:// on loopback), got \(advertiseControl)")
+            throw CLIFailure("--advertise-control must be https://HOST:PORT (or http:// on loopback), got \(advertiseControl)")
         }
         let clientHost = client.host.contains(":") ? "[\(client.host)]" : client.host
         cluster.advertiseClientURL = advertise

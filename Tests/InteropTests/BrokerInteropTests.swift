@@ -71,16 +71,7 @@ struct BrokerInteropTests {
     /// a failed log write is a dropped line, never SIGPIPE or a trap
     /// (`unibusd … 2>&1 | head -1` used to kill it with SIGILL).
     @Test func aClosedLogPipeDoesNotKillTheNode() throws {
-        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, length) == 0 && getsockname(probe, $0, &length) == 0 }
-        }
-        let port = Int(UInt16(bigEndian: address.sin_port))
-        close(probe)
+        let port = freePort()
         let node = Process()
         node.executableURL = URL(fileURLWithPath: Self.unibusd)
         node.arguments = ["run", "--listen", "127.0.0.1:\(port)"]
@@ -92,19 +83,11 @@ struct BrokerInteropTests {
         var served = false
         let deadline = Date().addingTimeInterval(10)
         while !served && Date() < deadline && node.isRunning {
-            let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var target = sockaddr_in()
-            target.sin_family = sa_family_t(AF_INET)
-            target.sin_port = in_port_t(UInt16(port).bigEndian)
-            target.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let connected = withUnsafePointer(to: &target) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-            }
-            if connected {
+            if let client = connectLoopback(port) {
                 var buffer = [UInt8](repeating: 0, count: 5)
                 served = recv(client, &buffer, 5, Int32(MSG_WAITALL)) == 5 && buffer == Array("INFO ".utf8)
+                close(client)
             }
-            close(client)
             if !served { usleep(50_000) }
         }
         #expect(served, "the node served INFO with its stderr closed")
@@ -154,12 +137,43 @@ struct BrokerInteropTests {
         let (ipv6, ipv6Output) = try runPeer([Self.unibusd, "run", "--listen", "[::1]:99999"])
         #expect(ipv6 != 0 && !ipv6Output.contains("refusing plain TCP"), "IPv6 loopback is loopback: \(ipv6Output)")
 
+        // TLS file mistakes are named (NIOSSL says noSuchFilesystemObject / failedToLoadPrivateKey).
+        let makeCerts = Peer.packageRoot.appendingPathComponent("deploy/make-certs.sh").path
+        let (made, madeOutput) = try runPeer(["bash", makeCerts, work + "/certs", "a=127.0.0.1", "b=127.0.0.1"])
+        #expect(made == 0, "\(madeOutput)")
+        let certs = work + "/certs/"
+        for (arguments, expected) in [
+            (["--tls-cert", certs + "none.pem", "--tls-key", certs + "a-client.key"], "no file at \(certs)none.pem (--tls-cert)"),
+            (["--tls-cert", certs + "a-client.pem", "--tls-key", certs + "b-client.key"], "check that the two files belong together"),
+            (["--tls-cert", certs + "a-client.key", "--tls-key", certs + "a-client.key"], "holds no PEM certificate"),
+        ] {
+            let (status, output) = try runPeer([Self.unibusd, "run", "--listen", "127.0.0.1:0"] + arguments)
+            #expect(status != 0 && output.contains(expected) && !output.contains("Usage"), "\(arguments): \(output)")
+        }
+        // A port in use is named with its listener.
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(holder) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, length) == 0 && listen(holder, 1) == 0 && getsockname(holder, $0, &length) == 0 }
+        }
+        let busy = Int(UInt16(bigEndian: address.sin_port))
+        let (inUse, inUseOutput) = try runPeer([Self.unibusd, "run", "--listen", "127.0.0.1:\(busy)"])
+        #expect(inUse != 0 && inUseOutput.contains("cannot open the client listener (--listen) on 127.0.0.1:\(busy): the address is already in use"),
+                "\(inUseOutput)")
+
         // init against the data directory of a running node is refused (the node holds its lock).
         let (initialised, initOutput) = try runPeer([Self.unibusd, "init", "--data-dir", work + "/c", "--admin-identity", work + "/admin.json"])
         #expect(initialised == 0, "\(initOutput)")
+        // Wait until the node listens (it holds the lock from then on): an
+        // init racing its start could take the lock first and stop it.
+        let nodePort = freePort()
         let node = Process()
         node.executableURL = URL(fileURLWithPath: Self.unibusd)
-        node.arguments = ["run", "--data-dir", work + "/c", "--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"]
+        node.arguments = ["run", "--data-dir", work + "/c", "--listen", "127.0.0.1:\(nodePort)", "--control-listen", "127.0.0.1:0"]
         node.standardError = FileHandle.nullDevice
         node.standardOutput = FileHandle.nullDevice
         try node.run()
@@ -167,6 +181,17 @@ struct BrokerInteropTests {
             node.terminate()
             node.waitUntilExit()
         }
+        let listening = Date().addingTimeInterval(10)
+        var up = false
+        while !up && Date() < listening && node.isRunning {
+            if let client = connectLoopback(nodePort) {
+                close(client)
+                up = true
+            } else {
+                usleep(20_000)
+            }
+        }
+        #expect(up, "the node did not start")
         var refusal = ""
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline && node.isRunning {
@@ -223,4 +248,33 @@ struct BrokerInteropTests {
     @Test func partitionAndHealConverge() throws {
         try runScenario("partition_e2e.py")
     }
+}
+
+/// A loopback port that was free a moment ago.
+private func freePort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// A TCP connection to 127.0.0.1:`port`, or nil (the caller closes it).
+private func connectLoopback(_ port: Int) -> Int32? {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var target = sockaddr_in()
+    target.sin_family = sa_family_t(AF_INET)
+    target.sin_port = in_port_t(UInt16(port).bigEndian)
+    target.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let connected = withUnsafePointer(to: &target) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    }
+    if connected { return fd }
+    close(fd)
+    return nil
 }
