@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import UnibusCrypto
+import UnibusControl
 import UnibusWire
 
 /// One message as the data plane delivers it.
@@ -109,6 +110,8 @@ public final class NATSConnection: @unchecked Sendable {
     /// the background until `close()`.
     public func connect() async throws(ClientError) {
         var failures: [String] = []
+        // Each reason once, however many rounds repeated it.
+        func note(_ failure: String) { if !failures.contains(failure) { failures.append(failure) } }
         for round in 0..<max(1, options.initialRounds) {
             for endpoint in candidates() {
                 do {
@@ -119,9 +122,9 @@ public final class NATSConnection: @unchecked Sendable {
                     if case .authenticationFailed = error { throw error }
                     if case .tlsRequiredWithoutCA = error { throw error }
                     if case .plaintextRefused = error { throw error }
-                    failures.append("\(endpoint): \(error)")
+                    note(ConnectionDiagnosis.describe(error, address: endpoint.description, plane: "NATS port", caPath: options.caPath))
                 } catch {
-                    failures.append("\(endpoint): \(error)")
+                    note(ConnectionDiagnosis.describe(error, address: endpoint.description, plane: "NATS port", caPath: options.caPath))
                 }
             }
             if round + 1 < options.initialRounds { try? await Task.sleep(nanoseconds: UInt64(backoff(round: round).nanoseconds)) }

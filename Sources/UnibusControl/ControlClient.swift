@@ -22,6 +22,8 @@ public final class ControlClient: Sendable {
     }
 
     public let host: String
+    /// The pinned CA file, for error messages.
+    private let caPath: String?
     public let port: Int
     private let tls: NIOSSLContext?
     private let group: EventLoopGroup
@@ -34,6 +36,7 @@ public final class ControlClient: Sendable {
         }
         let loopback = host == "localhost" || host == "::1" || host.hasPrefix("127.")
         self.host = host
+        self.caPath = caPath
         self.group = group
         switch scheme {
         case "https":
@@ -87,7 +90,8 @@ public final class ControlClient: Sendable {
                 .connect(host: host, port: port).get()
         } catch {
             collector.response.fail(error)   // never leave the promise pending
-            throw Failure(description: "cannot reach the node at \(host):\(port): \(error)")
+            throw Failure(description: "cannot reach the control plane at " + ConnectionDiagnosis.describe(
+                error, address: "\(host):\(port)", plane: "control plane", caPath: caPath))
         }
         var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method), uri: path)
         head.headers = headers
@@ -96,13 +100,24 @@ public final class ControlClient: Sendable {
         buffer.writeBytes(body)
         channel.write(HTTPClientRequestPart.body(.byteBuffer(buffer)), promise: nil)
         do {
-            try await channel.writeAndFlush(HTTPClientRequestPart.end(nil)).get()
+            do {
+                try await channel.writeAndFlush(HTTPClientRequestPart.end(nil)).get()
+            } catch {
+                // The write failed because the connection went (a TLS
+                // handshake refused, say): the collector has the real cause.
+                _ = try await collector.response.futureResult.get()
+                throw error
+            }
             let response = try await collector.response.futureResult.get()
             try? await channel.closeFuture.get()   // nothing of this request outlives it
             return response
         } catch {
             try? await channel.close()
-            throw Failure(description: "the node at \(host):\(port) did not answer: \(error)")
+            var reason = ConnectionDiagnosis.describe(error, address: "\(host):\(port)", plane: "control plane", caPath: caPath)
+            if tls == nil, "\(error)".contains("closed before a complete answer") {
+                reason += " (if the node serves https, use https:// and --ca)"
+            }
+            throw Failure(description: "the control plane did not answer: " + reason)
         }
     }
 }

@@ -7,6 +7,9 @@ public enum SecretFileError: Error, Equatable, Sendable, CustomStringConvertible
     case missing(path: String, hint: String)
     /// The file exists but is not a valid document of its kind. It is left untouched.
     case corrupt(path: String, reason: String)
+    /// The path names something other than a regular file (a directory, a
+    /// link, a device): a wrong path, not a damaged file.
+    case notAFile(path: String, reason: String)
     /// Group or others may access the file.
     case insecurePermissions(path: String, mode: UInt16)
     /// A create-only write found a file in place.
@@ -17,6 +20,8 @@ public enum SecretFileError: Error, Equatable, Sendable, CustomStringConvertible
         switch self {
         case .missing(let path, let hint):
             return "no file at \(path)" + (hint.isEmpty ? "" : "; \(hint)")
+        case .notAFile(let path, let reason):
+            return "\(path) \(reason)"
         case .corrupt(let path, let reason):
             return "\(path) is corrupt (\(reason)); it was left untouched. Restore it from a backup, or move it aside and create a new one"
         case .insecurePermissions(let path, let mode):
@@ -41,7 +46,7 @@ public enum SecretFile {
         guard fd >= 0 else {
             switch errno {
             case ENOENT: throw .missing(path: path, hint: missingHint)
-            case ELOOP: throw .corrupt(path: path, reason: "it is a symbolic link; give the real file's path (links are not followed for secret files)")
+            case ELOOP: throw .notAFile(path: path, reason: "is a symbolic link; give the real file's path (links are not followed for secret files)")
             default: throw .io(path: path, reason: String(cString: strerror(errno)))
             }
         }
@@ -50,8 +55,8 @@ public enum SecretFile {
         guard fstat(fd, &info) == 0 else { throw .io(path: path, reason: String(cString: strerror(errno))) }
         switch info.st_mode & S_IFMT {
         case S_IFREG: break
-        case S_IFDIR: throw .corrupt(path: path, reason: "it is a directory; give the path of the file itself")
-        default: throw .corrupt(path: path, reason: "not a regular file")
+        case S_IFDIR: throw .notAFile(path: path, reason: "is a directory; give the path of the file itself")
+        default: throw .notAFile(path: path, reason: "is not a regular file")
         }
         let mode = UInt16(info.st_mode & 0o777)
         guard mode & 0o077 == 0 else { throw .insecurePermissions(path: path, mode: mode) }

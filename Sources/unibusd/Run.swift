@@ -185,6 +185,11 @@ struct Run: AsyncParsableCommand {
                 throw CLIFailure("\(error)")
             }
             guard let store = membership, !store.snapshot.users.isEmpty || (store.rootAdmin != nil && !routes.isEmpty) else {
+                if let root = membership?.rootAdmin {
+                    throw CLIFailure("\(dataDir) was initialised for root admin \(root) and gets its users from the cluster, "
+                                     + "but this node has no --routes: start it with --cluster-listen HOST:PORT and --routes URL,… "
+                                     + "(the other nodes' route URLs)")
+                }
                 throw CLIFailure("\(dataDir) has no users: run `unibusd init --data-dir \(dataDir) --admin-identity FILE` first "
                                       + "(or `--root NKEY` for a node that gets its log from its --routes)")
             }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import UnibusCrypto
 
 /// The broker against code we did not write: nats-server (byte transcripts),
 /// nats-py and the Go NATS client. Each peer script prints per-scenario lines
@@ -128,6 +129,12 @@ struct BrokerInteropTests {
         let (badRoot, badRootOutput) = try runPeer([Self.unibusd, "init", "--data-dir", work + "/a", "--root", "UABC"])
         #expect(badRoot != 0 && badRootOutput.contains("--root must be"), "\(badRootOutput)")
         #expect(!FileManager.default.fileExists(atPath: work + "/a"), "a refused init left a directory behind")
+        let rootOnly = work + "/r"
+        let rootKey = Identity().userNKey
+        let (rootInit, rootInitOutput) = try runPeer([Self.unibusd, "init", "--data-dir", rootOnly, "--root", rootKey])
+        #expect(rootInit == 0, "\(rootInitOutput)")
+        let (noRoutes, noRoutesOutput) = try runPeer([Self.unibusd, "run", "--data-dir", rootOnly, "--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"])
+        #expect(noRoutes != 0 && noRoutesOutput.contains("gets its users from the cluster, but this node has no --routes"), "\(noRoutesOutput)")
         let (uninitialised, runOutput) = try runPeer([Self.unibusd, "run", "--data-dir", work + "/b", "--listen", "127.0.0.1:0"])
         #expect(uninitialised != 0 && runOutput.contains("is not a node's data directory"), "\(runOutput)")
         #expect(!FileManager.default.fileExists(atPath: work + "/b"), "run on an uninitialised directory created files")

@@ -92,7 +92,7 @@ struct IdentityTests {
         let path = directory + "/dir"
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
         chmod(path, 0o700)
-        #expect(throws: IdentityError.corrupt(path: path, reason: "it is a directory; give the path of the file itself")) { try IdentityFile.load(from: path) }
+        #expect(throws: IdentityError.notAFile(path: path, reason: "is a directory; give the path of the file itself")) { try IdentityFile.load(from: path) }
     }
 
     /// Secret files are opened without following links: another user's
@@ -102,7 +102,7 @@ struct IdentityTests {
         _ = try IdentityFile.loadOrCreate(at: real)
         let link = directory + "/link.json"
         try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: real)
-        #expect(throws: IdentityError.corrupt(path: link, reason: "it is a symbolic link; give the real file's path (links are not followed for secret files)")) {
+        #expect(throws: IdentityError.notAFile(path: link, reason: "is a symbolic link; give the real file's path (links are not followed for secret files)")) {
             try IdentityFile.load(from: link)
         }
     }

@@ -112,6 +112,21 @@ async def main():
             check("a member may not add users", code == 1 and "only an admin may add users" in out, out)
             code, out = cli("user", "list", "--node", url, "--identity", people["mallory"]["path"], "--ca", pki["ca.pem"])
             check("an unknown caller is refused", code == 1 and "not a registered user" in out, out)
+            # Connection mistakes are named with the flag or port to fix (not "I/O on closed channel").
+            other = os.path.join(tmp, "other-pki")
+            os.makedirs(other)
+            other_pki = make_test_pki(other)
+            mistakes = [
+                (["--node", url, "--ca", other_pki["ca.pem"]], "does not chain to --ca"),
+                (["--node", url, "--ca", pki["server.pem"]], "does not chain to --ca"),
+                (["--node", f"https://127.0.0.1:{port}", "--ca", pki["ca.pem"]], "is this the control plane's port?"),
+                (["--node", f"http://127.0.0.1:{control}"], "use https:// and --ca"),
+                (["--node", f"https://127.0.0.1:{free_port()}", "--ca", pki["ca.pem"]], "connection refused (nothing listens there"),
+            ]
+            for arguments, expected in mistakes:
+                code, out = cli("user", "list", "--identity", admin, *arguments)
+                check(f"a connection mistake is named: {expected}",
+                      code != 0 and expected in out and "I/O on closed channel" not in out and "handshake.cc" not in out, out)
             # --from-identity: the public document `identity show --json` prints, no keys copied by hand.
             carol_path, carol_public = os.path.join(tmp, "carol.json"), os.path.join(tmp, "carol.public.json")
             subprocess.run([os.path.join(BIN, "unibus"), "identity", "new", "--out", carol_path], check=True, capture_output=True)
