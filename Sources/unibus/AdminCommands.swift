@@ -148,7 +148,7 @@ struct RoomCommand: AsyncParsableCommand {
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one room: subject, owner, policy, state.")
         @OptionGroup var options: NodeOptions
-        @Option(name: .long) var id: String
+        @Option(name: .long, help: "The room's id (as given to `unibus room create --id`).") var id: String
 
         func run() async throws {
             let rooms = try await NodeSession.open(options).get("/v1/rooms")["rooms"] as? [[String: Any]] ?? []
@@ -199,7 +199,7 @@ struct RoomCommand: AsyncParsableCommand {
     struct Archive: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Archive a room (owner or admin).")
         @OptionGroup var options: NodeOptions
-        @Option(name: .long) var id: String
+        @Option(name: .long, help: "The room's id (as given to `unibus room create --id`).") var id: String
 
         func run() async throws {
             let result = try await NodeSession.open(options).submit(.archiveRoom(id: id))
@@ -210,7 +210,7 @@ struct RoomCommand: AsyncParsableCommand {
     struct Members: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List a room's members.")
         @OptionGroup var options: NodeOptions
-        @Option(name: .long) var id: String
+        @Option(name: .long, help: "The room's id (as given to `unibus room create --id`).") var id: String
 
         func run() async throws {
             let result = try await NodeSession.open(options).get("/v1/rooms/\(id)/members")
@@ -224,7 +224,7 @@ struct RoomCommand: AsyncParsableCommand {
     struct AddMember: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "add-member", abstract: "Add a member (room owner or admin).")
         @OptionGroup var options: NodeOptions
-        @Option(name: .long) var id: String
+        @Option(name: .long, help: "The room's id (as given to `unibus room create --id`).") var id: String
         @Option(name: .long, help: "The member's public signing key (U… nkey or hex).") var signPub: String
         @Option(name: .long, help: "owner or member.") var role = "member"
 
@@ -239,7 +239,7 @@ struct RoomCommand: AsyncParsableCommand {
     struct RemoveMember: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "remove-member", abstract: "Remove a member (room owner, admin, or the member itself).")
         @OptionGroup var options: NodeOptions
-        @Option(name: .long) var id: String
+        @Option(name: .long, help: "The room's id (as given to `unibus room create --id`).") var id: String
         @Option(name: .long, help: "The member's public signing key (U… nkey or hex).") var signPub: String
 
         func run() async throws {
