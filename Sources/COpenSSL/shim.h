@@ -14,6 +14,10 @@
 #include <openssl/sha.h>
 #include <openssl/evp.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <stdint.h>
@@ -165,6 +169,35 @@ static inline long unibus_aes256cbc(const EVP_CIPHER *cipher, int encrypt,
 
 static inline EVP_CIPHER *unibus_fetch_aes256cbc(void) {
     return EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+}
+
+/*
+ * Whether some certificate in the PEM file `ca_path` issued the first
+ * certificate in `leaf_path` (names and key identifiers; the configuration
+ * check unibusd makes at start, not a verification of signatures).
+ * 1: issued; 0: not by any of them; -1: a file is missing or holds no PEM
+ * certificate.
+ */
+static inline int unibus_pem_issued_by(const char *ca_path, const char *leaf_path) {
+    FILE *leaf_file = fopen(leaf_path, "r");
+    if (!leaf_file) return -1;
+    X509 *leaf = PEM_read_X509(leaf_file, NULL, NULL, NULL);
+    fclose(leaf_file);
+    if (!leaf) { ERR_clear_error(); return -1; }
+    FILE *ca_file = fopen(ca_path, "r");
+    if (!ca_file) { X509_free(leaf); return -1; }
+    int result = -1;
+    X509 *ca;
+    while ((ca = PEM_read_X509(ca_file, NULL, NULL, NULL)) != NULL) {
+        if (result < 0) result = 0;
+        if (X509_check_issued(ca, leaf) == X509_V_OK) result = 1;
+        X509_free(ca);
+        if (result == 1) break;
+    }
+    ERR_clear_error();
+    fclose(ca_file);
+    X509_free(leaf);
+    return result;
 }
 
 #endif

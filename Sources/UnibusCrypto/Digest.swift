@@ -92,3 +92,17 @@ enum AES256CBC {
         return withUnsafePointer(to: zero) { body($0) }
     }
 }
+
+/// Configuration checks on PEM certificate files (not verification).
+public enum CertificateFiles {
+    /// Whether a certificate in `caPath` issued the first certificate in
+    /// `certificatePath` (by names and key identifiers); nil when a file is
+    /// missing or holds no PEM certificate.
+    public static func isIssued(_ certificatePath: String, by caPath: String) -> Bool? {
+        switch unibus_pem_issued_by(caPath, certificatePath) {
+        case 1: return true
+        case 0: return false
+        default: return nil
+        }
+    }
+}

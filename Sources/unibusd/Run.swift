@@ -353,6 +353,16 @@ extension Run {
         cluster.routes = routeURLs
         switch (clusterCert, clusterKey, clusterCa) {
         case let (cert?, key?, ca?):
+            // Mistakes that would leave the node unlinked, silently, or let
+            // client certificates open routes: refused at start, by name.
+            if CertificateFiles.isIssued(cert, by: ca) == false {
+                throw CLIFailure("--cluster-cert \(cert) was not issued by --cluster-ca \(ca): no peer would accept it and this node would never link. "
+                                 + "Give this node's NODE-route.pem and the cluster-ca.pem from the same deploy/make-certs.sh run")
+            }
+            if let clientCert = tlsCert, CertificateFiles.isIssued(clientCert, by: ca) == true {
+                throw CLIFailure("--cluster-ca \(ca) issued the client-facing certificate --tls-cert \(clientCert): it is the client CA. "
+                                 + "Routes need their own CA (cluster-ca.pem), so that a client certificate can never open a route")
+            }
             if let clientCA = tlsClientCA,
                let a = FileManager.default.contents(atPath: clientCA), let b = FileManager.default.contents(atPath: ca), a == b {
                 throw CLIFailure("--cluster-ca must not be the client CA (\(clientCA)): a client certificate could then open a route")

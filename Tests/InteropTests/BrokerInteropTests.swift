@@ -157,6 +157,17 @@ struct BrokerInteropTests {
             let (status, output) = try runPeer([Self.unibusd, "run", "--listen", "127.0.0.1:0"] + arguments)
             #expect(status != 0 && output.contains(expected) && !output.contains("Usage"), "\(arguments): \(output)")
         }
+        // Route CA mistakes: a route certificate the cluster CA did not issue (the node
+        // would never link), and a cluster CA that issued the client-facing certificate.
+        for (arguments, expected) in [
+            (["--cluster-cert", certs + "a-route.pem", "--cluster-key", certs + "a-route.key", "--cluster-ca", certs + "client-ca.pem"],
+             "was not issued by --cluster-ca"),
+            (["--tls-cert", certs + "a-route.pem", "--tls-key", certs + "a-route.key", "--cluster-cert", certs + "a-route.pem",
+              "--cluster-key", certs + "a-route.key", "--cluster-ca", certs + "cluster-ca.pem"], "it is the client CA"),
+        ] {
+            let (status, output) = try runPeer([Self.unibusd, "run", "--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"] + arguments)
+            #expect(status != 0 && output.contains(expected), "\(arguments): \(output)")
+        }
         // A port in use is named with its listener.
         let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(holder) }
