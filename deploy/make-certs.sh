@@ -9,13 +9,15 @@
 #   OUT_DIR/NODE-client.pem/.key       --tls-cert/--tls-key (clients and control plane)
 #   OUT_DIR/cluster-ca.pem             --cluster-ca on every node
 #   OUT_DIR/NODE-route.pem/.key        --cluster-cert/--cluster-key (server and client auth)
+#   OUT_DIR/user-NAME.pem/.key         for an argument user:NAME: a client certificate from the
+#                                      client CA, for nodes run with --tls-client-ca (unibus --cert/--key)
 #
 # ADDR is an IP address or a DNS name the node is reached at; list every one
 # that appears in --listen/--advertise and in the route URLs. Keys are
 # written 0600; the CA keys stay in OUT_DIR/private (move them offline).
 # Example: deploy/make-certs.sh certs a=10.0.0.1,a.bus.example b=10.0.0.2 c=10.0.0.3
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n '2,17p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,19p' "$0"; exit 2; }
 out="$1"; shift
 mkdir -p "$out/private"
 chmod 700 "$out/private"
@@ -38,7 +40,11 @@ issue() {
     local ca="$1" file="$2" cn="$3" sans="$4" usage="$5"
     local ext
     ext=$(mktemp)
-    printf 'subjectAltName=%s\nextendedKeyUsage=%s\n' "$sans" "$usage" > "$ext"
+    if [ -n "$sans" ]; then
+        printf 'subjectAltName=%s\nextendedKeyUsage=%s\n' "$sans" "$usage" > "$ext"
+    else
+        printf 'extendedKeyUsage=%s\n' "$usage" > "$ext"
+    fi
     openssl req "${ec[@]}" -keyout "$out/$file.key" -out "$out/$file.csr" -subj "/CN=$cn" >/dev/null 2>&1
     openssl x509 -req -in "$out/$file.csr" -CA "$out/$ca.pem" -CAkey "$out/private/$ca.key" -CAcreateserial \
         -out "$out/$file.pem" -days "$days" -extfile "$ext" >/dev/null 2>&1
@@ -51,6 +57,12 @@ issue() {
 make_ca client-ca "Unibus client CA"
 make_ca cluster-ca "Unibus cluster CA"
 for spec in "$@"; do
+    if [[ "$spec" == user:* ]]; then
+        user="${spec#user:}"
+        [[ "$user" =~ ^[A-Za-z0-9_-]+$ ]] || { echo "expected user:NAME with NAME of [A-Za-z0-9_-], got $spec" >&2; exit 2; }
+        issue client-ca "user-$user" "$user" "" clientAuth
+        continue
+    fi
     node="${spec%%=*}"
     addresses="${spec#*=}"
     [ -n "$node" ] && [ "$node" != "$spec" ] || { echo "expected NODE=ADDR[,ADDR...], got $spec" >&2; exit 2; }

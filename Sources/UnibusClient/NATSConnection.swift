@@ -34,6 +34,8 @@ public final class NATSConnection: @unchecked Sendable {
         public var identity: Identity
         /// PEM CA that node certificates must chain to (pinned; no system roots).
         public var caPath: String?
+        /// A client certificate for nodes that require one (`--tls-client-ca`).
+        public var clientCertificate: ClientCertificate?
         public var name = "unibus-swift"
         public var maxBufferedMessages = 10_000
         public var maxBufferedBytes = 8 * 1024 * 1024
@@ -96,6 +98,7 @@ public final class NATSConnection: @unchecked Sendable {
             var configuration = TLSConfiguration.makeClientConfiguration()
             configuration.trustRoots = .file(caPath)
             configuration.minimumTLSVersion = .tlsv12
+            do { try options.clientCertificate?.apply(to: &configuration) } catch { throw .invalid("\(error)") }
             do { tls = try NIOSSLContext(configuration: configuration) } catch {
                 throw .invalid("cannot load the CA certificate \(caPath): \(error)")
             }

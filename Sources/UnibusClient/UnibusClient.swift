@@ -30,6 +30,8 @@ public actor UnibusClient {
         public var controlPlane: [String]
         /// The CA both planes' certificates must chain to (pinned).
         public var caPath: String?
+        /// A client certificate for nodes that require one (`unibusd run --tls-client-ca`).
+        public var clientCertificate: ClientCertificate?
         public var maxBufferedMessages = 10_000
         public var maxBufferedBytes = 8 * 1024 * 1024
         public var name = "unibus-swift"
@@ -83,6 +85,7 @@ public actor UnibusClient {
         options.maxBufferedMessages = configuration.maxBufferedMessages
         options.name = configuration.name
         options.minimumBackoff = configuration.minimumBackoff
+        options.clientCertificate = configuration.clientCertificate
         let connection = try NATSConnection(options: options)
         try await connection.connect()
         let client = UnibusClient(configuration: configuration, connection: connection)
@@ -126,7 +129,8 @@ public actor UnibusClient {
         var failures: [String] = []
         for url in configuration.controlPlane {
             do {
-                let session = try await ControlSession.open(url: url, caPath: configuration.caPath, identity: configuration.identity)
+                let session = try await ControlSession.open(url: url, caPath: configuration.caPath, identity: configuration.identity,
+                                                            clientCertificate: configuration.clientCertificate)
                 control = session
                 return session
             } catch {

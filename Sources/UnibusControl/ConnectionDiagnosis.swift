@@ -12,8 +12,17 @@ public enum ConnectionDiagnosis {
     /// `plane` is what was dialed ("control plane", "NATS port"); `caPath`
     /// is the pinned CA, if any.
     public static func describe(_ error: Error, address: String, plane: String, caPath: String?) -> String {
-        let text = "\(error)"
+        var text = "\(error)"
+        // Errors that already start with the address are not prefixed twice.
+        while text.hasPrefix(address + ": ") { text.removeFirst(address.utf8.count + 2) }
         let ca = caPath.map { "--ca \($0)" } ?? "the pinned CA"
+        if text.contains("CERTIFICATE_REQUIRED") {
+            return "\(address): the node requires a client certificate: give --cert and --key "
+                + "(a user certificate from the node's client CA: deploy/make-certs.sh OUT user:NAME)"
+        }
+        if text.contains("ALERT_BAD_CERTIFICATE") || text.contains("ALERT_UNKNOWN_CA") || text.contains("CERTIFICATE_UNKNOWN") {
+            return "\(address): the node refused this client certificate (--cert): it must come from the node's client CA (--tls-client-ca)"
+        }
         if text.contains("CERTIFICATE_VERIFY_FAILED") {
             return "\(address): the node's certificate does not chain to \(ca). Give the CA that issued the node's certificate "
                 + "(client-ca.pem from deploy/make-certs.sh), not a node certificate or another CA"

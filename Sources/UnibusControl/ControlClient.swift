@@ -30,7 +30,8 @@ public final class ControlClient: Sendable {
 
     /// `url` is `https://HOST:PORT` (with `caPath`) or `http://127.0.0.1:PORT`.
     /// A remote node without a pinned CA is refused.
-    public init(url: String, caPath: String?, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws {
+    public init(url: String, caPath: String?, clientCertificate: ClientCertificate? = nil,
+                group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws {
         guard let components = URLComponents(string: url), let scheme = components.scheme, let host = components.host else {
             throw Failure(description: "invalid node URL \(url); expected https://HOST:PORT")
         }
@@ -46,6 +47,7 @@ public final class ControlClient: Sendable {
             var configuration = TLSConfiguration.makeClientConfiguration()
             configuration.trustRoots = .file(caPath)
             configuration.minimumTLSVersion = .tlsv12
+            try clientCertificate?.apply(to: &configuration)
             tls = try NIOSSLContext(configuration: configuration)
             port = components.port ?? 443
         case "http":
@@ -182,8 +184,9 @@ public struct ControlSession: Sendable {
     public let url: String
 
     /// Connects to `url` (pinned `caPath` for https) and asks the node for its id.
-    public static func open(url: String, caPath: String?, identity: Identity) async throws -> ControlSession {
-        let client = try ControlClient(url: url, caPath: caPath)
+    public static func open(url: String, caPath: String?, identity: Identity,
+                            clientCertificate: ClientCertificate? = nil) async throws -> ControlSession {
+        let client = try ControlClient(url: url, caPath: caPath, clientCertificate: clientCertificate)
         let info = try await client.request("GET", "/v1/node")
         guard info.status == 200, let nodeID = info.json?["node_id"] as? String else {
             throw ControlClient.Failure(description: "\(url) did not identify itself as a Unibus node (\(info.status): \(info.errorText))")

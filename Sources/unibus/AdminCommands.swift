@@ -15,6 +15,12 @@ struct NodeOptions: ParsableArguments {
     @Option(name: .long, help: "The CA certificate that issued the node's certificate (required for https).")
     var ca: String?
 
+    @Option(name: .long, help: "A client certificate (PEM) for nodes that require one, with --key.")
+    var cert: String?
+
+    @Option(name: .long, help: "The private key of --cert.")
+    var key: String?
+
     @Flag(name: .long, help: "Print JSON.")
     var json = false
 }
@@ -26,7 +32,14 @@ struct NodeSession {
     static func open(_ options: NodeOptions) async throws -> NodeSession {
         let identity = try loadIdentity(options.identity)
         do {
-            return NodeSession(session: try await ControlSession.open(url: options.node, caPath: options.ca, identity: identity))
+            let certificate: ClientCertificate?
+            switch (options.cert, options.key) {
+            case let (cert?, key?): certificate = ClientCertificate(certificatePath: cert, keyPath: key)
+            case (nil, nil): certificate = nil
+            default: throw CLIError("--cert and --key go together")
+            }
+            return NodeSession(session: try await ControlSession.open(url: options.node, caPath: options.ca, identity: identity,
+                                                                      clientCertificate: certificate))
         } catch {
             throw CLIError("\(error)")
         }

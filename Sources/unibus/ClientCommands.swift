@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import UnibusClient
+import UnibusControl
 import UnibusCrypto
 import UnibusMembership
 import UnibusWire
@@ -19,8 +20,24 @@ struct PeerOptions: ParsableArguments {
     @Option(name: .long, help: "The CA certificate both planes' certificates must chain to (required for TLS).")
     var ca: String?
 
+    @Option(name: .long, help: "A client certificate (PEM) for nodes run with --tls-client-ca, from `deploy/make-certs.sh OUT user:NAME`.")
+    var cert: String?
+
+    @Option(name: .long, help: "The private key of --cert.")
+    var key: String?
+
+    /// --cert and --key together, or neither.
+    func clientCertificate() throws -> ClientCertificate? {
+        switch (cert, key) {
+        case let (cert?, key?): return ClientCertificate(certificatePath: cert, keyPath: key)
+        case (nil, nil): return nil
+        default: throw ValidationError("--cert and --key go together")
+        }
+    }
+
     func connect(name: String) async throws -> UnibusClient {
         var configuration = UnibusClient.Configuration(identity: try loadIdentity(identity), dataPlane: server, controlPlane: node, caPath: ca)
+        configuration.clientCertificate = try clientCertificate()
         configuration.name = name
         do {
             return try await UnibusClient.connect(configuration)
@@ -346,11 +363,22 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(name: .long, help: "A data-plane seed.") var server = "nats://127.0.0.1:4222"
     @Option(name: .long, help: "A control-plane seed.") var node = "http://127.0.0.1:4280"
     @Option(name: .long, help: "CA certificate for TLS.") var ca: String?
+    @Option(name: .long, help: "A client certificate (PEM) for nodes run with --tls-client-ca, with --key.") var cert: String?
+    @Option(name: .long, help: "The private key of --cert.") var key: String?
+
+    private func clientCertificate() throws -> ClientCertificate? {
+        switch (cert, key) {
+        case let (cert?, key?): return ClientCertificate(certificatePath: cert, keyPath: key)
+        case (nil, nil): return nil
+        default: throw ValidationError("--cert and --key go together")
+        }
+    }
 
     func run() async throws {
         func connect(_ path: String, _ name: String) async throws -> (UnibusClient, Identity) {
             let identity = try loadIdentity(path)
             var configuration = UnibusClient.Configuration(identity: identity, dataPlane: [server], controlPlane: [node], caPath: ca)
+            configuration.clientCertificate = try clientCertificate()
             configuration.name = name
             do { return (try await UnibusClient.connect(configuration), identity) } catch { throw CLIError("\(error)") }
         }
@@ -382,7 +410,9 @@ struct DemoCommand: AsyncParsableCommand {
         print("room \(room) on subject \(subject): encrypted (Megolm), members alice \(aliceIdentity.userNKey.prefix(12))…, bob \(bobIdentity.userNKey.prefix(12))…")
 
         // A stock NATS subscription on the room's subject (Bob's credentials, no keys used).
-        let tap = try NATSConnection(options: .init(seeds: [try Endpoint(parsing: server)], identity: bobIdentity, caPath: ca))
+        var tapOptions = NATSConnection.Options(seeds: [try Endpoint(parsing: server)], identity: bobIdentity, caPath: ca)
+        tapOptions.clientCertificate = try clientCertificate()
+        let tap = try NATSConnection(options: tapOptions)
         tapSlot = tap
         try await tap.connect()
         let wire = try tap.subscribe(subject)

@@ -44,10 +44,10 @@ with tempfile.TemporaryDirectory() as work:
     status, output = run("unibusd", "init", "--data-dir", data, "--admin-identity", admin, "--handle", "admin")
     check("unibusd init", status == 0, output)
 
-    def start_node():
+    def start_node(extra=()):
         process = subprocess.Popen([os.path.join(BIN, "unibusd"), "run", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
                                     "--control-listen", f"127.0.0.1:{control}", "--tls-cert", os.path.join(work, "server.pem"),
-                                    "--tls-key", os.path.join(work, "server.key")],
+                                    "--tls-key", os.path.join(work, "server.key"), *extra],
                                    stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "node.log"), "a"))
         wait_for(port)
         wait_for(control)
@@ -121,6 +121,17 @@ with tempfile.TemporaryDirectory() as work:
         sent, received = int(numbers.get("sent", 0)), int(numbers.get("received", 0))
         check("check loop lost at most a handful (publishes in flight at the kill)",
               sent > 500 and sent - received <= 20 and numbers.get("duplicates") == "0", summary)
+        # A node that requires client certificates (--tls-client-ca): Unibus's own
+        # tools present one with --cert/--key, and without it the refusal is named.
+        node.terminate()
+        node.wait()
+        node = start_node(["--tls-client-ca", ca])
+        status, output = run("unibus", "check", "--identity", admin, *peer, "--count", "5",
+                             "--cert", os.path.join(work, "client.pem"), "--key", os.path.join(work, "client.key"))
+        check("check with --cert/--key against a node that requires client certificates", status == 0 and "check golden: OK" in output, output)
+        status, output = run("unibus", "check", "--identity", admin, *peer, "--count", "5")
+        check("without a client certificate that node refuses, and the error says what to give",
+              status != 0 and "requires a client certificate: give --cert and --key" in output, output)
     finally:
         node.terminate()
         node.wait()
