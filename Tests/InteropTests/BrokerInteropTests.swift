@@ -253,6 +253,12 @@ struct BrokerInteropTests {
         try runScenario("hostile_e2e.py")
     }
 
+    /// The README's cluster example, run as written on 127.0.0.1-3 with
+    /// free ports (readme_cluster.py): the block a newcomer pastes works.
+    @Test func theReadmeClusterExampleRuns() throws {
+        try runScenario("readme_cluster.py")
+    }
+
     /// Three unibusd processes as one cluster: mTLS routes, replicated
     /// membership, nats-py across nodes, UnibusClient failover under kill -9
     /// of the subscriber's and the publisher's node (cluster_e2e.py).
