@@ -6,10 +6,17 @@ import UnibusWire
 public struct SubjectPermission: Sendable, Equatable, Codable {
     public var allow: [String]
     public var deny: [String]
+    /// Stock clients' default inboxes: filters `_INBOX.<token>.…` with a
+    /// literal token are allowed too (never a wildcard at that level, so no
+    /// one listens to every inbox), except a token that is another user's
+    /// nkey (those inboxes are their owners' alone). `inboxOwner` is this
+    /// connection's user nkey. Not read from allowlist files.
+    public var inboxOwner: String?
 
-    public init(allow: [String] = [], deny: [String] = []) {
+    public init(allow: [String] = [], deny: [String] = [], inboxOwner: String? = nil) {
         self.allow = allow
         self.deny = deny
+        self.inboxOwner = inboxOwner
     }
 
     public static let everything = SubjectPermission()
@@ -35,7 +42,20 @@ public struct SubjectPermission: Sendable, Equatable, Codable {
     /// the overlap is filtered at delivery (`denied(within:)`), as nats-server does.
     public func permits(filter: String) -> Bool {
         if deny.contains(where: { Self.filter($0, covers: filter) }) { return false }
-        return allow.isEmpty || allow.contains { Self.filter($0, covers: filter) }
+        return allow.isEmpty || allow.contains { Self.filter($0, covers: filter) } || isOwnInboxToken(filter)
+    }
+
+    /// Whether `filter` is `_INBOX.<literal token>.<anything>` with a token
+    /// that is not another user's nkey (see `inboxOwner`).
+    func isOwnInboxToken(_ filter: String) -> Bool {
+        guard let owner = inboxOwner else { return false }
+        let tokens = filter.split(separator: ".", maxSplits: 2, omittingEmptySubsequences: false)
+        guard tokens.count == 3, tokens[0] == "_INBOX", !tokens[2].isEmpty else { return false }
+        let token = tokens[1]
+        guard !token.isEmpty, token != "*", token != ">" else { return false }
+        // A user nkey is 56 characters starting with U: only its owner may use it.
+        if token.utf8.count == 56, token.first == "U", token != owner { return false }
+        return true
     }
 
     /// The denied filters some subject matching `filter` could match: what

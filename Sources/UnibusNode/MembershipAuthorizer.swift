@@ -7,8 +7,10 @@ import UnibusMembership
 ///
 /// Subjects a member may use:
 /// - each open room's subject and anything below it (`S`, `S.>`), both ways;
-/// - its own inbox `_INBOX.<nkey>.>` (subscribe); clients use
-///   `_INBOX.<nkey>` as their inbox prefix;
+/// - its own inbox `_INBOX.<nkey>.>` (subscribe), and, for stock clients'
+///   default inboxes, `_INBOX.<token>.…` with a literal token that is not
+///   another user's nkey (nats-py and nats.go pick a random token; no
+///   wildcard is allowed at that level, so nobody listens to every inbox);
 /// - the reply subject of a request delivered to it, once, within two
 ///   minutes (nats-server's `allow_responses`): nobody may publish into
 ///   another user's inbox otherwise, so replies cannot be forged;
@@ -40,7 +42,8 @@ public struct MembershipAuthorizer: Authorizer {
         let publish = roomSubjects.isEmpty ? SubjectPermission(allow: [], deny: [">"]) : SubjectPermission(allow: roomSubjects)
         return Permissions(
             publish: publish,
-            subscribe: SubjectPermission(allow: roomSubjects + [inbox, ReservedNamespace.keyDeliverySubject(for: userNKey)]),
+            subscribe: SubjectPermission(allow: roomSubjects + [inbox, ReservedNamespace.keyDeliverySubject(for: userNKey)],
+                                         inboxOwner: userNKey),
             responses: .standard)
     }
 }

@@ -25,6 +25,23 @@ struct SubjectIndexTests {
         #expect(SubjectPermission.filter("a.>", covers: "a.*.c"))
     }
 
+    /// Stock clients' default inboxes: `_INBOX.<literal token>.…` is allowed,
+    /// never a wildcard at the token, never another user's nkey inbox.
+    @Test func defaultInboxesUnderALiteralToken() {
+        let me = "U" + String(repeating: "A", count: 55), other = "U" + String(repeating: "B", count: 55)
+        let permission = SubjectPermission(allow: ["rooms.a"], inboxOwner: me)
+        #expect(permission.permits(filter: "_INBOX.Xk2Jz9.>"))
+        #expect(permission.permits(filter: "_INBOX.Xk2Jz9.*"))
+        #expect(permission.permits(filter: "_INBOX.Xk2Jz9.17"))
+        #expect(permission.permits(filter: "_INBOX.\(me).>"))
+        #expect(!permission.permits(filter: "_INBOX.\(other).>"), "another user's nkey inbox")
+        #expect(!permission.permits(filter: "_INBOX.*.>"))
+        #expect(!permission.permits(filter: "_INBOX.>"))
+        #expect(!permission.permits(filter: "_INBOX.*"))
+        #expect(!permission.permits(filter: "_INBOX.Xk2Jz9"))
+        #expect(!SubjectPermission(allow: ["rooms.a"]).permits(filter: "_INBOX.Xk2Jz9.>"), "only with an inbox owner")
+    }
+
     /// A subscription that only partly overlaps a deny rule is allowed, and
     /// the overlap is checked at delivery (`a.b.*` allowed by `a.>` must not
     /// receive `a.b.c` when `a.*.c` is denied).

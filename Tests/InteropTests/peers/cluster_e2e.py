@@ -172,7 +172,28 @@ async def stock_clients_fail_over(cluster, person, victim, survivor):
     learned = [str(server.uri.netloc) for server in py._server_pool]
     check("nats-py (one seed) learned the other nodes from connect_urls",
           f"127.0.0.1:{cluster.ports[survivor]['client']}" in learned, learned)
-    go = subprocess.Popen([build_gonats(), "failover", "-url", cluster.server(victim), "-seed", person["seed"],
+    # Request/reply with the stock clients' DEFAULT inboxes (_INBOX.<random>),
+    # no inbox_prefix: allowed under a literal token, answered once.
+    responder = await nats.connect(cluster.server(survivor), tls=cluster.context, nkeys_seed_str=person["seed"])
+
+    async def answer(msg):
+        await msg.respond(b"pong " + msg.data)
+    await responder.subscribe("rooms.ops.svc2", cb=answer)
+    await responder.flush()
+    plain = await nats.connect(cluster.server(victim), tls=cluster.context, nkeys_seed_str=person["seed"])
+    try:
+        reply = (await plain.request("rooms.ops.svc2", b"ping", timeout=5)).data
+    except Exception as error:  # noqa: BLE001 - reported as the check's detail
+        reply = f"{type(error).__name__}: {error}"
+    check("nats-py request/reply with its default inbox (no inbox_prefix), across nodes", reply == b"pong ping", reply)
+    await plain.close()
+    await responder.close()
+    gonats = build_gonats()
+    done = subprocess.run([gonats, "request", "-url", cluster.server(victim), "-seed", person["seed"],
+                           "-ca", cluster.client_pki["ca.pem"], "-subject", "rooms.ops.svc3"], capture_output=True, text=True, timeout=60)
+    check("nats.go request/reply with its default inbox", done.returncode == 0 and "reply ok" in done.stdout, done.stdout + done.stderr)
+
+    go = subprocess.Popen([gonats, "failover", "-url", cluster.server(victim), "-seed", person["seed"],
                            "-ca", cluster.client_pki["ca.pem"], "-subject", subject],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ready = go.stdout.readline()

@@ -5,6 +5,7 @@
 //	gonats interop UNIBUSD_BINARY
 //	gonats bench -url nats://127.0.0.1:4222 -mode pubsub -size 128 -n 1000000
 //	gonats failover -url tls://127.0.0.1:4222 -seed SU... -ca ca.pem -subject rooms.x.failover
+//	gonats request -url tls://127.0.0.1:4222 -seed SU... -ca ca.pem -subject rooms.x.svc
 package main
 
 import (
@@ -37,6 +38,8 @@ func main() {
 		os.Exit(bench(os.Args[2:]))
 	case "failover":
 		os.Exit(failover(os.Args[2:]))
+	case "request":
+		os.Exit(request(os.Args[2:]))
 	default:
 		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
 		os.Exit(2)
@@ -662,5 +665,52 @@ func failover(args []string) int {
 		return 1
 	}
 	fmt.Println("failover ok", at)
+	return 0
+}
+
+// request answers requests on -subject on one connection and sends one from
+// another, both with nats.go's defaults (its own random _INBOX prefix), and
+// prints "reply ok" when the answer arrives.
+func request(args []string) int {
+	flags := flag.NewFlagSet("request", flag.ContinueOnError)
+	url := flags.String("url", "", "the seed URL")
+	seed := flags.String("seed", "", "the user's nkey seed")
+	ca := flags.String("ca", "", "the client CA")
+	subject := flags.String("subject", "", "a subject the user may publish and subscribe to")
+	if err := flags.Parse(args); err != nil {
+		return 2
+	}
+	kp, err := nkeys.FromSeed([]byte(*seed))
+	if err != nil {
+		fmt.Println("request failed: bad seed:", err)
+		return 1
+	}
+	responder, err := nats.Connect(*url, nkeyOption(kp), nats.RootCAs(*ca))
+	if err != nil {
+		fmt.Println("request failed: responder connect:", err)
+		return 1
+	}
+	defer responder.Close()
+	if _, err := responder.Subscribe(*subject, func(m *nats.Msg) { m.Respond(append([]byte("pong "), m.Data...)) }); err != nil {
+		fmt.Println("request failed: subscribe:", err)
+		return 1
+	}
+	responder.Flush()
+	requester, err := nats.Connect(*url, nkeyOption(kp), nats.RootCAs(*ca))
+	if err != nil {
+		fmt.Println("request failed: requester connect:", err)
+		return 1
+	}
+	defer requester.Close()
+	reply, err := requester.Request(*subject, []byte("ping"), 5*time.Second)
+	if err != nil {
+		fmt.Println("request failed:", err)
+		return 1
+	}
+	if string(reply.Data) != "pong ping" {
+		fmt.Println("request failed: unexpected reply", string(reply.Data))
+		return 1
+	}
+	fmt.Println("reply ok")
 	return 0
 }
