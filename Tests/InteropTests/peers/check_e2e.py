@@ -121,6 +121,21 @@ with tempfile.TemporaryDirectory() as work:
         sent, received = int(numbers.get("sent", 0)), int(numbers.get("received", 0))
         check("check loop lost at most a handful (publishes in flight at the kill)",
               sent > 500 and sent - received <= 20 and numbers.get("duplicates") == "0", summary)
+        # A certificate that does not name the address the client dials is named as such.
+        node.terminate()
+        node.wait()
+        elsewhere = os.path.join(work, "elsewhere")
+        os.makedirs(elsewhere)
+        other_pki = make_test_pki(elsewhere, server_ips=("10.9.9.9",))
+        node = subprocess.Popen([os.path.join(BIN, "unibusd"), "run", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
+                                 "--control-listen", f"127.0.0.1:{control}", "--tls-cert", other_pki["server.pem"],
+                                 "--tls-key", other_pki["server.key"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(port)
+        wait_for(control)
+        status, output = run("unibus", "user", "list", "--identity", admin, "--node", f"https://127.0.0.1:{control}", "--ca", other_pki["ca.pem"])
+        check("a node certificate that does not name the dialed address is named as such",
+              status != 0 and "does not name 127.0.0.1" in output and "Couldn't find" not in output, output)
+
         # A node that requires client certificates (--tls-client-ca): Unibus's own
         # tools present one with --cert/--key, and without it the refusal is named.
         node.terminate()
