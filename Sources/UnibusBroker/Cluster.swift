@@ -159,6 +159,8 @@ public final class Cluster: @unchecked Sendable {
     private var nextID: UInt64 = 1 << 48
     /// Connections the route listener holds now.
     private let acceptedLinks = ManagedAtomic<Int>(0)
+    /// Configured route URLs whose last dial failed (reported), until one links.
+    private var failingURLs: Set<String> = []
     private var _delegate: ClusterDelegate?
     private var _onEvent: (@Sendable (ClusterEvent) -> Void)?
 
@@ -317,6 +319,8 @@ public final class Cluster: @unchecked Sendable {
         }
         guard case .accept = verdict else { return verdict }
         route.flushNow()
+        // Said when the link is up, not when it later goes down.
+        if let url = route.url, lock.withLock({ failingURLs.remove(url) }) != nil { emit(.dialRecovered(url: url)) }
         replaced?.close(reason: "replaced by the preferred duplicate link")
         emit(.routeUp(info, dialed: route.dialed))
         updateConnectURLs()
@@ -427,10 +431,10 @@ public final class Cluster: @unchecked Sendable {
             }
             if wasActive {
                 attempt = 0
-                if lastFailure != nil { emit(.dialRecovered(url: url)) }
                 lastFailure = nil
             } else if let failure, failure != lastFailure {
                 lastFailure = failure
+                lock.withLock { _ = failingURLs.insert(url) }
                 emit(.dialFailed(url: url, reason: failure))
             }
             let base = min(configuration.maximumBackoff.nanoseconds, configuration.minimumBackoff.nanoseconds << min(attempt, 20))

@@ -231,6 +231,7 @@ public final class NATSConnection: @unchecked Sendable {
     private func unsubscribe(_ sid: UInt64) {
         lock.withLock {
             refusedAttempts[sid] = nil
+            retryPending.remove(sid)
             guard subscriptions.removeValue(forKey: sid) != nil, let channel else { return }
             var buffer = channel.allocator.buffer(capacity: 24)
             buffer.writeString("UNSUB \(sid)\r\n")
@@ -375,6 +376,10 @@ public final class NATSConnection: @unchecked Sendable {
     private var subscriptionRefusals = 0
     /// Re-SUB attempts per subscription after refusals.
     private var refusedAttempts: [UInt64: Int] = [:]
+    private var retryPending: Set<UInt64> = []
+    /// Whether the current attachment negotiated TLS: addresses it teaches
+    /// (connect_urls) are then dialed with TLS too, whatever the seed said.
+    private var negotiatedTLS = false
 
     /// Connects, authenticates, resubscribes and drains the buffer, all
     /// before any new publish can reach the channel.
@@ -424,11 +429,15 @@ public final class NATSConnection: @unchecked Sendable {
                 self.endpoint = endpoint
                 self.attachedAt = Date()
                 self.refusedAttempts = [:]   // a new node: refusals start over
+                self.retryPending = []
                 self.firstMessageAt = nil
                 self.serverID = info.serverID
                 self.maxPayload = info.maxPayload
+                self.negotiatedTLS = info.tlsRequired || endpoint.requiresTLS
                 for url in info.connectURLs {
-                    if let learned = Self.endpoint(learned: url, from: endpoint), !self.discovered.contains(learned) { self.discovered.append(learned) }
+                    if let learned = Self.endpoint(learned: url, from: endpoint, tls: self.negotiatedTLS), !self.discovered.contains(learned) {
+                        self.discovered.append(learned)
+                    }
                 }
             }
         }.get()
@@ -457,7 +466,9 @@ public final class NATSConnection: @unchecked Sendable {
     fileprivate func learn(_ urls: [String]) {
         lock.withLock {
             for url in urls {
-                if let learned = Self.endpoint(learned: url, from: endpoint), !discovered.contains(learned) { discovered.append(learned) }
+                if let learned = Self.endpoint(learned: url, from: endpoint, tls: negotiatedTLS), !discovered.contains(learned) {
+                    discovered.append(learned)
+                }
             }
         }
     }
@@ -465,9 +476,10 @@ public final class NATSConnection: @unchecked Sendable {
     /// An address from `connect_urls`: nodes send `host:port` (as
     /// nats-server does), so the scheme, and with it TLS, is the current
     /// node's; a learned address never downgrades to plaintext.
-    static func endpoint(learned url: String, from current: Endpoint?) -> Endpoint? {
+    static func endpoint(learned url: String, from current: Endpoint?, tls negotiated: Bool) -> Endpoint? {
         guard let parsed = try? Endpoint(parsing: url) else { return nil }
-        return Endpoint(host: parsed.host, port: parsed.port, requiresTLS: parsed.requiresTLS || (current?.requiresTLS ?? true))
+        return Endpoint(host: parsed.host, port: parsed.port,
+                        requiresTLS: parsed.requiresTLS || negotiated || (current?.requiresTLS ?? true))
     }
 
     /// Nodes learned from the servers' connect_urls.
@@ -492,10 +504,13 @@ public final class NATSConnection: @unchecked Sendable {
             subscriptionRefusals += 1
             guard let channel else { return [] }
             return subscriptions.compactMap { sid, entry in
-                guard entry.subject == subject else { return nil }
+                // One retry in flight per subscription (k subscriptions on a
+                // subject must not make k² SUBs).
+                guard entry.subject == subject, !retryPending.contains(sid) else { return nil }
                 let attempt = refusedAttempts[sid, default: 0]
                 guard attempt < 16 else { return nil }
                 refusedAttempts[sid] = attempt + 1
+                retryPending.insert(sid)
                 return (sid, attempt, channel)
             }
         }
@@ -504,6 +519,7 @@ public final class NATSConnection: @unchecked Sendable {
             channel.eventLoop.scheduleTask(in: delay) { [weak self] in
                 guard let self else { return }
                 self.lock.withLock {
+                    self.retryPending.remove(sid)
                     // Still wanted, and still on the same attachment.
                     guard let entry = self.subscriptions[sid], self.channel === channel else { return }
                     self.writeLocked(Self.subCommand(subject: entry.subject, queue: entry.queue, sid: sid), to: channel)

@@ -210,6 +210,12 @@ public actor UnibusClient {
         return (json["rooms"] as? [[String: Any]] ?? []).compactMap(Self.roomInfo)
     }
 
+    /// The members of `room` (user nkeys), for a room this client belongs to.
+    public func members(of room: String) async throws -> Set<String> {
+        try await refreshRoom(room)
+        return keyring.members[room] ?? []
+    }
+
     /// Opens `room` for sending and receiving: loads its policy and members,
     /// subscribes to its subject and fetches waiting key shares. The returned
     /// sequence yields authenticated messages only.

@@ -28,7 +28,8 @@ public enum ConnectionDiagnosis {
                 + "(client-ca.pem from deploy/make-certs.sh), not a node certificate or another CA"
         }
         if text.contains("Couldn't find") && text.contains("in certificate") {
-            let host = address.split(separator: ":").dropLast().joined(separator: ":")
+            let bare = address.range(of: "://").map { String(address[$0.upperBound...]) } ?? address
+            let host = bare.split(separator: ":").dropLast().joined(separator: ":")
             return "\(address): the node's certificate does not name \(host). Connect by a name or address it lists, "
                 + "or reissue it (deploy/make-certs.sh NODE=\(host),…)"
         }

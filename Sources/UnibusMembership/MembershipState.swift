@@ -93,7 +93,9 @@ public struct MembershipState: Equatable, Sendable {
             guard let exchange = try? Base64.decode(exchangeKey), exchange.count == 32 else {
                 throw .invalid("the X25519 key must be 32 bytes of unpadded base64")
             }
-            guard !handle.isEmpty, handle.utf8.count <= 64 else { throw .invalid("a handle must be 1 to 64 bytes") }
+            // Characters, as the fold has always counted: a rule that refused
+            // what it once accepted would rewrite existing logs on replay.
+            guard !handle.isEmpty, handle.count <= 64 else { throw .invalid("a handle must be 1 to 64 characters") }
             if var existing = users[key] {
                 // Re-adding an active user changes nothing; a revoked one is
                 // reinstated by this new operation (its history stays), with

@@ -54,27 +54,45 @@ func randomSuffix() -> String { Hex.encode(Sodium.randomNonce(count: 6)) }
 /// created on first use and reused by every later run, so a periodic health
 /// probe adds nothing to the membership log after its first run (each run
 /// used to create and archive a room: two operations, forever).
+///
+/// The id is predictable, so a room is reused only if it is this identity's
+/// own (owner, subject) and open; anything else (someone else's room under
+/// that id, a conflict) falls back to a fresh, ephemeral room that is
+/// archived afterwards. Members other than the ones this run needs are
+/// removed, so no stale member keeps receiving session keys.
 struct ProbeRoom {
     let id: String
     let subject: String
+    /// Whether this run made a throwaway room (archived at the end).
+    let ephemeral: Bool
 
     /// `kind` is one letter (g: check golden, l: check loop, d: demo).
-    init(kind: Character, owner: String) {
+    static func prepare(kind: Character, owner: UnibusClient, policy: RoomPolicy) async throws -> ProbeRoom {
         // "probe-K-" + a 56-character nkey = 64, the longest room id.
-        id = "probe-\(kind)-\(owner)"
-        subject = "probe.\(kind).\(owner)"
+        let reusable = ProbeRoom(id: "probe-\(kind)-\(owner.userNKey)", subject: "probe.\(kind).\(owner.userNKey)", ephemeral: false)
+        let mine = try await owner.myRooms()
+        if let existing = mine.first(where: { $0.id == reusable.id }) {
+            if existing.owner == owner.userNKey && existing.subject == reusable.subject { return reusable }
+        } else {
+            do {
+                try await owner.createRoom(id: reusable.id, subject: reusable.subject, policy: policy)
+                return reusable
+            } catch {
+                // Taken (by someone else, or a subject in the way): use a throwaway room.
+            }
+        }
+        let suffix = randomSuffix()
+        let ephemeral = ProbeRoom(id: "probe-\(kind)-\(suffix)", subject: "probe-\(kind).\(suffix)", ephemeral: true)
+        try await owner.createRoom(id: ephemeral.id, subject: ephemeral.subject, policy: policy)
+        return ephemeral
     }
 
-    /// Creates the room unless `owner` already has it open.
-    func ensure(by owner: UnibusClient, policy: RoomPolicy) async throws {
-        if try await owner.myRooms().contains(where: { $0.id == id }) { return }
-        try await owner.createRoom(id: id, subject: subject, policy: policy)
-    }
-
-    /// Adds `member` unless it already is one.
-    func ensure(member: UnibusClient, addedBy owner: UnibusClient) async throws {
-        if try await member.myRooms().contains(where: { $0.id == id }) { return }
-        try await owner.addMember(member.userNKey, to: id)
+    /// Makes `wanted` (besides the owner) exactly the room's members.
+    func settle(owner: UnibusClient, members wanted: [UnibusClient]) async throws {
+        let current = try await owner.members(of: id)
+        let keep = Set([owner.userNKey] + wanted.map(\.userNKey))
+        for stale in current.subtracting(keep).sorted() { try await owner.removeMember(stale, from: id) }
+        for member in wanted where !current.contains(member.userNKey) { try await owner.addMember(member.userNKey, to: id) }
     }
 }
 
@@ -110,26 +128,26 @@ struct CheckCommand: AsyncParsableCommand {
         let client = try await peer.connect(name: "unibus-check")
         // This run's messages carry its own token: a reused room may see another run's.
         let run = randomSuffix()
-        let probe = ProbeRoom(kind: mode == .loop ? "l" : "g", owner: client.userNKey)
-        let room = probe.id
         var reader = client
         let messages: RoomMessages
+        let probe: ProbeRoom
         do {
             // A loop at a high rate would rotate every 1,000 messages by default;
-            // the ephemeral room rotates every 100,000 so the loop measures the bus.
+            // the probe room rotates every 100,000 so the loop measures the bus.
             let policy = mode == .loop ? RoomPolicy(rotateAfterMessages: 100_000) : RoomPolicy()
-            try await probe.ensure(by: client, policy: policy)
+            probe = try await ProbeRoom.prepare(kind: mode == .loop ? "l" : "g", owner: client, policy: policy)
             if let subscriberIdentity {
                 let identity = try loadIdentity(subscriberIdentity)
                 var configuration = UnibusClient.Configuration(identity: identity, dataPlane: subscriberServer.isEmpty ? peer.server : subscriberServer,
                                                                controlPlane: peer.node, caPath: peer.ca)
                 configuration.name = "unibus-check-subscriber"
                 reader = try await UnibusClient.connect(configuration)
-                try await probe.ensure(member: reader, addedBy: client)
-                messages = try await reader.join(room)
-                try await client.openForSending(room)
+                try await probe.settle(owner: client, members: [reader])
+                messages = try await reader.join(probe.id)
+                try await client.openForSending(probe.id)
             } else {
-                messages = try await client.join(room)
+                try await probe.settle(owner: client, members: [])
+                messages = try await client.join(probe.id)
             }
         } catch {
             await client.close()
@@ -146,9 +164,10 @@ struct CheckCommand: AsyncParsableCommand {
         }
         let outcome: Result<Void, CLIError>
         switch mode {
-        case .golden: outcome = await golden(client, reader: reader, room: room, token: run, tally: tally)
-        case .loop: outcome = await loop(client, reader: reader, room: room, token: run, tally: tally)
+        case .golden: outcome = await golden(client, reader: reader, room: probe.id, token: run, tally: tally)
+        case .loop: outcome = await loop(client, reader: reader, room: probe.id, token: run, tally: tally)
         }
+        if probe.ephemeral { _ = try? await client.archiveRoom(probe.id) }
         // Everything ends before the command returns: exit runs global
         // destructors, and a thread still working then can crash the process.
         await client.close()
@@ -402,10 +421,9 @@ struct DemoCommand: AsyncParsableCommand {
 
     private func converse(alice: UnibusClient, aliceIdentity: Identity, bob: UnibusClient, bobIdentity: Identity,
                           tap tapSlot: inout NATSConnection?) async throws {
-        let probe = ProbeRoom(kind: "d", owner: alice.userNKey)
+        let probe = try await ProbeRoom.prepare(kind: "d", owner: alice, policy: RoomPolicy())
         let room = probe.id, subject = probe.subject
-        try await probe.ensure(by: alice, policy: RoomPolicy())
-        try await probe.ensure(member: bob, addedBy: alice)
+        try await probe.settle(owner: alice, members: [bob])
         let aliceMessages = try await alice.join(room), bobMessages = try await bob.join(room)
         print("room \(room) on subject \(subject): encrypted (Megolm), members alice \(aliceIdentity.userNKey.prefix(12))…, bob \(bobIdentity.userNKey.prefix(12))…")
 
@@ -439,6 +457,7 @@ struct DemoCommand: AsyncParsableCommand {
                 print("plain NATS sees: \(raw.payload.count) bytes \(hex)…  (contains the text: \(Data(raw.payload).range(of: Data(text.utf8)) != nil ? "YES" : "no"))")
             }
         }
+        if probe.ephemeral { _ = try? await alice.archiveRoom(room) }
         await tap.close()
         await alice.close()
         await bob.close()

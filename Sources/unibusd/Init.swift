@@ -41,16 +41,18 @@ struct Init: ParsableCommand {
             return
         }
         guard let adminIdentity else { throw CLIFailure("give --admin-identity FILE (the first admin) or --root NKEY (a cluster node)") }
+        // The store first: it takes the data directory's lock, so an init
+        // refused because a node runs there creates no identity file either.
+        let store: MembershipStore
+        do {
+            store = try MembershipStore(directory: dataDir)
+        } catch {
+            throw CLIFailure("\(error)")
+        }
         let admin: Identity
         let created: Bool
         do {
             (admin, created) = try IdentityFile.loadOrCreate(at: adminIdentity)
-        } catch {
-            throw CLIFailure("\(error)")
-        }
-        let store: MembershipStore
-        do {
-            store = try MembershipStore(directory: dataDir)
             _ = try IdentityFile.loadOrCreate(at: dataDir + "/node-identity.json")
         } catch {
             throw CLIFailure("\(error)")

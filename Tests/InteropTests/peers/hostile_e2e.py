@@ -543,6 +543,23 @@ async def reserved_namespaces():
     await nc.close()
     await bob_nc.close()
 
+    # Probe rooms have predictable ids: a member that pre-creates another
+    # user's probe room neither blocks that user's check nor gets its demo.
+    alice, bob = PEOPLE["alice"], PEOPLE["bob"]
+    hijacked = f"probe-d-{alice['nkey']}"
+    blocked = f"probe-g-{alice['nkey']}"
+    code1, out1 = cli("room", "create", *as_mallory, "--id", hijacked, "--subject", f"probe.d.{alice['nkey']}")
+    code2, out2 = cli("room", "add-member", *as_mallory, "--id", hijacked, "--sign-pub", alice["nkey"])
+    code3, out3 = cli("room", "add-member", *as_mallory, "--id", hijacked, "--sign-pub", bob["nkey"])
+    code4, out4 = cli("room", "create", *as_mallory, "--id", blocked, "--subject", f"probe.g.{alice['nkey']}")
+    check("setup: mallory pre-created alice's probe rooms (and added alice and bob to one)",
+          code1 == 0 and code2 == 0 and code3 == 0 and code4 == 0, out1 + out2 + out3 + out4)
+    code, out = cli("demo", "--alice", alice["path"], "--bob", bob["path"], "--server", f"nats://{HOST}:{NODE.client}", "--node", NODE.url)
+    check("alice's demo does not run in mallory's room of the same id", code == 0 and f"room {hijacked} " not in out
+          and out.count("verified") == 3, out)
+    code, out = cli("check", "--identity", alice["path"], "--server", f"nats://{HOST}:{NODE.client}", "--node", NODE.url, "--count", "3")
+    check("alice's check is not blocked by mallory's room under her probe id", code == 0 and "check golden: OK" in out, out)
+
     # A seed pasted where a public key belongs is refused without being echoed.
     mallory_seed = PEOPLE["mallory"]["seed"]
     code, out = cli("user", "add", "--node", NODE.url, "--identity", PEOPLE["admin"]["path"], "--sign-pub", mallory_seed,
