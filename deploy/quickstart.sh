@@ -40,9 +40,9 @@ echo
 echo "== two demo peers (created on first run, added by the admin)"
 for peer in alice bob; do
     if [ ! -f ".unibus/$peer.json" ]; then
-        keys=$("$bin/unibus" identity new --out ".unibus/$peer.json" --json)
-        field() { printf '%s' "$keys" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
-        "$bin/unibus" user add --identity .unibus/admin.json --sign-pub "$(field nkey)" --exchange-key "$(field exchange_key)" --handle "$peer"
+        "$bin/unibus" identity new --out ".unibus/$peer.json"
+        # Only the public halves are sent (--from-identity also takes `identity show --json` output).
+        "$bin/unibus" user add --identity .unibus/admin.json --from-identity ".unibus/$peer.json" --handle "$peer"
     fi
 done
 
@@ -51,7 +51,7 @@ echo "== demo: alice and bob in an end-to-end encrypted room"
 "$bin/unibus" demo --alice .unibus/alice.json --bob .unibus/bob.json
 
 echo
-echo "== unibus check: 20 messages through an ephemeral encrypted room"
+echo "== unibus check: 20 messages through the admin's encrypted probe room"
 "$bin/unibus" check --identity .unibus/admin.json
 
 echo
