@@ -611,20 +611,36 @@ func bench(args []string) int {
 // servers it learned from connect_urls, and waits for its node to go away
 // (the caller kills it): it must reconnect to a learned server on its own
 // and get its own message through there. Exit 0 and "failover ok URL".
-func failover(args []string) int {
-	flags := flag.NewFlagSet("failover", flag.ContinueOnError)
-	url := flags.String("url", "", "the one seed URL")
+// userFlags parses -url, -seed, -ca and -subject, the arguments of the
+// modes that connect as a member (failover, request).
+type userFlags struct {
+	url, ca, subject string
+	kp               nkeys.KeyPair
+}
+
+func parseUserFlags(mode string, args []string) (*userFlags, int) {
+	flags := flag.NewFlagSet(mode, flag.ContinueOnError)
+	url := flags.String("url", "", "the seed URL")
 	seed := flags.String("seed", "", "the user's nkey seed")
 	ca := flags.String("ca", "", "the client CA")
 	subject := flags.String("subject", "", "a subject the user may publish and subscribe to")
 	if err := flags.Parse(args); err != nil {
-		return 2
+		return nil, 2
 	}
 	kp, err := nkeys.FromSeed([]byte(*seed))
 	if err != nil {
-		fmt.Println("failover failed: bad seed:", err)
-		return 1
+		fmt.Println(mode, "failed: bad seed:", err)
+		return nil, 1
 	}
+	return &userFlags{url: *url, ca: *ca, subject: *subject, kp: kp}, 0
+}
+
+func failover(args []string) int {
+	f, status := parseUserFlags("failover", args)
+	if f == nil {
+		return status
+	}
+	url, ca, subject, kp := &f.url, &f.ca, &f.subject, f.kp
 	reconnected := make(chan string, 4)
 	nc, err := nats.Connect(*url, nkeyOption(kp), nats.RootCAs(*ca), nats.MaxReconnects(-1),
 		nats.ReconnectWait(100*time.Millisecond), nats.ReconnectHandler(func(c *nats.Conn) { reconnected <- c.ConnectedUrl() }))
@@ -672,19 +688,11 @@ func failover(args []string) int {
 // another, both with nats.go's defaults (its own random _INBOX prefix), and
 // prints "reply ok" when the answer arrives.
 func request(args []string) int {
-	flags := flag.NewFlagSet("request", flag.ContinueOnError)
-	url := flags.String("url", "", "the seed URL")
-	seed := flags.String("seed", "", "the user's nkey seed")
-	ca := flags.String("ca", "", "the client CA")
-	subject := flags.String("subject", "", "a subject the user may publish and subscribe to")
-	if err := flags.Parse(args); err != nil {
-		return 2
+	f, status := parseUserFlags("request", args)
+	if f == nil {
+		return status
 	}
-	kp, err := nkeys.FromSeed([]byte(*seed))
-	if err != nil {
-		fmt.Println("request failed: bad seed:", err)
-		return 1
-	}
+	url, ca, subject, kp := &f.url, &f.ca, &f.subject, f.kp
 	responder, err := nats.Connect(*url, nkeyOption(kp), nats.RootCAs(*ca))
 	if err != nil {
 		fmt.Println("request failed: responder connect:", err)
