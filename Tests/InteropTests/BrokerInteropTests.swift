@@ -172,16 +172,8 @@ struct BrokerInteropTests {
             #expect(status != 0 && output.contains(expected), "\(arguments): \(output)")
         }
         // A port in use is named with its listener.
-        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (holder, busy) = boundLoopbackSocket(listening: true)
         defer { close(holder) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, length) == 0 && listen(holder, 1) == 0 && getsockname(holder, $0, &length) == 0 }
-        }
-        let busy = Int(UInt16(bigEndian: address.sin_port))
         let (inUse, inUseOutput) = try runPeer([Self.unibusd, "run", "--listen", "127.0.0.1:\(busy)"])
         #expect(inUse != 0 && inUseOutput.contains("cannot open the client listener (--listen) on 127.0.0.1:\(busy): the address is already in use"),
                 "\(inUseOutput)")
@@ -277,18 +269,27 @@ struct BrokerInteropTests {
     }
 }
 
-/// A loopback port that was free a moment ago.
-private func freePort() -> Int {
+/// A TCP socket bound to 127.0.0.1 on a port the kernel chose (listening
+/// when asked), and that port; the caller closes it.
+private func boundLoopbackSocket(listening: Bool) -> (fd: Int32, port: Int) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     _ = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(fd, $0, length) == 0 && (!listening || listen(fd, 1) == 0) && getsockname(fd, $0, &length) == 0
+        }
     }
-    return Int(UInt16(bigEndian: address.sin_port))
+    return (fd, Int(UInt16(bigEndian: address.sin_port)))
+}
+
+/// A loopback port that was free a moment ago.
+private func freePort() -> Int {
+    let (fd, port) = boundLoopbackSocket(listening: false)
+    close(fd)
+    return port
 }
 
 /// A TCP connection to 127.0.0.1:`port`, or nil (the caller closes it).

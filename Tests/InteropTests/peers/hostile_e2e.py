@@ -151,31 +151,19 @@ def signed_request(method, path, body, seed, **overrides):
 def raw_http(data, timeout=5, read_limit=1 << 20):
     """Sends raw bytes to the control port; (status or None, whole answer, closed by the node)."""
     sock = socket.create_connection((HOST, NODE.control), timeout=timeout)
-    answer = b""
-    closed = False
+
+    def complete(answer):
+        if len(answer) >= read_limit:
+            return True
+        head, separator, rest = answer.partition(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length:\s*(\d+)", head) if separator else None
+        return bool(length) and len(rest) >= int(length.group(1))
     try:
         try:
             sock.sendall(data)
         except OSError:
             pass
-        deadline = time.time() + timeout
-        while time.time() < deadline and len(answer) < read_limit:
-            try:
-                chunk = sock.recv(65536)
-            except socket.timeout:
-                break
-            except OSError:
-                closed = True
-                break
-            if not chunk:
-                closed = True
-                break
-            answer += chunk
-            if b"\r\n\r\n" in answer:
-                head, _, rest = answer.partition(b"\r\n\r\n")
-                length = re.search(rb"(?i)content-length:\s*(\d+)", head)
-                if length and len(rest) >= int(length.group(1)):
-                    break
+        answer, closed = read_until(sock, complete, timeout=timeout)
     finally:
         sock.close()
     match = re.match(rb"HTTP/1\.[01] (\d{3})", answer)
