@@ -5,19 +5,26 @@ import PackageDescription
 /// The broker's per-message path touches class properties that are only ever
 /// used from one event loop; Swift's dynamic exclusivity checks on them cost
 /// about 12 % of broker CPU (measured with perf). Static checks still apply.
+/// Only on UnibusBroker, which no library product contains: SwiftPM refuses
+/// unsafe flags in any target of a product a dependent package uses, so the
+/// client library's closure (UnibusWire included) stays free of them.
 let hotPath: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
 
 let package = Package(
     name: "unibus",
     platforms: [.macOS(.v14)],
     products: [
-        .library(name: "UnibusCrypto", targets: ["UnibusCrypto"]),
-        .library(name: "UnibusWire", targets: ["UnibusWire"]),
-        .library(name: "UnibusBroker", targets: ["UnibusBroker"]),
+        // What apps depend on: the client library and the pure modules under it.
+        .library(name: "UnibusClient", targets: ["UnibusClient"]),
+        .library(name: "UnibusControlClient", targets: ["UnibusControlClient"]),
         .library(name: "UnibusMembership", targets: ["UnibusMembership"]),
+        .library(name: "UnibusWire", targets: ["UnibusWire"]),
+        .library(name: "UnibusCrypto", targets: ["UnibusCrypto"]),
+        // The node's modules, for the fuzz package (Fuzz/) and embedding.
+        .library(name: "UnibusBroker", targets: ["UnibusBroker"]),
+        .library(name: "UnibusMembershipStore", targets: ["UnibusMembershipStore"]),
         .library(name: "UnibusNode", targets: ["UnibusNode"]),
         .library(name: "UnibusControl", targets: ["UnibusControl"]),
-        .library(name: "UnibusClient", targets: ["UnibusClient"]),
         .executable(name: "unibusd", targets: ["unibusd"]),
         .executable(name: "unibus", targets: ["unibus"]),
     ],
@@ -56,8 +63,7 @@ let package = Package(
         // The NATS client protocol: parser and encoder, no I/O (fuzzable).
         .target(
             name: "UnibusWire",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
-            swiftSettings: hotPath
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
         ),
         // The embedded broker: connections, subject index, auth, permissions.
         .target(
@@ -72,22 +78,45 @@ let package = Package(
             ],
             swiftSettings: hotPath
         ),
-        // Users, rooms and members as a fold of admin-signed operations, in SQLite.
+        // The membership rules: signed operations, the causal log and its
+        // fold, key-share rules, replication frames. Pure: nodes and clients
+        // run the same code (no SQLite, no NIO).
         .target(
             name: "UnibusMembership",
-            dependencies: ["CSQLite", "UnibusCrypto"]
+            dependencies: ["UnibusCrypto"]
+        ),
+        // SQLite and data directories (0700, locked), for the node's store and the client's.
+        .target(
+            name: "UnibusSQLite",
+            dependencies: ["CSQLite"]
+        ),
+        // The node's membership log and key shares in SQLite.
+        .target(
+            name: "UnibusMembershipStore",
+            dependencies: ["UnibusMembership", "UnibusSQLite", "UnibusCrypto"]
         ),
         // Assembly of a node: broker + membership, permissions derived live.
         .target(
             name: "UnibusNode",
-            dependencies: ["UnibusBroker", "UnibusMembership", "UnibusCrypto",
+            dependencies: ["UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusCrypto",
                            .product(name: "Atomics", package: "swift-atomics")]
+        ),
+        // The control plane's client side and its typed messages (shared with the server).
+        .target(
+            name: "UnibusControlClient",
+            dependencies: [
+                "UnibusMembership", "UnibusCrypto",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
         ),
         // The HTTPS control plane: signed requests, health, metrics, admin API.
         .target(
             name: "UnibusControl",
             dependencies: [
-                "UnibusNode", "UnibusBroker", "UnibusMembership", "UnibusCrypto",
+                "UnibusNode", "UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusControlClient", "UnibusCrypto",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -99,7 +128,7 @@ let package = Package(
         .target(
             name: "UnibusClient",
             dependencies: [
-                "UnibusWire", "UnibusCrypto", "UnibusMembership", "UnibusControl", "UnibusNode", "CZstd",
+                "UnibusWire", "UnibusCrypto", "UnibusMembership", "UnibusControlClient", "UnibusSQLite", "CZstd",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -109,14 +138,14 @@ let package = Package(
         .executableTarget(
             name: "unibusd",
             dependencies: [
-                "UnibusCrypto", "UnibusBroker", "UnibusMembership", "UnibusNode", "UnibusControl",
+                "UnibusCrypto", "UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusNode", "UnibusControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "unibus",
             dependencies: [
-                "UnibusCrypto", "UnibusControl", "UnibusMembership", "UnibusClient", "UnibusWire",
+                "UnibusCrypto", "UnibusControlClient", "UnibusMembership", "UnibusClient", "UnibusWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -139,24 +168,25 @@ let package = Package(
         ),
         .testTarget(
             name: "UnibusMembershipTests",
-            dependencies: ["UnibusMembership", "UnibusCrypto"]
+            dependencies: ["UnibusMembership", "UnibusMembershipStore", "UnibusSQLite", "UnibusCrypto"]
         ),
         .testTarget(
             name: "UnibusNodeTests",
-            dependencies: ["UnibusNode", "UnibusBroker", "UnibusMembership", "UnibusCrypto", "UnibusTestSupport"]
+            dependencies: ["UnibusNode", "UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusCrypto", "UnibusTestSupport"]
         ),
         .testTarget(
             name: "UnibusControlTests",
-            dependencies: ["UnibusControl", "UnibusCrypto", "UnibusNode", "UnibusBroker", "UnibusMembership", "UnibusTestSupport"]
+            dependencies: ["UnibusControl", "UnibusControlClient", "UnibusCrypto", "UnibusNode", "UnibusBroker", "UnibusMembership",
+                           "UnibusMembershipStore", "UnibusTestSupport"]
         ),
         .testTarget(
             name: "UnibusClientTests",
             dependencies: ["UnibusClient", "UnibusWire", "UnibusCrypto", "UnibusMembership", "UnibusNode", "UnibusControl",
-                           "UnibusBroker", "UnibusTestSupport"]
+                           "UnibusControlClient", "UnibusMembershipStore", "UnibusBroker", "UnibusTestSupport"]
         ),
         .testTarget(
             name: "InteropTests",
-            dependencies: ["UnibusCrypto", "UnibusMembership"],
+            dependencies: ["UnibusCrypto", "UnibusMembership", "UnibusMembershipStore"],
             exclude: ["peers"]
         ),
     ]

@@ -16,6 +16,12 @@ public enum ClientError: Error, Equatable, Sendable, CustomStringConvertible {
     case notAMember(String)
     case seal(SealError)
     case invalid(String)
+    /// A node served membership data that does not verify; nothing of it was used.
+    case untrustedNode(node: String, reason: String)
+    /// No root admin was pinned in the configuration.
+    case missingRoot
+    /// The client's local store cannot be used.
+    case localStore(String)
 
     public var description: String {
         switch self {
@@ -36,6 +42,13 @@ public enum ClientError: Error, Equatable, Sendable, CustomStringConvertible {
         case .notAMember(let room): return "not a member of room \(room): ask its owner to add you (unibus room add-member)"
         case .seal(let error): return "\(error)"
         case .invalid(let why): return why
+        case .untrustedNode(let node, let reason):
+            return "the node at \(node) served membership data that does not verify (\(reason)); nothing of it was used. "
+                + "Try another node and tell the cluster's operator"
+        case .missingRoot:
+            return "no root admin is pinned: give the cluster's root admin nkey (--root U…, from the admin who ran unibusd init); "
+                + "the client never learns it from a node"
+        case .localStore(let why): return "the client's local store cannot be used: \(why)"
         }
     }
 }

@@ -4,7 +4,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import UnibusCrypto
-import UnibusControl
+import UnibusControlClient
 import UnibusWire
 
 /// One message as the data plane delivers it.

@@ -175,6 +175,12 @@ public final class RoomKeyring {
         return fresh
     }
 
+    /// The session's own signature that this identity created it for `room`
+    /// (sent with every share of it; see `KeyShare.ownerStatement`).
+    public func ownerSignature(_ outbound: Outbound, room: String) -> [UInt8] {
+        outbound.session.signStatement(KeyShare.ownerStatement(room: room, sessionID: outbound.session.sessionID, owner: senderNKey)) ?? []
+    }
+
     /// The sealed, signed share of `outbound`'s key (at its current index) for
     /// one recipient: what `POST /v1/rooms/{id}/key-shares` carries.
     public func share(_ outbound: Outbound, room: String, recipient: String, exchangeKey: X25519PublicKey) -> (sealed: [UInt8], signature: [UInt8]) {
@@ -222,13 +228,18 @@ public final class RoomKeyring {
     // MARK: receiving
 
     /// Accepts a key share addressed to this client: checks the sender's
-    /// signature and membership, opens the sealed box, and keeps the session
-    /// (an earlier starting index already held wins, as in Megolm).
-    public func acceptShare(room: String, sender: String, sessionID: String, sealed: [UInt8], signature: [UInt8]) throws(KeyShareError) {
+    /// signature and membership, that the session's own key names the sender
+    /// as its creator (so frames are attributed to whoever holds the
+    /// session's signing key, and nobody can re-share another member's
+    /// session under their own name), opens the sealed box, and keeps the
+    /// session (an earlier starting index already held wins, as in Megolm).
+    public func acceptShare(room: String, sender: String, sessionID: String, sealed: [UInt8], signature: [UInt8],
+                            sessionSignature: [UInt8]) throws(KeyShareError) {
         guard members[room]?.contains(sender) == true else { throw .senderNotMember }
         let share = KeyShare(id: "", room: room, sender: sender, recipient: senderNKey, sessionID: sessionID,
-                             sealed: sealed, signature: signature, created: "")
+                             sealed: sealed, signature: signature, created: "", sessionSignature: sessionSignature)
         guard share.isSignedBySender else { throw .badSignature }
+        guard share.isOwnedBySender else { throw .notSessionOwner }
         var opened: [UInt8]
         do { opened = try SealedBox.open(sealed, with: identity.keyExchange) } catch { throw .cannotOpen }
         defer { wipe(&opened) }
@@ -346,6 +357,7 @@ public enum KeyShareError: Error, Equatable, Sendable, CustomStringConvertible {
     case badSignature
     case cannotOpen
     case badSessionKey
+    case notSessionOwner
 
     public var description: String {
         switch self {
@@ -353,6 +365,7 @@ public enum KeyShareError: Error, Equatable, Sendable, CustomStringConvertible {
         case .badSignature: return "the share is not signed by its sender"
         case .cannotOpen: return "the share is not sealed to this identity's exchange key"
         case .badSessionKey: return "the share does not hold a valid Megolm session key for its session id"
+        case .notSessionOwner: return "the session's own key does not name the share's sender as its creator (a re-shared session)"
         }
     }
 }

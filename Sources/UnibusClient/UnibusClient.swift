@@ -1,9 +1,8 @@
 import Foundation
 import NIOCore
-import UnibusControl
+import UnibusControlClient
 import UnibusCrypto
 import UnibusMembership
-import UnibusNode
 import UnibusWire
 
 /// A peer on the bus: one identity, a data-plane connection that fails over
@@ -11,12 +10,22 @@ import UnibusWire
 /// rooms it has joined.
 ///
 /// ```swift
-/// let client = try await UnibusClient.connect(.init(identity: me, dataPlane: ["nats://127.0.0.1:4222"],
-///                                                   controlPlane: ["http://127.0.0.1:4280"]))
+/// var configuration = UnibusClient.Configuration(identity: me, dataPlane: ["nats://127.0.0.1:4222"],
+///                                                controlPlane: ["http://127.0.0.1:4280"], root: "UROOT…")
+/// let client = try await UnibusClient.connect(configuration)
 /// let room = try await client.join("ops")
 /// try await client.publish(Array("hello".utf8), to: "ops")
 /// for try await message in room { print(message.sender, message.body) }
 /// ```
+///
+/// **Nodes are not trusted to say who is in a room.** The client pins the
+/// cluster's root admin (`Configuration.root`, never learned from a node),
+/// fetches the signed membership operations it lacks, verifies each and
+/// folds them with the rules nodes run (`MembershipLog`). Member lists,
+/// exchange keys, roles and room policies come only from that fold; a
+/// response that does not verify is an error naming the node. With more than
+/// one control-plane URL, the client compares logs with a second node before
+/// it seals a new session key, so one node cannot hide a removal.
 ///
 /// Every frame is sealed by policy (Megolm for encrypted rooms) and every
 /// received frame is authenticated, replay-checked and time-checked before
@@ -27,38 +36,51 @@ public actor UnibusClient {
         /// Data-plane seeds: `nats://HOST:PORT` or `tls://HOST:PORT`.
         public var dataPlane: [String]
         /// Control-plane seeds: `https://HOST:PORT` (or `http://127.0.0.1:PORT`).
+        /// Give two or more: the client compares their logs before sealing keys.
         public var controlPlane: [String]
+        /// The cluster's root admin (a `U…` nkey): every membership operation
+        /// is verified from it. From configuration only, never from a node.
+        public var root: String
         /// The CA both planes' certificates must chain to (pinned).
         public var caPath: String?
         /// A client certificate for nodes that require one (`unibusd run --tls-client-ca`).
         public var clientCertificate: ClientCertificate?
+        /// Where the verified membership log is kept between runs (a directory,
+        /// created 0700); nil keeps it in memory only.
+        public var stateDirectory: String?
+        /// How long one node may stay behind another before `warn` is told.
+        public var maximumNodeLag: Duration = .seconds(60)
+        /// Warnings (a node behind another, an unreachable second node, a local
+        /// store that no longer verified). The library never prints.
+        public var warn: (@Sendable (String) -> Void)?
         public var maxBufferedMessages = 10_000
         public var maxBufferedBytes = 8 * 1024 * 1024
         public var name = "unibus-swift"
         /// First pause after a full round of the seed list failed (doubles up to 2 s, plus jitter).
         public var minimumBackoff: TimeAmount = .milliseconds(50)
 
-        public init(identity: Identity, dataPlane: [String], controlPlane: [String], caPath: String? = nil) {
+        public init(identity: Identity, dataPlane: [String], controlPlane: [String], root: String, caPath: String? = nil) {
             self.identity = identity
             self.dataPlane = dataPlane
             self.controlPlane = controlPlane
+            self.root = root
             self.caPath = caPath
         }
-    }
-
-    /// A user as the client needs it: handle and the key shares are sealed to.
-    struct Peer {
-        let handle: String
-        let exchangeKey: X25519PublicKey?
-        let active: Bool
     }
 
     public nonisolated let configuration: Configuration
     public nonisolated let connection: NATSConnection
     public nonisolated let userNKey: String
     private let keyring: RoomKeyring
+    private let logStore: VerifiedLogStore
     private var control: ControlSession?
-    private var peers: [String: Peer] = [:]
+    private var others: [String: ControlSession] = [:]
+    /// Since when the node in use has lacked operations another node had.
+    private var behindSince: [String: ContinuousClock.Instant] = [:]
+    private var warned: Set<String> = []
+    /// The data plane's reconnect count when the log was last synced: after a
+    /// reconnect, the log is synced again before anything is sent.
+    private var syncedAtReconnect = -1
     private var counts: [FrameRejection: Int] = [:]
     private var delivered = 0
     private var keyFetch: Task<Void, Never>?
@@ -67,17 +89,21 @@ public actor UnibusClient {
     /// Unknown sessions a share fetch was already tried for (bounded).
     private var fetchedFor: Set<[UInt8]> = []
 
-    private init(configuration: Configuration, connection: NATSConnection) {
+    private init(configuration: Configuration, connection: NATSConnection, logStore: VerifiedLogStore) {
         self.configuration = configuration
         self.connection = connection
         self.userNKey = configuration.identity.userNKey
         self.keyring = RoomKeyring(identity: configuration.identity)
+        self.logStore = logStore
     }
 
-    /// Connects both planes and starts listening for key shares and
-    /// membership notices.
+    /// Connects both planes, verifies the membership log from the pinned
+    /// root, and starts listening for key shares and membership notices.
     public static func connect(_ configuration: Configuration) async throws -> UnibusClient {
         guard !configuration.controlPlane.isEmpty else { throw ClientError.noSeeds }
+        guard (try? NKey.decodePublicKey(configuration.root, expecting: .user)) != nil else { throw ClientError.missingRoot }
+        let logStore = try VerifiedLogStore(directory: configuration.stateDirectory, root: configuration.root)
+        if let discarded = logStore.discarded { configuration.warn?(discarded) }
         var seeds: [Endpoint] = []
         for url in configuration.dataPlane { seeds.append(try Endpoint(parsing: url)) }
         var options = NATSConnection.Options(seeds: seeds, identity: configuration.identity, caPath: configuration.caPath)
@@ -88,7 +114,7 @@ public actor UnibusClient {
         options.clientCertificate = configuration.clientCertificate
         let connection = try NATSConnection(options: options)
         try await connection.connect()
-        let client = UnibusClient(configuration: configuration, connection: connection)
+        let client = UnibusClient(configuration: configuration, connection: connection, logStore: logStore)
         do {
             try await client.start()
         } catch {
@@ -99,7 +125,7 @@ public actor UnibusClient {
     }
 
     private func start() async throws {
-        _ = try await controlSession()
+        try await syncLog()
         let notices = try connection.subscribe(ReservedNamespace.keyDeliverySubject(for: userNKey))
         noticeTask = Task { [weak self] in
             for await notice in notices {
@@ -140,37 +166,110 @@ public actor UnibusClient {
         throw ClientError.controlPlane("no control plane reachable: \(failures.joined(separator: "; "))")
     }
 
-    /// A signed control-plane call, retried once on another seed when the
-    /// node is unreachable (not when it answered with an error).
-    private func call(_ method: String, _ path: String, json: Any? = nil) async throws -> [String: Any] {
+    /// A signed control-plane call whose answer is `T`, retried once on
+    /// another seed when the node is unreachable (not when it answered with
+    /// an error).
+    private func call<T: Decodable>(_ method: String, _ path: String, body: [UInt8] = [], expecting type: T.Type) async throws -> T {
         guard !closed else { throw ClientError.closed }
-        let body = try json.map { [UInt8](try JSONSerialization.data(withJSONObject: $0)) } ?? []
         for attempt in 0..<2 {
             let session = try await controlSession(refresh: attempt > 0)
-            let response: ControlClient.Response
             do {
-                response = try await session.client.request(method, path, body: body, identity: session.identity, nodeID: session.nodeID)
-            } catch {
-                if attempt == 0 { continue }
-                throw ClientError.controlPlane("\(method) \(path): \(error)")
+                return try await session.call(method, path, body: body, expecting: type)
+            } catch let failure as ControlClient.Failure {
+                // Unreachable, or 401: the node may have restarted under a new
+                // id, which signed requests name. Either way, open again once.
+                if failure.status == nil || failure.status == 401, attempt == 0 { continue }
+                throw ClientError.controlPlane("\(failure)")
             }
-            guard (200..<300).contains(response.status) else {
-                throw ClientError.controlPlane("\(method) \(path): \(response.status) \(response.errorText)")
-            }
-            return response.json ?? [:]
         }
         throw ClientError.controlPlane("\(method) \(path): unreachable")
     }
 
+    /// Signs `operation` naming the heads of this client's verified log,
+    /// submits it, and folds it in locally.
     private func submit(_ operation: MembershipOperation) async throws {
-        let signed = SignedOperation.sign(operation, by: configuration.identity)
-        _ = try await call("POST", "/v1/operations", json: ["bytes": Base64.encode(signed.bytes), "signature": Base64.encode(signed.signature)])
+        try await syncLog()
+        let signed = SignedOperation.sign(operation, by: configuration.identity, parents: logStore.log.heads)
+        _ = try await call("POST", "/v1/operations", body: ControlAPI.encode(ControlAPI.OperationDocument(signed)),
+                           expecting: ControlAPI.OperationAccepted.self)
+        _ = try? logStore.insert(signed)
+    }
+
+    // MARK: the verified log
+
+    /// The membership state as this client verified and folded it.
+    public var membership: MembershipState { logStore.log.state }
+
+    /// Fetches the operations this client lacks from `session` (the current
+    /// node by default), verifies each and folds it. Anything that does not
+    /// verify, or arrives before its predecessors, is an error naming the
+    /// node, and nothing after it is used. Returns how many were new.
+    @discardableResult
+    private func syncLog(from given: ControlSession? = nil) async throws -> Int {
+        var session: ControlSession
+        if let given { session = given } else { session = try await controlSession() }
+        let store = logStore
+        for attempt in 0..<2 {
+            do {
+                let added = try await session.syncLog(heads: { store.log.heads }, insert: { operation throws(MembershipError) in
+                    try store.insert(operation)
+                })
+                if given == nil { syncedAtReconnect = connection.reconnectCount }
+                return added
+            } catch .call(let failure) where (failure.status == nil || failure.status == 401) && given == nil && attempt == 0 {
+                session = try await controlSession(refresh: true)
+            } catch .call(let failure) {
+                throw ClientError.controlPlane("\(failure)")
+            } catch .untrusted(let node, let reason) {
+                throw ClientError.untrustedNode(node: node, reason: reason)
+            }
+        }
+        throw ClientError.controlPlane("no control plane answered")
+    }
+
+    /// Before a new session key is sealed: compares this client's log with
+    /// the other control-plane nodes' heads and fetches what they hold and
+    /// the node in use did not give (a removal it withheld, say). Warns when
+    /// the node in use stays behind another for longer than allowed.
+    private func crossCheck() async {
+        guard let current = control else { return }
+        var gained = 0
+        for url in configuration.controlPlane where url != current.url {
+            do {
+                let session: ControlSession
+                if let known = others[url] { session = known } else {
+                    session = try await ControlSession.open(url: url, caPath: configuration.caPath, identity: configuration.identity,
+                                                            clientCertificate: configuration.clientCertificate)
+                    others[url] = session
+                }
+                let heads = try await session.heads()
+                if heads.contains(where: { !logStore.log.contains($0) }) { gained += try await syncLog(from: session) }
+            } catch {
+                others[url] = nil
+                warnOnce("cannot compare the membership log with \(url): \(error)")
+            }
+        }
+        let now = ContinuousClock.now
+        if gained > 0 {
+            let since = behindSince[current.url] ?? now
+            behindSince[current.url] = since
+            if now - since >= configuration.maximumNodeLag {
+                configuration.warn?("\(current.url) has been behind another node for \(now - since) (it lacked \(gained) operations)")
+            }
+        } else {
+            behindSince[current.url] = nil
+        }
+    }
+
+    private func warnOnce(_ message: String) {
+        guard warned.count < 1000, warned.insert(message).inserted else { return }
+        configuration.warn?(message)
     }
 
     // MARK: rooms
 
     /// Creates a room owned by this identity. Unencrypted rooms are refused
-    /// by nodes that do not allow them.
+    /// unless the cluster's settings allow them.
     @discardableResult
     public func createRoom(id: String, subject: String, policy: RoomPolicy = RoomPolicy()) async throws -> RoomInfo {
         try await submit(.createRoom(id: id, subject: subject, policy: policy))
@@ -204,13 +303,13 @@ public actor UnibusClient {
         keyring.forgetRoom(room)
     }
 
-    /// The open rooms this identity is a member of.
+    /// The open rooms this identity is a member of, from the verified log.
     public func myRooms() async throws -> [RoomInfo] {
-        let json = try await call("GET", "/v1/me/rooms")
-        return (json["rooms"] as? [[String: Any]] ?? []).compactMap(Self.roomInfo)
+        try await syncLog()
+        return membership.rooms(of: userNKey).map { RoomInfo(id: $0.id, subject: $0.subject, owner: $0.owner, policy: $0.policy) }
     }
 
-    /// The members of `room` (user nkeys), for a room this client belongs to.
+    /// The members of `room` (user nkeys), from the verified log.
     public func members(of room: String) async throws -> Set<String> {
         try await refreshRoom(room)
         return keyring.members[room] ?? []
@@ -235,39 +334,27 @@ public actor UnibusClient {
         guard keyring.rooms[room] != nil else { throw ClientError.notAMember(room) }
     }
 
-    /// Reloads a room's policy and members (and shares this client's
-    /// session with newcomers, or marks it for rotation after a departure).
+    /// Syncs the verified log and takes the room's policy and members from
+    /// it (then shares this client's session with newcomers, or marks it for
+    /// rotation after a departure).
     private func refreshRoom(_ room: String) async throws {
-        let roomJSON: [String: Any], membersJSON: [String: Any]
-        do {
-            roomJSON = try await call("GET", "/v1/rooms/\(room)")
-            membersJSON = try await call("GET", "/v1/rooms/\(room)/members")
-        } catch {
-            if "\(error)".contains(" 404 ") { throw ClientError.invalid("no room \(room)") }
-            throw error
-        }
-        guard let info = Self.roomInfo(roomJSON) else { throw ClientError.controlPlane("the node's description of room \(room) is not understood") }
-        let members = Set((membersJSON["members"] as? [[String: Any]] ?? []).compactMap { $0["user"] as? String })
-        guard members.contains(userNKey), roomJSON["archived"] == nil else {
+        try await syncLog()
+        try await applyRoom(room)
+    }
+
+    private func applyRoom(_ room: String) async throws {
+        let state = membership
+        guard let found = state.rooms[room] else { throw ClientError.invalid("no room \(room)") }
+        let members = Set((state.members[room] ?? [:]).keys)
+        guard members.contains(userNKey), found.archived == nil else {
             keyring.forgetRoom(room)
             throw ClientError.notAMember(room)
         }
-        keyring.setRoom(info, members: members)
+        keyring.setRoom(RoomInfo(id: found.id, subject: found.subject, owner: found.owner, policy: found.policy), members: members)
         if let outbound = keyring.outbound[room], !outbound.mustRotate {
             let newcomers = members.subtracting(outbound.sharedWith).subtracting([userNKey])
             if !newcomers.isEmpty { try await share(outbound, room: room, with: newcomers) }
         }
-    }
-
-    static func roomInfo(_ json: [String: Any]) -> RoomInfo? {
-        guard let id = json["id"] as? String, let subject = json["subject"] as? String, let owner = json["owner"] as? String,
-              let policy = json["policy"] as? [String: Any] else { return nil }
-        return RoomInfo(id: id, subject: subject, owner: owner, policy: RoomPolicy(
-            encrypt: policy["encrypt"] as? Bool ?? true, sign: policy["sign"] as? Bool ?? true,
-            compress: policy["compress"] as? Bool ?? false, persist: false,
-            rotateAfterMessages: (policy["rotate_after_messages"] as? NSNumber)?.intValue ?? 1000,
-            rotateAfterSeconds: (policy["rotate_after_seconds"] as? NSNumber)?.intValue ?? 7 * 24 * 3600,
-            frameWindowSeconds: (policy["frame_window_seconds"] as? NSNumber)?.intValue ?? RoomPolicy.defaultFrameWindowSeconds))
     }
 
     // MARK: sending
@@ -277,9 +364,13 @@ public actor UnibusClient {
     /// for one (first message, a member left, count or age limit). It
     /// throws rather than send anything less protected than the policy.
     public func publish(_ body: [UInt8], to room: String, contentType: String = "application/octet-stream") async throws {
-        guard let info = keyring.rooms[room] else { throw ClientError.invalid("room \(room) is not joined; call join(\"\(room)\") first") }
+        guard keyring.rooms[room] != nil else { throw ClientError.invalid("room \(room) is not joined; call join(\"\(room)\") first") }
+        // After a reconnect, a removal may have happened unseen: sync first.
+        if syncedAtReconnect != connection.reconnectCount { try await refreshRoom(room) }
+        guard let info = keyring.rooms[room] else { throw ClientError.notAMember(room) }
         let now = Self.nowMillis()
         if info.policy.encrypt, keyring.currentOutbound(for: room, now: now) == nil {
+            await crossCheck()
             try await refreshRoom(room)
             let fresh = keyring.rotate(room: room, now: now)
             let others = (keyring.members[room] ?? []).subtracting([userNKey])
@@ -300,43 +391,35 @@ public actor UnibusClient {
     }
 
     /// Shares `outbound`'s key with `recipients` through the membership
-    /// service. Members whose exchange key is unknown are looked up; a member
-    /// without one (revoked) gets nothing.
+    /// service, each sealed to the exchange key in the verified log. Only
+    /// active current members get a share; nobody else ever does.
     private func share(_ outbound: RoomKeyring.Outbound, room: String, with recipients: Set<String>) async throws {
-        if recipients.contains(where: { peers[$0] == nil }) { try await refreshPeers() }
-        var shares: [[String: String]] = []
+        let state = membership
+        var shares: [ControlAPI.ShareSubmission] = []
         var sharedWith: [String] = []
         for recipient in recipients.sorted() {
-            guard let peer = peers[recipient], peer.active, let key = peer.exchangeKey else { continue }
+            guard let user = state.users[recipient], user.status == .active, state.members[room]?[recipient] != nil,
+                  let bytes = try? Base64.decode(user.exchangeKey), let key = X25519PublicKey(bytes: bytes) else { continue }
             let (sealed, signature) = keyring.share(outbound, room: room, recipient: recipient, exchangeKey: key)
-            shares.append(["recipient": recipient, "sealed": Base64.encode(sealed), "signature": Base64.encode(signature)])
+            shares.append(ControlAPI.ShareSubmission(recipient: recipient, sealed: sealed, signature: signature))
             sharedWith.append(recipient)
         }
         guard !shares.isEmpty else { return }
-        _ = try await call("POST", "/v1/rooms/\(room)/key-shares", json: ["session_id": outbound.session.sessionID, "shares": shares])
+        let submission = ControlAPI.KeySharesSubmission(sessionID: outbound.session.sessionID,
+                                                        sessionSignature: keyring.ownerSignature(outbound, room: room), shares: shares)
+        _ = try await call("POST", "/v1/rooms/\(room)/key-shares", body: ControlAPI.encode(submission), expecting: ControlAPI.SharesStored.self)
         outbound.sharedWith.formUnion(sharedWith)
     }
 
-    private func refreshPeers() async throws {
-        let json = try await call("GET", "/v1/users")
-        var fresh: [String: Peer] = [:]
-        for user in json["users"] as? [[String: Any]] ?? [] {
-            guard let key = user["key"] as? String else { continue }
-            let exchange = (user["exchange_key"] as? String).flatMap { try? Base64.decode($0) }.flatMap(X25519PublicKey.init(bytes:))
-            fresh[key] = Peer(handle: user["handle"] as? String ?? "", exchangeKey: exchange, active: user["status"] as? String == "active")
-        }
-        peers = fresh
-    }
-
-    /// A member's handle, if known.
-    public func handle(of user: String) -> String? { peers[user]?.handle }
+    /// A member's handle, from the verified log.
+    public func handle(of user: String) -> String? { membership.users[user]?.handle }
 
     // MARK: receiving
 
     /// Opens one frame received on `room`'s subject. An unknown session
     /// first triggers one fetch of waiting key shares, and an unknown sender
-    /// one refresh of the member list (both may simply not have arrived yet);
-    /// whatever is still refused is counted by reason.
+    /// one sync of the log (both may simply not have arrived yet); whatever
+    /// is still refused is counted by reason.
     public func receive(_ frame: [UInt8], room: String) async -> Result<OpenedFrame, FrameRejection> {
         var result = keyring.open(frame, room: room, now: Self.nowMillis())
         if case .failure(let reason) = result, reason == .unknownSession || reason == .nonMember,
@@ -364,13 +447,15 @@ public actor UnibusClient {
     /// Frames delivered so far.
     public var deliveredCount: Int { delivered }
 
+    /// A notice on this user's key-delivery subject: membership changed in
+    /// a room (sync and refresh it), or key shares wait. Notices carry no
+    /// authority: each only makes the client fetch and verify.
     private func handleNotice(_ payload: [UInt8]) async {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(payload)) as? [String: Any] else { return }
-        if object["event"] as? String == "members", let room = object["room"] as? String {
-            guard keyring.rooms[room] != nil else { return }
-            do { try await refreshRoom(room) } catch {
+        if let notice = ControlAPI.decode(MembershipNotice.self, from: payload), notice.event == MembershipNotice.membersEvent {
+            guard keyring.rooms[notice.room] != nil else { return }
+            do { try await refreshRoom(notice.room) } catch {
                 // Removed from the room (or it was archived): stop using its keys.
-                if case ClientError.notAMember = error { keyring.forgetRoom(room) }
+                if case ClientError.notAMember = error { keyring.forgetRoom(notice.room) }
             }
             return
         }
@@ -393,35 +478,38 @@ public actor UnibusClient {
         var cursor: String?
         for _ in 0..<1000 {
             let path = cursor.map { "/v1/key-shares?after=\($0)" } ?? "/v1/key-shares"
-            guard let json = try? await call("GET", path) else { return }
-            await handleKeyShares(json["key_shares"] as? [[String: Any]] ?? [])
-            guard let next = json["next"] as? String, next != cursor, !closed else { return }
+            guard let page = try? await call("GET", path, expecting: ControlAPI.KeySharesPage.self) else { return }
+            await handleKeyShares(page.keyShares)
+            guard let next = page.next, next != cursor, !closed else { return }
             cursor = next
         }
     }
 
-    private func handleKeyShares(_ shares: [[String: Any]]) async {
+    private func handleKeyShares(_ shares: [ControlAPI.KeyShareView]) async {
         var handled: [String] = []
         for share in shares {
-            guard let id = share["id"] as? String, let room = share["room"] as? String, let sender = share["sender"] as? String,
-                  let session = share["session_id"] as? String,
-                  let sealed = (share["sealed"] as? String).flatMap({ try? Base64.decode($0) }),
-                  let signature = (share["signature"] as? String).flatMap({ try? Base64.decode($0) }) else { continue }
-            if keyring.rooms[room] == nil {
+            guard let sealed = try? Base64.decode(share.sealed), let signature = try? Base64.decode(share.signature),
+                  let sessionSignature = try? Base64.decode(share.sessionSignature) else { continue }
+            if keyring.rooms[share.room] == nil {
                 // A share for a room not joined yet: keep it waiting on the node.
                 continue
             }
             do {
-                try keyring.acceptShare(room: room, sender: sender, sessionID: session, sealed: sealed, signature: signature)
+                try keyring.acceptShare(room: share.room, sender: share.sender, sessionID: share.sessionID, sealed: sealed,
+                                        signature: signature, sessionSignature: sessionSignature)
             } catch .senderNotMember {
-                try? await refreshRoom(room)
-                try? keyring.acceptShare(room: room, sender: sender, sessionID: session, sealed: sealed, signature: signature)
+                try? await refreshRoom(share.room)
+                try? keyring.acceptShare(room: share.room, sender: share.sender, sessionID: share.sessionID, sealed: sealed,
+                                         signature: signature, sessionSignature: sessionSignature)
             } catch {
                 // A bad share is acknowledged so it is not fetched forever; it was never used.
             }
-            handled.append(id)
+            handled.append(share.id)
         }
-        if !handled.isEmpty { _ = try? await call("POST", "/v1/key-shares/ack", json: ["ids": handled]) }
+        if !handled.isEmpty {
+            _ = try? await call("POST", "/v1/key-shares/ack", body: ControlAPI.encode(ControlAPI.AckRequest(ids: handled)),
+                                expecting: ControlAPI.AckResponse.self)
+        }
     }
 
     static func nowMillis() -> UInt64 { UInt64(max(0, Date().timeIntervalSince1970 * 1000)) }

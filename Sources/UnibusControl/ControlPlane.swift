@@ -1,7 +1,10 @@
+import Atomics
 import Foundation
 import UnibusBroker
+import UnibusControlClient
 import UnibusCrypto
 import UnibusMembership
+import UnibusMembershipStore
 import UnibusNode
 
 /// A control-plane response: status, JSON (or Prometheus text) body.
@@ -10,26 +13,52 @@ public struct ControlResponse: Sendable {
     public var contentType: String
     public var body: [UInt8]
 
-    static func json(_ status: Int, _ object: Any) -> ControlResponse {
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
-        return ControlResponse(status: status, contentType: "application/json", body: [UInt8](data))
+    static func json(_ status: Int, _ message: some Encodable) -> ControlResponse {
+        ControlResponse(status: status, contentType: "application/json", body: ControlAPI.encode(message))
     }
 
-    static func error(_ status: Int, _ message: String) -> ControlResponse { json(status, ["error": message]) }
+    static func error(_ status: Int, _ message: String) -> ControlResponse { json(status, ControlAPI.ErrorBody(error: message)) }
 }
 
 /// The routes of the control plane, independent of HTTP transport.
 ///
 /// Unsigned: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /v1/node`.
-/// Signed by an active user: `GET /v1/users`, `GET /v1/rooms`,
-/// `GET /v1/rooms/{id}`, `GET /v1/rooms/{id}/members`, `GET /v1/me/rooms`
-/// (the caller's open rooms), and `POST /v1/operations` with
-/// `{"bytes": base64, "signature": base64}`, a membership operation signed by
-/// its actor (the membership rules decide whether the actor may do it).
+/// Signed by an active user: `POST /v1/log` (the signed operations the
+/// caller lacks, which clients verify and fold themselves), `GET
+/// /v1/log/heads`, `GET /v1/users`, `GET /v1/rooms`, `GET /v1/rooms/{id}`,
+/// `GET /v1/rooms/{id}/members`, `GET /v1/me/rooms` (the node's view, for
+/// tools), `POST /v1/operations` with `{"bytes": base64, "signature":
+/// base64}`, a membership operation signed by its actor (the membership
+/// rules decide whether the actor may do it), and the key-share endpoints.
+/// Bodies are the typed messages of `ControlAPI`.
 public final class ControlPlane: Sendable {
     public let node: Node
     public let verifier: RequestVerifier
+    /// The ordinary request body limit.
     public static let maximumBody = 64 * 1024
+    /// `POST /v1/operations` may carry a checkpoint (the whole folded state).
+    public static let maximumOperationBody = SignedOperation.maximumCheckpointSize * 4 / 3 + 4096
+    /// Bytes all connections together may hold beyond `maximumBody`.
+    public static let largeBodyBudget = 16 * 1024 * 1024
+    private let largeBodyBytes = ManagedAtomic<Int>(0)
+
+    /// The body limit for a request.
+    public static func bodyLimit(method: String, path: String) -> Int {
+        method == "POST" && path == "/v1/operations" ? maximumOperationBody : maximumBody
+    }
+
+    func reserveLargeBody(_ bytes: Int) -> Bool {
+        let after = largeBodyBytes.wrappingIncrementThenLoad(by: bytes, ordering: .relaxed)
+        if after > Self.largeBodyBudget {
+            largeBodyBytes.wrappingDecrement(by: bytes, ordering: .relaxed)
+            return false
+        }
+        return true
+    }
+
+    func releaseLargeBody(_ bytes: Int) {
+        largeBodyBytes.wrappingDecrement(by: bytes, ordering: .relaxed)
+    }
 
     public init(node: Node) {
         self.node = node
@@ -40,37 +69,31 @@ public final class ControlPlane: Sendable {
         let route = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
         switch (method, route) {
         case ("GET", "/healthz"):
-            return .json(200, ["status": "ok"])
+            return .json(200, ControlAPI.Health(status: "ok"))
         case ("GET", "/readyz"):
-            if node.broker.port == nil { return .json(503, ["ready": false, "reason": "the broker is not listening"]) }
+            if node.broker.port == nil { return .json(503, ControlAPI.Readiness(ready: false, reason: "the broker is not listening")) }
             if node.membership.snapshot.users.isEmpty {
                 if node.broker.cluster != nil, node.membership.rootAdmin != nil {
-                    return .json(503, ["ready": false, "reason": "no users yet: waiting for the membership log from the cluster's routes"])
+                    return .json(503, ControlAPI.Readiness(ready: false, reason: "no users yet: waiting for the membership log from the cluster's routes"))
                 }
-                return .json(503, ["ready": false, "reason": "no users: run unibusd init"])
+                return .json(503, ControlAPI.Readiness(ready: false, reason: "no users: run unibusd init"))
             }
-            return .json(200, ["ready": true])
+            return .json(200, ControlAPI.Readiness(ready: true))
         case ("GET", "/metrics"):
             return ControlResponse(status: 200, contentType: "text/plain; version=0.0.4", body: Array(metrics().utf8))
         case ("GET", "/v1/node"):
-            let state = node.membership.snapshot
-            var body: [String: Any] = ["node_id": node.broker.serverID, "version": UnibusVersion.current,
-                                       "client_port": node.broker.port ?? 0,
-                                       "membership": ["operations": node.membership.operationCount, "log_digest": node.membership.logDigest,
-                                                      "state_digest": state.digest, "refused": node.membership.refusedOperations.count,
-                                                      "root": node.membership.rootAdmin ?? "",
-                                                      "settings": ["allow_unencrypted_rooms": state.settings.allowUnencryptedRooms,
-                                                                   "max_rooms_per_user": state.settings.maxRoomsPerUser]]]
-            if let cluster = node.broker.cluster {
-                body["cluster"] = ["name": cluster.configuration.name, "route_port": cluster.port ?? 0,
-                                   "routes": cluster.peers.map { peer -> [String: Any] in
-                                       var route: [String: Any] = ["node_id": peer.serverID, "name": peer.name]
-                                       if let url = peer.clientURL { route["client_url"] = url }
-                                       if let url = peer.controlURL { route["control_url"] = url }
-                                       return route
-                                   }]
+            let log = node.membership.membershipLog
+            let membership = ControlAPI.MembershipInfo(
+                operations: log.count, logDigest: log.digest, stateDigest: log.state.digest, refused: log.refused.count,
+                root: log.pinnedRoot ?? "", currentRoot: log.state.root ?? "", heads: log.heads, checkpoint: log.base?.id,
+                settings: ControlAPI.Settings(log.state.settings))
+            let cluster = node.broker.cluster.map { cluster in
+                ControlAPI.ClusterInfo(name: cluster.configuration.name, routePort: cluster.port ?? 0, routes: cluster.peers.map {
+                    ControlAPI.RouteView(nodeID: $0.serverID, name: $0.name, clientURL: $0.clientURL, controlURL: $0.controlURL)
+                })
             }
-            return .json(200, body)
+            return .json(200, ControlAPI.NodeInfo(nodeID: node.broker.serverID, version: UnibusVersion.current,
+                                                  clientPort: node.broker.port ?? 0, membership: membership, cluster: cluster))
         default:
             break
         }
@@ -103,19 +126,33 @@ public final class ControlPlane: Sendable {
         let parts = route.split(separator: "/").map(String.init)   // ["v1", ...]
         switch (method, parts.count > 1 ? parts[1] : "", parts.count) {
         case ("GET", "users", 2):
-            return .json(200, ["users": state.users.values.sorted { $0.handle < $1.handle }.map(Self.userJSON)])
+            return .json(200, ControlAPI.UsersResponse(users: state.users.values.sorted { $0.handle < $1.handle }.map(ControlAPI.UserView.init)))
         case ("GET", "rooms", 2):
-            return .json(200, ["rooms": state.rooms.values.sorted { $0.id < $1.id }.map(Self.roomJSON)])
+            return .json(200, ControlAPI.RoomsResponse(rooms: state.rooms.values.sorted { $0.id < $1.id }.map(ControlAPI.RoomView.init)))
         case ("GET", "me", 3) where parts[2] == "rooms":
-            return .json(200, ["rooms": state.rooms(of: caller).sorted { $0.id < $1.id }.map(Self.roomJSON)])
+            return .json(200, ControlAPI.RoomsResponse(rooms: state.rooms(of: caller).map(ControlAPI.RoomView.init)))
         case ("GET", "rooms", 3):
             guard let room = state.rooms[parts[2]] else { return .error(404, "no room \(parts[2])") }
-            return .json(200, Self.roomJSON(room))
+            return .json(200, ControlAPI.RoomView(room))
         case ("GET", "rooms", 4) where parts[3] == "members":
             guard state.rooms[parts[2]] != nil else { return .error(404, "no room \(parts[2])") }
             let members = (state.members[parts[2]] ?? [:]).values.sorted { $0.user < $1.user }
-            return .json(200, ["members": members.map { ["user": $0.user, "role": $0.role.rawValue, "joined": $0.joined,
-                                                         "handle": state.users[$0.user]?.handle ?? ""] }])
+            return .json(200, ControlAPI.MembersResponse(members: members.map {
+                ControlAPI.MemberView(user: $0.user, role: $0.role.rawValue, joined: $0.joined, handle: state.users[$0.user]?.handle ?? "")
+            }))
+        case ("POST", "log", 2):
+            guard let request = ControlAPI.decode(ControlAPI.LogRequest.self, from: body),
+                  request.heads.count <= ControlAPI.LogRequest.maximumHeads,
+                  request.heads.allSatisfy({ SignedOperation.isOperationID($0) }) else {
+                return .error(400, "the body must be {\"heads\": [operation ids], \"limit\": n} with at most \(ControlAPI.LogRequest.maximumHeads) heads")
+            }
+            let limit = min(max(request.limit ?? ControlAPI.LogPage.maximumOperations, 1), ControlAPI.LogPage.maximumOperations)
+            let page = node.membership.operations(after: request.heads, limit: limit)
+            return .json(200, ControlAPI.LogPage(operations: page.operations.map(ControlAPI.OperationDocument.init),
+                                                 complete: page.complete, heads: node.membership.heads))
+        case ("GET", "log", 3) where parts[2] == "heads":
+            let log = node.membership.membershipLog
+            return .json(200, ControlAPI.LogHeads(heads: log.heads, checkpoint: log.base?.id, count: log.count, digest: log.digest))
         case ("POST", "operations", 2):
             return await apply(body)
         case ("POST", "rooms", 4) where parts[3] == "key-shares":
@@ -126,22 +163,18 @@ public final class ControlPlane: Sendable {
             let after = query["after"].flatMap { Int64($0) } ?? 0
             do {
                 let page = try node.membership.pendingKeyShares(for: caller, after: after, limit: limit)
-                var json: [String: Any] = ["key_shares": page.shares.map { ["id": $0.id, "room": $0.room, "sender": $0.sender, "session_id": $0.sessionID,
-                                                                           "sealed": Base64.encode($0.sealed), "signature": Base64.encode($0.signature),
-                                                                           "created": $0.created] }]
-                if let next = page.next { json["next"] = String(next) }
-                return .json(200, json)
+                return .json(200, ControlAPI.KeySharesPage(keyShares: page.shares.map(ControlAPI.KeyShareView.init), next: page.next.map { String($0) }))
             } catch {
                 return storageFailure(error)
             }
         case ("POST", "key-shares", 3) where parts[2] == "ack":
-            guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any], let ids = object["ids"] as? [String] else {
+            guard let request = ControlAPI.decode(ControlAPI.AckRequest.self, from: body) else {
                 return .error(400, "the body must be {\"ids\": [...]}")
             }
-            guard ids.count <= Self.keySharePageLimit else { return .error(400, "acknowledge at most \(Self.keySharePageLimit) ids at once") }
+            guard request.ids.count <= Self.keySharePageLimit else { return .error(400, "acknowledge at most \(Self.keySharePageLimit) ids at once") }
             do {
-                let count = try node.acknowledgeKeyShares(ids, by: caller)
-                return .json(200, ["acknowledged": count])
+                let count = try node.acknowledgeKeyShares(request.ids, by: caller)
+                return .json(200, ControlAPI.AckResponse(acknowledged: count))
             } catch {
                 return storageFailure(error)
             }
@@ -151,67 +184,60 @@ public final class ControlPlane: Sendable {
     }
 
     private func apply(_ body: [UInt8]) async -> ControlResponse {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-              let bytesText = object["bytes"] as? String, let signatureText = object["signature"] as? String,
-              let bytes = try? Base64.decode(bytesText), let signature = try? Base64.decode(signatureText) else {
+        guard let document = ControlAPI.decode(ControlAPI.OperationDocument.self, from: body) else {
             return .error(400, "the body must be {\"bytes\": base64, \"signature\": base64}")
         }
         do {
-            let operation = try SignedOperation(bytes: bytes, signature: signature)
-            try await node.apply(operation)
-            return .json(200, ["id": operation.id, "kind": operation.envelope.operation.kind])
+            let operation = try document.verified()
+            try await node.apply(operation, arrival: Date())
+            return .json(200, ControlAPI.OperationAccepted(id: operation.id, kind: operation.envelope.operation.kind))
         } catch {
-            let status: Int
-            switch error {
-            case .badSignature: status = 401
-            case .unauthorized: status = 403
-            case .notFound: status = 404
-            case .alreadyRegistered, .conflict: status = 409
-            case .invalid: status = 400
-            case .unsupported: status = 422
-            case .storage: return storageFailure(error)
-            }
-            return .error(status, "\(error)")
+            return membershipFailure(error)
         }
+    }
+
+    /// The HTTP status for a refused membership request.
+    private func membershipFailure(_ error: MembershipError) -> ControlResponse {
+        let status: Int
+        switch error {
+        case .badSignature: status = 401
+        case .unauthorized: status = 403
+        case .notFound: status = 404
+        case .alreadyRegistered, .conflict: status = 409
+        case .invalid: status = 400
+        case .unsupported: status = 422
+        case .storage: return storageFailure(error)
+        }
+        return .error(status, "\(error)")
     }
 
     /// Stores a sender's sealed session keys for the room's members and tells
     /// each recipient on its key-delivery subject that a share is waiting.
     private func storeKeyShares(room: String, sender: String, body: [UInt8]) -> ControlResponse {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-              let sessionID = object["session_id"] as? String, !sessionID.isEmpty, sessionID.utf8.count <= 64,
-              let entries = object["shares"] as? [[String: Any]], !entries.isEmpty, entries.count <= 1000 else {
-            return .error(400, "the body must be {\"session_id\": ..., \"shares\": [{\"recipient\", \"sealed\", \"signature\"}]} with 1 to 1000 shares")
+        guard let submission = ControlAPI.decode(ControlAPI.KeySharesSubmission.self, from: body),
+              !submission.sessionID.isEmpty, submission.sessionID.utf8.count <= 64,
+              (1...ControlAPI.KeySharesSubmission.maximumShares).contains(submission.shares.count),
+              let sessionSignature = try? Base64.decode(submission.sessionSignature) else {
+            return .error(400, "the body must be {\"session_id\", \"session_signature\", \"shares\": [{\"recipient\", \"sealed\", \"signature\"}]} "
+                          + "with 1 to \(ControlAPI.KeySharesSubmission.maximumShares) shares")
         }
         var shares: [KeyShare] = []
-        let created = ControlTime.now()
-        for entry in entries {
-            guard let recipient = entry["recipient"] as? String,
-                  let sealed = (entry["sealed"] as? String).flatMap({ try? Base64.decode($0) }),
-                  let signature = (entry["signature"] as? String).flatMap({ try? Base64.decode($0) }) else {
+        let created = OperationTime.now()
+        for entry in submission.shares {
+            guard let sealed = try? Base64.decode(entry.sealed), let signature = try? Base64.decode(entry.signature) else {
                 return .error(400, "each share needs recipient, sealed (base64) and signature (base64)")
             }
-            shares.append(KeyShare(id: KeyShare.identifier(room: room, sessionID: sessionID, recipient: recipient, sealed: sealed),
-                                   room: room, sender: sender, recipient: recipient, sessionID: sessionID,
-                                   sealed: sealed, signature: signature, created: created))
+            shares.append(KeyShare(id: KeyShare.identifier(room: room, sessionID: submission.sessionID, recipient: entry.recipient, sealed: sealed),
+                                   room: room, sender: sender, recipient: entry.recipient, sessionID: submission.sessionID,
+                                   sealed: sealed, signature: signature, created: created, sessionSignature: sessionSignature))
         }
         do {
             try node.storeKeyShares(shares)
         } catch {
-            let status: Int
-            switch error {
-            case .badSignature: status = 401
-            case .unauthorized: status = 403
-            case .notFound: status = 404
-            case .invalid: status = 400
-            case .conflict, .alreadyRegistered: status = 409
-            case .storage, .unsupported: return storageFailure(error)
-            }
-            return .error(status, "\(error)")
+            return membershipFailure(error)
         }
-        return .json(200, ["stored": shares.count])
+        return .json(200, ControlAPI.SharesStored(stored: shares.count))
     }
-
     /// Most shares in one page of `GET /v1/key-shares` (and ids in one ack).
     public static let keySharePageLimit = 500
 
@@ -231,21 +257,6 @@ public final class ControlPlane: Sendable {
             if parts.count == 2 { result[String(parts[0])] = String(parts[1]) }
         }
         return result
-    }
-
-    static func userJSON(_ user: User) -> [String: Any] {
-        ["key": user.key, "handle": user.handle, "role": user.role.rawValue, "status": user.status.rawValue,
-         "exchange_key": user.exchangeKey, "created": user.created, "updated": user.updated]
-    }
-
-    static func roomJSON(_ room: Room) -> [String: Any] {
-        var json: [String: Any] = ["id": room.id, "subject": room.subject, "owner": room.owner, "created": room.created,
-                                   "policy": ["encrypt": room.policy.encrypt, "sign": room.policy.sign, "compress": room.policy.compress,
-                                              "rotate_after_messages": room.policy.rotateAfterMessages,
-                                              "rotate_after_seconds": room.policy.rotateAfterSeconds,
-                                              "frame_window_seconds": room.policy.frameWindowSeconds]]
-        if let archived = room.archived { json["archived"] = archived }
-        return json
     }
 
     /// Prometheus text exposition of the broker's and membership's counters.
@@ -269,7 +280,11 @@ public final class ControlPlane: Sendable {
             ("unibus_routed_messages_out_total", "counter", stats.routedOut.load(ordering: .relaxed)),
             ("unibus_routes_refused_total", "counter", stats.routesRefused.load(ordering: .relaxed)),
             ("unibus_replication_frames_refused_total", "counter", node.refusedReplicationFrames.load(ordering: .relaxed)),
-            ("unibus_membership_future_positions_refused_total", "counter", node.membership.refusedFuturePositions),
+            ("unibus_membership_replicated_refused_total", "counter", node.membership.counters.replicatedRefused),
+            ("unibus_membership_waiting_dropped_total", "counter", node.membership.counters.waitingDropped),
+            ("unibus_membership_waiting", "gauge", node.membership.waitingCount),
+            ("unibus_membership_outside_window_total", "counter", node.membership.counters.outsideWindow),
+            ("unibus_membership_replaced_by_checkpoint_total", "counter", node.membership.counters.replacedByCheckpoint),
             ("unibus_control_refusals_total", "counter", stats.controlRefusals.load(ordering: .relaxed)),
             ("unibus_control_connections_cut_total", "counter", stats.controlConnectionsCut.load(ordering: .relaxed)),
             ("unibus_connection_objects", "gauge", stats.liveConnectionObjects.load(ordering: .relaxed)),

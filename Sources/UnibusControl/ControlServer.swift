@@ -96,6 +96,9 @@ final class ControlHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var tooLarge = false
+    /// Bytes of this request's body beyond the ordinary limit, taken from
+    /// the plane's shared budget (`ControlPlane.largeBodyBudget`).
+    private var reserved = 0
     /// Closes the connection unless a whole request arrives in time.
     private var deadline: Scheduled<Void>?
 
@@ -111,6 +114,12 @@ final class ControlHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
     func handlerRemoved(context: ChannelHandlerContext) {
         deadline?.cancel()
         deadline = nil
+        releaseReservation()
+    }
+
+    private func releaseReservation() {
+        if reserved > 0 { plane.releaseLargeBody(reserved) }
+        reserved = 0
     }
 
     private func armDeadline(context: ChannelHandlerContext) {
@@ -129,10 +138,26 @@ final class ControlHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
             head = requestHead
             body.removeAll()
             tooLarge = false
+            releaseReservation()
         case .body(var chunk):
-            if body.count + chunk.readableBytes > ControlPlane.maximumBody {
+            guard !tooLarge, let head else { return }
+            let total = body.count + chunk.readableBytes
+            let limit = ControlPlane.bodyLimit(method: head.method.rawValue, path: head.uri)
+            if total > limit {
                 tooLarge = true
-            } else if let bytes = chunk.readBytes(length: chunk.readableBytes) {
+            } else if total > ControlPlane.maximumBody {
+                // Beyond the ordinary limit only from a budget shared by all
+                // connections, so large bodies cannot add up to a memory sink.
+                let needed = total - ControlPlane.maximumBody - reserved
+                if needed > 0 {
+                    guard plane.reserveLargeBody(needed) else {
+                        tooLarge = true
+                        return
+                    }
+                    reserved += needed
+                }
+            }
+            if !tooLarge, let bytes = chunk.readBytes(length: chunk.readableBytes) {
                 body += bytes
             }
         case .end:
@@ -142,17 +167,24 @@ final class ControlHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
             deadline?.cancel()
             deadline = nil
             if tooLarge {
-                respond(context: context, head: head, response: .error(413, "request body over \(ControlPlane.maximumBody) bytes"))
+                releaseReservation()
+                let limit = ControlPlane.bodyLimit(method: head.method.rawValue, path: head.uri)
+                respond(context: context, head: head, response: .error(413, "request body over \(limit) bytes "
+                                                                        + "(or the node is receiving other large requests; retry)"))
                 return
             }
             let plane = self.plane
             let requestBody = body
+            body = []
+            let held = reserved
+            reserved = 0
             let headers = head.headers
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             let promise = context.eventLoop.makePromise(of: ControlResponse.self)
             promise.completeWithTask {
-                await plane.handle(method: head.method.rawValue, path: head.uri,
-                                   header: { headers.first(name: $0) }, body: requestBody)
+                defer { if held > 0 { plane.releaseLargeBody(held) } }
+                return await plane.handle(method: head.method.rawValue, path: head.uri,
+                                          header: { headers.first(name: $0) }, body: requestBody)
             }
             promise.futureResult.whenSuccess { response in
                 let (handler, context) = loopBound.value

@@ -14,9 +14,15 @@ public struct KeyShare: Equatable, Sendable {
     /// The sender's Ed25519 signature over `KeyShare.signedBytes`.
     public var signature: [UInt8]
     public var created: String
+    /// The Megolm session's own Ed25519 signature over `ownerStatement`:
+    /// proof that the sender created the session (only its creator holds
+    /// the session's signing key), so nobody can share another member's
+    /// session under their own name and relabel that member's frames.
+    public var sessionSignature: [UInt8]
 
     public init(id: String, room: String, sender: String, recipient: String, sessionID: String,
-                sealed: [UInt8], signature: [UInt8], created: String) {
+                sealed: [UInt8], signature: [UInt8], created: String, sessionSignature: [UInt8]) {
+        self.sessionSignature = sessionSignature
         self.id = id
         self.room = room
         self.sender = sender
@@ -46,6 +52,7 @@ public struct KeyShare: Equatable, Sendable {
               (try? NKey.decodePublicKey(recipient, expecting: .user)) != nil else { return "sender and recipient must be user nkeys" }
         guard sealed.count > SealedBox.overhead, sealed.count <= 4096 else { return "a sealed share must be 49 to 4096 bytes" }
         guard signature.count == 64 else { return "a share signature is 64 bytes" }
+        guard sessionSignature.count == 64 else { return "a session signature is 64 bytes" }
         guard created.utf8.count <= 64 else { return "created is at most 64 bytes" }
         return nil
     }
@@ -56,224 +63,23 @@ public struct KeyShare: Equatable, Sendable {
             || byte == UInt8(ascii: "=")
     }
 
+    /// What a session's own key signs to bind it to its creator in a room.
+    /// Distinct from anything Megolm signs (messages start 0x03, session keys 0x02).
+    public static func ownerStatement(room: String, sessionID: String, owner: String) -> [UInt8] {
+        Array("UNIBUS-SESSION-OWNER-1\n\(room)\n\(sessionID)\n\(owner)".utf8)
+    }
+
+    /// Whether the session named by `sessionID` (its public signing key)
+    /// signed that `sender` owns it in `room`.
+    public var isOwnedBySender: Bool {
+        guard let keyBytes = try? Base64.decode(sessionID), let key = Ed25519PublicKey(bytes: keyBytes) else { return false }
+        return key.verify(signature: sessionSignature, message: Self.ownerStatement(room: room, sessionID: sessionID, owner: sender))
+    }
+
     /// Whether `signature` is the sender's over this share.
     public var isSignedBySender: Bool {
         guard let (_, key) = try? NKey.decodePublicKey(sender, expecting: .user) else { return false }
         return key.verify(signature: signature, message: Self.signedBytes(room: room, sessionID: sessionID, recipient: recipient, sealed: sealed))
-    }
-}
-
-/// One page of a recipient's pending shares and where the next starts.
-public struct KeySharePage: Sendable {
-    public var shares: [KeyShare]
-    /// The cursor for the next page (`after`), nil on the last page.
-    public var next: Int64?
-}
-
-extension MembershipStore {
-    /// Most pending (unacknowledged) shares one sender may have waiting for
-    /// one recipient on a node: past it, that sender's new shares for that
-    /// recipient are refused. Counted per pair, so a sender flooding a
-    /// member blocks only itself, never the other senders of the room.
-    public static let maximumPendingSharesPerSender = 2_000
-    /// How long an acknowledged share's id is kept (its sealed key is erased
-    /// at acknowledgement): long enough that a peer still offering it cannot
-    /// bring it back, then it is pruned.
-    public static let acknowledgedShareRetention: TimeInterval = 7 * 24 * 3600
-
-    /// Stores shares from `sender` for `room` after checking that the sender
-    /// and every recipient are current members and each share is signed by
-    /// the sender. All or nothing.
-    public func storeKeyShares(_ shares: [KeyShare]) throws(MembershipError) {
-        let state = snapshot
-        for share in shares {
-            guard let room = state.rooms[share.room], room.archived == nil else { throw .notFound("open room \(share.room)") }
-            guard state.members[share.room]?[share.sender] != nil else { throw .unauthorized("\(share.sender) is not a member of \(share.room)") }
-            guard state.members[share.room]?[share.recipient] != nil else {
-                throw .unauthorized("\(share.recipient) is not a member of \(share.room); keys go to current members only")
-            }
-            if let problem = share.fieldProblem { throw .invalid(problem) }
-            guard share.isSignedBySender else { throw .badSignature }
-        }
-        do {
-            try withDatabase { database in
-                try database.transaction {
-                    for recipient in Set(shares.map(\.recipient)) {
-                        let adding = shares.reduce(0) { $0 + ($1.recipient == recipient ? 1 : 0) }
-                        guard let sender = shares.first?.sender,
-                              try Self.pendingCount(for: recipient, from: sender, in: database) + adding <= Self.maximumPendingSharesPerSender else {
-                            throw MembershipError.conflict("\(recipient) already has \(Self.maximumPendingSharesPerSender) of your key shares waiting; "
-                                                           + "it must fetch them before you can store more")
-                        }
-                    }
-                    for share in shares {
-                        let known = try !database.query("SELECT 1 FROM key_shares WHERE id = ?", [.text(share.id)]).isEmpty
-                        guard !known else { throw MembershipError.conflict("key share \(share.id.prefix(16))… is already stored") }
-                        try database.query("INSERT INTO key_shares (id, room, sender, recipient, session_id, sealed, signature, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                           [.text(share.id), .text(share.room), .text(share.sender), .text(share.recipient),
-                                            .text(share.sessionID), .blob(share.sealed), .blob(share.signature), .text(share.created)])
-                    }
-                }
-            }
-        } catch let error as MembershipError {
-            throw error
-        } catch {
-            throw .storage("\(error)")
-        }
-    }
-
-    static func pendingCount(for recipient: String, from sender: String, in database: SQLiteDatabase) throws -> Int {
-        Int(try database.query("SELECT count(*) FROM key_shares WHERE recipient = ? AND sender = ? AND acked IS NULL",
-                               [.text(recipient), .text(sender)]).first?.first?.integer ?? 0)
-    }
-
-    /// Shares waiting for `recipient` (not yet acknowledged), oldest first.
-    public func pendingKeyShares(for recipient: String) throws(MembershipError) -> [KeyShare] {
-        var all: [KeyShare] = []
-        var after: Int64 = 0
-        while true {
-            let page = try pendingKeyShares(for: recipient, after: after, limit: 1000)
-            all += page.shares
-            guard let next = page.next else { return all }
-            after = next
-        }
-    }
-
-    /// One page of the shares waiting for `recipient`, oldest first, after
-    /// the cursor `after` (0 for the first page).
-    public func pendingKeyShares(for recipient: String, after: Int64, limit: Int) throws(MembershipError) -> KeySharePage {
-        let limit = max(1, min(limit, 1000))
-        do {
-            return try withDatabase { database in
-                let rows = try database.query("SELECT id, room, sender, recipient, session_id, sealed, signature, created, rowid FROM key_shares "
-                                              + "WHERE recipient = ? AND acked IS NULL AND rowid > ? ORDER BY rowid LIMIT ?",
-                                              [.text(recipient), .integer(after), .integer(Int64(limit) + 1)])
-                let shares = rows.prefix(limit).map { row in
-                    KeyShare(id: row[0].text ?? "", room: row[1].text ?? "", sender: row[2].text ?? "", recipient: row[3].text ?? "",
-                             sessionID: row[4].text ?? "", sealed: row[5].blob ?? [], signature: row[6].blob ?? [], created: row[7].text ?? "")
-                }
-                let next = rows.count > limit ? rows[limit - 1][8].integer : nil
-                return KeySharePage(shares: Array(shares), next: next)
-            }
-        } catch {
-            throw .storage("\(error)")
-        }
-    }
-
-    /// Deletes acknowledged shares older than the retention (their sealed
-    /// keys were erased at acknowledgement). Returns how many went.
-    @discardableResult
-    public func pruneAcknowledgedKeyShares(now: Date = Date()) throws(MembershipError) -> Int {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        let horizon = formatter.string(from: now.addingTimeInterval(-Self.acknowledgedShareRetention))
-        do {
-            return try withDatabase { database in
-                let before = try database.query("SELECT count(*) FROM key_shares WHERE acked IS NOT NULL AND acked < ?", [.text(horizon)])
-                try database.query("DELETE FROM key_shares WHERE acked IS NOT NULL AND acked < ?", [.text(horizon)])
-                return Int(before.first?.first?.integer ?? 0)
-            }
-        } catch {
-            throw .storage("\(error)")
-        }
-    }
-
-    /// Marks shares as delivered; only the recipient may acknowledge its own.
-    public func acknowledgeKeyShares(_ ids: [String], by recipient: String, at timestamp: String) throws(MembershipError) -> Int {
-        do {
-            return try withDatabase { database in
-                try database.transaction {
-                    var count = 0
-                    for id in ids {
-                        let before = try database.query("SELECT count(*) FROM key_shares WHERE id = ? AND recipient = ? AND acked IS NULL", [.text(id), .text(recipient)])
-                        try database.query("UPDATE key_shares SET acked = ?, sealed = x'' WHERE id = ? AND recipient = ? AND acked IS NULL", [.text(timestamp), .text(id), .text(recipient)])
-                        count += Int(before.first?.first?.integer ?? 0)
-                    }
-                    return count
-                }
-            }
-        } catch {
-            throw .storage("\(error)")
-        }
-    }
-}
-
-extension MembershipStore {
-    /// Stores a share another node accepted (its rules were checked there):
-    /// only its sender's signature is checked here, since this node's copy
-    /// of the membership may lag. Returns whether it was new. `acked` marks
-    /// it delivered (a share the recipient already fetched elsewhere).
-    public func storeReplicatedKeyShare(_ share: KeyShare, acked: String?) throws(MembershipError) -> Bool {
-        if let problem = share.fieldProblem { throw .invalid(problem) }
-        guard share.id == KeyShare.identifier(room: share.room, sessionID: share.sessionID, recipient: share.recipient, sealed: share.sealed) else {
-            throw .invalid("the share's id does not match its contents")
-        }
-        guard share.isSignedBySender else { throw .badSignature }
-        // Both ends must be users this node knows (its copy may lag on
-        // membership, not on who exists at all for long): a route peer cannot
-        // fill the store with shares between made-up keys.
-        let state = snapshot
-        guard state.users[share.sender] != nil, state.users[share.recipient] != nil else {
-            throw .notFound("the share's sender or recipient is not a user this node knows")
-        }
-        guard share.room.utf8.count <= 64, share.sessionID.utf8.count <= 64, share.created.utf8.count <= 64,
-              acked.map({ $0.utf8.count <= 64 }) ?? true else { throw .invalid("a share field is too long") }
-        do {
-            return try withDatabase { database in
-                try database.transaction {
-                    let known = try !database.query("SELECT 1 FROM key_shares WHERE id = ?", [.text(share.id)]).isEmpty
-                    let pending = try Self.pendingCount(for: share.recipient, from: share.sender, in: database)
-                    if !known && acked == nil && pending >= Self.maximumPendingSharesPerSender {
-                        throw MembershipError.conflict("\(share.recipient) has \(Self.maximumPendingSharesPerSender) key shares from \(share.sender) waiting")
-                    }
-                    if !known {
-                        try database.query("INSERT INTO key_shares (id, room, sender, recipient, session_id, sealed, signature, created, acked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                           [.text(share.id), .text(share.room), .text(share.sender), .text(share.recipient),
-                                            .text(share.sessionID), .blob(acked == nil ? share.sealed : []), .blob(share.signature),
-                                            .text(share.created), acked.map { .text($0) } ?? .null])
-                    } else if let acked {
-                        try database.query("UPDATE key_shares SET acked = ?, sealed = x'' WHERE id = ? AND acked IS NULL", [.text(acked), .text(share.id)])
-                    }
-                    return !known
-                }
-            }
-        } catch let error as MembershipError {
-            throw error
-        } catch {
-            throw .storage("\(error)")
-        }
-    }
-
-    /// Marks shares delivered on another node (the recipient acknowledged there).
-    public func acknowledgeReplicatedKeyShares(_ ids: [String], at timestamp: String) throws(MembershipError) {
-        do {
-            try withDatabase { database in
-                try database.transaction {
-                    for id in ids {
-                        try database.query("UPDATE key_shares SET acked = ?, sealed = x'' WHERE id = ? AND acked IS NULL", [.text(timestamp), .text(id)])
-                    }
-                }
-            }
-        } catch {
-            throw .storage("\(error)")
-        }
-    }
-
-    /// Every share not yet acknowledged, and the ids of acknowledged ones
-    /// (what a node tells a peer when a link opens).
-    public func keySharesForSync() throws(MembershipError) -> (pending: [KeyShare], acknowledged: [String]) {
-        do {
-            return try withDatabase { database in
-                let pending = try database.query("SELECT id, room, sender, recipient, session_id, sealed, signature, created FROM key_shares WHERE acked IS NULL ORDER BY rowid").map { row in
-                    KeyShare(id: row[0].text ?? "", room: row[1].text ?? "", sender: row[2].text ?? "", recipient: row[3].text ?? "",
-                             sessionID: row[4].text ?? "", sealed: row[5].blob ?? [], signature: row[6].blob ?? [], created: row[7].text ?? "")
-                }
-                let acknowledged = try database.query("SELECT id FROM key_shares WHERE acked IS NOT NULL ORDER BY rowid").compactMap { $0[0].text }
-                return (pending, acknowledged)
-            }
-        } catch {
-            throw .storage("\(error)")
-        }
     }
 }
 

@@ -1,6 +1,6 @@
 import UnibusCrypto
 
-public struct User: Equatable, Sendable {
+public struct User: Codable, Equatable, Sendable {
     public var key: String
     public var exchangeKey: String
     public var handle: String
@@ -10,7 +10,7 @@ public struct User: Equatable, Sendable {
     public var updated: String
 }
 
-public struct Room: Equatable, Sendable {
+public struct Room: Codable, Equatable, Sendable {
     public var id: String
     public var subject: String
     public var owner: String
@@ -19,7 +19,7 @@ public struct Room: Equatable, Sendable {
     public var archived: String?
 }
 
-public struct Member: Equatable, Sendable {
+public struct Member: Codable, Equatable, Sendable {
     public var room: String
     public var user: String
     public var role: RoomRole
@@ -114,6 +114,9 @@ public struct MembershipState: Equatable, Sendable {
 
         case .revokeUser(let key):
             guard isAdmin else { throw .unauthorized("only an admin may revoke users") }
+            guard key != root else {
+                throw .unauthorized("the root admin cannot be revoked; hand the root to another admin first (unibus root rotate)")
+            }
             guard var user = users[key] else { throw .notFound("user \(key)") }
             guard user.status == .active else { throw .conflict("\(key) is already revoked") }
             user.status = .revoked
@@ -191,6 +194,64 @@ public struct MembershipState: Equatable, Sendable {
                 throw .invalid("max_rooms_per_user must be \(ClusterSettings.maxRoomsPerUserRange.lowerBound) to \(ClusterSettings.maxRoomsPerUserRange.upperBound)")
             }
             settings = newSettings
+
+        case .rotateRoot(let key):
+            guard actor == root else { throw .unauthorized("only the root admin may hand over the root") }
+            guard key != actor else { throw .conflict("\(key) is already the root admin") }
+            guard let successor = users[key], successor.status == .active, successor.role == .admin else {
+                throw .invalid("the new root must be an active admin (add it with --role admin first)")
+            }
+            root = key
+
+        case .checkpoint:
+            // A checkpoint replaces the fold's starting point; only the log
+            // (`MembershipLog`) adopts one, after checking it.
+            throw .invalid("a checkpoint is adopted by the log, not folded as a change")
+        }
+    }
+
+    /// The state as a checkpoint carries it (sorted, so the same state always
+    /// encodes to the same bytes).
+    public func checkpointState(sequence: Int, rootChain: [ChainLink]) -> CheckpointState {
+        CheckpointState(sequence: sequence, root: root ?? "", settings: settings,
+                        users: users.values.sorted { $0.key < $1.key },
+                        rooms: rooms.values.sorted { $0.id < $1.id },
+                        members: members.values.flatMap(\.values).sorted { ($0.room, $0.user) < ($1.room, $1.user) },
+                        rootChain: rootChain)
+    }
+
+    /// The state a checkpoint describes, checked as the rules would have
+    /// built it (a root-signed checkpoint is still input: nothing in it may
+    /// trap the fold or describe a state the rules could not reach).
+    public init(checkpoint: CheckpointState) throws(MembershipError) {
+        self.init(root: checkpoint.root)
+        guard ClusterSettings.maxRoomsPerUserRange.contains(checkpoint.settings.maxRoomsPerUser) else {
+            throw .invalid("checkpoint settings out of range")
+        }
+        settings = checkpoint.settings
+        for user in checkpoint.users {
+            guard (try? NKey.decodePublicKey(user.key, expecting: .user)) != nil,
+                  let exchange = try? Base64.decode(user.exchangeKey), exchange.count == 32,
+                  !user.handle.isEmpty, user.handle.count <= 64, users[user.key] == nil else {
+                throw .invalid("checkpoint user \(user.key.prefix(60)) is malformed or repeated")
+            }
+            users[user.key] = user
+        }
+        guard let rootUser = users[checkpoint.root], rootUser.role == .admin, rootUser.status == .active else {
+            throw .invalid("a checkpoint's root must be one of its active admins")
+        }
+        for room in checkpoint.rooms {
+            guard Self.isValidRoomID(room.id), Self.isValidLiteralSubject(room.subject), room.policy.problem == nil,
+                  rooms[room.id] == nil, users[room.owner] != nil else {
+                throw .invalid("checkpoint room \(room.id.prefix(64)) is malformed or repeated")
+            }
+            rooms[room.id] = room
+        }
+        for member in checkpoint.members {
+            guard rooms[member.room] != nil, users[member.user]?.status == .active, members[member.room]?[member.user] == nil else {
+                throw .invalid("checkpoint member \(member.user.prefix(60)) of \(member.room.prefix(64)) is malformed or repeated")
+            }
+            members[member.room, default: [:]][member.user] = member
         }
     }
 

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The subject namespaces no room may use, defined once. The membership
 /// rules (`MembershipState.apply`) refuse a room whose subject reaches into
 /// one of them, the authorizer builds every non-room permission from them,
@@ -45,5 +47,32 @@ public enum ReservedNamespace {
         let shorter = min(x.count, y.count)
         for index in 0..<shorter where x[index] != y[index] { return false }
         return true
+    }
+}
+
+/// What a node publishes on a member's key-delivery subject when a room's
+/// membership changed (no authority: the client syncs and verifies).
+/// Shared by the node that sends it and the client library that reads it.
+public struct MembershipNotice: Codable, Sendable {
+    public static let membersEvent = "members"
+
+    public var event: String
+    public var kind: String
+    public var room: String
+
+    public init(event: String, kind: String, room: String) {
+        self.event = event
+        self.kind = kind
+        self.room = room
+    }
+}
+
+
+extension MembershipNotice {
+    /// The notice as JSON (sorted keys).
+    public var encoded: [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? [UInt8](encoder.encode(self))) ?? []
     }
 }

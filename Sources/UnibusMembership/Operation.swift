@@ -101,6 +101,13 @@ public enum MembershipOperation: Codable, Equatable, Sendable {
     case setMemberRole(room: String, user: String, role: RoomRole)
     /// Admin only: replaces the cluster-wide settings.
     case setClusterSettings(settings: ClusterSettings)
+    /// Root only: hands the root role to another active admin (`key`).
+    /// Clients that pinned an earlier root follow the chain of these.
+    case rotateRoot(key: String)
+    /// Root only: the folded state at the operation's predecessors, which
+    /// nodes and clients start from instead of the log before it (see
+    /// `MembershipLog`).
+    case checkpoint(CheckpointState)
 
     /// A short name for logs and the operations table.
     public var kind: String {
@@ -113,18 +120,43 @@ public enum MembershipOperation: Codable, Equatable, Sendable {
         case .removeMember: return "member.remove"
         case .setMemberRole: return "member.role"
         case .setClusterSettings: return "cluster.settings"
+        case .rotateRoot: return "root.rotate"
+        case .checkpoint: return "log.checkpoint"
         }
     }
 }
 
-/// What is signed: the operation, who acts, when, and a nonce that makes
-/// two otherwise identical operations distinct.
+/// What is signed: the operation, who acts, when, the log heads the actor
+/// had seen (`parents`), and a nonce that makes two otherwise identical
+/// operations distinct.
+///
+/// Version 2 carries `parents`: the causal order is part of what the actor
+/// signs, so no node can move an operation before what it followed.
+/// Version 1 (no parents) is the log format before that; it is read only to
+/// migrate an old data directory (`unibusd migrate`).
 public struct OperationEnvelope: Codable, Equatable, Sendable {
+    public init(version: Int, actor: String, timestamp: String, nonce: String, parents: [String]?, operation: MembershipOperation) {
+        self.version = version
+        self.actor = actor
+        self.timestamp = timestamp
+        self.nonce = nonce
+        self.parents = parents
+        self.operation = operation
+    }
+
     public var version: Int
     public var actor: String
     public var timestamp: String
     public var nonce: String
+    /// Ids of the operations the actor had seen as heads, sorted and unique
+    /// (empty only for the first operation of a log). Absent in version 1.
+    public var parents: [String]?
     public var operation: MembershipOperation
+
+    public static let currentVersion = 2
+    public static let legacyVersion = 1
+    /// Most predecessors one operation may name.
+    public static let maximumParents = 64
 }
 
 /// An operation with the exact bytes that were signed and the signature.
@@ -134,16 +166,35 @@ public struct SignedOperation: Equatable, Sendable {
     public let bytes: [UInt8]
     public let signature: [UInt8]
     public let envelope: OperationEnvelope
-
     /// SHA-256 of the signed bytes, hex: the operation's identity in the log.
-    public var id: String { Hex.encode(Digest.sha256(bytes)) }
+    public let id: String
 
-    /// Signs `operation` as `identity`.
-    public static func sign(_ operation: MembershipOperation, by identity: Identity, at date: Date = Date()) -> SignedOperation {
+    /// Largest operation; checkpoints (the whole folded state) may be larger.
+    public static let maximumSize = 64 * 1024
+    public static let maximumCheckpointSize = 2 * 1024 * 1024
+
+    /// The predecessors the actor named (empty for a legacy operation).
+    public var parents: [String] { envelope.parents ?? [] }
+    public var actor: String { envelope.actor }
+    public var isLegacy: Bool { envelope.version == OperationEnvelope.legacyVersion }
+
+    /// Signs `operation` as `identity`, naming `parents` (the heads of the
+    /// log the signer holds; see `MembershipLog.heads`). Empty parents only
+    /// start a log (or serve the pure-rules tests, which have no log).
+    public static func sign(_ operation: MembershipOperation, by identity: Identity, parents: [String] = [],
+                            at date: Date = Date(), nonce: [UInt8]? = nil) -> SignedOperation {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        let envelope = OperationEnvelope(version: 1, actor: identity.userNKey, timestamp: formatter.string(from: date),
-                                         nonce: Base64.encode(Sodium.randomNonce(count: 12)), operation: operation)
+        let envelope = OperationEnvelope(version: OperationEnvelope.currentVersion, actor: identity.userNKey,
+                                         timestamp: formatter.string(from: date),
+                                         nonce: Base64.encode(nonce ?? Sodium.randomNonce(count: 12)),
+                                         parents: Array(Set(parents)).sorted(), operation: operation)
+        return signEnvelope(envelope, by: identity)
+    }
+
+    /// Signs a prepared envelope (migration signs a legacy-free checkpoint
+    /// with fixed fields, so every node migrating the same log signs the same bytes).
+    public static func signEnvelope(_ envelope: OperationEnvelope, by identity: Identity) -> SignedOperation {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         // Encoding strings, numbers and enums cannot fail.
@@ -155,22 +206,101 @@ public struct SignedOperation: Equatable, Sendable {
         self.bytes = bytes
         self.signature = signature
         self.envelope = envelope
+        self.id = Hex.encode(Digest.sha256(bytes))
     }
 
-    /// Decodes received bytes and verifies the signature against the actor's key.
+    /// Decodes received bytes and verifies the signature against the actor's
+    /// key. Version 1 (legacy) decodes too, for migration; a log refuses it.
     public init(bytes: [UInt8], signature: [UInt8]) throws(MembershipError) {
-        guard bytes.count <= 64 * 1024 else { throw .invalid("operation larger than 64 KiB") }
+        guard bytes.count <= Self.maximumCheckpointSize else { throw .invalid("operation larger than 2 MiB") }
         guard let envelope = try? JSONDecoder().decode(OperationEnvelope.self, from: Data(bytes)) else {
             throw .invalid("not a membership operation document")
         }
-        guard envelope.version == 1 else { throw .invalid("unsupported operation version \(envelope.version)") }
+        if case .checkpoint = envelope.operation {} else if bytes.count > Self.maximumSize {
+            throw .invalid("operation larger than 64 KiB")
+        }
+        switch envelope.version {
+        case OperationEnvelope.currentVersion:
+            guard let parents = envelope.parents, parents.count <= OperationEnvelope.maximumParents else {
+                throw .invalid("an operation names 0 to \(OperationEnvelope.maximumParents) predecessors (parents)")
+            }
+            guard parents.allSatisfy(Self.isOperationID), zip(parents, parents.dropFirst()).allSatisfy({ $0 < $1 }) else {
+                throw .invalid("parents must be sorted, distinct operation ids (64 lowercase hex)")
+            }
+        case OperationEnvelope.legacyVersion:
+            guard envelope.parents == nil else { throw .invalid("a version 1 operation has no parents") }
+            if case .checkpoint = envelope.operation { throw .invalid("a version 1 operation cannot be a checkpoint") }
+            if case .rotateRoot = envelope.operation { throw .invalid("a version 1 operation cannot rotate the root") }
+        default:
+            throw .invalid("unsupported operation version \(envelope.version)")
+        }
+        guard envelope.timestamp.utf8.count <= 40, envelope.nonce.utf8.count <= 64 else { throw .invalid("overlong timestamp or nonce") }
         guard let (_, key) = try? NKey.decodePublicKey(envelope.actor, expecting: .user) else {
             throw .invalid("actor \(envelope.actor.prefix(60)) is not a user nkey")
         }
         guard key.verify(signature: signature, message: bytes) else { throw .badSignature }
-        self.bytes = bytes
-        self.signature = signature
-        self.envelope = envelope
+        self.init(bytes: bytes, signature: signature, envelope: envelope)
+    }
+
+    /// Whether `text` has the form of an operation id (64 lowercase hex).
+    public static func isOperationID(_ text: some StringProtocol) -> Bool {
+        text.utf8.count == 64 && text.utf8.allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }
+    }
+
+    /// The actor's timestamp in milliseconds since the epoch, or nil when it
+    /// does not parse.
+    public var timestampMillis: UInt64? { OperationTime.millis(envelope.timestamp) }
+}
+
+/// Timestamps as operations carry them (RFC 3339 UTC with milliseconds).
+public enum OperationTime {
+    /// Milliseconds since the epoch of "2026-11-23T10:00:00.123Z" (or
+    /// without the fraction), or nil.
+    public static func millis(_ text: String) -> UInt64? {
+        guard text.utf8.count <= 40 else { return nil }
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let date = formatter.date(from: text) { return UInt64(max(0, date.timeIntervalSince1970 * 1000)) }
+        formatter.formatOptions = [.withInternetDateTime]
+        if let date = formatter.date(from: text) { return UInt64(max(0, date.timeIntervalSince1970 * 1000)) }
+        return nil
+    }
+
+    /// Now, as the control plane and key shares write it.
+    public static func now() -> String { string(Date()) }
+
+    public static func string(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.string(from: date)
+    }
+}
+
+/// How far from a node's clock an operation's signed timestamp may be when
+/// it first arrives through the control plane. Checked only there: never at
+/// merge, replay or migration, or copies of the log would stop converging.
+public enum OperationWindow {
+    /// An operation signed longer ago than this is refused (it can only get older).
+    public static let maximumAge: UInt64 = 600_000
+    /// An operation dated further ahead than this is refused, and its id is
+    /// remembered until it would have expired, so it cannot succeed later.
+    public static let maximumLead: UInt64 = 120_000
+
+    public enum Verdict: Equatable, Sendable {
+        case inside
+        case expired(ageSeconds: UInt64)
+        case early(leadSeconds: UInt64)
+        case unreadable
+    }
+
+    public static func judge(_ operation: SignedOperation, nowMillis: UInt64) -> Verdict {
+        guard let at = operation.timestampMillis else { return .unreadable }
+        if at > nowMillis {
+            let lead = at - nowMillis
+            return lead > maximumLead ? .early(leadSeconds: lead / 1000) : .inside
+        }
+        let age = nowMillis - at
+        return age > maximumAge ? .expired(ageSeconds: age / 1000) : .inside
     }
 }
 

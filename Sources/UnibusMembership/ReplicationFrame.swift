@@ -8,18 +8,19 @@ import UnibusCrypto
 /// The JSON shape (`{"t": "op", …}`) is the one nodes have spoken since
 /// replication began; see `Replicator` in UnibusNode for what each does.
 public enum ReplicationFrame: Equatable, Sendable {
-    /// The sender's log size and digest, when a link opens.
+    /// The sender's log size and digest (base and heads), when a link opens.
     case sync(count: Int, digest: String)
-    /// One chunk of the positions the sender holds; `last` ends the list.
-    case have(positions: [LogPosition], last: Bool)
-    /// One signed operation (signature verified) at its log position.
-    case operation(SignedOperation, LogPosition)
+    /// One chunk of the operation ids the sender holds; `last` ends the list.
+    case have(ids: [String], last: Bool)
+    /// One signed operation (signature verified). Its place in the log
+    /// follows from what it signs; nothing about it is the sender's to say.
+    case operation(SignedOperation)
     /// Key shares, each possibly already acknowledged (`acked`).
     case shares([ReplicatedShare])
     /// Acknowledged share ids, and when.
     case acks(ids: [String], at: String)
 
-    /// Positions in one `have` chunk, shares in one `shares` frame, ids in
+    /// Ids in one `have` chunk, shares in one `shares` frame, ids in
     /// one `acks` frame: senders split longer lists.
     public static let maximumPositions = 4000
     public static let maximumShares = 500
@@ -39,25 +40,16 @@ public enum ReplicationFrame: Equatable, Sendable {
             guard let items = wire.entries, items.count <= Self.maximumPositions else {
                 throw .malformed("have needs at most \(Self.maximumPositions) entries")
             }
-            var positions: [LogPosition] = []
-            positions.reserveCapacity(items.count)
-            for item in items {
-                let parts = item.split(separator: " ", omittingEmptySubsequences: false)
-                guard parts.count == 3, Self.isHex(parts[0], count: 64), let clock = UInt64(parts[1]), LogPosition.isValidOrigin(String(parts[2])) else {
-                    throw .malformed("a have entry must be \"ID CLOCK ORIGIN\"")
-                }
-                positions.append(LogPosition(clock: clock, origin: String(parts[2]), id: String(parts[0])))
+            guard items.allSatisfy({ SignedOperation.isOperationID($0) }) else {
+                throw .malformed("a have entry must be an operation id (64 lowercase hex)")
             }
-            self = .have(positions: positions, last: wire.last ?? false)
+            self = .have(ids: items, last: wire.last ?? false)
         case "op":
-            guard let bytesText = wire.bytes, let signatureText = wire.signature, let clockText = wire.clock,
-                  let clock = UInt64(clockText), let origin = wire.origin, LogPosition.isValidOrigin(origin),
+            guard let bytesText = wire.bytes, let signatureText = wire.signature,
                   let operationBytes = try? Base64.decode(bytesText), let signature = try? Base64.decode(signatureText) else {
-                throw .malformed("op needs bytes, signature (base64), clock and origin")
+                throw .malformed("op needs bytes and signature (base64)")
             }
-            let operation: SignedOperation
-            do { operation = try SignedOperation(bytes: operationBytes, signature: signature) } catch { throw .refused(error) }
-            self = .operation(operation, LogPosition(clock: clock, origin: origin, id: operation.id))
+            do { self = .operation(try SignedOperation(bytes: operationBytes, signature: signature)) } catch { throw .refused(error) }
         case "shares":
             guard let items = wire.shares, items.count <= Self.maximumShares else {
                 throw .malformed("shares needs at most \(Self.maximumShares) shares")
@@ -68,8 +60,12 @@ public enum ReplicationFrame: Equatable, Sendable {
                       Self.isHex(item.id, count: 64), (item.acked ?? "").utf8.count <= 64 else {
                     throw .malformed("a share needs a hex id, base64 sealed and signature, and a short acked time")
                 }
+                guard let sessionSignature = try? Base64.decode(item.session_signature ?? "") else {
+                    throw .malformed("a share's session_signature must be base64")
+                }
                 let share = KeyShare(id: item.id, room: item.room, sender: item.sender, recipient: item.recipient,
-                                     sessionID: item.session_id, sealed: sealed, signature: signature, created: item.created ?? "")
+                                     sessionID: item.session_id, sealed: sealed, signature: signature, created: item.created ?? "",
+                                     sessionSignature: sessionSignature)
                 // An acknowledged share travels without its sealed key.
                 if item.acked == nil || !sealed.isEmpty, let problem = share.fieldProblem { throw .malformed(problem) }
                 shares.append(ReplicatedShare(share: share, acked: item.acked))
@@ -93,18 +89,18 @@ public enum ReplicationFrame: Equatable, Sendable {
         switch self {
         case .sync(let count, let digest):
             wire.t = "sync"; wire.count = count; wire.digest = digest
-        case .have(let positions, let last):
+        case .have(let ids, let last):
             wire.t = "have"; wire.last = last
-            wire.entries = positions.map { "\($0.id) \($0.clock) \($0.origin)" }
-        case .operation(let operation, let position):
+            wire.entries = ids
+        case .operation(let operation):
             wire.t = "op"; wire.bytes = Base64.encode(operation.bytes); wire.signature = Base64.encode(operation.signature)
-            wire.clock = String(position.clock); wire.origin = position.origin
         case .shares(let shares):
             wire.t = "shares"
             wire.shares = shares.map { item in
                 WireShare(id: item.share.id, room: item.share.room, sender: item.share.sender, recipient: item.share.recipient,
                           session_id: item.share.sessionID, sealed: Base64.encode(item.share.sealed),
-                          signature: Base64.encode(item.share.signature), created: item.share.created, acked: item.acked)
+                          signature: Base64.encode(item.share.signature), created: item.share.created, acked: item.acked,
+                          session_signature: Base64.encode(item.share.sessionSignature))
             }
         case .acks(let ids, let at):
             wire.t = "acks"; wire.ids = ids; wire.at = at
@@ -128,8 +124,6 @@ public enum ReplicationFrame: Equatable, Sendable {
         var last: Bool?
         var bytes: String?
         var signature: String?
-        var clock: String?
-        var origin: String?
         var shares: [WireShare]?
         var ids: [String]?
         var at: String?
@@ -145,6 +139,7 @@ public enum ReplicationFrame: Equatable, Sendable {
         var signature: String
         var created: String?
         var acked: String?
+        var session_signature: String?
     }
 }
 

@@ -1,6 +1,7 @@
 import UnibusBroker
 import UnibusCrypto
 import UnibusMembership
+import UnibusMembershipStore
 
 /// The broker's authorizer backed by the node's own membership store: no
 /// other node and no quorum is consulted. Unknown or revoked keys are refused.

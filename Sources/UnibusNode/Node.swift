@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import UnibusBroker
 import UnibusCrypto
 import UnibusMembership
+import UnibusMembershipStore
 
 /// A node: the broker and the membership store it authorizes from. Every
 /// accepted membership operation, whether accepted here or replicated from
@@ -46,38 +47,48 @@ public final class Node: Sendable {
 
     public func log(_ message: String, _ fields: [String: String]) { logger(message, fields) }
 
-    /// Verifies, applies and persists `operation` (accepted by this node),
-    /// pushes it to the cluster, then brings open connections in line.
+    /// Verifies, applies and persists `operation` (accepted by this node's
+    /// control plane at `arrival`, which bounds its signed time; nil for
+    /// operations the node's own tools append), pushes it to the cluster,
+    /// then brings open connections in line.
     @discardableResult
-    public func apply(_ operation: SignedOperation) async throws(MembershipError) -> MembershipState {
+    public func apply(_ operation: SignedOperation, arrival: Date? = nil) async throws(MembershipError) -> MembershipState {
         let before = membership.snapshot
-        let state = try membership.append(operation, origin: broker.serverID)
-        if let cluster = broker.cluster, let position = membership.position(of: operation.id) {
-            cluster.broadcast(Replicator.operationFrame(operation, at: position))
-        }
+        let state = try membership.append(operation, arrival: arrival)
+        broker.cluster?.broadcast(Replicator.operationFrame(operation))
         await applyEffects(before: before, after: state, kind: operation.envelope.operation.kind)
         return state
     }
 
-    /// Merges an operation a peer accepted. Returns whether the log changed
-    /// (then it is worth relaying).
-    func merge(_ operation: SignedOperation, at position: LogPosition) async -> Bool {
+    /// Merges an operation a peer holds. Returns the operations now stored
+    /// (it and any that waited for it), which are worth relaying.
+    func merge(_ operation: SignedOperation) async -> [SignedOperation] {
         let before = membership.snapshot
         let outcome: MergeOutcome
         do {
-            outcome = try membership.merge(operation, at: position)
+            outcome = try membership.merge(operation)
         } catch {
-            log("cannot store a replicated operation", ["id": operation.id, "error": "\(error)"])
-            return false
+            refusedReplicationFrames.wrappingIncrement(ordering: .relaxed)
+            log("replicated operation refused", ["id": operation.id, "error": "\(error)"])
+            return []
         }
-        guard case .stored(let refused) = outcome else { return false }
-        if let refused {
-            log("replicated operation refused by the rules at its place in the log",
-                ["id": operation.id, "kind": operation.envelope.operation.kind, "reason": "\(refused)"])
+        let stored: [SignedOperation]
+        switch outcome {
+        case .known, .waiting:
+            return []
+        case .adopted(let replaced):
+            log("adopted a checkpoint", ["id": operation.id, "replaced": String(replaced)])
+            stored = [operation]
+        case .stored(let refused, let also):
+            if let refused {
+                log("replicated operation refused by the rules at its place in the log",
+                    ["id": operation.id, "kind": operation.envelope.operation.kind, "reason": "\(refused)"])
+            }
+            stored = [operation] + also
         }
         let after = membership.snapshot
         if after != before { await applyEffects(before: before, after: after, kind: operation.envelope.operation.kind) }
-        return true
+        return stored
     }
 
     /// Closes the connections of users who lost access, re-authorizes every
@@ -99,7 +110,7 @@ public final class Node: Sendable {
         }
         for room in rooms.sorted() where before.rooms[room] != nil {
             let recipients = Set(before.members[room].map { Array($0.keys) } ?? []).union(after.members[room].map { Array($0.keys) } ?? [])
-            let notice = Array("{\"event\":\"members\",\"kind\":\"\(kind)\",\"room\":\"\(room)\"}".utf8)
+            let notice = MembershipNotice(event: MembershipNotice.membersEvent, kind: kind, room: room).encoded
             for recipient in recipients.sorted() {
                 broker.publish(subject: ReservedNamespace.keyDeliverySubject(for: recipient), payload: notice)
             }
@@ -118,7 +129,7 @@ public final class Node: Sendable {
 
     /// Acknowledges shares fetched through this node and tells the cluster.
     public func acknowledgeKeyShares(_ ids: [String], by recipient: String) throws(MembershipError) -> Int {
-        let at = ControlTime.now()
+        let at = OperationTime.now()
         let count = try membership.acknowledgeKeyShares(ids, by: recipient, at: at)
         // Tombstones go after their retention even on a node with no peers.
         let now = Date()

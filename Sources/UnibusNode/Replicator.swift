@@ -4,18 +4,19 @@ import NIOCore
 import UnibusBroker
 import UnibusCrypto
 import UnibusMembership
+import UnibusMembershipStore
 
 /// Replication of the membership log and key shares over the route links,
 /// as `RDATA` frames (JSON objects with a type `t`):
 ///
-/// - `op`: one signed operation with its log position. Pushed by the node
-///   that accepted it to every peer, and relayed once by each node that did
-///   not hold it yet (so it also crosses a link that is down between two
-///   nodes that both reach a third).
+/// - `op`: one signed operation. Pushed by the node that accepted it to
+///   every peer, and relayed once by each node that did not hold it yet (so
+///   it also crosses a link that is down between two nodes that both reach a
+///   third). Its place in the log is what its actor signed (`parents`).
 /// - `sync` / `have`: anti-entropy when a link opens. Each side sends its
-///   log's size and digest; on a mismatch each sends the positions it holds
-///   (`have`, in chunks), and each then sends the operations the other lacks
-///   or holds at a later position. Both ends end with the union.
+///   log's size and digest (base and heads); on a mismatch each sends the
+///   ids it holds (`have`, in chunks), and each then sends the operations
+///   the other lacks, predecessors first. Both ends end with the union.
 /// - `shares` / `acks`: key shares (sealed, sender-signed) and their
 ///   acknowledgements, pushed when they happen and exchanged in full when a
 ///   link opens, so a member fetches its shares from whichever node it uses.
@@ -27,8 +28,8 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
     private let lock = NIOLock()
     private weak var _node: Node?
     private var node: Node? { lock.withLock { _node } }
-    /// Positions a peer announced in `have` chunks, until its last chunk.
-    private var incoming: [String: [String: LogPosition]] = [:]
+    /// Ids a peer announced in `have` chunks, until its last chunk.
+    private var incoming: [String: Set<String>] = [:]
     /// Peers whose `sync` (or final `have`) was answered on their current
     /// link: each is answered once per link, so a peer cannot make this node
     /// send its whole log again and again.
@@ -47,8 +48,8 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
 
     // MARK: frames
 
-    static func operationFrame(_ operation: SignedOperation, at position: LogPosition) -> [UInt8] {
-        ReplicationFrame.operation(operation, position).encoded
+    static func operationFrame(_ operation: SignedOperation) -> [UInt8] {
+        ReplicationFrame.operation(operation).encoded
     }
 
     static func sharesFrame(_ shares: [KeyShare], acked: String? = nil) -> [UInt8] {
@@ -70,7 +71,7 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
         for start in stride(from: 0, to: pending.count, by: ReplicationFrame.maximumShares) {
             link.send(Self.sharesFrame(Array(pending[start..<min(start + ReplicationFrame.maximumShares, pending.count)])))
         }
-        let now = ControlTime.now()
+        let now = OperationTime.now()
         for start in stride(from: 0, to: acknowledged.count, by: ReplicationFrame.maximumIDs) {
             link.send(Self.acksFrame(Array(acknowledged[start..<min(start + ReplicationFrame.maximumIDs, acknowledged.count)]), at: now))
         }
@@ -102,17 +103,17 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
                 node.refusedReplicationFrames.wrappingIncrement(ordering: .relaxed)
                 return
             }
-            let entries = store.logEntries()
+            let ids = store.operations().map(\.id)
             var start = 0
             repeat {
-                let end = min(start + ReplicationFrame.maximumPositions, entries.count)
-                link.send(ReplicationFrame.have(positions: entries[start..<end].map(\.position), last: end == entries.count).encoded)
+                let end = min(start + ReplicationFrame.maximumPositions, ids.count)
+                link.send(ReplicationFrame.have(ids: Array(ids[start..<end]), last: end == ids.count).encoded)
                 start = end
-            } while start < entries.count
-        case .have(let positions, let last):
-            let complete: [String: LogPosition]? = lock.withLock {
-                var held = incoming[link.peer.serverID, default: [:]]
-                for position in positions { held[position.id] = position }
+            } while start < ids.count
+        case .have(let ids, let last):
+            let complete: Set<String>? = lock.withLock {
+                var held = incoming[link.peer.serverID, default: []]
+                held.formUnion(ids)
                 if held.count > Self.maximumAnnounced {
                     incoming[link.peer.serverID] = nil
                     return nil
@@ -126,15 +127,14 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
                 return incoming.removeValue(forKey: link.peer.serverID)
             }
             guard let theirs = complete else { return }
-            // Send what the peer lacks, or holds at a later position, in log order.
-            for entry in node.membership.logEntries() {
-                if let held = theirs[entry.position.id], held <= entry.position { continue }
-                link.send(Self.operationFrame(entry.operation, at: entry.position))
+            // Send what the peer lacks, predecessors first (fold order is causal).
+            for operation in node.membership.operations() where !theirs.contains(operation.id) {
+                link.send(Self.operationFrame(operation))
             }
-        case .operation(let operation, let position):
-            if await node.merge(operation, at: position) {
+        case .operation(let operation):
+            for stored in await node.merge(operation) {
                 // Relay once: a node that reaches a peer this link's node cannot.
-                node.broker.cluster?.broadcast(Self.operationFrame(operation, at: position), except: link)
+                node.broker.cluster?.broadcast(Self.operationFrame(stored), except: link)
             }
         case .shares(let shares):
             for item in shares {
@@ -148,16 +148,8 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
                 }
             }
         case .acks(let ids, let at):
-            try? node.membership.acknowledgeReplicatedKeyShares(ids, at: at.isEmpty ? ControlTime.now() : at)
+            try? node.membership.acknowledgeReplicatedKeyShares(ids, at: at.isEmpty ? OperationTime.now() : at)
         }
     }
 }
 
-/// Timestamps as the control plane and key shares write them.
-public enum ControlTime {
-    public static func now() -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.string(from: Date())
-    }
-}

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import UnibusControl
+import UnibusControlClient
 import UnibusCrypto
 import UnibusMembership
 
@@ -45,27 +45,31 @@ struct NodeSession {
         }
     }
 
-    func get(_ path: String) async throws -> [String: Any] {
-        let response = try await call { try await session.call("GET", path) }
-        guard let json = response.json else { throw CLIError("the node's answer to GET \(path) is not JSON") }
-        return json
+    /// A signed GET whose answer is the typed message `T`.
+    func get<T: Decodable>(_ path: String, as type: T.Type) async throws -> T {
+        do { return try await session.call("GET", path, expecting: type) } catch { throw CLIError("\(error)") }
     }
 
-    /// Signs `operation` as the caller and submits it.
-    func submit(_ operation: MembershipOperation) async throws -> [String: Any] {
-        let response = try await call { try await session.submit(operation) }
-        guard let json = response.json else { throw CLIError("the node's answer is not JSON") }
-        return json
+    /// Signs `operation` as the caller (naming the node's heads) and submits it.
+    func submit(_ operation: MembershipOperation) async throws -> ControlAPI.OperationAccepted {
+        do { return try await session.submit(operation) } catch { throw CLIError("\(error)") }
     }
 
-    private func call(_ body: () async throws -> ControlClient.Response) async throws -> ControlClient.Response {
-        do { return try await body() } catch let error as ControlClient.Failure { throw CLIError(error.description) }
+    /// Submits an operation already signed.
+    func submit(_ signed: SignedOperation) async throws -> ControlAPI.OperationAccepted {
+        do { return try await session.submit(signed) } catch { throw CLIError("\(error)") }
+    }
+
+    /// The node's whole log, verified and folded here from `root`.
+    func verifiedLog(root: String) async throws -> MembershipLog {
+        do { return try await session.verifiedLog(root: root) } catch { throw CLIError("\(error)") }
     }
 }
 
-func printJSON(_ object: Any) throws {
-    let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
-    print(String(decoding: data, as: UTF8.self))
+func printJSON(_ value: some Encodable) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }
 
 /// The public keys in FILE: `unibus identity show --json` output (public
@@ -84,15 +88,15 @@ func publicKeys(from path: String) throws -> (signing: String, exchange: String)
 }
 
 /// A signing key given as a user nkey or 64 hex digits, in canonical nkey form.
-func canonicalUserKey(_ text: String) throws -> String {
+func canonicalUserKey(_ text: String, option: String = "--sign-pub") throws -> String {
     if let (_, key) = try? NKey.decodePublicKey(text, expecting: .user) { return NKey.encodePublicKey(key, type: .user) }
     if let bytes = try? Hex.decode(text), let key = Ed25519PublicKey(bytes: bytes) { return NKey.encodePublicKey(key, type: .user) }
     // Never echo what was given: it may be a secret pasted by mistake.
     if text.hasPrefix("S") {
-        throw CLIError("--sign-pub looks like a seed (a secret key, S…): pass the public key (U…) from `unibus identity show`, "
+        throw CLIError("\(option) looks like a seed (a secret key, S…): pass the public key (U…) from `unibus identity show`, "
                        + "and treat that seed as exposed if it was shared")
     }
-    throw CLIError("--sign-pub is neither a user nkey (U…) nor 64 hex digits of an Ed25519 public key")
+    throw CLIError("\(option) is neither a user nkey (U…) nor 64 hex digits of an Ed25519 public key")
 }
 
 struct UserCommand: AsyncParsableCommand {
@@ -132,11 +136,9 @@ struct UserCommand: AsyncParsableCommand {
         @OptionGroup var options: NodeOptions
 
         func run() async throws {
-            let result = try await NodeSession.open(options).get("/v1/users")
+            let result = try await NodeSession.open(options).get("/v1/users", as: ControlAPI.UsersResponse.self)
             if options.json { try printJSON(result); return }
-            for user in result["users"] as? [[String: Any]] ?? [] {
-                print("\(user["handle"] ?? "")\t\(user["role"] ?? "")\t\(user["status"] ?? "")\t\(user["key"] ?? "")")
-            }
+            for user in result.users { print("\(user.handle)\t\(user.role)\t\(user.status)\t\(user.key)") }
         }
     }
 
@@ -164,15 +166,15 @@ struct RoomCommand: AsyncParsableCommand {
         @Option(name: .long, help: "The room's id (as given to `unibus room create --id`).") var id: String
 
         func run() async throws {
-            let rooms = try await NodeSession.open(options).get("/v1/rooms")["rooms"] as? [[String: Any]] ?? []
-            guard let room = rooms.first(where: { $0["id"] as? String == id }) else { throw CLIError("no room \(id)") }
+            let rooms = try await NodeSession.open(options).get("/v1/rooms", as: ControlAPI.RoomsResponse.self).rooms
+            guard let room = rooms.first(where: { $0.id == id }) else { throw CLIError("no room \(id)") }
             if options.json { try printJSON(room); return }
-            for key in ["id", "subject", "owner", "created", "archived"] where room[key] != nil { print("\(key): \(room[key] ?? "")") }
-            for (key, value) in (room["policy"] as? [String: Any] ?? [:]).sorted(by: { $0.key < $1.key }) {
-                // JSON text, so booleans read true/false rather than 1/0.
-                let text = (try? JSONSerialization.data(withJSONObject: value, options: .fragmentsAllowed)).map { String(decoding: $0, as: UTF8.self) }
-                print("policy.\(key): \(text ?? "\(value)")")
-            }
+            print("id: \(room.id)\nsubject: \(room.subject)\nowner: \(room.owner)\ncreated: \(room.created)")
+            if let archived = room.archived { print("archived: \(archived)") }
+            let policy = room.policy
+            print("policy.compress: \(policy.compress)\npolicy.encrypt: \(policy.encrypt)\npolicy.frame_window_seconds: \(policy.frameWindowSeconds)")
+            print("policy.rotate_after_messages: \(policy.rotateAfterMessages)\npolicy.rotate_after_seconds: \(policy.rotateAfterSeconds)")
+            print("policy.sign: \(policy.sign)")
         }
     }
 
@@ -201,11 +203,9 @@ struct RoomCommand: AsyncParsableCommand {
         @OptionGroup var options: NodeOptions
 
         func run() async throws {
-            let result = try await NodeSession.open(options).get("/v1/rooms")
+            let result = try await NodeSession.open(options).get("/v1/rooms", as: ControlAPI.RoomsResponse.self)
             if options.json { try printJSON(result); return }
-            for room in result["rooms"] as? [[String: Any]] ?? [] {
-                print("\(room["id"] ?? "")\t\(room["subject"] ?? "")\t\(room["archived"] == nil ? "open" : "archived")")
-            }
+            for room in result.rooms { print("\(room.id)\t\(room.subject)\t\(room.archived == nil ? "open" : "archived")") }
         }
     }
 
@@ -226,11 +226,9 @@ struct RoomCommand: AsyncParsableCommand {
         @Option(name: .long, help: "The room's id (as given to `unibus room create --id`).") var id: String
 
         func run() async throws {
-            let result = try await NodeSession.open(options).get("/v1/rooms/\(id)/members")
+            let result = try await NodeSession.open(options).get("/v1/rooms/\(id)/members", as: ControlAPI.MembersResponse.self)
             if options.json { try printJSON(result); return }
-            for member in result["members"] as? [[String: Any]] ?? [] {
-                print("\(member["handle"] ?? "")\t\(member["role"] ?? "")\t\(member["user"] ?? "")")
-            }
+            for member in result.members { print("\(member.handle)\t\(member.role)\t\(member.user)") }
         }
     }
 
@@ -278,11 +276,8 @@ struct ClusterCommand: AsyncParsableCommand {
 
         func run() async throws {
             let session = try await NodeSession.open(options)
-            let node = try await session.get("/v1/node")
-            let current = ((node["membership"] as? [String: Any])?["settings"] as? [String: Any]) ?? [:]
-            var settings = ClusterSettings.standard
-            if let value = current["allow_unencrypted_rooms"] as? Bool { settings.allowUnencryptedRooms = value }
-            if let value = (current["max_rooms_per_user"] as? NSNumber)?.intValue { settings.maxRoomsPerUser = value }
+            let current = try await session.get("/v1/node", as: ControlAPI.NodeInfo.self).membership.settings
+            var settings = ClusterSettings(allowUnencryptedRooms: current.allowUnencryptedRooms, maxRoomsPerUser: current.maxRoomsPerUser)
             guard allowUnencryptedRooms != nil || maxRoomsPerUser != nil else {
                 if options.json { try printJSON(current) } else {
                     print("allow_unencrypted_rooms: \(settings.allowUnencryptedRooms)\nmax_rooms_per_user: \(settings.maxRoomsPerUser)")
@@ -297,7 +292,103 @@ struct ClusterCommand: AsyncParsableCommand {
                 settings.maxRoomsPerUser = maxRoomsPerUser
             }
             let result = try await session.submit(.setClusterSettings(settings: settings))
-            if options.json { try printJSON(result) } else { print("cluster settings changed (operation \(result["id"] as? String ?? "?"))") }
+            if options.json { try printJSON(result) } else { print("cluster settings changed (operation \(result.id))") }
         }
+    }
+}
+
+struct RootCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "root", abstract: "Hand the root admin role to another admin (the root only).",
+                                                    subcommands: [Rotate.self])
+
+    struct Rotate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make another active admin the root (signed by the current root, --identity).",
+            discussion: "Clients and nodes that pinned an earlier root follow the chain of hand-overs in the log. Add the new "
+                + "key as an admin first (`unibus user add --role admin`); revoke the old key afterwards if it is retired. "
+                + "If the root key is lost, see docs/cluster.md (\"Losing the root key\").")
+        @OptionGroup var options: NodeOptions
+        @Option(name: .long, help: "The next root admin's public signing key (U… nkey or hex).") var to: String
+
+        func run() async throws {
+            let key = try canonicalUserKey(to, option: "--to")
+            let result = try await NodeSession.open(options).submit(.rotateRoot(key: key))
+            if options.json { try printJSON(result) } else { print("the root admin is now \(key) (operation \(result.id))") }
+        }
+    }
+}
+
+struct LogCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "log", abstract: "Inspect and checkpoint the membership log.",
+                                                    subcommands: [Show.self, Checkpoint.self])
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Fetch the node's log, verify every operation from the pinned root here, and print the fold's summary.")
+        @OptionGroup var options: NodeOptions
+        @Option(name: .long, help: "The cluster's root admin (U… nkey) the log must start from.") var root: String
+
+        func run() async throws {
+            let root = try canonicalUserKey(root, option: "--root")
+            let log = try await NodeSession.open(options).verifiedLog(root: root)
+            let summary = LogSummary(log)
+            if options.json { try printJSON(summary); return }
+            print("operations: \(summary.operations) (\(summary.refused) refused by the rules)")
+            print("checkpoint: \(summary.checkpoint ?? "none") (sequence \(summary.checkpointSequence))")
+            print("heads: \(summary.heads.joined(separator: " "))")
+            print("root: \(summary.root)\nstate digest: \(summary.stateDigest)\nlog digest: \(summary.logDigest)")
+        }
+    }
+
+    struct Checkpoint: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Sign a checkpoint of the folded state (the root admin only).",
+            discussion: "The log is fetched and verified here from --root, and the state this tool folded (never the node's) is "
+                + "signed. Nodes and clients then start from it, and nodes drop the operations before it. Operations "
+                + "concurrent with the checkpoint are dropped everywhere: take one when the cluster is quiet, one at a time.")
+        @OptionGroup var options: NodeOptions
+        @Option(name: .long, help: "The cluster's first root admin (U… nkey), as clients pin it.") var root: String
+
+        func run() async throws {
+            let root = try canonicalUserKey(root, option: "--root")
+            let identity = try loadIdentity(options.identity)
+            let session = try await NodeSession.open(options)
+            let log = try await session.verifiedLog(root: root)
+            guard log.state.root == identity.userNKey else {
+                throw CLIError("only the root admin (\(log.state.root ?? "unknown")) may sign a checkpoint; --identity is \(identity.userNKey)")
+            }
+            let content = log.state.checkpointState(sequence: log.baseSequence + 1, rootChain: log.rootChain)
+            let signed = SignedOperation.sign(.checkpoint(content), by: identity, parents: log.heads)
+            guard signed.bytes.count <= SignedOperation.maximumCheckpointSize else {
+                throw CLIError("the state is \(signed.bytes.count) bytes, over the \(SignedOperation.maximumCheckpointSize)-byte checkpoint limit")
+            }
+            let result = try await session.submit(signed)
+            if options.json { try printJSON(result) } else {
+                print("checkpoint \(content.sequence) signed (operation \(result.id)); \(log.count) operations summarized")
+            }
+        }
+    }
+}
+
+/// What `unibus log show` prints.
+struct LogSummary: Encodable {
+    var operations: Int
+    var refused: Int
+    var checkpoint: String?
+    var checkpointSequence: Int
+    var heads: [String]
+    var root: String
+    var stateDigest: String
+    var logDigest: String
+
+    init(_ log: MembershipLog) {
+        operations = log.count
+        refused = log.refused.count
+        checkpoint = log.base?.id
+        checkpointSequence = log.baseSequence
+        heads = log.heads
+        root = log.state.root ?? ""
+        stateDigest = log.state.digest
+        logDigest = log.digest
     }
 }

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
 import UnibusClient
-import UnibusControl
+import UnibusControlClient
 import UnibusCrypto
 import UnibusMembership
 import UnibusWire
@@ -26,6 +26,12 @@ struct PeerOptions: ParsableArguments {
     @Option(name: .long, help: "The private key of --cert.")
     var key: String?
 
+    @Option(name: .long, help: "The cluster's root admin (U… nkey, from whoever ran `unibusd init`). Required: membership is verified from it, never taken from a node.")
+    var root: String
+
+    @Option(name: .long, help: "Keep the verified membership log in this directory between runs (default: memory only).")
+    var stateDir: String?
+
     /// --cert and --key together, or neither.
     func clientCertificate() throws -> ClientCertificate? {
         switch (cert, key) {
@@ -36,8 +42,17 @@ struct PeerOptions: ParsableArguments {
     }
 
     func connect(name: String) async throws -> UnibusClient {
-        var configuration = UnibusClient.Configuration(identity: try loadIdentity(identity), dataPlane: server, controlPlane: node, caPath: ca)
+        try await connect(identity: try loadIdentity(identity), dataPlane: server, name: name)
+    }
+
+    /// A client for `identity` with these options (the pinned root, CA,
+    /// certificate and state directory).
+    func connect(identity: Identity, dataPlane: [String], name: String) async throws -> UnibusClient {
+        var configuration = UnibusClient.Configuration(identity: identity, dataPlane: dataPlane, controlPlane: node,
+                                                       root: try canonicalUserKey(root, option: "--root"), caPath: ca)
         configuration.clientCertificate = try clientCertificate()
+        configuration.stateDirectory = stateDir
+        configuration.warn = { printWarning($0) }
         configuration.name = name
         do {
             return try await UnibusClient.connect(configuration)
@@ -138,10 +153,8 @@ struct CheckCommand: AsyncParsableCommand {
             probe = try await ProbeRoom.prepare(kind: mode == .loop ? "l" : "g", owner: client, policy: policy)
             if let subscriberIdentity {
                 let identity = try loadIdentity(subscriberIdentity)
-                var configuration = UnibusClient.Configuration(identity: identity, dataPlane: subscriberServer.isEmpty ? peer.server : subscriberServer,
-                                                               controlPlane: peer.node, caPath: peer.ca)
-                configuration.name = "unibus-check-subscriber"
-                reader = try await UnibusClient.connect(configuration)
+                reader = try await peer.connect(identity: identity, dataPlane: subscriberServer.isEmpty ? peer.server : subscriberServer,
+                                                name: "unibus-check-subscriber")
                 try await probe.settle(owner: client, members: [reader])
                 messages = try await reader.join(probe.id)
                 try await client.openForSending(probe.id)
@@ -384,6 +397,8 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(name: .long, help: "CA certificate for TLS.") var ca: String?
     @Option(name: .long, help: "A client certificate (PEM) for nodes run with --tls-client-ca, with --key.") var cert: String?
     @Option(name: .long, help: "The private key of --cert.") var key: String?
+    @Option(name: .long, help: "The cluster's root admin (U… nkey). Required: membership is verified from it, never taken from a node.")
+    var root: String
 
     private func clientCertificate() throws -> ClientCertificate? {
         switch (cert, key) {
@@ -396,8 +411,10 @@ struct DemoCommand: AsyncParsableCommand {
     func run() async throws {
         func connect(_ path: String, _ name: String) async throws -> (UnibusClient, Identity) {
             let identity = try loadIdentity(path)
-            var configuration = UnibusClient.Configuration(identity: identity, dataPlane: [server], controlPlane: [node], caPath: ca)
+            var configuration = UnibusClient.Configuration(identity: identity, dataPlane: [server], controlPlane: [node],
+                                                           root: try canonicalUserKey(root, option: "--root"), caPath: ca)
             configuration.clientCertificate = try clientCertificate()
+            configuration.warn = { printWarning($0) }
             configuration.name = name
             do { return (try await UnibusClient.connect(configuration), identity) } catch { throw CLIError("\(error)") }
         }
@@ -462,4 +479,9 @@ struct DemoCommand: AsyncParsableCommand {
         await alice.close()
         await bob.close()
     }
+}
+
+/// A warning from the client library, on standard error.
+func printWarning(_ message: String) {
+    FileHandle.standardError.write(Data("warning: \(message)\n".utf8))
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import UnibusCrypto
 import UnibusMembership
+import UnibusMembershipStore
 
 /// `unibusd init`: the offline bootstrap of a node's data directory with its
 /// first admin (the node must not be running). Every later change goes
@@ -63,8 +64,9 @@ struct Init: ParsableCommand {
             }
             throw CLIFailure("\(dataDir) is already initialised (\(store.snapshot.users.count) users); add admins through the running node")
         }
+        // The log's first operation names no predecessors.
         let genesis = SignedOperation.sign(.addUser(key: admin.userNKey, exchangeKey: Base64.encode(admin.keyExchange.publicKey.bytes),
-                                                    handle: handle, role: .admin), by: admin)
+                                                    handle: handle, role: .admin), by: admin, parents: [])
         do {
             try store.append(genesis)
         } catch {

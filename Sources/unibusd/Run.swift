@@ -6,6 +6,7 @@ import UnibusBroker
 import UnibusCrypto
 import UnibusControl
 import UnibusMembership
+import UnibusMembershipStore
 import UnibusNode
 import NIOSSL
 

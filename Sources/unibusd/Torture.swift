@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import UnibusCrypto
 import UnibusMembership
+import UnibusMembershipStore
 
 /// `unibusd debug append-forever`: appends membership operations as the
 /// admin until killed, printing `acked N` after each durable append. The
@@ -42,7 +43,7 @@ struct Debug: ParsableCommand {
                 ]
                 for operation in operations {
                     do {
-                        try store.append(.sign(operation, by: admin))
+                        try store.append(store.signed(operation, by: admin))
                     } catch {
                         throw CLIFailure("\(error)")
                     }

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import UnibusMembership
+import UnibusMembershipStore
 
 /// kill -9 in the middle of membership writes: every acknowledged operation
 /// survives, and the reopened store's tables are the fold of its log.

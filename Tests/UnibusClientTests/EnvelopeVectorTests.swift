@@ -1,4 +1,5 @@
 import Testing
+import UnibusControlClient
 import UnibusCrypto
 import UnibusWire
 

@@ -1,8 +1,10 @@
 import Foundation
 import Testing
 @testable import UnibusClient
+import UnibusControlClient
 import UnibusCrypto
 import UnibusMembership
+import UnibusMembershipStore
 import UnibusWire
 
 /// The frame cryptography alone: two or three keyrings, no node.
@@ -34,7 +36,7 @@ struct KeyringTests {
                 let share = sender.share(outbound, room: "ops", recipient: identity.userNKey, exchangeKey: identity.keyExchange.publicKey)
                 #expect(throws: Never.self) {
                     try keyring.acceptShare(room: "ops", sender: alice.userNKey, sessionID: outbound.session.sessionID,
-                                            sealed: share.sealed, signature: share.signature)
+                                            sealed: share.sealed, signature: share.signature, sessionSignature: sender.ownerSignature(outbound, room: "ops"))
                 }
             }
         }
@@ -112,14 +114,14 @@ struct KeyringTests {
         let fresh = sender.rotate(room: "ops", now: now)
         let share = sender.share(fresh, room: "ops", recipient: bob.userNKey, exchangeKey: bob.keyExchange.publicKey)
         bobRing.setRoom(room(), members: [alice.userNKey, bob.userNKey])
-        try bobRing.acceptShare(room: "ops", sender: alice.userNKey, sessionID: fresh.session.sessionID, sealed: share.sealed, signature: share.signature)
+        try bobRing.acceptShare(room: "ops", sender: alice.userNKey, sessionID: fresh.session.sessionID, sealed: share.sealed, signature: share.signature, sessionSignature: sender.ownerSignature(fresh, room: "ops"))
         let after = try seal(sender, "after")
         #expect(throws: Never.self) { try bobRing.open(after, room: "ops", now: now).get() }
         #expect(rejection(carolRing.open(after, room: "ops", now: now)) == .unknownSession)
         // A share for Bob is useless to Carol even if she obtains it: it names
         // Bob as its recipient (and is sealed to his key).
         #expect(throws: KeyShareError.badSignature) {
-            try carolRing.acceptShare(room: "ops", sender: alice.userNKey, sessionID: fresh.session.sessionID, sealed: share.sealed, signature: share.signature)
+            try carolRing.acceptShare(room: "ops", sender: alice.userNKey, sessionID: fresh.session.sessionID, sealed: share.sealed, signature: share.signature, sessionSignature: sender.ownerSignature(fresh, room: "ops"))
         }
     }
 
@@ -208,14 +210,52 @@ struct KeyringTests {
         // Signed for Carol, replayed to Bob: the signature binds the recipient.
         #expect(throws: KeyShareError.badSignature) {
             try receiver.acceptShare(room: "ops", sender: alice.userNKey, sessionID: outbound.session.sessionID,
-                                     sealed: forCarol.sealed, signature: forCarol.signature)
+                                     sealed: forCarol.sealed, signature: forCarol.signature, sessionSignature: sender.ownerSignature(outbound, room: "ops"))
         }
         receiver.setRoom(room(), members: [bob.userNKey])
         let forBob = sender.share(outbound, room: "ops", recipient: bob.userNKey, exchangeKey: bob.keyExchange.publicKey)
         #expect(throws: KeyShareError.senderNotMember) {
             try receiver.acceptShare(room: "ops", sender: alice.userNKey, sessionID: outbound.session.sessionID,
-                                     sealed: forBob.sealed, signature: forBob.signature)
+                                     sealed: forBob.sealed, signature: forBob.signature, sessionSignature: sender.ownerSignature(outbound, room: "ops"))
         }
+    }
+
+    /// A member who holds another member's session must not be able to share
+    /// it under its own name: the session's own key names its creator, so
+    /// Carol cannot make Bob attribute Alice's frames to her.
+    @Test func aSessionCannotBeResharedUnderAnotherName() throws {
+        let members: Set<String> = [alice.userNKey, bob.userNKey, carol.userNKey]
+        let sender = RoomKeyring(identity: alice)
+        sender.setRoom(room(), members: members)
+        let outbound = sender.rotate(room: "ops", now: now)
+        // Carol got Alice's session key (a member does) and re-shares it to
+        // Bob, signing the share herself and reusing Alice's session signature.
+        let carolRing = RoomKeyring(identity: carol)
+        carolRing.setRoom(room(), members: members)
+        let key = outbound.session.sessionKey.bytes
+        let sealed = SealedBox.seal(key, to: bob.keyExchange.publicKey)
+        let signature = carol.sign(KeyShare.signedBytes(room: "ops", sessionID: outbound.session.sessionID, recipient: bob.userNKey, sealed: sealed))
+        let receiver = RoomKeyring(identity: bob)
+        receiver.setRoom(room(), members: members)
+        #expect(throws: KeyShareError.notSessionOwner) {
+            try receiver.acceptShare(room: "ops", sender: carol.userNKey, sessionID: outbound.session.sessionID, sealed: sealed,
+                                     signature: signature, sessionSignature: sender.ownerSignature(outbound, room: "ops"))
+        }
+        // Nor with a made-up session signature of her own.
+        #expect(throws: KeyShareError.notSessionOwner) {
+            try receiver.acceptShare(room: "ops", sender: carol.userNKey, sessionID: outbound.session.sessionID, sealed: sealed,
+                                     signature: signature, sessionSignature: carol.sign(KeyShare.ownerStatement(
+                                         room: "ops", sessionID: outbound.session.sessionID, owner: carol.userNKey)))
+        }
+        // So Alice's frames relabelled as Carol's have no session at Bob.
+        let frame = try sender.seal(room: "ops", contentType: "text/plain", body: Array("from alice".utf8), now: now)
+        var relabelled = frame
+        let aliceKey = alice.signing.publicKey.bytes, carolKey = carol.signing.publicKey.bytes
+        if let start = (0...(frame.count - 32)).first(where: { Array(frame[$0..<($0 + 32)]) == aliceKey }) {
+            relabelled.replaceSubrange(start..<(start + 32), with: carolKey)
+        }
+        #expect(relabelled != frame)
+        #expect(rejection(receiver.open(relabelled, room: "ops", now: now)) == .unknownSession)
     }
 
     @Test func replayWindowSlides() {

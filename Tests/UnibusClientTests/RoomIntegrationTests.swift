@@ -1,8 +1,10 @@
 import Foundation
 import Testing
 import UnibusClient
+import UnibusControlClient
 import UnibusCrypto
 import UnibusMembership
+import UnibusMembershipStore
 import UnibusWire
 
 /// Clients in rooms through a real in-process node (broker, membership,

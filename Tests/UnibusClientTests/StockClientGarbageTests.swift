@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import UnibusClient
+import UnibusControlClient
 import UnibusCrypto
 
 /// A stock NATS client (nats-py, authenticated with a member's nkey seed)

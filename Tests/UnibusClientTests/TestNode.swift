@@ -4,8 +4,10 @@ import NIOPosix
 import UnibusBroker
 import UnibusClient
 import UnibusControl
+import UnibusControlClient
 import UnibusCrypto
 import UnibusMembership
+import UnibusMembershipStore
 import UnibusNode
 
 func addUserOperation(_ user: Identity, handle: String, role: UserRole = .member) -> MembershipOperation {
@@ -31,13 +33,13 @@ final class TestNode: @unchecked Sendable {
 
     init(allowsUnencryptedRooms: Bool = true) async throws {
         store = try MembershipStore(directory: NSTemporaryDirectory() + "unibus-client-\(UUID().uuidString)")
-        try store.append(.sign(addUserOperation(admin, handle: "root", role: .admin), by: admin))
+        try store.append(store.signed(addUserOperation(admin, handle: "root", role: .admin), by: admin))
         for (user, handle) in [(alice, "alice"), (bob, "bob"), (carol, "carol")] {
-            try store.append(.sign(addUserOperation(user, handle: handle), by: admin))
+            try store.append(store.signed(addUserOperation(user, handle: handle), by: admin))
         }
         if allowsUnencryptedRooms {
             // A cluster-wide, admin-signed setting in the log (off by default).
-            try store.append(.sign(.setClusterSettings(settings: ClusterSettings(allowUnencryptedRooms: true, maxRoomsPerUser: 100)), by: admin))
+            try store.append(store.signed(.setClusterSettings(settings: ClusterSettings(allowUnencryptedRooms: true, maxRoomsPerUser: 100)), by: admin))
         }
         (broker, node, control) = try await Self.start(store: store, port: 0, controlPort: 0)
         port = broker.port ?? 0
@@ -59,7 +61,7 @@ final class TestNode: @unchecked Sendable {
     }
 
     func client(_ identity: Identity, configure: (inout UnibusClient.Configuration) -> Void = { _ in }) async throws -> UnibusClient {
-        var configuration = UnibusClient.Configuration(identity: identity, dataPlane: [dataURL], controlPlane: [controlURL])
+        var configuration = UnibusClient.Configuration(identity: identity, dataPlane: [dataURL], controlPlane: [controlURL], root: admin.userNKey)
         configure(&configuration)
         return try await UnibusClient.connect(configuration)
     }

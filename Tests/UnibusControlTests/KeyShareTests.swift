@@ -2,8 +2,10 @@ import Foundation
 import Testing
 import UnibusBroker
 import UnibusControl
+import UnibusControlClient
 import UnibusCrypto
 import UnibusMembership
+import UnibusMembershipStore
 import UnibusNode
 import UnibusTestSupport
 
@@ -25,10 +27,10 @@ struct KeyShareTests {
         let store = try MembershipStore(directory: NSTemporaryDirectory() + "unibus-keys-\(UUID().uuidString)")
         for operation in [addUser(admin, handle: "root", role: .admin), addUser(alice, handle: "alice"), addUser(bob, handle: "bob"),
                           addUser(outsider, handle: "outsider")] {
-            try store.append(.sign(operation, by: admin))
+            try store.append(store.signed(operation, by: admin))
         }
-        try store.append(.sign(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: alice))
-        try store.append(.sign(.addMember(room: "ops", user: bob.userNKey, role: .member), by: alice))
+        try store.append(store.signed(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: alice))
+        try store.append(store.signed(.addMember(room: "ops", user: bob.userNKey, role: .member), by: alice))
         var configuration = BrokerConfiguration()
         configuration.port = 0
         configuration.authorizer = Node.authorizer(for: store)
@@ -38,10 +40,29 @@ struct KeyShareTests {
         return (node, ControlPlane(node: node), port)
     }
 
+    /// A session's signing key for a test label ("S1"): its id is the public
+    /// key, as for a real Megolm session. Other text is used as the id itself.
+    private static func sessionKey(_ label: String) -> Ed25519KeyPair? {
+        guard label.hasPrefix("S"), label.utf8.count < 8 else { return nil }
+        return Ed25519KeyPair(seed: Digest.sha256(Array(label.utf8)))
+    }
+
+    private static func sid(_ label: String) -> String {
+        sessionKey(label).map { Base64.encode($0.publicKey.bytes) } ?? label
+    }
+
+    /// A submission body: the session id and the session's own signature that
+    /// `owner` created it in `room`.
+    private func body(_ label: String, owner: Identity, room: String = "ops", shares: [[String: Any]]) -> [String: Any] {
+        let id = Self.sid(label)
+        let signature = Self.sessionKey(label)?.sign(KeyShare.ownerStatement(room: room, sessionID: id, owner: owner.userNKey)) ?? [UInt8](repeating: 0, count: 64)
+        return ["session_id": id, "session_signature": Base64.encode(signature), "shares": shares]
+    }
+
     private func share(from sender: Identity, to recipient: Identity, room: String = "ops", session: String = "S1",
                        sealedTo: X25519PublicKey? = nil) -> [String: Any] {
         let sealed = SealedBox.seal(Array("megolm session key".utf8), to: sealedTo ?? recipient.keyExchange.publicKey)
-        let signature = sender.sign(KeyShare.signedBytes(room: room, sessionID: session, recipient: recipient.userNKey, sealed: sealed))
+        let signature = sender.sign(KeyShare.signedBytes(room: room, sessionID: Self.sid(session), recipient: recipient.userNKey, sealed: sealed))
         return ["recipient": recipient.userNKey, "sealed": Base64.encode(sealed), "signature": Base64.encode(signature)]
     }
 
@@ -67,9 +88,9 @@ struct KeyShareTests {
         listener.clear()
 
         let (status, reply) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice,
-                                         body: ["session_id": "S1", "shares": [share(from: alice, to: bob)]])
+                                         body: body("S1", owner: alice, shares: [share(from: alice, to: bob)]))
         #expect(status == 200, "\(reply)")
-        let notice = listener.read(until: "\"session_id\":\"S1\"")
+        let notice = listener.read(until: "\"session_id\":\"\(Self.sid("S1"))\"")
         #expect(notice.contains("MSG unibus.keys.\(bob.userNKey) 1"), "\(notice)")
 
         let (pendingStatus, pending) = await call(plane, "GET", "/v1/key-shares", as: bob)
@@ -91,27 +112,32 @@ struct KeyShareTests {
     @Test func sharesOnlyBetweenCurrentMembersAndSignedBySender() async throws {
         let (node, plane, _) = try await makeNode()
         let (toOutsider, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice,
-                                         body: ["session_id": "S1", "shares": [share(from: alice, to: outsider)]])
+                                         body: body("S1", owner: alice, shares: [share(from: alice, to: outsider)]))
         #expect(toOutsider == 403)
         let (fromOutsider, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: outsider,
-                                           body: ["session_id": "S1", "shares": [share(from: outsider, to: bob)]])
+                                           body: body("S1", owner: outsider, shares: [share(from: outsider, to: bob)]))
         #expect(fromOutsider == 403)
         let (forged, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice,
-                                     body: ["session_id": "S1", "shares": [share(from: bob, to: bob)]])
+                                     body: body("S1", owner: alice, shares: [share(from: bob, to: bob)]))
         #expect(forged == 401, "a share must be signed by the sender who submits it")
         let (otherRoom, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice,
-                                        body: ["session_id": "S1", "shares": [share(from: alice, to: bob, room: "elsewhere")]])
+                                        body: body("S1", owner: alice, shares: [share(from: alice, to: bob, room: "elsewhere")]))
         #expect(otherRoom == 401, "the signature binds the room")
+        // A session whose own key does not name the sender as its creator:
+        // another member re-sharing it under its name.
+        let (reshared, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: bob,
+                                       body: body("S1", owner: alice, shares: [share(from: bob, to: alice)]))
+        #expect(reshared == 403, "only a session's creator may share it")
         let (malformed, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice, body: ["shares": "nope"])
         #expect(malformed == 400)
         // A session id of 64 characters but thousands of bytes (one a peer's
         // replication decoder would refuse) is refused here too.
         let wide = String(repeating: "\u{1F600}", count: 64)
         let (wideStatus, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice,
-                                         body: ["session_id": wide, "shares": [share(from: alice, to: bob, session: wide)]])
+                                         body: body(wide, owner: alice, shares: [share(from: alice, to: bob, session: wide)]))
         #expect(wideStatus == 400)
         let (oddStatus, _) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice,
-                                        body: ["session_id": "a b", "shares": [share(from: alice, to: bob, session: "a b")]])
+                                        body: body("a b", owner: alice, shares: [share(from: alice, to: bob, session: "a b")]))
         #expect(oddStatus == 400)
         let (_, pending) = await call(plane, "GET", "/v1/key-shares", as: bob)
         #expect((pending["key_shares"] as? [Any])?.isEmpty == true, "nothing was stored")
@@ -124,7 +150,7 @@ struct KeyShareTests {
         let (node, plane, _) = try await makeNode()
         for batch in 0..<3 {
             let shares = (0..<250).map { _ in share(from: alice, to: bob, session: "S\(batch)") }
-            let (status, reply) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice, body: ["session_id": "S\(batch)", "shares": shares])
+            let (status, reply) = await call(plane, "POST", "/v1/rooms/ops/key-shares", as: alice, body: body("S\(batch)", owner: alice, shares: shares))
             #expect(status == 200, "\(reply)")
         }
         var seen: [String] = []

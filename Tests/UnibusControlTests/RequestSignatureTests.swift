@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import UnibusControl
+import UnibusControlClient
 import UnibusCrypto
 
 @Suite("Signed control-plane requests")

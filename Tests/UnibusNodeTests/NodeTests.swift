@@ -3,6 +3,7 @@ import Testing
 import UnibusBroker
 import UnibusCrypto
 import UnibusMembership
+import UnibusMembershipStore
 import UnibusTestSupport
 @testable import UnibusNode
 
@@ -20,12 +21,12 @@ struct NodeTests {
 
     private func makeNode() async throws -> (Node, Int) {
         let store = try MembershipStore(directory: NSTemporaryDirectory() + "unibus-node-\(UUID().uuidString)")
-        try store.append(.sign(addUser(admin, handle: "root", role: .admin), by: admin))
-        try store.append(.sign(addUser(alice, handle: "alice"), by: admin))
-        try store.append(.sign(addUser(bob, handle: "bob"), by: admin))
-        try store.append(.sign(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: admin))
-        try store.append(.sign(.createRoom(id: "hr", subject: "rooms.hr", policy: RoomPolicy()), by: admin))
-        try store.append(.sign(.addMember(room: "ops", user: alice.userNKey, role: .member), by: admin))
+        try store.append(store.signed(addUser(admin, handle: "root", role: .admin), by: admin))
+        try store.append(store.signed(addUser(alice, handle: "alice"), by: admin))
+        try store.append(store.signed(addUser(bob, handle: "bob"), by: admin))
+        try store.append(store.signed(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: admin))
+        try store.append(store.signed(.createRoom(id: "hr", subject: "rooms.hr", policy: RoomPolicy()), by: admin))
+        try store.append(store.signed(.addMember(room: "ops", user: alice.userNKey, role: .member), by: admin))
         var configuration = BrokerConfiguration()
         configuration.port = 0
         configuration.authorizer = Node.authorizer(for: store)
@@ -79,7 +80,7 @@ struct NodeTests {
         let (node, port) = try await makeNode()
         let client = try login(alice, port: port)
         client.read(until: "PONG")
-        try await node.apply(.sign(.addMember(room: "hr", user: alice.userNKey, role: .member), by: admin))
+        try await node.apply(node.membership.signed(.addMember(room: "hr", user: alice.userNKey, role: .member), by: admin))
         client.clear()
         client.send("SUB rooms.hr 7\r\nPUB rooms.hr 2\r\nok\r\nPING\r\n")
         let text = client.read(until: "PONG")
@@ -87,7 +88,7 @@ struct NodeTests {
         #expect(!text.contains("-ERR"))
 
         // Removal takes the subscription away, again without reconnecting.
-        try await node.apply(.sign(.removeMember(room: "hr", user: alice.userNKey), by: admin))
+        try await node.apply(node.membership.signed(.removeMember(room: "hr", user: alice.userNKey), by: admin))
         client.clear()
         client.send("PUB rooms.hr 1\r\nx\r\nPING\r\n")
         #expect(client.read(until: "PONG").contains("Permissions Violation for Publish to \"rooms.hr\""))
@@ -100,7 +101,7 @@ struct NodeTests {
         let second = try login(bob, port: port)
         first.read(until: "PONG")
         second.read(until: "PONG")
-        try await node.apply(.sign(.revokeUser(key: bob.userNKey), by: admin))
+        try await node.apply(node.membership.signed(.revokeUser(key: bob.userNKey), by: admin))
         // Closed by the node itself, with no traffic from the clients: each read
         // is bounded (a wall-clock target belongs in a benchmark, not a test).
         #expect(first.read(until: "Violation", timeout: 2).contains("Authorization Violation"))

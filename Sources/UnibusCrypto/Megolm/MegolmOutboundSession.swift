@@ -21,6 +21,15 @@ public final class MegolmOutboundSession {
         exhausted = state.exhausted
     }
 
+    /// Signs a statement about the session with its own Ed25519 key (Unibus
+    /// binds a session to its creator this way). Refuses messages that start
+    /// like a Megolm message (0x03) or session key (0x02), so no statement
+    /// can ever be taken for either.
+    public func signStatement(_ message: [UInt8]) -> [UInt8]? {
+        guard let first = message.first, first != 0x02, first != 0x03 else { return nil }
+        return signing.sign(message)
+    }
+
     /// The session id: the signing public key in unpadded base64.
     public var sessionID: String { Base64.encode(signing.publicKey.bytes) }
 

@@ -4,6 +4,7 @@ import Foundation
 import UnibusClient
 import UnibusCrypto
 import UnibusMembership
+import UnibusMembershipStore
 import UnibusWire
 
 /// Benchmarks of the client library's frame path, driven by `client.py`.

@@ -9,13 +9,13 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
 /// A minimal wrapper over the SQLite C API: one connection, prepared
 /// statements with positional binding, and transactions. Not thread-safe;
 /// `MembershipStore` serialises access.
-final class SQLiteDatabase {
+public final class SQLiteDatabase {
     private var handle: OpaquePointer?
-    let path: String
+    public let path: String
 
     /// Opens (creating if needed) the database with WAL and full fsync, so a
     /// committed transaction survives kill -9 and power loss.
-    init(path: String) throws {
+    public init(path: String) throws {
         self.path = path
         // Create the file 0600 before SQLite opens it (its -wal and -shm
         // files take the database file's mode): never readable by others,
@@ -50,7 +50,7 @@ final class SQLiteDatabase {
     private var message: String { String(cString: sqlite3_errmsg(handle)) }
 
     /// Runs SQL that returns no rows we need (may hold several statements).
-    func execute(_ sql: String) throws {
+    public func execute(_ sql: String) throws {
         var error: UnsafeMutablePointer<CChar>?
         guard sqlite3_exec(handle, sql, nil, nil, &error) == SQLITE_OK else {
             let text = error.map { String(cString: $0) } ?? message
@@ -59,7 +59,7 @@ final class SQLiteDatabase {
         }
     }
 
-    enum Value: Equatable {
+    public enum Value: Equatable, Sendable {
         case integer(Int64)
         case text(String)
         case blob([UInt8])
@@ -68,7 +68,7 @@ final class SQLiteDatabase {
 
     /// Runs one statement with positional parameters; returns all rows.
     @discardableResult
-    func query(_ sql: String, _ parameters: [Value] = []) throws -> [[Value]] {
+    public func query(_ sql: String, _ parameters: [Value] = []) throws -> [[Value]] {
         var statement: OpaquePointer?
         guard sqlite3_prepare_v2(handle, sql, -1, &statement, nil) == SQLITE_OK else {
             throw DatabaseError(description: "\(message) (in: \(sql.prefix(80)))")
@@ -114,7 +114,7 @@ final class SQLiteDatabase {
     }
 
     /// Runs `body` in an IMMEDIATE transaction; rolls back if it throws.
-    func transaction<T>(_ body: () throws -> T) throws -> T {
+    public func transaction<T>(_ body: () throws -> T) throws -> T {
         try execute("BEGIN IMMEDIATE")
         do {
             let result = try body()
@@ -126,7 +126,7 @@ final class SQLiteDatabase {
         }
     }
 
-    var userVersion: Int {
+    public var userVersion: Int {
         get throws {
             if case .integer(let value)? = try query("PRAGMA user_version").first?.first { return Int(value) }
             return 0
@@ -135,7 +135,7 @@ final class SQLiteDatabase {
 }
 
 extension SQLiteDatabase.Value {
-    var text: String? { if case .text(let value) = self { return value } else { return nil } }
-    var integer: Int64? { if case .integer(let value) = self { return value } else { return nil } }
-    var blob: [UInt8]? { if case .blob(let value) = self { return value } else { return nil } }
+    public var text: String? { if case .text(let value) = self { return value } else { return nil } }
+    public var integer: Int64? { if case .integer(let value) = self { return value } else { return nil } }
+    public var blob: [UInt8]? { if case .blob(let value) = self { return value } else { return nil } }
 }

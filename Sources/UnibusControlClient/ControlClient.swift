@@ -9,16 +9,31 @@ import UnibusMembership
 /// A small HTTPS client for the control plane, used by the `unibus` CLI and
 /// tests. TLS trusts only the pinned CA; plain HTTP only to loopback.
 public final class ControlClient: Sendable {
+    /// A control-plane call that failed: `status` is the node's HTTP status
+    /// when it answered with an error, nil when it could not be reached or
+    /// its answer was cut off or not understood.
     public struct Failure: Error, CustomStringConvertible, Sendable {
         public let description: String
+        public let status: Int?
+        /// The connection closed before a whole answer arrived.
+        public let incomplete: Bool
+
+        public init(description: String, status: Int? = nil, incomplete: Bool = false) {
+            self.description = description
+            self.status = status
+            self.incomplete = incomplete
+        }
     }
 
     public struct Response: Sendable {
         public let status: Int
         public let body: [UInt8]
-        public var json: [String: Any]? { try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] }
+        /// The body as a typed message, or nil when it is not one.
+        public func decode<T: Decodable>(_ type: T.Type) -> T? { ControlAPI.decode(type, from: body) }
         /// The server's `{"error": "..."}` text, or the raw body.
-        public var errorText: String { (json?["error"] as? String) ?? String(decoding: body, as: UTF8.self) }
+        public var errorText: String {
+            decode(ControlAPI.ErrorBody.self)?.error ?? String(decoding: body.prefix(512), as: UTF8.self)
+        }
     }
 
     public let host: String
@@ -116,7 +131,7 @@ public final class ControlClient: Sendable {
         } catch {
             try? await channel.close()
             var reason = ConnectionDiagnosis.describe(error, address: "\(host):\(port)", plane: "control plane", caPath: caPath)
-            if tls == nil, "\(error)".contains("closed before a complete answer") {
+            if tls == nil, (error as? Failure)?.incomplete == true {
                 reason += " (if the node serves https, use https:// and --ca)"
             }
             throw Failure(description: "the control plane did not answer: " + reason)
@@ -162,7 +177,7 @@ private final class ResponseCollector: ChannelInboundHandler, @unchecked Sendabl
 
     func channelInactive(context: ChannelHandlerContext) {
         // Closed before a whole answer arrived: fail rather than wait forever.
-        finish(.failure(ControlClient.Failure(description: "the connection closed before a complete answer")))
+        finish(.failure(ControlClient.Failure(description: "the connection closed before a complete answer", incomplete: true)))
         context.fireChannelInactive()
     }
 
@@ -188,7 +203,7 @@ public struct ControlSession: Sendable {
                             clientCertificate: ClientCertificate? = nil) async throws -> ControlSession {
         let client = try ControlClient(url: url, caPath: caPath, clientCertificate: clientCertificate)
         let info = try await client.request("GET", "/v1/node")
-        guard info.status == 200, let nodeID = info.json?["node_id"] as? String else {
+        guard info.status == 200, let nodeID = info.decode(ControlAPI.NodeInfo.self)?.nodeID else {
             throw ControlClient.Failure(description: "\(url) did not identify itself as a Unibus node (\(info.status): \(info.errorText))")
         }
         return ControlSession(client: client, identity: identity, nodeID: nodeID, url: url)
@@ -198,15 +213,110 @@ public struct ControlSession: Sendable {
     public func call(_ method: String, _ path: String, body: [UInt8] = []) async throws -> ControlClient.Response {
         let response = try await client.request(method, path, body: body, identity: identity, nodeID: nodeID)
         guard (200..<300).contains(response.status) else {
-            throw ControlClient.Failure(description: "\(method) \(path): \(response.status) \(response.errorText)")
+            throw ControlClient.Failure(description: "\(method) \(path): \(response.status) \(response.errorText)", status: response.status)
         }
         return response
     }
 
-    /// Signs `operation` as the caller and submits it.
-    public func submit(_ operation: MembershipOperation) async throws -> ControlClient.Response {
-        let signed = SignedOperation.sign(operation, by: identity)
-        let body = try JSONSerialization.data(withJSONObject: ["bytes": Base64.encode(signed.bytes), "signature": Base64.encode(signed.signature)])
-        return try await call("POST", "/v1/operations", body: [UInt8](body))
+    /// A signed request whose answer must be the typed message `T`.
+    public func call<T: Decodable>(_ method: String, _ path: String, body: [UInt8] = [], expecting type: T.Type) async throws -> T {
+        let response = try await call(method, path, body: body)
+        guard let message = response.decode(type) else {
+            throw ControlClient.Failure(description: "\(method) \(path): \(url) answered with something that is not a \(T.self)")
+        }
+        return message
+    }
+
+    /// The node's log heads (for an operation to name as its predecessors).
+    public func heads() async throws -> [String] {
+        try await call("GET", "/v1/log/heads", expecting: ControlAPI.LogHeads.self).heads
+    }
+
+    /// Signs `operation` as the caller, naming the node's current heads as
+    /// its predecessors, and submits it. (The client library names the heads
+    /// of its own verified log instead.)
+    public func submit(_ operation: MembershipOperation) async throws -> ControlAPI.OperationAccepted {
+        try await submit(SignedOperation.sign(operation, by: identity, parents: try await heads()))
+    }
+
+    /// Submits an operation already signed.
+    public func submit(_ signed: SignedOperation) async throws -> ControlAPI.OperationAccepted {
+        try await call("POST", "/v1/operations", body: ControlAPI.encode(ControlAPI.OperationDocument(signed)),
+                       expecting: ControlAPI.OperationAccepted.self)
+    }
+}
+
+/// Why fetching the membership log from a node failed.
+public enum LogSyncError: Error, CustomStringConvertible, Sendable {
+    /// The node could not be asked (transport) or answered with an error.
+    case call(ControlClient.Failure)
+    /// The node served something that does not verify; nothing after it was used.
+    case untrusted(node: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .call(let failure): return failure.description
+        case .untrusted(let node, let reason): return "the node at \(node) served membership data that does not verify: \(reason)"
+        }
+    }
+}
+
+extension ControlSession {
+    /// Fetches the signed operations a log lacks from this node, page by
+    /// page (`POST /v1/log` with the log's heads), and hands each, signature
+    /// verified, to `insert` (which verifies its place and folds it:
+    /// `MembershipLog.insert`). An operation that does not verify, arrives
+    /// before its predecessors, or is refused outright ends the sync with an
+    /// error naming this node; so does a node that pages without progress.
+    /// Returns how many operations were new.
+    public func syncLog(heads: () -> [String],
+                        insert: (SignedOperation) throws(MembershipError) -> MembershipLog.InsertOutcome,
+                        isolation: isolated (any Actor)? = #isolation) async throws(LogSyncError) -> Int {
+        var added = 0
+        for _ in 0..<100_000 {
+            let request = ControlAPI.LogRequest(heads: Array(heads().prefix(ControlAPI.LogRequest.maximumHeads)))
+            let page: ControlAPI.LogPage
+            do {
+                page = try await call("POST", "/v1/log", body: ControlAPI.encode(request), expecting: ControlAPI.LogPage.self)
+            } catch let failure as ControlClient.Failure {
+                throw .call(failure)
+            } catch {
+                throw .call(ControlClient.Failure(description: "\(error)"))
+            }
+            var progress = 0
+            for document in page.operations {
+                let operation: SignedOperation
+                let outcome: MembershipLog.InsertOutcome
+                do {
+                    operation = try document.verified()
+                    outcome = try insert(operation)
+                } catch {
+                    throw .untrusted(node: url, reason: "\(error)")
+                }
+                switch outcome {
+                case .waiting(let missing):
+                    throw .untrusted(node: url, reason: "operation \(operation.id.prefix(16))… came before its predecessor \(missing[0].prefix(16))…")
+                case .inserted, .adopted:
+                    progress += 1
+                case .known:
+                    break
+                }
+            }
+            added += progress
+            if page.complete { return added }
+            // A node that keeps answering "more" without anything new is not
+            // paging honestly (or the caller holds more heads than it can name).
+            guard progress > 0 else {
+                throw .untrusted(node: url, reason: "it keeps announcing more operations but sends none the log lacks")
+            }
+        }
+        return added
+    }
+
+    /// The whole log from this node, verified from `root` (for tools).
+    public func verifiedLog(root: String) async throws(LogSyncError) -> MembershipLog {
+        var log = MembershipLog(pinnedRoot: root)
+        _ = try await syncLog(heads: { log.heads }, insert: { operation throws(MembershipError) in try log.insert(operation) })
+        return log
     }
 }

@@ -1,0 +1,390 @@
+import Foundation
+import UnibusCrypto
+import UnibusMembership
+
+/// The control plane's request and response bodies, typed, shared by the
+/// server (`UnibusControl`) and every client (the CLI, `UnibusClient`).
+/// JSON field names are snake_case on the wire.
+///
+/// What a client may trust: nothing here is taken on a node's word by the
+/// client library. Membership, keys and policies come from the signed
+/// operations of `LogPage`, verified and folded by the client itself; the
+/// list endpoints (`UsersResponse`, `RoomView`…) are the node's view, for
+/// admins and tools.
+public enum ControlAPI {
+    /// Encodes a message as the control plane sends it (sorted keys).
+    public static func encode(_ value: some Encodable) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        // These types hold strings, numbers, booleans and arrays of them.
+        return (try? [UInt8](encoder.encode(value))) ?? Array("{}".utf8)
+    }
+
+    /// Decodes a message, or nil when the bytes are not one.
+    public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) -> T? {
+        try? JSONDecoder().decode(type, from: Data(bytes))
+    }
+
+    public struct ErrorBody: Codable, Sendable {
+        public var error: String
+        public init(error: String) { self.error = error }
+    }
+
+    public struct Health: Codable, Sendable {
+        public var status: String
+        public init(status: String) { self.status = status }
+    }
+
+    public struct Readiness: Codable, Sendable {
+        public var ready: Bool
+        public var reason: String?
+        public init(ready: Bool, reason: String? = nil) {
+            self.ready = ready
+            self.reason = reason
+        }
+    }
+
+    /// `GET /v1/node`: who the node is (unsigned; the id every signed request names).
+    public struct NodeInfo: Codable, Sendable {
+        public var nodeID: String
+        public var version: String
+        public var clientPort: Int
+        public var membership: MembershipInfo
+        public var cluster: ClusterInfo?
+
+        enum CodingKeys: String, CodingKey {
+            case nodeID = "node_id", version, clientPort = "client_port", membership, cluster
+        }
+
+        public init(nodeID: String, version: String, clientPort: Int, membership: MembershipInfo, cluster: ClusterInfo?) {
+            self.nodeID = nodeID
+            self.version = version
+            self.clientPort = clientPort
+            self.membership = membership
+            self.cluster = cluster
+        }
+    }
+
+    public struct MembershipInfo: Codable, Sendable {
+        public var operations: Int
+        public var logDigest: String
+        public var stateDigest: String
+        public var refused: Int
+        /// The root the log was started by (what clients pin).
+        public var root: String
+        /// The root now, after any hand-overs.
+        public var currentRoot: String
+        public var heads: [String]
+        public var checkpoint: String?
+        public var settings: Settings
+
+        enum CodingKeys: String, CodingKey {
+            case operations, logDigest = "log_digest", stateDigest = "state_digest", refused, root, currentRoot = "current_root",
+                 heads, checkpoint, settings
+        }
+
+        public init(operations: Int, logDigest: String, stateDigest: String, refused: Int, root: String, currentRoot: String,
+                    heads: [String], checkpoint: String?, settings: Settings) {
+            self.operations = operations
+            self.logDigest = logDigest
+            self.stateDigest = stateDigest
+            self.refused = refused
+            self.root = root
+            self.currentRoot = currentRoot
+            self.heads = heads
+            self.checkpoint = checkpoint
+            self.settings = settings
+        }
+    }
+
+    public struct Settings: Codable, Sendable {
+        public var allowUnencryptedRooms: Bool
+        public var maxRoomsPerUser: Int
+
+        enum CodingKeys: String, CodingKey {
+            case allowUnencryptedRooms = "allow_unencrypted_rooms", maxRoomsPerUser = "max_rooms_per_user"
+        }
+
+        public init(_ settings: ClusterSettings) {
+            allowUnencryptedRooms = settings.allowUnencryptedRooms
+            maxRoomsPerUser = settings.maxRoomsPerUser
+        }
+    }
+
+    public struct ClusterInfo: Codable, Sendable {
+        public var name: String
+        public var routePort: Int
+        public var routes: [RouteView]
+
+        enum CodingKeys: String, CodingKey { case name, routePort = "route_port", routes }
+
+        public init(name: String, routePort: Int, routes: [RouteView]) {
+            self.name = name
+            self.routePort = routePort
+            self.routes = routes
+        }
+    }
+
+    public struct RouteView: Codable, Sendable {
+        public var nodeID: String
+        public var name: String
+        public var clientURL: String?
+        public var controlURL: String?
+
+        enum CodingKeys: String, CodingKey { case nodeID = "node_id", name, clientURL = "client_url", controlURL = "control_url" }
+
+        public init(nodeID: String, name: String, clientURL: String?, controlURL: String?) {
+            self.nodeID = nodeID
+            self.name = name
+            self.clientURL = clientURL
+            self.controlURL = controlURL
+        }
+    }
+
+    public struct UserView: Codable, Sendable, Equatable {
+        public var key: String
+        public var handle: String
+        public var role: String
+        public var status: String
+        public var exchangeKey: String
+        public var created: String
+        public var updated: String
+
+        enum CodingKeys: String, CodingKey { case key, handle, role, status, exchangeKey = "exchange_key", created, updated }
+
+        public init(_ user: User) {
+            key = user.key
+            handle = user.handle
+            role = user.role.rawValue
+            status = user.status.rawValue
+            exchangeKey = user.exchangeKey
+            created = user.created
+            updated = user.updated
+        }
+    }
+
+    public struct UsersResponse: Codable, Sendable {
+        public var users: [UserView]
+        public init(users: [UserView]) { self.users = users }
+    }
+
+    public struct PolicyView: Codable, Sendable, Equatable {
+        public var encrypt: Bool
+        public var sign: Bool
+        public var compress: Bool
+        public var rotateAfterMessages: Int
+        public var rotateAfterSeconds: Int
+        public var frameWindowSeconds: Int
+
+        enum CodingKeys: String, CodingKey {
+            case encrypt, sign, compress, rotateAfterMessages = "rotate_after_messages", rotateAfterSeconds = "rotate_after_seconds",
+                 frameWindowSeconds = "frame_window_seconds"
+        }
+
+        public init(_ policy: RoomPolicy) {
+            encrypt = policy.encrypt
+            sign = policy.sign
+            compress = policy.compress
+            rotateAfterMessages = policy.rotateAfterMessages
+            rotateAfterSeconds = policy.rotateAfterSeconds
+            frameWindowSeconds = policy.frameWindowSeconds
+        }
+    }
+
+    public struct RoomView: Codable, Sendable, Equatable {
+        public var id: String
+        public var subject: String
+        public var owner: String
+        public var created: String
+        public var archived: String?
+        public var policy: PolicyView
+
+        public init(_ room: Room) {
+            id = room.id
+            subject = room.subject
+            owner = room.owner
+            created = room.created
+            archived = room.archived
+            policy = PolicyView(room.policy)
+        }
+    }
+
+    public struct RoomsResponse: Codable, Sendable {
+        public var rooms: [RoomView]
+        public init(rooms: [RoomView]) { self.rooms = rooms }
+    }
+
+    public struct MemberView: Codable, Sendable {
+        public var user: String
+        public var role: String
+        public var joined: String
+        public var handle: String
+
+        public init(user: String, role: String, joined: String, handle: String) {
+            self.user = user
+            self.role = role
+            self.joined = joined
+            self.handle = handle
+        }
+    }
+
+    public struct MembersResponse: Codable, Sendable {
+        public var members: [MemberView]
+        public init(members: [MemberView]) { self.members = members }
+    }
+
+    /// A signed operation as it travels (`POST /v1/operations`, log pages).
+    public struct OperationDocument: Codable, Sendable, Equatable {
+        public var bytes: String
+        public var signature: String
+
+        public init(_ operation: SignedOperation) {
+            bytes = Base64.encode(operation.bytes)
+            signature = Base64.encode(operation.signature)
+        }
+
+        /// The operation, signature verified.
+        public func verified() throws(MembershipError) -> SignedOperation {
+            guard let bytes = try? Base64.decode(bytes), let signature = try? Base64.decode(signature) else {
+                throw .invalid("an operation's bytes and signature must be base64")
+            }
+            return try SignedOperation(bytes: bytes, signature: signature)
+        }
+    }
+
+    public struct OperationAccepted: Codable, Sendable {
+        public var id: String
+        public var kind: String
+        public init(id: String, kind: String) {
+            self.id = id
+            self.kind = kind
+        }
+    }
+
+    /// `POST /v1/log`: the operations the caller lacks, given what it holds.
+    public struct LogRequest: Codable, Sendable {
+        /// Heads of the caller's log (empty: from the start).
+        public var heads: [String]
+        public var limit: Int?
+        public init(heads: [String], limit: Int? = nil) {
+            self.heads = heads
+            self.limit = limit
+        }
+        public static let maximumHeads = 512
+    }
+
+    public struct LogPage: Codable, Sendable {
+        /// In the node's fold order (predecessors first); a checkpoint, when
+        /// the caller must start from one, comes first.
+        public var operations: [OperationDocument]
+        /// False when more operations follow: ask again with the new heads.
+        public var complete: Bool
+        /// The node's heads when it answered.
+        public var heads: [String]
+
+        public init(operations: [OperationDocument], complete: Bool, heads: [String]) {
+            self.operations = operations
+            self.complete = complete
+            self.heads = heads
+        }
+        public static let maximumOperations = 500
+    }
+
+    /// `GET /v1/log/heads`: what a node holds, to compare nodes.
+    public struct LogHeads: Codable, Sendable {
+        public var heads: [String]
+        public var checkpoint: String?
+        public var count: Int
+        public var digest: String
+
+        public init(heads: [String], checkpoint: String?, count: Int, digest: String) {
+            self.heads = heads
+            self.checkpoint = checkpoint
+            self.count = count
+            self.digest = digest
+        }
+    }
+
+    /// One sealed share in `POST /v1/rooms/{id}/key-shares`.
+    public struct ShareSubmission: Codable, Sendable {
+        public var recipient: String
+        public var sealed: String
+        public var signature: String
+
+        public init(recipient: String, sealed: [UInt8], signature: [UInt8]) {
+            self.recipient = recipient
+            self.sealed = Base64.encode(sealed)
+            self.signature = Base64.encode(signature)
+        }
+    }
+
+    public struct KeySharesSubmission: Codable, Sendable {
+        public var sessionID: String
+        /// The session's own key signs that the caller owns it (see `KeyShare.ownerStatement`).
+        public var sessionSignature: String
+        public var shares: [ShareSubmission]
+
+        enum CodingKeys: String, CodingKey { case sessionID = "session_id", sessionSignature = "session_signature", shares }
+
+        public init(sessionID: String, sessionSignature: [UInt8], shares: [ShareSubmission]) {
+            self.sessionID = sessionID
+            self.sessionSignature = Base64.encode(sessionSignature)
+            self.shares = shares
+        }
+        public static let maximumShares = 1000
+    }
+
+    public struct SharesStored: Codable, Sendable {
+        public var stored: Int
+        public init(stored: Int) { self.stored = stored }
+    }
+
+    public struct KeyShareView: Codable, Sendable {
+        public var id: String
+        public var room: String
+        public var sender: String
+        public var sessionID: String
+        public var sealed: String
+        public var signature: String
+        public var sessionSignature: String
+        public var created: String
+
+        enum CodingKeys: String, CodingKey {
+            case id, room, sender, sessionID = "session_id", sealed, signature, sessionSignature = "session_signature", created
+        }
+
+        public init(_ share: KeyShare) {
+            id = share.id
+            room = share.room
+            sender = share.sender
+            sessionID = share.sessionID
+            sealed = Base64.encode(share.sealed)
+            signature = Base64.encode(share.signature)
+            sessionSignature = Base64.encode(share.sessionSignature)
+            created = share.created
+        }
+    }
+
+    public struct KeySharesPage: Codable, Sendable {
+        public var keyShares: [KeyShareView]
+        /// The cursor for the next page (`?after=`), absent on the last.
+        public var next: String?
+
+        enum CodingKeys: String, CodingKey { case keyShares = "key_shares", next }
+
+        public init(keyShares: [KeyShareView], next: String?) {
+            self.keyShares = keyShares
+            self.next = next
+        }
+    }
+
+    public struct AckRequest: Codable, Sendable {
+        public var ids: [String]
+        public init(ids: [String]) { self.ids = ids }
+    }
+
+    public struct AckResponse: Codable, Sendable {
+        public var acknowledged: Int
+        public init(acknowledged: Int) { self.acknowledged = acknowledged }
+    }
+}
