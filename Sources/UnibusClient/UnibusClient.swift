@@ -186,8 +186,9 @@ public actor UnibusClient {
     }
 
     /// Signs `operation` naming the heads of this client's verified log,
-    /// submits it, and folds it in locally.
-    private func submit(_ operation: MembershipOperation) async throws {
+    /// submits it, and folds it in locally (admin tools use this for users,
+    /// settings and the root; the room methods below wrap it).
+    public func submit(_ operation: MembershipOperation) async throws {
         try await syncLog()
         let signed = SignedOperation.sign(operation, by: configuration.identity, parents: logStore.log.heads)
         _ = try await call("POST", "/v1/operations", body: ControlAPI.encode(ControlAPI.OperationDocument(signed)),

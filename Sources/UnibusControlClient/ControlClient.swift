@@ -77,12 +77,15 @@ public final class ControlClient: Sendable {
     }
 
     /// Sends one request; `identity` signs it for `nodeID` when given.
-    public func request(_ method: String, _ path: String, body: [UInt8] = [], identity: Identity? = nil, nodeID: String? = nil) async throws -> Response {
+    /// `headers` are sent as given (a proxy forwards a caller's signature with them).
+    public func request(_ method: String, _ path: String, body: [UInt8] = [], identity: Identity? = nil, nodeID: String? = nil,
+                        headers extra: [(String, String)] = []) async throws -> Response {
         var headers = HTTPHeaders()
         headers.add(name: "host", value: host)
         headers.add(name: "content-length", value: String(body.count))
         headers.add(name: "connection", value: "close")
         if !body.isEmpty { headers.add(name: "content-type", value: "application/json") }
+        for (name, value) in extra { headers.add(name: name, value: value) }
         if let identity, let nodeID {
             for (name, value) in RequestSignature.headers(method: method, path: path, body: body, nodeID: nodeID, identity: identity) {
                 headers.add(name: name, value: value)

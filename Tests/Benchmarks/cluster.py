@@ -253,7 +253,7 @@ def failover(bin_dir, work, rate, rounds):
         time.sleep(1)
         for victim, pub_order, sub_order in ((1, (0, 1, 2), (1, 2, 0)), (0, (0, 1, 2), (2, 1, 0))) * rounds:
             command = [os.path.join(bin_dir, "unibus"), "check", "--mode", "loop", "--identity", admin, "--ca", pki["ca.pem"], *nodes,
-                       "--subscriber-identity", subscriber, "--rate", str(rate), "--duration", "8"]
+                       "--root", root, "--subscriber-identity", subscriber, "--rate", str(rate), "--duration", "8"]
             command += [arg for i in pub_order for arg in ("--server", cluster.url(i))]
             command += [arg for i in sub_order for arg in ("--subscriber-server", cluster.url(i))]
             loop = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

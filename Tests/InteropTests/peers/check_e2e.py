@@ -43,6 +43,8 @@ with tempfile.TemporaryDirectory() as work:
     port, control = free_port(), free_port()
     status, output = run("unibusd", "init", "--data-dir", data, "--admin-identity", admin, "--handle", "admin")
     check("unibusd init", status == 0, output)
+    # check and demo verify the membership log from the pinned root admin (the identity init made).
+    root = run("unibus", "identity", "nkey", "--identity", admin)[1].strip()
 
     def start_node(extra=()):
         process = subprocess.Popen([os.path.join(BIN, "unibusd"), "run", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
@@ -56,16 +58,16 @@ with tempfile.TemporaryDirectory() as work:
     node = start_node()
     peer = ["--server", f"tls://127.0.0.1:{port}", "--node", f"https://127.0.0.1:{control}", "--ca", ca]
     try:
-        status, output = run("unibus", "check", "--identity", admin, *peer, "--count", "50")
+        status, output = run("unibus", "check", "--identity", admin, *peer, "--root", root, "--count", "50")
         check("check golden over TLS passes", status == 0 and "check golden: OK" in output and "received 50" in output, output)
 
         status, output = run("unibus", "check", "--identity", admin, "--server", f"nats://127.0.0.1:{port}",
-                             "--node", f"https://127.0.0.1:{control}")
+                             "--node", f"https://127.0.0.1:{control}", "--root", root)
         check("check without a CA is refused with a reason", status != 0 and "CA" in output, output)
 
         stranger = os.path.join(work, "stranger.json")
         run("unibus", "identity", "new", "--out", stranger)
-        status, output = run("unibus", "check", "--identity", stranger, *peer)
+        status, output = run("unibus", "check", "--identity", stranger, *peer, "--root", root)
         check("an unknown identity is refused by name", status != 0 and "refused this identity" in output, output)
 
         # Two users for the demo, added by the admin.
@@ -77,7 +79,7 @@ with tempfile.TemporaryDirectory() as work:
                                  "--sign-pub", keys["nkey"], "--exchange-key", keys["exchange_key"], "--handle", name)
             check(f"user add {name}", status == 0, output)
         status, output = run("unibus", "demo", "--alice", os.path.join(work, "alice.json"), "--bob", os.path.join(work, "bob.json"),
-                             "--server", f"tls://127.0.0.1:{port}", "--node", f"https://127.0.0.1:{control}", "--ca", ca)
+                             "--server", f"tls://127.0.0.1:{port}", "--node", f"https://127.0.0.1:{control}", "--ca", ca, "--root", root)
         check("demo: three messages received and verified", status == 0 and output.count("verified") == 3, output)
         check("demo: the plain NATS subscriber saw ciphertext only",
               output.count("contains the text: no") == 3 and "YES" not in output, output)
@@ -93,11 +95,11 @@ with tempfile.TemporaryDirectory() as work:
         before = operations()
         failures = []
         for index in range(repeat):
-            status, output = run("unibus", "check", "--identity", admin, *peer, "--count", "5")
+            status, output = run("unibus", "check", "--identity", admin, *peer, "--root", root, "--count", "5")
             if status != 0 or "check golden: OK" not in output:
                 failures.append(f"check #{index}: exit {status}: {output[-300:]}")
             status, output = run("unibus", "demo", "--alice", os.path.join(work, "alice.json"), "--bob", os.path.join(work, "bob.json"),
-                                 "--server", f"tls://127.0.0.1:{port}", "--node", f"https://127.0.0.1:{control}", "--ca", ca)
+                                 "--server", f"tls://127.0.0.1:{port}", "--node", f"https://127.0.0.1:{control}", "--ca", ca, "--root", root)
             if status != 0 or output.count("verified") != 3:
                 failures.append(f"demo #{index}: exit {status}: {output[-300:]}")
         check(f"check and demo exit 0 in {repeat} runs each", not failures, "; ".join(failures[:3]))
@@ -106,7 +108,7 @@ with tempfile.TemporaryDirectory() as work:
               after == before, f"{before} -> {after} operations")
 
         # Loop mode across a kill -9 and restart of the node.
-        loop = subprocess.Popen([os.path.join(BIN, "unibus"), "check", "--mode", "loop", "--identity", admin, *peer,
+        loop = subprocess.Popen([os.path.join(BIN, "unibus"), "check", "--mode", "loop", "--identity", admin, *peer, "--root", root,
                                  "--duration", "6", "--interval", "5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(2)
         node.send_signal(signal.SIGKILL)
@@ -141,10 +143,10 @@ with tempfile.TemporaryDirectory() as work:
         node.terminate()
         node.wait()
         node = start_node(["--tls-client-ca", ca])
-        status, output = run("unibus", "check", "--identity", admin, *peer, "--count", "5",
+        status, output = run("unibus", "check", "--identity", admin, *peer, "--root", root, "--count", "5",
                              "--cert", os.path.join(work, "client.pem"), "--key", os.path.join(work, "client.key"))
         check("check with --cert/--key against a node that requires client certificates", status == 0 and "check golden: OK" in output, output)
-        status, output = run("unibus", "check", "--identity", admin, *peer, "--count", "5")
+        status, output = run("unibus", "check", "--identity", admin, *peer, "--root", root, "--count", "5")
         check("without a client certificate that node refuses, and the error says what to give",
               status != 0 and "requires a client certificate: give --cert and --key" in output, output)
     finally:

@@ -375,7 +375,8 @@ async def main(work):
         # End-to-end encrypted room across nodes: publisher on a, subscriber on c.
         for person, handle in ((carol, "carol"),):
             run("unibus", "user", "add", *as_admin("a"), "--sign-pub", person["nkey"], "--exchange-key", person["kx"], "--handle", handle)
-        peer = ["--ca", cluster.client_pki["ca.pem"]]
+        # check pins the root admin (the nkey b and c were inited with) and verifies membership from it.
+        peer = ["--ca", cluster.client_pki["ca.pem"], "--root", admin_nkey]
         status, output = run("unibus", "check", "--identity", alice["path"], "--server", cluster.server("a"),
                              "--node", cluster.node("a"), "--subscriber-identity", carol["path"],
                              "--subscriber-server", cluster.server("c"), *peer, "--count", "100")

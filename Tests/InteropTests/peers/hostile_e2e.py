@@ -534,6 +534,7 @@ async def reserved_namespaces():
     # Probe rooms have predictable ids: a member that pre-creates another
     # user's probe room neither blocks that user's check nor gets its demo.
     alice, bob = PEOPLE["alice"], PEOPLE["bob"]
+    root = PEOPLE["admin"]["nkey"]   # the root admin (the identity `unibusd init` made), pinned by check and demo
     hijacked = f"probe-d-{alice['nkey']}"
     blocked = f"probe-g-{alice['nkey']}"
     code1, out1 = cli("room", "create", *as_mallory, "--id", hijacked, "--subject", f"probe.d.{alice['nkey']}")
@@ -542,10 +543,12 @@ async def reserved_namespaces():
     code4, out4 = cli("room", "create", *as_mallory, "--id", blocked, "--subject", f"probe.g.{alice['nkey']}")
     check("setup: mallory pre-created alice's probe rooms (and added alice and bob to one)",
           code1 == 0 and code2 == 0 and code3 == 0 and code4 == 0, out1 + out2 + out3 + out4)
-    code, out = cli("demo", "--alice", alice["path"], "--bob", bob["path"], "--server", f"nats://{HOST}:{NODE.client}", "--node", NODE.url)
+    code, out = cli("demo", "--alice", alice["path"], "--bob", bob["path"], "--server", f"nats://{HOST}:{NODE.client}", "--node", NODE.url,
+                    "--root", root)
     check("alice's demo does not run in mallory's room of the same id", code == 0 and f"room {hijacked} " not in out
           and out.count("verified") == 3, out)
-    code, out = cli("check", "--identity", alice["path"], "--server", f"nats://{HOST}:{NODE.client}", "--node", NODE.url, "--count", "3")
+    code, out = cli("check", "--identity", alice["path"], "--server", f"nats://{HOST}:{NODE.client}", "--node", NODE.url,
+                    "--root", root, "--count", "3")
     check("alice's check is not blocked by mallory's room under her probe id", code == 0 and "check golden: OK" in out, out)
 
     # A seed pasted where a public key belongs is refused without being echoed.

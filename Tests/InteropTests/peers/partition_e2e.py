@@ -184,7 +184,7 @@ def main(work):
         status, output = cli("c", "user", "revoke", "--sign-pub", people["bob"]["nkey"])
         check("minority side: revoke bob", status == 0, output)
         status, output = run("unibus", "check", "--identity", people["alice"]["path"], "--server", f"tls://{CLIENT_IP['c']}:4222",
-                             "--node", f"https://{CLIENT_IP['c']}:4280", "--ca", client_pki["ca.pem"], "--count", "10")
+                             "--node", f"https://{CLIENT_IP['c']}:4280", "--ca", client_pki["ca.pem"], "--root", root, "--count", "10")
         check("the isolated node keeps serving its known users (alice, encrypted round trip)", status == 0 and "check golden: OK" in output, output)
         split = digests(NODES)
         check("while partitioned, the sides differ and a and b agree",
