@@ -10,6 +10,9 @@ echo "== build"
 swift build --build-tests 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\] ' || true
 swift build --build-tests >/dev/null   # fails the script if the build failed
 
+echo "== the client library as a versioned dependency (Tests/SampleApp/build-and-run.sh builds and runs it)"
+Tests/SampleApp/check.sh
+
 echo "== fuzz smoke"
 Fuzz/run.sh --smoke
 

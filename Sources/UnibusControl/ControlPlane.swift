@@ -29,22 +29,24 @@ public struct ControlResponse: Sendable {
 /// `GET /v1/rooms/{id}/members`, `GET /v1/me/rooms` (the node's view, for
 /// tools), `POST /v1/operations` with `{"bytes": base64, "signature":
 /// base64}`, a membership operation signed by its actor (the membership
-/// rules decide whether the actor may do it), and the key-share endpoints.
+/// rules decide whether the actor may do it), `POST /v1/checkpoints` (the
+/// same for the root's checkpoints, which may be up to 2 MiB), and the
+/// key-share endpoints.
 /// Bodies are the typed messages of `ControlAPI`.
 public final class ControlPlane: Sendable {
     public let node: Node
     public let verifier: RequestVerifier
     /// The ordinary request body limit.
     public static let maximumBody = 64 * 1024
-    /// `POST /v1/operations` may carry a checkpoint (the whole folded state).
-    public static let maximumOperationBody = SignedOperation.maximumCheckpointSize * 4 / 3 + 4096
+    /// `POST /v1/checkpoints` carries a checkpoint (the whole folded state).
+    public static let maximumCheckpointBody = SignedOperation.maximumCheckpointSize * 4 / 3 + 4096
     /// Bytes all connections together may hold beyond `maximumBody`.
     public static let largeBodyBudget = 16 * 1024 * 1024
     private let largeBodyBytes = ManagedAtomic<Int>(0)
 
     /// The body limit for a request.
     public static func bodyLimit(method: String, path: String) -> Int {
-        method == "POST" && path == "/v1/operations" ? maximumOperationBody : maximumBody
+        method == "POST" && path == "/v1/checkpoints" ? maximumCheckpointBody : maximumBody
     }
 
     func reserveLargeBody(_ bytes: Int) -> Bool {
@@ -154,7 +156,9 @@ public final class ControlPlane: Sendable {
             let log = node.membership.membershipLog
             return .json(200, ControlAPI.LogHeads(heads: log.heads, checkpoint: log.base?.id, count: log.count, digest: log.digest))
         case ("POST", "operations", 2):
-            return await apply(body)
+            return await apply(body, checkpoint: false)
+        case ("POST", "checkpoints", 2):
+            return await apply(body, checkpoint: true)
         case ("POST", "rooms", 4) where parts[3] == "key-shares":
             return storeKeyShares(room: parts[2], sender: caller, body: body)
         case ("GET", "key-shares", 2):
@@ -183,12 +187,19 @@ public final class ControlPlane: Sendable {
         }
     }
 
-    private func apply(_ body: [UInt8]) async -> ControlResponse {
+    /// Applies a signed operation; checkpoints (which may be large) come
+    /// through their own endpoint, which takes nothing else.
+    private func apply(_ body: [UInt8], checkpoint: Bool) async -> ControlResponse {
         guard let document = ControlAPI.decode(ControlAPI.OperationDocument.self, from: body) else {
             return .error(400, "the body must be {\"bytes\": base64, \"signature\": base64}")
         }
         do {
             let operation = try document.verified()
+            var isCheckpoint = false
+            if case .checkpoint = operation.envelope.operation { isCheckpoint = true }
+            guard isCheckpoint == checkpoint else {
+                return .error(400, checkpoint ? "only checkpoints go to /v1/checkpoints" : "checkpoints go to /v1/checkpoints")
+            }
             try await node.apply(operation, arrival: Date())
             return .json(200, ControlAPI.OperationAccepted(id: operation.id, kind: operation.envelope.operation.kind))
         } catch {

@@ -242,10 +242,12 @@ public struct ControlSession: Sendable {
         try await submit(SignedOperation.sign(operation, by: identity, parents: try await heads()))
     }
 
-    /// Submits an operation already signed.
+    /// Submits an operation already signed (a checkpoint to its own endpoint).
     public func submit(_ signed: SignedOperation) async throws -> ControlAPI.OperationAccepted {
-        try await call("POST", "/v1/operations", body: ControlAPI.encode(ControlAPI.OperationDocument(signed)),
-                       expecting: ControlAPI.OperationAccepted.self)
+        var path = "/v1/operations"
+        if case .checkpoint = signed.envelope.operation { path = "/v1/checkpoints" }
+        return try await call("POST", path, body: ControlAPI.encode(ControlAPI.OperationDocument(signed)),
+                              expecting: ControlAPI.OperationAccepted.self)
     }
 }
 

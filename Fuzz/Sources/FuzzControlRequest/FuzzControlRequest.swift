@@ -7,6 +7,7 @@ import UnibusBroker
 import UnibusControl
 import UnibusCrypto
 import UnibusMembership
+import UnibusMembershipStore
 import UnibusNode
 
 /// Raw HTTP requests, as an outsider sends them, through NIO's HTTP decoder
@@ -22,9 +23,9 @@ private final class Fixture: @unchecked Sendable {
     init() {
         let directory = NSTemporaryDirectory() + "unibus-fuzz-control-\(getpid())"
         let store = try! MembershipStore(directory: directory)   // the harness's own setup, not input
-        try? store.append(.sign(.addUser(key: admin.userNKey, exchangeKey: Base64.encode(admin.keyExchange.publicKey.bytes),
-                                         handle: "root", role: .admin), by: admin))
-        try? store.append(.sign(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: admin))
+        try? store.append(store.signed(.addUser(key: admin.userNKey, exchangeKey: Base64.encode(admin.keyExchange.publicKey.bytes),
+                                                handle: "root", role: .admin), by: admin))
+        try? store.append(store.signed(.createRoom(id: "ops", subject: "rooms.ops", policy: RoomPolicy()), by: admin))
         var configuration = BrokerConfiguration()
         configuration.threads = 1
         configuration.authorizer = Node.authorizer(for: store)

@@ -35,7 +35,8 @@ private final class Fixture {
         header = FrameEnvelope.megolmHeader(sender: alice.signing.publicKey.bytes, sessionKey: outbound.session.signingKey.bytes)
         let share = sender.share(outbound, room: "enc", recipient: bob.userNKey, exchangeKey: bob.keyExchange.publicKey)
         try? receiver.acceptShare(room: "enc", sender: alice.userNKey, sessionID: outbound.session.sessionID,
-                                  sealed: share.sealed, signature: share.signature)
+                                  sealed: share.sealed, signature: share.signature,
+                                  sessionSignature: sender.ownerSignature(outbound, room: "enc"))
         for (room, body) in [("enc", Array("hello".utf8)), ("enc", [UInt8](repeating: 7, count: 300)), ("sig", Array("signed".utf8))] {
             if let frame = try? sender.seal(room: room, contentType: "text/plain", body: body, now: now) { frames.append(frame) }
         }

@@ -10,9 +10,13 @@ nodes linked by mutual-TLS routes.
 1. control-plane header attacks (timestamps, nonces, signatures, header and
    body sizes);  2. slow-loris on the control port;  3. reserved namespaces
    and room overlaps, key-notice snooping;  4. room policy ranges and
-   unencrypted rooms, with operations built and signed here;  5. broker:
-   second CONNECT, pre-auth PUB, SUB flood, inbox forgery, reply-once;
-   6. route peer impersonation, RS+ flood, far-future RDATA clock;
+   unencrypted rooms, with version-2 operations built and signed here
+   (parents = the node's heads), and envelopes the node must refuse
+   (version 1, bad parents, outside the time window, wrong endpoint,
+   checkpoint body limits);  5. broker: second CONNECT, pre-auth PUB, SUB
+   flood, inbox forgery, reply-once;  6. route peer impersonation, RS+
+   flood, replicated operations out of causal order (parked, folded when
+   the predecessor arrives), tampered parents, repeats, version 1;
    7. route relay over mutual TLS: a holder of a valid cluster certificate
    splices two nodes' handshakes (each node's AUTH forwarded to the other);
    8. connection churn.
@@ -307,13 +311,39 @@ async def serves(label):
 
 # ---------------------------------------------------------------- operations signed here
 
-def signed_operation(person, operation, nonce=None):
-    """An operation envelope as SignedOperation.sign makes it (sorted keys),
-    signed with the actor's Ed25519 key: {"bytes", "signature"} for POST /v1/operations."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+def log_heads(seed=None):
+    """GET /v1/log/heads (signed): {"heads", "checkpoint", "count", "digest"}, or {} when refused."""
+    status, body = signed_request("GET", "/v1/log/heads", b"", seed or PEOPLE["admin"]["seed"])
+    return json.loads(body) if status == 200 else {}
+
+
+def operation_time(offset_seconds=0.0):
+    """RFC 3339 UTC with milliseconds, as SignedOperation.sign writes it."""
+    at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=offset_seconds)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def operation_id(data):
+    """An operation's id: SHA-256 (lowercase hex) of its signed bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def envelope_bytes(envelope):
+    """The signed bytes: sorted keys, compact, slashes not escaped (JSONEncoder .sortedKeys, .withoutEscapingSlashes)."""
+    return json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
+
+
+def signed_operation(person, operation, nonce=None, parents=None, offset_seconds=0.0, version=2):
+    """An operation envelope as SignedOperation.sign makes it (version 2:
+    sorted keys, the heads the signer saw as sorted distinct `parents`),
+    signed with the actor's Ed25519 key: (bytes, signature) for POST
+    /v1/operations. `parents` defaults to the node's current heads
+    (GET /v1/log/heads); version 1 leaves them out (the format before causal order)."""
     envelope = {"actor": person["nkey"], "nonce": nonce or b64(os.urandom(12)), "operation": operation,
-                "timestamp": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z", "version": 1}
-    data = json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
+                "timestamp": operation_time(offset_seconds), "version": version}
+    if version != 1:
+        envelope["parents"] = sorted(set(log_heads().get("heads", []) if parents is None else parents))
+    data = envelope_bytes(envelope)
     signature = nkeys.from_seed(person["seed"].encode()).sign(data)
     return data, signature
 
@@ -599,6 +629,73 @@ async def policy_ranges():
     await serves("after policy-range attacks")
 
 
+async def operation_envelopes():
+    """What POST /v1/operations refuses in an envelope signed by a registered member."""
+    mallory = PEOPLE["mallory"]
+
+    def post(data, signature, path="/v1/operations"):
+        body = json.dumps({"bytes": b64(data), "signature": b64(signature)}).encode()
+        return signed_request("POST", path, body, mallory["seed"])
+
+    def sign(envelope):
+        data = envelope_bytes(envelope)
+        return data, nkeys.from_seed(mallory["seed"].encode()).sign(data)
+
+    status, body = post(*signed_operation(mallory, create_room_op("v1room", "v1room.s"), version=1))
+    check("a version 1 operation (no parents) is refused (400 naming unibusd migrate)",
+          status == 400 and "version 1" in body and "migrate" in body and error_only(body), f"{status} {body[:200]}")
+    status, body = post(*signed_operation(mallory, create_room_op("v3room", "v3room.s"), version=3))
+    check("a version 3 operation is refused (400 unsupported version)", status == 400 and "unsupported operation version" in body,
+          f"{status} {body[:200]}")
+    heads = log_heads().get("heads", [])
+    base = {"actor": mallory["nkey"], "nonce": b64(os.urandom(12)), "operation": create_room_op("badparents", "badparents.s"),
+            "timestamp": operation_time(), "version": 2}
+    status, body = post(*sign(dict(base, parents=heads + heads)))
+    check("repeated parents are refused (400: sorted, distinct)", bool(heads) and status == 400 and "sorted, distinct" in body,
+          f"heads={heads} {status} {body[:200]}")
+    status, body = post(*sign(dict(base, parents=[h.upper() for h in heads])))
+    check("upper-case hex parents are refused (400)", status == 400 and "operation ids" in body, f"{status} {body[:200]}")
+    status, body = post(*sign(dict(base, parents=sorted(os.urandom(32).hex() for _ in range(65)))))
+    check("65 parents are refused (400: at most 64)", status == 400 and "64" in body, f"{status} {body[:200]}")
+    base.pop("parents", None)
+    status, body = post(*sign(base))
+    check("a version 2 operation without parents is refused (400)", status == 400 and "parents" in body, f"{status} {body[:200]}")
+    status, body = post(*sign(dict(base, parents=[])))
+    check("a non-first operation naming no predecessors is refused (400)", status == 400 and "no predecessors" in body,
+          f"{status} {body[:200]}")
+    status, body = post(*signed_operation(mallory, create_room_op("unknownparent", "unknownparent.s"), parents=[os.urandom(32).hex()]))
+    check("an operation naming a predecessor the node does not hold is refused (409, not parked)",
+          status == 409 and "predecessor" in body and error_only(body), f"{status} {body[:200]}")
+    window = metric("unibus_membership_outside_window_total")
+    status, body = post(*signed_operation(mallory, create_room_op("stale", "stale.s"), offset_seconds=-660))
+    check("an operation signed 660 s ago is refused (400: must arrive within 600 s)", status == 400 and "600 s" in body,
+          f"{status} {body[:200]}")
+    early = signed_operation(mallory, create_room_op("early", "early.s"), offset_seconds=180)
+    status, body = post(*early)
+    check("an operation dated 180 s ahead is refused (400: at most 120 s ahead)", status == 400 and "ahead" in body,
+          f"{status} {body[:200]}")
+    status, body = post(*early)
+    check("the early operation submitted again is still refused (remembered until it would have expired)",
+          status == 400 and ("refused earlier" in body or "ahead" in body), f"{status} {body[:200]}")
+    metric_grew("unibus_membership_outside_window_total", window, 3, "the stale and early operations")
+    status, body = post(*signed_operation(mallory, create_room_op("skewok", "skewok.s"), offset_seconds=60))
+    check("control: an operation dated 60 s ahead (inside the window) is accepted (200)", status == 200, f"{status} {body[:200]}")
+    status, body = post(*signed_operation(mallory, create_room_op("wrongdoor", "wrongdoor.s")), path="/v1/checkpoints")
+    check("an ordinary operation sent to /v1/checkpoints is refused (400)", status == 400 and "only checkpoints" in body,
+          f"{status} {body[:200]}")
+    rooms = room_ids()
+    check("none of the refused operations made a room",
+          not any(r in rooms for r in ("v1room", "v3room", "badparents", "unknownparent", "stale", "early", "wrongdoor")) and "skewok" in rooms,
+          sorted(rooms))
+    # Body limits: 64 KiB for operations (checked in header_attacks), about 2.7 MB for checkpoints.
+    status, body = signed_request("POST", "/v1/checkpoints", b"{" + b" " * 100_000 + b"}", mallory["seed"])
+    check("a 100 KB body to /v1/checkpoints is read (400 for its content, not 413)", status == 400 and error_only(body),
+          f"{status} {body[:200]}")
+    status, body = signed_request("POST", "/v1/checkpoints", b"{" + b" " * 3_000_000 + b"}", mallory["seed"])
+    check("a 3 MB body to /v1/checkpoints is refused (413)", status == 413, f"{status} {body[:200]}")
+    await serves("after operation-envelope attacks")
+
+
 # ---------------------------------------------------------------- 5. broker
 
 async def broker_attacks():
@@ -787,6 +884,105 @@ def route_ids():
     return [r["node_id"] for r in json.loads(body).get("cluster", {}).get("routes", [])] if status == 200 else None
 
 
+def op_frame(data, signature):
+    """An RDATA operation frame: the signed bytes and signature, nothing the sender could add."""
+    return {"t": "op", "bytes": b64(data), "signature": b64(signature)}
+
+
+async def replication_order(peer):
+    """Operations over a proven route that the causal log must not fold early,
+    twice, or from tampered bytes. The peer is a route the node accepted."""
+    admin = PEOPLE["admin"]
+
+    def snapshot():
+        heads = log_heads()
+        return {"count": heads.get("count"), "digest": heads.get("digest"), "heads": heads.get("heads"),
+                "waiting": metric("unibus_membership_waiting"), "rooms": set(room_ids())}
+
+    def send(frame):
+        peer.data_frame(frame)
+        return peer.ping()
+
+    # 1. An operation whose predecessor exists nowhere: parked, never folded.
+    before = snapshot()
+    orphan, orphan_signature = signed_operation(admin, create_room_op("orphan", "orphan.s"), parents=[os.urandom(32).hex()])
+    data, closed = send(op_frame(orphan, orphan_signature))
+    after = snapshot()
+    check("an RDATA op naming a predecessor that never arrives is not folded (no room, log count and digest unchanged)",
+          not closed and b"PONG" in data and "orphan" not in after["rooms"] and after["count"] == before["count"]
+          and after["digest"] == before["digest"] and before["count"] is not None,
+          f"closed={closed} count {before['count']} -> {after['count']} rooms={sorted(after['rooms'])}")
+    check("the node parks it while its predecessor is missing (unibus_membership_waiting grew by 1)",
+          before["waiting"] is not None and after["waiting"] == before["waiting"] + 1, f"{before['waiting']} -> {after['waiting']}")
+    data, closed = send(op_frame(orphan, orphan_signature))
+    again = snapshot()
+    check("the parked op sent again changes nothing (waiting gauge, log count, digest)",
+          not closed and again["waiting"] == after["waiting"] and again["count"] == after["count"] and again["digest"] == after["digest"],
+          f"closed={closed} waiting {after['waiting']} -> {again['waiting']} count {after['count']} -> {again['count']}")
+
+    # 2. A child sent before its parent: parked, then folded when the parent arrives.
+    before = snapshot()
+    parent, parent_signature = signed_operation(admin, create_room_op("routeparent", "routeparent.s"), parents=before["heads"])
+    child, child_signature = signed_operation(admin, create_room_op("routechild", "routechild.s"), parents=[operation_id(parent)])
+    data, closed = send(op_frame(child, child_signature))
+    parked = snapshot()
+    check("an RDATA op sent before its predecessor is parked, not folded",
+          not closed and "routechild" not in parked["rooms"] and parked["count"] == before["count"]
+          and parked["waiting"] == before["waiting"] + 1, f"closed={closed} count {before['count']} -> {parked['count']} "
+          f"waiting {before['waiting']} -> {parked['waiting']} rooms={sorted(parked['rooms'])}")
+    data, closed = send(op_frame(parent, parent_signature))
+    folded = snapshot()
+    check("when the predecessor arrives both are folded (both rooms, count +2, the child is the one head, nothing left waiting)",
+          not closed and {"routeparent", "routechild"} <= folded["rooms"] and folded["count"] == before["count"] + 2
+          and folded["heads"] == [operation_id(child)] and folded["waiting"] == before["waiting"],
+          f"closed={closed} count {before['count']} -> {folded['count']} heads={folded['heads']} "
+          f"waiting {before['waiting']} -> {folded['waiting']} rooms={sorted(folded['rooms'])}")
+
+    # 3. Tampered parents: the relay rewrites an operation's parents to an
+    #    older operation (as if its actor had not seen the latest head). Its
+    #    signature no longer verifies.
+    refused_frames = metric("unibus_replication_frames_refused_total")
+    before = snapshot()
+    honest, honest_signature = signed_operation(admin, create_room_op("routeok", "routeok.s"), parents=before["heads"])
+    envelope = json.loads(honest)
+    envelope["parents"] = [operation_id(parent)]
+    tampered = envelope_bytes(envelope)
+    data, closed = send(op_frame(tampered, honest_signature))
+    after = snapshot()
+    check("an RDATA op with tampered parents is refused (not stored: no room, log count, digest and waiting unchanged)",
+          not closed and b"PONG" in data and "routeok" not in after["rooms"] and after["count"] == before["count"]
+          and after["digest"] == before["digest"] and after["waiting"] == before["waiting"],
+          f"closed={closed} count {before['count']} -> {after['count']} waiting {before['waiting']} -> {after['waiting']}")
+    metric_grew("unibus_replication_frames_refused_total", refused_frames, 1, "the tampered parents (bad signature)")
+    data, closed = send(op_frame(honest, honest_signature))
+    after = snapshot()
+    check("control: the same op with the parents it was signed with is stored (the refusal was the tampering)",
+          not closed and "routeok" in after["rooms"] and after["count"] == before["count"] + 1 and after["heads"] == [operation_id(honest)],
+          f"closed={closed} count {before['count']} -> {after['count']} heads={after['heads']}")
+
+    # 4. A known operation sent again: nothing changes.
+    data, closed = send(op_frame(honest, honest_signature))
+    again = snapshot()
+    check("a known op sent again over the route changes nothing (log count, digest, heads, waiting)",
+          not closed and b"PONG" in data and again["count"] == after["count"] and again["digest"] == after["digest"]
+          and again["heads"] == after["heads"] and again["waiting"] == after["waiting"],
+          f"closed={closed} count {after['count']} -> {again['count']} digest {after['digest']} -> {again['digest']}")
+
+    # 5. A version 1 envelope (no parents), validly signed: no running log takes one.
+    replicated_refused = metric("unibus_membership_replicated_refused_total")
+    legacy, legacy_signature = signed_operation(admin, create_room_op("legacy", "legacy.s"), version=1)
+    data, closed = send(op_frame(legacy, legacy_signature))
+    after = snapshot()
+    check("a version 1 op (no parents) over the route is refused (not stored, not parked)",
+          not closed and "legacy" not in after["rooms"] and after["count"] == again["count"] and after["waiting"] == again["waiting"],
+          f"closed={closed} count {again['count']} -> {after['count']} waiting {again['waiting']} -> {after['waiting']}")
+    metric_grew("unibus_membership_replicated_refused_total", replicated_refused, 1, "the version 1 op")
+
+    check("after the out-of-order, tampered and repeated frames a new operation through the control plane still applies",
+          cli("room", "create", "--node", NODE.url, "--identity", admin["path"], "--id", "afterorder", "--subject", "afterorder.s")[0] == 0
+          and "afterorder" in room_ids())
+
+
 async def route_attacks():
     admin = PEOPLE["admin"]
     opened = metric("unibus_routes_opened_total")
@@ -826,7 +1022,7 @@ async def route_attacks():
           f"routes={route_ids()} opened {opened} -> {metric('unibus_routes_opened_total')}")
     metric_grew("unibus_routes_refused_total", refused_before, 2, "the two bad AUTH proofs")
 
-    # A peer that proves its own key, then replays an admin-signed operation at clock 2^64-1.
+    # A peer that proves its own key, then sends admin-signed operations out of causal order.
     pair, peer_id = server_keypair()
     peer = RoutePeer()
     peer.hello(peer_id, pair=pair)
@@ -836,29 +1032,7 @@ async def route_attacks():
         await asyncio.sleep(0.05)
     check("control: a peer proving its own server key is accepted as a route", not closed and peer_id in (route_ids() or []),
           f"closed={closed} routes={route_ids()} {data[:300]!r}")
-    status, body = http("GET", "/v1/node")
-    before = json.loads(body)["membership"]["operations"] if status == 200 else None
-    future_before = metric("unibus_membership_future_positions_refused_total")
-    op, signature = signed_operation(admin, create_room_op("clockbomb", "clockbomb.s"))
-    peer.data_frame({"t": "op", "bytes": b64(op), "signature": b64(signature), "clock": "18446744073709551615", "origin": peer_id})
-    data, closed = peer.ping()
-    status, body = http("GET", "/v1/node")
-    after = json.loads(body)["membership"]["operations"] if status == 200 else None
-    code, out = cli("room", "list", "--node", NODE.url, "--identity", admin["path"])
-    check("an RDATA op at clock 18446744073709551615 is not stored (room list, operation count)",
-          not closed and b"PONG" in data and code == 0 and "clockbomb" not in out and before == after,
-          f"closed={closed} ops {before} -> {after}; room list: {out.strip()[:300]}")
-    metric_grew("unibus_membership_future_positions_refused_total", future_before, 1, "the far-future clock")
-    op, signature = signed_operation(admin, create_room_op("routeok", "routeok.s"))
-    clock = int(time.time() * 1000) << 16
-    peer.data_frame({"t": "op", "bytes": b64(op), "signature": b64(signature), "clock": str(clock), "origin": peer_id})
-    data, closed = peer.ping()
-    code, out = cli("room", "list", "--node", NODE.url, "--identity", admin["path"])
-    check("control: the same frame at a current clock is stored (the refusal was the clock)", code == 0 and "routeok" in out,
-          f"closed={closed} {out.strip()[:300]}")
-    check("after the clock-bomb frame a new operation through the control plane still applies",
-          cli("room", "create", "--node", NODE.url, "--identity", admin["path"], "--id", "afterclock", "--subject", "afterclock.s")[0] == 0
-          and "afterclock" in room_ids())
+    await replication_order(peer)
     peer.close()
 
     # A proven peer floods RS+ past the interest limit (20,000 on this node).
@@ -1214,7 +1388,8 @@ async def main(work):
             code, out = cli("room", "add-member", *as_admin, "--id", "ops", "--sign-pub", PEOPLE[name]["nkey"])
             check(f"setup: {name} joins ops", code == 0, out)
         await serves("baseline")
-        for section in (header_attacks, slow_loris, reserved_namespaces, policy_ranges, broker_attacks, route_attacks, route_relay, churn):
+        for section in (header_attacks, slow_loris, reserved_namespaces, policy_ranges, operation_envelopes, broker_attacks,
+                        route_attacks, route_relay, churn):
             started = time.time()
             try:
                 await section()
