@@ -25,6 +25,8 @@ if [ ! -f .unibus/data/membership.sqlite3 ]; then
     "$bin/unibusd" init --data-dir .unibus/data --admin-identity .unibus/admin.json --handle admin
 fi
 "$bin/unibus" identity show --identity .unibus/admin.json
+# The root admin's nkey: check and demo pin it and verify membership from it (never learned from the node).
+root=$("$bin/unibus" identity nkey --identity .unibus/admin.json)
 
 echo
 echo "== node on 127.0.0.1:4222 (control plane http://127.0.0.1:4280, loopback dev mode)"
@@ -48,11 +50,11 @@ done
 
 echo
 echo "== demo: alice and bob in an end-to-end encrypted room"
-"$bin/unibus" demo --alice .unibus/alice.json --bob .unibus/bob.json
+"$bin/unibus" demo --alice .unibus/alice.json --bob .unibus/bob.json --root "$root"
 
 echo
 echo "== unibus check: 20 messages through the admin's encrypted probe room"
-"$bin/unibus" check --identity .unibus/admin.json
+"$bin/unibus" check --identity .unibus/admin.json --root "$root"
 
 echo
 echo "== the node keeps running (Ctrl-C stops it)"
