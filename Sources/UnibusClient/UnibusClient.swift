@@ -508,7 +508,10 @@ public actor UnibusClient {
             handled.append(share.id)
         }
         if !handled.isEmpty {
-            _ = try? await call("POST", "/v1/key-shares/ack", body: ControlAPI.encode(ControlAPI.AckRequest(ids: handled)),
+            // Each acknowledgement is signed: only this recipient can mark its shares delivered, on any node.
+            let acks = handled.map { ControlAPI.AckRequest.Ack(id: $0, signature: configuration.identity.sign(
+                KeyShare.ackStatement(id: $0, recipient: userNKey))) }
+            _ = try? await call("POST", "/v1/key-shares/ack", body: ControlAPI.encode(ControlAPI.AckRequest(acks: acks)),
                                 expecting: ControlAPI.AckResponse.self)
         }
     }

@@ -173,14 +173,19 @@ public final class ControlPlane: Sendable {
             }
         case ("POST", "key-shares", 3) where parts[2] == "ack":
             guard let request = ControlAPI.decode(ControlAPI.AckRequest.self, from: body) else {
-                return .error(400, "the body must be {\"ids\": [...]}")
+                return .error(400, "the body must be {\"acks\": [{\"id\", \"signature\"}]}")
             }
-            guard request.ids.count <= Self.keySharePageLimit else { return .error(400, "acknowledge at most \(Self.keySharePageLimit) ids at once") }
+            guard request.acks.count <= Self.keySharePageLimit else { return .error(400, "acknowledge at most \(Self.keySharePageLimit) shares at once") }
+            var acks: [SignedAck] = []
+            for ack in request.acks {
+                guard let signature = try? Base64.decode(ack.signature) else { return .error(400, "an acknowledgement's signature must be base64") }
+                acks.append(SignedAck(id: ack.id, signature: signature))
+            }
             do {
-                let count = try node.acknowledgeKeyShares(request.ids, by: caller)
+                let count = try node.acknowledgeKeyShares(acks, by: caller)
                 return .json(200, ControlAPI.AckResponse(acknowledged: count))
             } catch {
-                return storageFailure(error)
+                return membershipFailure(error)
             }
         default:
             return .error(404, "no such endpoint: \(method) \(route)")

@@ -378,9 +378,20 @@ public enum ControlAPI {
         }
     }
 
+    /// `POST /v1/key-shares/ack`: each acknowledgement signed by the caller
+    /// (the recipient) over `KeyShare.ackStatement`, so other nodes can check it.
     public struct AckRequest: Codable, Sendable {
-        public var ids: [String]
-        public init(ids: [String]) { self.ids = ids }
+        public var acks: [Ack]
+        public init(acks: [Ack]) { self.acks = acks }
+
+        public struct Ack: Codable, Sendable {
+            public var id: String
+            public var signature: String
+            public init(id: String, signature: [UInt8]) {
+                self.id = id
+                self.signature = Base64.encode(signature)
+            }
+        }
     }
 
     public struct AckResponse: Codable, Sendable {

@@ -76,6 +76,18 @@ public struct KeyShare: Equatable, Sendable {
         return key.verify(signature: sessionSignature, message: Self.ownerStatement(room: room, sessionID: sessionID, owner: sender))
     }
 
+    /// What a recipient signs to acknowledge one share: nobody else (no node,
+    /// no route peer) can mark a member's share delivered and erase it.
+    public static func ackStatement(id: String, recipient: String) -> [UInt8] {
+        Array("UNIBUS-KEY-ACK-1\n\(id)\n\(recipient)".utf8)
+    }
+
+    /// Whether `signature` is `recipient`'s acknowledgement of share `id`.
+    public static func isAcknowledged(id: String, by recipient: String, signature: [UInt8]) -> Bool {
+        guard signature.count == 64, let (_, key) = try? NKey.decodePublicKey(recipient, expecting: .user) else { return false }
+        return key.verify(signature: signature, message: ackStatement(id: id, recipient: recipient))
+    }
+
     /// Whether `signature` is the sender's over this share.
     public var isSignedBySender: Bool {
         guard let (_, key) = try? NKey.decodePublicKey(sender, expecting: .user) else { return false }
@@ -87,5 +99,16 @@ extension KeyShare {
     /// A share's id: the same on every node for the same sealed key.
     public static func identifier(room: String, sessionID: String, recipient: String, sealed: [UInt8]) -> String {
         Hex.encode(Digest.sha256(Array("\(room)|\(sessionID)|\(recipient)|".utf8) + sealed))
+    }
+}
+
+/// A recipient's signed acknowledgement of one key share.
+public struct SignedAck: Equatable, Sendable {
+    public var id: String
+    public var signature: [UInt8]
+
+    public init(id: String, signature: [UInt8]) {
+        self.id = id
+        self.signature = signature
     }
 }

@@ -15,10 +15,11 @@ public enum ReplicationFrame: Equatable, Sendable {
     /// One signed operation (signature verified). Its place in the log
     /// follows from what it signs; nothing about it is the sender's to say.
     case operation(SignedOperation)
-    /// Key shares, each possibly already acknowledged (`acked`).
-    case shares([ReplicatedShare])
-    /// Acknowledged share ids, and when.
-    case acks(ids: [String], at: String)
+    /// Pending key shares (sealed, sender-signed, session-owner-signed).
+    case shares([KeyShare])
+    /// Acknowledgements, each signed by the share's recipient (a peer cannot
+    /// erase a member's pending share without it).
+    case acks([SignedAck])
 
     /// Ids in one `have` chunk, shares in one `shares` frame, ids in
     /// one `acks` frame: senders split longer lists.
@@ -54,30 +55,32 @@ public enum ReplicationFrame: Equatable, Sendable {
             guard let items = wire.shares, items.count <= Self.maximumShares else {
                 throw .malformed("shares needs at most \(Self.maximumShares) shares")
             }
-            var shares: [ReplicatedShare] = []
+            var shares: [KeyShare] = []
             for item in items {
                 guard let sealed = try? Base64.decode(item.sealed), let signature = try? Base64.decode(item.signature),
-                      Self.isHex(item.id, count: 64), (item.acked ?? "").utf8.count <= 64 else {
-                    throw .malformed("a share needs a hex id, base64 sealed and signature, and a short acked time")
-                }
-                guard let sessionSignature = try? Base64.decode(item.session_signature ?? "") else {
-                    throw .malformed("a share's session_signature must be base64")
+                      let sessionSignature = try? Base64.decode(item.session_signature ?? ""), Self.isHex(item.id, count: 64) else {
+                    throw .malformed("a share needs a hex id and base64 sealed, signature and session_signature")
                 }
                 let share = KeyShare(id: item.id, room: item.room, sender: item.sender, recipient: item.recipient,
                                      sessionID: item.session_id, sealed: sealed, signature: signature, created: item.created ?? "",
                                      sessionSignature: sessionSignature)
-                // An acknowledged share travels without its sealed key.
-                if item.acked == nil || !sealed.isEmpty, let problem = share.fieldProblem { throw .malformed(problem) }
-                shares.append(ReplicatedShare(share: share, acked: item.acked))
+                if let problem = share.fieldProblem { throw .malformed(problem) }
+                shares.append(share)
             }
             self = .shares(shares)
         case "acks":
-            guard let ids = wire.ids, ids.count <= Self.maximumIDs, ids.allSatisfy({ $0.utf8.count <= 128 }) else {
-                throw .malformed("acks needs at most \(Self.maximumIDs) ids")
+            guard let items = wire.acks, items.count <= Self.maximumIDs else {
+                throw .malformed("acks needs at most \(Self.maximumIDs) acknowledgements")
             }
-            let at = wire.at ?? ""
-            guard at.utf8.count <= 64 else { throw .malformed("acks has an overlong timestamp") }
-            self = .acks(ids: ids, at: at)
+            var acks: [SignedAck] = []
+            acks.reserveCapacity(items.count)
+            for item in items {
+                guard Self.isHex(item.id, count: 64), let signature = try? Base64.decode(item.sig), signature.count == 64 else {
+                    throw .malformed("an acknowledgement needs a hex share id and a 64-byte signature")
+                }
+                acks.append(SignedAck(id: item.id, signature: signature))
+            }
+            self = .acks(acks)
         default:
             throw .unknownType(String(wire.t.prefix(32)))
         }
@@ -96,14 +99,15 @@ public enum ReplicationFrame: Equatable, Sendable {
             wire.t = "op"; wire.bytes = Base64.encode(operation.bytes); wire.signature = Base64.encode(operation.signature)
         case .shares(let shares):
             wire.t = "shares"
-            wire.shares = shares.map { item in
-                WireShare(id: item.share.id, room: item.share.room, sender: item.share.sender, recipient: item.share.recipient,
-                          session_id: item.share.sessionID, sealed: Base64.encode(item.share.sealed),
-                          signature: Base64.encode(item.share.signature), created: item.share.created, acked: item.acked,
-                          session_signature: Base64.encode(item.share.sessionSignature))
+            wire.shares = shares.map { share in
+                WireShare(id: share.id, room: share.room, sender: share.sender, recipient: share.recipient,
+                          session_id: share.sessionID, sealed: Base64.encode(share.sealed),
+                          signature: Base64.encode(share.signature), created: share.created,
+                          session_signature: Base64.encode(share.sessionSignature))
             }
-        case .acks(let ids, let at):
-            wire.t = "acks"; wire.ids = ids; wire.at = at
+        case .acks(let acks):
+            wire.t = "acks"
+            wire.acks = acks.map { WireAck(id: $0.id, sig: Base64.encode($0.signature)) }
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -125,8 +129,12 @@ public enum ReplicationFrame: Equatable, Sendable {
         var bytes: String?
         var signature: String?
         var shares: [WireShare]?
-        var ids: [String]?
-        var at: String?
+        var acks: [WireAck]?
+    }
+
+    private struct WireAck: Codable {
+        var id: String
+        var sig: String
     }
 
     private struct WireShare: Codable {
@@ -138,19 +146,7 @@ public enum ReplicationFrame: Equatable, Sendable {
         var sealed: String
         var signature: String
         var created: String?
-        var acked: String?
         var session_signature: String?
-    }
-}
-
-/// A key share as replicated, with its acknowledgement if any.
-public struct ReplicatedShare: Equatable, Sendable {
-    public var share: KeyShare
-    public var acked: String?
-
-    public init(share: KeyShare, acked: String?) {
-        self.share = share
-        self.acked = acked
     }
 }
 

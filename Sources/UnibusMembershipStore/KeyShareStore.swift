@@ -125,20 +125,38 @@ extension MembershipStore {
         }
     }
 
-    /// Marks shares as delivered; only the recipient may acknowledge its own.
-    public func acknowledgeKeyShares(_ ids: [String], by recipient: String, at timestamp: String) throws(MembershipError) -> Int {
+    /// Marks shares as delivered. Each acknowledgement must be signed by the
+    /// share's recipient (`KeyShare.ackStatement`), so it can travel to other
+    /// nodes and be checked there; the sealed key is erased at once and the
+    /// tombstone dated by this node's clock. Returns the acknowledgements
+    /// that took effect (to replicate).
+    public func acknowledgeKeyShares(_ acks: [SignedAck], by recipient: String, now: Date = Date()) throws(MembershipError) -> [SignedAck] {
+        let valid = acks.filter { KeyShare.isAcknowledged(id: $0.id, by: recipient, signature: $0.signature) }
+        guard valid.count == acks.count else { throw .badSignature }
+        return try markAcknowledged(valid, recipient: recipient, now: now)
+    }
+
+    /// Marks the shares of `acks` acknowledged where `recipient` (when given)
+    /// is theirs and each signature is the share's recipient's.
+    private func markAcknowledged(_ acks: [SignedAck], recipient: String?, now: Date) throws(MembershipError) -> [SignedAck] {
+        let timestamp = OperationTime.string(now)
         do {
             return try withDatabase { database in
                 try database.transaction {
-                    var count = 0
-                    for id in ids {
-                        let before = try database.query("SELECT count(*) FROM key_shares WHERE id = ? AND recipient = ? AND acked IS NULL", [.text(id), .text(recipient)])
-                        try database.query("UPDATE key_shares SET acked = ?, sealed = x'' WHERE id = ? AND recipient = ? AND acked IS NULL", [.text(timestamp), .text(id), .text(recipient)])
-                        count += Int(before.first?.first?.integer ?? 0)
+                    var done: [SignedAck] = []
+                    for ack in acks {
+                        guard let row = try database.query("SELECT recipient FROM key_shares WHERE id = ? AND acked IS NULL", [.text(ack.id)]).first,
+                              let owner = row[0].text, recipient == nil || owner == recipient,
+                              KeyShare.isAcknowledged(id: ack.id, by: owner, signature: ack.signature) else { continue }
+                        try database.query("UPDATE key_shares SET acked = ?, sealed = x'', ack_signature = ? WHERE id = ?",
+                                           [.text(timestamp), .blob(ack.signature), .text(ack.id)])
+                        done.append(ack)
                     }
-                    return count
+                    return done
                 }
             }
+        } catch let error as MembershipError {
+            throw error
         } catch {
             throw .storage("\(error)")
         }
@@ -146,45 +164,38 @@ extension MembershipStore {
 }
 
 extension MembershipStore {
-    /// Stores a share another node accepted (its rules were checked there):
-    /// only its sender's signature is checked here, since this node's copy
-    /// of the membership may lag. Returns whether it was new. `acked` marks
-    /// it delivered (a share the recipient already fetched elsewhere).
-    public func storeReplicatedKeyShare(_ share: KeyShare, acked: String?) throws(MembershipError) -> Bool {
+    /// Stores a pending share another node accepted (its rules were checked
+    /// there): its signatures and id are checked here, and its ends must be
+    /// users this node knows, the recipient not revoked (this node's copy of
+    /// the membership may lag on rooms, not on who exists). Returns whether
+    /// it was new.
+    public func storeReplicatedKeyShare(_ share: KeyShare) throws(MembershipError) -> Bool {
         if let problem = share.fieldProblem { throw .invalid(problem) }
         guard share.id == KeyShare.identifier(room: share.room, sessionID: share.sessionID, recipient: share.recipient, sealed: share.sealed) else {
             throw .invalid("the share's id does not match its contents")
         }
         guard share.isSignedBySender, share.isOwnedBySender else { throw .badSignature }
-        // Both ends must be users this node knows (its copy may lag on
-        // membership, not on who exists at all for long): a route peer cannot
-        // fill the store with shares between made-up keys.
         let state = snapshot
         guard state.users[share.sender] != nil, let recipient = state.users[share.recipient] else {
             throw .notFound("the share's sender or recipient is not a user this node knows")
         }
         // Never store a key for a revoked user (its revocation deleted the rest).
-        guard recipient.status == .active || acked != nil else { throw .unauthorized("\(share.recipient) is revoked") }
-        guard share.room.utf8.count <= 64, share.sessionID.utf8.count <= 64, share.created.utf8.count <= 64,
-              acked.map({ $0.utf8.count <= 64 }) ?? true else { throw .invalid("a share field is too long") }
+        guard recipient.status == .active else { throw .unauthorized("\(share.recipient) is revoked") }
         do {
             return try withDatabase { database in
                 try database.transaction {
                     let known = try !database.query("SELECT 1 FROM key_shares WHERE id = ?", [.text(share.id)]).isEmpty
+                    guard !known else { return false }
                     let pending = try Self.pendingCount(for: share.recipient, from: share.sender, in: database)
-                    if !known && acked == nil && pending >= Self.maximumPendingSharesPerSender {
+                    if pending >= Self.maximumPendingSharesPerSender {
                         throw MembershipError.conflict("\(share.recipient) has \(Self.maximumPendingSharesPerSender) key shares from \(share.sender) waiting")
                     }
-                    if !known {
-                        try database.query("INSERT INTO key_shares (id, room, sender, recipient, session_id, sealed, signature, created, acked, "
-                                           + "session_signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                           [.text(share.id), .text(share.room), .text(share.sender), .text(share.recipient),
-                                            .text(share.sessionID), .blob(acked == nil ? share.sealed : []), .blob(share.signature),
-                                            .text(share.created), acked.map { .text($0) } ?? .null, .blob(share.sessionSignature)])
-                    } else if let acked {
-                        try database.query("UPDATE key_shares SET acked = ?, sealed = x'' WHERE id = ? AND acked IS NULL", [.text(acked), .text(share.id)])
-                    }
-                    return !known
+                    try database.query("INSERT INTO key_shares (id, room, sender, recipient, session_id, sealed, signature, created, "
+                                       + "session_signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                       [.text(share.id), .text(share.room), .text(share.sender), .text(share.recipient),
+                                        .text(share.sessionID), .blob(share.sealed), .blob(share.signature),
+                                        .text(share.created), .blob(share.sessionSignature)])
+                    return true
                 }
             }
         } catch let error as MembershipError {
@@ -194,24 +205,17 @@ extension MembershipStore {
         }
     }
 
-    /// Marks shares delivered on another node (the recipient acknowledged there).
-    public func acknowledgeReplicatedKeyShares(_ ids: [String], at timestamp: String) throws(MembershipError) {
-        do {
-            try withDatabase { database in
-                try database.transaction {
-                    for id in ids {
-                        try database.query("UPDATE key_shares SET acked = ?, sealed = x'' WHERE id = ? AND acked IS NULL", [.text(timestamp), .text(id)])
-                    }
-                }
-            }
-        } catch {
-            throw .storage("\(error)")
-        }
+    /// Acknowledgements from another node: each takes effect only if it is
+    /// signed by the share's recipient (a peer cannot erase pending shares).
+    /// The tombstone is dated by this node's clock, never the peer's.
+    @discardableResult
+    public func acknowledgeReplicatedKeyShares(_ acks: [SignedAck], now: Date = Date()) throws(MembershipError) -> Int {
+        try markAcknowledged(acks, recipient: nil, now: now).count
     }
 
-    /// Every share not yet acknowledged, and the ids of acknowledged ones
-    /// (what a node tells a peer when a link opens).
-    public func keySharesForSync() throws(MembershipError) -> (pending: [KeyShare], acknowledged: [String]) {
+    /// Every share not yet acknowledged, and the signed acknowledgements of
+    /// acknowledged ones (what a node tells a peer when a link opens).
+    public func keySharesForSync() throws(MembershipError) -> (pending: [KeyShare], acknowledged: [SignedAck]) {
         do {
             return try withDatabase { database in
                 let pending = try database.query("SELECT id, room, sender, recipient, session_id, sealed, signature, created, session_signature "
@@ -220,7 +224,11 @@ extension MembershipStore {
                              sessionID: row[4].text ?? "", sealed: row[5].blob ?? [], signature: row[6].blob ?? [], created: row[7].text ?? "",
                              sessionSignature: row[8].blob ?? [])
                 }
-                let acknowledged = try database.query("SELECT id FROM key_shares WHERE acked IS NOT NULL ORDER BY rowid").compactMap { $0[0].text }
+                let acknowledged = try database.query("SELECT id, ack_signature FROM key_shares WHERE acked IS NOT NULL "
+                                                      + "AND length(ack_signature) = 64 ORDER BY rowid").compactMap { row -> SignedAck? in
+                    guard let id = row[0].text, let signature = row[1].blob else { return nil }
+                    return SignedAck(id: id, signature: signature)
+                }
                 return (pending, acknowledged)
             }
         } catch {
@@ -228,4 +236,3 @@ extension MembershipStore {
         }
     }
 }
-

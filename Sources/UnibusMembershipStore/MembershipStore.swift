@@ -111,7 +111,7 @@ public final class MembershipStore: @unchecked Sendable {
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE IF NOT EXISTS key_shares (id TEXT PRIMARY KEY, room TEXT NOT NULL, sender TEXT NOT NULL, recipient TEXT NOT NULL,
             session_id TEXT NOT NULL, sealed BLOB NOT NULL, signature BLOB NOT NULL, created TEXT NOT NULL, acked TEXT,
-            session_signature BLOB NOT NULL DEFAULT x'');
+            session_signature BLOB NOT NULL DEFAULT x'', ack_signature BLOB);
         CREATE INDEX IF NOT EXISTS key_shares_pending ON key_shares (recipient, acked);
         """
 

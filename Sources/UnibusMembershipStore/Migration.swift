@@ -75,6 +75,7 @@ extension MembershipStore {
                 ALTER TABLE operations RENAME TO legacy_operations;
                 DROP TABLE IF EXISTS users; DROP TABLE IF EXISTS rooms; DROP TABLE IF EXISTS members;
                 ALTER TABLE key_shares ADD COLUMN session_signature BLOB NOT NULL DEFAULT x'';
+                ALTER TABLE key_shares ADD COLUMN ack_signature BLOB;
                 """)
                 try database.execute(logSchema)
                 try database.query("INSERT INTO log (id, kind, actor, ts, bytes, signature) VALUES (?, ?, ?, ?, ?, ?)",

@@ -127,10 +127,10 @@ public final class Node: Sendable {
         broker.cluster?.broadcast(Replicator.sharesFrame(shares))
     }
 
-    /// Acknowledges shares fetched through this node and tells the cluster.
-    public func acknowledgeKeyShares(_ ids: [String], by recipient: String) throws(MembershipError) -> Int {
-        let at = OperationTime.now()
-        let count = try membership.acknowledgeKeyShares(ids, by: recipient, at: at)
+    /// Acknowledges shares fetched through this node (each acknowledgement
+    /// signed by the recipient) and tells the cluster. Returns how many took effect.
+    public func acknowledgeKeyShares(_ acks: [SignedAck], by recipient: String) throws(MembershipError) -> Int {
+        let done = try membership.acknowledgeKeyShares(acks, by: recipient)
         // Tombstones go after their retention even on a node with no peers.
         let now = Date()
         if lastPrune.withLockedValue({ last in
@@ -140,8 +140,8 @@ public final class Node: Sendable {
         }) {
             try? membership.pruneAcknowledgedKeyShares(now: now)
         }
-        if count > 0 { broker.cluster?.broadcast(Replicator.acksFrame(ids, at: at)) }
-        return count
+        if !done.isEmpty { broker.cluster?.broadcast(Replicator.acksFrame(done)) }
+        return done.count
     }
 
     /// Tells each recipient connected here that a share is waiting (no key material).

@@ -18,7 +18,8 @@ import UnibusMembershipStore
 ///   ids it holds (`have`, in chunks), and each then sends the operations
 ///   the other lacks, predecessors first. Both ends end with the union.
 /// - `shares` / `acks`: key shares (sealed, sender-signed) and their
-///   acknowledgements, pushed when they happen and exchanged in full when a
+///   acknowledgements (each signed by the share's recipient), pushed when
+///   they happen and exchanged in full when a
 ///   link opens, so a member fetches its shares from whichever node it uses.
 ///
 /// Nothing here decides who may do what: every node applies the same rules
@@ -52,12 +53,12 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
         ReplicationFrame.operation(operation).encoded
     }
 
-    static func sharesFrame(_ shares: [KeyShare], acked: String? = nil) -> [UInt8] {
-        ReplicationFrame.shares(shares.map { ReplicatedShare(share: $0, acked: acked) }).encoded
+    static func sharesFrame(_ shares: [KeyShare]) -> [UInt8] {
+        ReplicationFrame.shares(shares).encoded
     }
 
-    static func acksFrame(_ ids: [String], at timestamp: String) -> [UInt8] {
-        ReplicationFrame.acks(ids: ids, at: timestamp).encoded
+    static func acksFrame(_ acks: [SignedAck]) -> [UInt8] {
+        ReplicationFrame.acks(acks).encoded
     }
 
     // MARK: ClusterDelegate
@@ -71,9 +72,8 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
         for start in stride(from: 0, to: pending.count, by: ReplicationFrame.maximumShares) {
             link.send(Self.sharesFrame(Array(pending[start..<min(start + ReplicationFrame.maximumShares, pending.count)])))
         }
-        let now = OperationTime.now()
         for start in stride(from: 0, to: acknowledged.count, by: ReplicationFrame.maximumIDs) {
-            link.send(Self.acksFrame(Array(acknowledged[start..<min(start + ReplicationFrame.maximumIDs, acknowledged.count)]), at: now))
+            link.send(Self.acksFrame(Array(acknowledged[start..<min(start + ReplicationFrame.maximumIDs, acknowledged.count)])))
         }
     }
 
@@ -137,18 +137,21 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
                 node.broker.cluster?.broadcast(Self.operationFrame(stored), except: link)
             }
         case .shares(let shares):
-            for item in shares {
+            for share in shares {
                 do {
-                    if try node.membership.storeReplicatedKeyShare(item.share, acked: item.acked), item.acked == nil {
-                        node.notifyKeyShares([item.share])
+                    if try node.membership.storeReplicatedKeyShare(share) {
+                        node.notifyKeyShares([share])
                     }
                 } catch {
                     node.refusedReplicationFrames.wrappingIncrement(ordering: .relaxed)
                     node.log("replicated key share refused", ["peer": link.peer.serverID, "error": "\(error)"])
                 }
             }
-        case .acks(let ids, let at):
-            try? node.membership.acknowledgeReplicatedKeyShares(ids, at: at.isEmpty ? OperationTime.now() : at)
+        case .acks(let acks):
+            // Only acknowledgements signed by each share's recipient take effect.
+            let done = (try? node.membership.acknowledgeReplicatedKeyShares(acks)) ?? 0
+            if done < acks.count { node.log("replicated acknowledgements ignored (unknown share, or not the recipient's)",
+                                            ["peer": link.peer.serverID, "ignored": String(acks.count - done)]) }
         }
     }
 }

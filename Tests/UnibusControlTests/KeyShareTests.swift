@@ -59,6 +59,11 @@ struct KeyShareTests {
         return ["session_id": id, "session_signature": Base64.encode(signature), "shares": shares]
     }
 
+    /// An acknowledgement body: each id signed by `signer` as its recipient.
+    private func acks(_ ids: [String], signedBy signer: Identity) -> [String: Any] {
+        ["acks": ids.map { ["id": $0, "signature": Base64.encode(signer.sign(KeyShare.ackStatement(id: $0, recipient: signer.userNKey)))] }]
+    }
+
     private func share(from sender: Identity, to recipient: Identity, room: String = "ops", session: String = "S1",
                        sealedTo: X25519PublicKey? = nil) -> [String: Any] {
         let sealed = SealedBox.seal(Array("megolm session key".utf8), to: sealedTo ?? recipient.keyExchange.publicKey)
@@ -100,9 +105,12 @@ struct KeyShareTests {
         #expect(try SealedBox.open(sealed, with: bob.keyExchange) == Array("megolm session key".utf8))
         let id = try #require(shares.first?["id"] as? String)
 
-        let (_, wrongAck) = await call(plane, "POST", "/v1/key-shares/ack", as: alice, body: ["ids": [id]])
+        let (_, wrongAck) = await call(plane, "POST", "/v1/key-shares/ack", as: alice, body: acks([id], signedBy: alice))
         #expect(wrongAck["acknowledged"] as? Int == 0, "only the recipient acknowledges")
-        let (_, ack) = await call(plane, "POST", "/v1/key-shares/ack", as: bob, body: ["ids": [id]])
+        // Bob's caller signature is not enough: the acknowledgement itself must be his.
+        let (unsigned, _) = await call(plane, "POST", "/v1/key-shares/ack", as: bob, body: acks([id], signedBy: alice))
+        #expect(unsigned == 401)
+        let (_, ack) = await call(plane, "POST", "/v1/key-shares/ack", as: bob, body: acks([id], signedBy: bob))
         #expect(ack["acknowledged"] as? Int == 1)
         let (_, after) = await call(plane, "GET", "/v1/key-shares", as: bob)
         #expect((after["key_shares"] as? [Any])?.isEmpty == true)
@@ -169,15 +177,22 @@ struct KeyShareTests {
         #expect(pages == 2)
         #expect(seen.count == 750)
         #expect(Set(seen).count == 750, "no share twice across pages")
-        let (_, ack) = await call(plane, "POST", "/v1/key-shares/ack", as: bob, body: ["ids": Array(seen.prefix(500))])
+        let (_, ack) = await call(plane, "POST", "/v1/key-shares/ack", as: bob, body: acks(Array(seen.prefix(500)), signedBy: bob))
         #expect(ack["acknowledged"] as? Int == 500)
         let left = try node.membership.pendingKeyShares(for: bob.userNKey)
         #expect(left.count == 250)
-        let (tooMany, _) = await call(plane, "POST", "/v1/key-shares/ack", as: bob, body: ["ids": Array(repeating: "x", count: 501)])
+        let (tooMany, _) = await call(plane, "POST", "/v1/key-shares/ack", as: bob, body: acks(Array(repeating: "x", count: 501), signedBy: bob))
         #expect(tooMany == 400)
+        // A route peer's acknowledgements take effect only when the recipient signed them.
+        let remaining = try node.membership.pendingKeyShares(for: bob.userNKey).map(\.id)
+        let forged = remaining.prefix(10).map { SignedAck(id: $0, signature: alice.sign(KeyShare.ackStatement(id: $0, recipient: bob.userNKey))) }
+        #expect(try node.membership.acknowledgeReplicatedKeyShares(forged) == 0)
+        let genuine = remaining.prefix(10).map { SignedAck(id: $0, signature: bob.sign(KeyShare.ackStatement(id: $0, recipient: bob.userNKey))) }
+        #expect(try node.membership.acknowledgeReplicatedKeyShares(genuine) == 10)
+        #expect(try node.membership.pendingKeyShares(for: bob.userNKey).count == 240)
         // Pruning removes only tombstones older than the retention.
         #expect(try node.membership.pruneAcknowledgedKeyShares() == 0)
-        #expect(try node.membership.pruneAcknowledgedKeyShares(now: Date().addingTimeInterval(MembershipStore.acknowledgedShareRetention + 60)) == 500)
+        #expect(try node.membership.pruneAcknowledgedKeyShares(now: Date().addingTimeInterval(MembershipStore.acknowledgedShareRetention + 60)) == 510)
         await node.broker.shutdown()
     }
 
