@@ -374,6 +374,9 @@ public final class NATSConnection: @unchecked Sendable {
 
     private var lastError: String?
     private var subscriptionRefusals = 0
+    /// Refusals and resent SUBs per subject (bounded), for `confirmSubscription`.
+    private var refusalsBySubject: [String: Int] = [:]
+    private var resentBySubject: [String: Int] = [:]
     /// Re-SUB attempts per subscription after refusals.
     private var refusedAttempts: [UInt64: Int] = [:]
     private var retryPending: Set<UInt64> = []
@@ -502,6 +505,8 @@ public final class NATSConnection: @unchecked Sendable {
     private func retryRefused(_ subject: String) {
         let retries: [(UInt64, Int, Channel)] = lock.withLock {
             subscriptionRefusals += 1
+            if let count = refusalsBySubject[subject] { refusalsBySubject[subject] = count &+ 1 }
+            else if refusalsBySubject.count < 10_000 { refusalsBySubject[subject] = 1 }
             guard let channel else { return [] }
             return subscriptions.compactMap { sid, entry in
                 // One retry in flight per subscription (k subscriptions on a
@@ -522,6 +527,8 @@ public final class NATSConnection: @unchecked Sendable {
                     self.retryPending.remove(sid)
                     // Still wanted, and still on the same attachment.
                     guard let entry = self.subscriptions[sid], self.channel === channel else { return }
+                    if let count = self.resentBySubject[entry.subject] { self.resentBySubject[entry.subject] = count &+ 1 }
+                    else if self.resentBySubject.count < 10_000 { self.resentBySubject[entry.subject] = 1 }
                     self.writeLocked(Self.subCommand(subject: entry.subject, queue: entry.queue, sid: sid), to: channel)
                 }
             }
@@ -531,6 +538,52 @@ public final class NATSConnection: @unchecked Sendable {
     /// How many SUBs nodes refused (each refusal is retried; a count that
     /// keeps growing means the node does not know this user's membership).
     public var refusedSubscriptions: Int { lock.withLock { subscriptionRefusals } }
+
+    /// Subscribes to `subject`, waits until the node accepts it
+    /// (`confirmSubscription`), and unsubscribes: proof that the node holds
+    /// the permission, for a client that will only publish there.
+    public func confirmPermission(_ subject: String, timeout: Duration = .seconds(15)) async throws(ClientError) {
+        let sid: UInt64? = lock.withLock {
+            guard !closed else { return nil }
+            let sid = nextSID
+            nextSID += 1
+            let (_, continuation) = AsyncStream<NATSMessage>.makeStream(bufferingPolicy: .bufferingNewest(1))
+            subscriptions[sid] = SubscriptionEntry(subject: subject, queue: nil, continuation: continuation)
+            if let channel { writeLocked(Self.subCommand(subject: subject, queue: nil, sid: sid), to: channel) }
+            return sid
+        }
+        guard let sid else { throw .closed }
+        defer { unsubscribe(sid) }
+        try await confirmSubscription(subject, timeout: timeout)
+    }
+
+    /// Waits until the attached node has accepted the subscriptions on
+    /// `subject`: a round trip during which no SUB on it was refused, with
+    /// none waiting to be sent again. A node that does not yet hold the
+    /// membership change allowing it (made through another node a moment
+    /// ago) refuses, and the refusal is retried; publishing before it
+    /// catches up would be refused too, silently. Throws after `timeout`.
+    public func confirmSubscription(_ subject: String, timeout: Duration = .seconds(15)) async throws(ClientError) {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let before = lock.withLock { (refusalsBySubject[subject, default: 0], resentBySubject[subject, default: 0]) }
+            try await flush()
+            let (after, pending, known) = lock.withLock {
+                ((refusalsBySubject[subject, default: 0], resentBySubject[subject, default: 0]),
+                 subscriptions.contains { retryPending.contains($0.key) && $0.value.subject == subject },
+                 subscriptions.contains { $0.value.subject == subject })
+            }
+            guard known else { throw .invalid("no subscription on \(subject) to confirm") }
+            // No refusal during the round trip, none waiting to be resent, and
+            // no SUB resent meanwhile (its answer may come after the PONG).
+            if after == before && !pending { return }
+            guard ContinuousClock.now < deadline else {
+                throw .timeout("the node (\(currentEndpoint?.description ?? "?")) still refuses \(subject): it does not yet hold "
+                               + "the membership that allows it")
+            }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+    }
 }
 
 /// The fields of INFO the client uses.

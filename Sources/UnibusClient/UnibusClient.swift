@@ -323,7 +323,9 @@ public actor UnibusClient {
         try await refreshRoom(room)
         guard let info = keyring.rooms[room] else { throw ClientError.notAMember(room) }
         let stream = try connection.subscribe(info.subject)
-        try await connection.flush()
+        // The data-plane node may not hold the membership yet (it was made
+        // through another node): wait until it accepts the subscription.
+        try await connection.confirmSubscription(info.subject)
         await fetchKeyShares()
         return RoomMessages(client: self, room: room, stream: stream)
     }
@@ -332,7 +334,11 @@ public actor UnibusClient {
     /// subscribing to its subject (a publisher that does not read the room).
     public func openForSending(_ room: String) async throws {
         try await refreshRoom(room)
-        guard keyring.rooms[room] != nil else { throw ClientError.notAMember(room) }
+        guard let info = keyring.rooms[room] else { throw ClientError.notAMember(room) }
+        // Publishing is allowed exactly where subscribing is: a subscription
+        // the node accepts shows it holds the membership, so the first
+        // publishes are not refused (silently) by a node still catching up.
+        try await connection.confirmPermission(info.subject)
     }
 
     /// Syncs the verified log and takes the room's policy and members from

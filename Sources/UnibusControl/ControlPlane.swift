@@ -149,7 +149,8 @@ public final class ControlPlane: Sendable {
                 return .error(400, "the body must be {\"heads\": [operation ids], \"limit\": n} with at most \(ControlAPI.LogRequest.maximumHeads) heads")
             }
             let limit = min(max(request.limit ?? ControlAPI.LogPage.maximumOperations, 1), ControlAPI.LogPage.maximumOperations)
-            let page = node.membership.operations(after: request.heads, limit: limit)
+            // Pages are bounded in bytes too, well under what clients accept (16 MiB).
+            let page = node.membership.operations(after: request.heads, limit: limit, maxBytes: ControlAPI.LogPage.maximumBytes)
             return .json(200, ControlAPI.LogPage(operations: page.operations.map(ControlAPI.OperationDocument.init),
                                                  complete: page.complete, heads: node.membership.heads))
         case ("GET", "log", 3) where parts[2] == "heads":

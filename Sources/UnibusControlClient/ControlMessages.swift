@@ -288,6 +288,8 @@ public enum ControlAPI {
             self.heads = heads
         }
         public static let maximumOperations = 500
+        /// Signed bytes in one page (a checkpoint alone may exceed it).
+        public static let maximumBytes = 4 * 1024 * 1024
     }
 
     /// `GET /v1/log/heads`: what a node holds, to compare nodes.

@@ -51,7 +51,11 @@ public struct MembershipLog: Sendable {
     /// Operations the rules refuse at their place in the order, by id.
     public private(set) var refused: [String: MembershipError] = [:]
     private var operationsByActor: [String: [String]] = [:]
-    /// From the last fold: accepted revocations and reinstatements, by user.
+    /// Keys whose operations the graph can cut: targets of any held
+    /// revocation, and signers of any held root hand-over. An operation by
+    /// one of them never folds incrementally.
+    private var keysWithHistory: Set<String> = []
+    /// From the last fold: standing revocations and reinstatements, by user.
     private var revocations: [String: [String]] = [:]
     private var reinstatements: [String: [String]] = [:]
 
@@ -86,13 +90,17 @@ public struct MembershipLog: Sendable {
     /// Operations not in the causal past of `known` (ids the caller holds),
     /// in fold order, at most `limit`. When none of `known` is held here,
     /// everything (base first). `complete` is false when more follow.
-    public func operations(after known: [String], limit: Int) -> (operations: [SignedOperation], complete: Bool) {
+    public func operations(after known: [String], limit: Int, maxBytes: Int = .max) -> (operations: [SignedOperation], complete: Bool) {
         let held = known.filter { entries[$0] != nil }
         let past = held.isEmpty ? [] : ancestorsOrSelf(of: held)
         var result: [SignedOperation] = []
+        var bytes = 0
         for id in order where !past.contains(id) {
-            guard result.count < limit else { return (result, false) }
-            if let entry = entries[id] { result.append(entry.operation) }
+            guard let entry = entries[id] else { continue }
+            // Always at least one, so a page makes progress.
+            guard result.count < limit, result.isEmpty || bytes + entry.operation.bytes.count <= maxBytes else { return (result, false) }
+            bytes += entry.operation.bytes.count
+            result.append(entry.operation)
         }
         return (result, true)
     }
@@ -148,10 +156,20 @@ public struct MembershipLog: Sendable {
         headSet.subtract(parents)
         headSet.insert(operation.id)
         operationsByActor[operation.actor, default: []].append(operation.id)
+        switch operation.envelope.operation {
+        case .revokeUser(let key): keysWithHistory.insert(key)
+        case .rotateRoot: keysWithHistory.insert(operation.actor)
+        default: break
+        }
         if pinnedRoot == nil, parents.isEmpty, case .addUser(let key, _, _, _) = operation.envelope.operation {
             pinnedRoot = key
         }
-        if atTail, canFoldIncrementally(operation) {
+        if let cut = certainlyCut(operation) {
+            // Signed by a revoked key outside its revocation's past: it can
+            // change nothing, so nothing is refolded (a flood of these costs
+            // one ancestry walk each, not a fold of the log each).
+            refused[operation.id] = cut
+        } else if atTail, canFoldIncrementally(operation) {
             do { try state.apply(operation) } catch { refused[operation.id] = error }
         } else {
             refold()
@@ -160,16 +178,29 @@ public struct MembershipLog: Sendable {
     }
 
     /// An operation at the end of the order folds on top of the current
-    /// state unless it could change how earlier operations fold: a
-    /// revocation (the revoked key's concurrent operations are refused), a
-    /// reinstatement, or an operation by a key with a revocation on record.
+    /// state unless it could change how other operations fold: a
+    /// revocation, a root hand-over, an admin's creation or a reinstatement,
+    /// or any operation by a key the graph can cut.
     private func canFoldIncrementally(_ operation: SignedOperation) -> Bool {
-        if revocations[operation.actor] != nil { return false }
+        if keysWithHistory.contains(operation.actor) { return false }
         switch operation.envelope.operation {
-        case .revokeUser: return false
-        case .addUser(let key, _, _, _): return state.users[key]?.status != .revoked
+        case .revokeUser, .rotateRoot, .checkpoint: return false
+        case .addUser(let key, _, _, let role): return role != .admin && state.users[key]?.status != .revoked
         default: return true
         }
+    }
+
+    /// The refusal of a new operation that the last fold's standing
+    /// revocations already cut: its actor is revoked by a revocation it does
+    /// not precede, and it follows no reinstatement after that revocation.
+    /// Such an operation changes no other operation's fate (revocations of
+    /// admins are the root's, and the root is never revoked), so the fold
+    /// stays as it is.
+    private func certainlyCut(_ operation: SignedOperation) -> MembershipError? {
+        guard let standing = revocations[operation.actor], !standing.isEmpty else { return nil }
+        let reinstated = (reinstatements[operation.actor] ?? []).contains { Self.isAncestorOrSelf($0, of: operation.id, in: entries) }
+        guard !reinstated else { return nil }
+        return .unauthorized("signed by \(operation.actor) outside the causal past of its revocation")
     }
 
     private func insertionIndex(depth: Int, id: String) -> Int {
@@ -185,10 +216,25 @@ public struct MembershipLog: Sendable {
 
     // MARK: folding
 
-    /// Folds every held operation from the base, then refuses the
-    /// operations of revoked keys outside their revocation's past, and
-    /// folds again without them until nothing more is refused. Each pass
-    /// only adds to the excluded set, so it ends (bounded anyway).
+    /// Folds every held operation from the base, with the graph's cuts:
+    ///
+    /// - **A hand-over ends the old root's root powers.** For each root
+    ///   hand-over T signed by key K, K's operations that could need the root
+    ///   (hand-overs, checkpoints, adding or revoking users) and are
+    ///   concurrent with T (neither in its past nor after it) are refused: an
+    ///   old root key cannot sign "before" its hand-over. Two concurrent
+    ///   hand-overs by one key refuse each other (the root is then frozen:
+    ///   fail closed).
+    /// - **A revoked key stops at its revocation.** For each revocation that
+    ///   stands (passes the rules at its place) of key K, K's operations
+    ///   outside its causal past are refused, unless they follow a standing
+    ///   reinstatement of K that follows the revocation.
+    ///
+    /// The cuts are computed afresh from each pass's standing revocations
+    /// until they no longer change. Only the root revokes admins and the
+    /// root is never revoked, so a cut can never take away the revocation
+    /// that caused another: this settles in at most three passes (bounded
+    /// at eight).
     private mutating func refold() {
         let result = Self.fold(order: order, entries: entries, operationsByActor: operationsByActor, from: baseState, skipping: base?.id)
         state = result.state
@@ -206,12 +252,18 @@ public struct MembershipLog: Sendable {
 
     private static func fold(order: [String], entries: [String: Entry], operationsByActor: [String: [String]],
                              from start: MembershipState, skipping baseID: String?) -> FoldResult {
-        var excluded: Set<String> = []
+        let structural = handOverCuts(entries: entries, operationsByActor: operationsByActor)
+        var excluded = Set(structural.keys)
         var result = FoldResult(state: start, refused: [:], revocations: [:], reinstatements: [:])
-        for _ in 0..<64 {
+        for _ in 0..<8 {
             result = FoldResult(state: start, refused: [:], revocations: [:], reinstatements: [:])
+            var revokedBy: [String: String] = [:]
             for id in order where id != baseID {
                 guard let operation = entries[id]?.operation else { continue }
+                if let reason = structural[id] {
+                    result.refused[id] = reason
+                    continue
+                }
                 if excluded.contains(id) {
                     result.refused[id] = .unauthorized("signed by \(operation.actor) outside the causal past of its revocation")
                     continue
@@ -222,29 +274,84 @@ public struct MembershipLog: Sendable {
                 }
                 do {
                     try result.state.apply(operation)
-                    if case .revokeUser(let key) = operation.envelope.operation { result.revocations[key, default: []].append(id) }
+                    if case .revokeUser(let key) = operation.envelope.operation {
+                        result.revocations[key, default: []].append(id)
+                        revokedBy[id] = key
+                    }
                     if let reinstating { result.reinstatements[reinstating, default: []].append(id) }
                 } catch {
                     result.refused[id] = error
                 }
             }
-            var cut: Set<String> = []
-            for (key, revoked) in result.revocations {
-                for id in operationsByActor[key] ?? [] where !excluded.contains(id) {
-                    let outside = revoked.contains { revocation in
-                        !isAncestorOrSelf(id, of: revocation, in: entries)
-                            && !(result.reinstatements[key] ?? []).contains { reinstatement in
-                                isAncestorOrSelf(revocation, of: reinstatement, in: entries)
-                                    && isAncestorOrSelf(reinstatement, of: id, in: entries)
-                            }
+            // Each standing revocation's past, once per pass (set lookups after).
+            var cut = Set(structural.keys)
+            for (key, standing) in result.revocations {
+                let pasts = standing.map { ancestorsOrSelf(of: [$0], in: entries) }
+                let reinstated = (result.reinstatements[key] ?? []).map { ($0, ancestorsOrSelf(of: [$0], in: entries)) }
+                for id in operationsByActor[key] ?? [] {
+                    for (index, revocation) in standing.enumerated() where !pasts[index].contains(id) {
+                        // Exempt: after a reinstatement that itself follows the revocation.
+                        let exempt = reinstated.contains { reinstatement, past in
+                            past.contains(revocation) && isAncestorOrSelf(reinstatement, of: id, in: entries)
+                        }
+                        if !exempt {
+                            cut.insert(id)
+                            break
+                        }
                     }
-                    if outside { cut.insert(id) }
                 }
             }
-            if cut.isEmpty { break }
-            excluded.formUnion(cut)
+            if cut == excluded { break }
+            excluded = cut
         }
         return result
+    }
+
+    /// Operations that could need the root, signed by a key concurrently
+    /// with a root hand-over that key signed (see `refold`).
+    private static func handOverCuts(entries: [String: Entry], operationsByActor: [String: [String]]) -> [String: MembershipError] {
+        var cuts: [String: MembershipError] = [:]
+        for (key, ids) in operationsByActor {
+            let handOvers = ids.filter { id in
+                if case .rotateRoot? = entries[id]?.operation.envelope.operation { return true }
+                return false
+            }
+            guard !handOvers.isEmpty else { continue }
+            let pasts = handOvers.map { ancestorsOrSelf(of: [$0], in: entries) }
+            // Two hand-overs neither of which follows the other: the key
+            // signed conflicting successors (stolen, or misused). Neither
+            // stands, and the key keeps no root power after either: the root
+            // freezes rather than going to whoever signed "first".
+            let conflicting = handOvers.indices.contains { first in
+                handOvers.indices.contains { second in
+                    first != second && !pasts[second].contains(handOvers[first]) && !pasts[first].contains(handOvers[second])
+                }
+            }
+            for id in ids {
+                guard let operation = entries[id]?.operation, mayNeedRoot(operation.envelope.operation) else { continue }
+                if conflicting {
+                    if !pasts.allSatisfy({ $0.contains(id) }) || handOvers.contains(id) {
+                        cuts[id] = .unauthorized("signed by \(key) after or beside conflicting hand-overs of the root (the root is frozen)")
+                    }
+                    continue
+                }
+                for (index, handOver) in handOvers.enumerated() {
+                    if !pasts[index].contains(id), !isAncestorOrSelf(handOver, of: id, in: entries) {
+                        cuts[id] = .unauthorized("signed by \(key) concurrently with its own hand-over of the root")
+                        break
+                    }
+                }
+            }
+        }
+        return cuts
+    }
+
+    /// Operations whose authority can be the root's.
+    private static func mayNeedRoot(_ operation: MembershipOperation) -> Bool {
+        switch operation {
+        case .rotateRoot, .checkpoint, .revokeUser, .addUser: return true
+        default: return false
+        }
     }
 
     /// Whether `ancestor` is `descendant` or in its causal past.
@@ -262,22 +369,21 @@ public struct MembershipLog: Sendable {
     }
 
     /// `ids` and everything in their causal past (held operations only).
-    func ancestorsOrSelf(of ids: [String]) -> Set<String> {
+    func ancestorsOrSelf(of ids: [String]) -> Set<String> { Self.ancestorsOrSelf(of: ids, in: entries) }
+
+    static func ancestorsOrSelf(of ids: [String], in entries: [String: Entry]) -> Set<String> {
         var seen: Set<String> = []
         var stack = ids
         while let id = stack.popLast() {
-            guard seen.insert(id).inserted, let entry = entries[id] else { continue }
+            guard entries[id] != nil, seen.insert(id).inserted, let entry = entries[id] else { continue }
             stack.append(contentsOf: entry.operation.parents)
         }
-        return seen.filter { entries[$0] != nil }
+        return seen
     }
 
     // MARK: checkpoints
 
     private mutating func adopt(_ operation: SignedOperation, _ content: CheckpointState) throws(MembershipError) -> InsertOutcome {
-        guard content.sequence > baseSequence else {
-            throw .conflict("checkpoint \(content.sequence) is not newer than this log's checkpoint \(baseSequence)")
-        }
         guard let pinned = pinnedRoot ?? state.root else {
             throw .unauthorized("this log has no pinned root admin to check a checkpoint against")
         }
@@ -285,9 +391,34 @@ public struct MembershipLog: Sendable {
         guard operation.actor == signer, content.root == signer else {
             throw .unauthorized("a checkpoint must be signed by the root admin it names, reached from the pinned root")
         }
-        let adopted = try MembershipState(checkpoint: content)
         let parents = operation.parents
         let holdsPast = !parents.isEmpty && parents.allSatisfy { entries[$0] != nil }
+        // A key that handed the root over signs no checkpoint again.
+        let handedOver = (operationsByActor[operation.actor] ?? []).contains { id in
+            if case .rotateRoot? = entries[id]?.operation.envelope.operation { return true }
+            return false
+        }
+        guard !handedOver else { throw .unauthorized("\(operation.actor) handed the root over; it signs no checkpoint") }
+        if !entries.isEmpty {
+            // A log that holds operations takes only the next checkpoint, and
+            // never one that names no predecessors (a migration starts a log).
+            let (next, overflow) = baseSequence.addingReportingOverflow(1)
+            guard !overflow, content.sequence == next else {
+                throw .conflict("checkpoint \(content.sequence) is not this log's next (\(baseSequence) is the last adopted)")
+            }
+            guard !parents.isEmpty else { throw .invalid("a checkpoint with no predecessors can only start an empty log") }
+            if !holdsPast {
+                // Without its past the state cannot be checked here: it is
+                // taken on the signature of the root this log knows now, not
+                // on a chain a retired root key could sign anew.
+                guard operation.actor == state.root else {
+                    throw .unauthorized("a checkpoint whose past this log lacks must be signed by its current root (\(state.root ?? "none"))")
+                }
+            }
+        } else {
+            guard content.sequence >= 1 else { throw .invalid("checkpoint sequences start at 1") }
+        }
+        let adopted = try MembershipState(checkpoint: content)
         if holdsPast {
             // This log can check the checkpoint against its own fold of the
             // checkpoint's past: a root that signs a state the log does not

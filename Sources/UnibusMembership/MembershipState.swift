@@ -89,6 +89,9 @@ public struct MembershipState: Equatable, Sendable {
         switch operation {
         case .addUser(let key, let exchangeKey, let handle, let role):
             guard users.isEmpty || isAdmin else { throw .unauthorized("only an admin may add users") }
+            // Admins are the root's to make (and to reinstate): an admin key
+            // cannot mint other admins that would outlive its revocation.
+            guard users.isEmpty || role != .admin || actor == root else { throw .unauthorized("only the root admin may add admins") }
             guard (try? NKey.decodePublicKey(key, expecting: .user)) != nil else { throw .invalid("\(key.prefix(60)) is not a user nkey") }
             guard let exchange = try? Base64.decode(exchangeKey), exchange.count == 32 else {
                 throw .invalid("the X25519 key must be 32 bytes of unpadded base64")
@@ -118,6 +121,7 @@ public struct MembershipState: Equatable, Sendable {
                 throw .unauthorized("the root admin cannot be revoked; hand the root to another admin first (unibus root rotate)")
             }
             guard var user = users[key] else { throw .notFound("user \(key)") }
+            guard user.role != .admin || actor == root else { throw .unauthorized("only the root admin may revoke admins") }
             guard user.status == .active else { throw .conflict("\(key) is already revoked") }
             user.status = .revoked
             user.updated = at

@@ -239,6 +239,16 @@ public struct SignedOperation: Equatable, Sendable {
             throw .invalid("actor \(envelope.actor.prefix(60)) is not a user nkey")
         }
         guard key.verify(signature: signature, message: bytes) else { throw .badSignature }
+        // Exactly the bytes `sign` writes: nothing unknown rides along (a
+        // member could otherwise pad every operation to the size limit and
+        // bloat every node's and client's log).
+        if envelope.version == OperationEnvelope.currentVersion {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            guard let canonical = try? [UInt8](encoder.encode(envelope)), canonical == bytes else {
+                throw .invalid("an operation's bytes must be its canonical encoding (sorted keys, no unknown fields)")
+            }
+        }
         self.init(bytes: bytes, signature: signature, envelope: envelope)
     }
 

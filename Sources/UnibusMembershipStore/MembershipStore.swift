@@ -306,29 +306,41 @@ public final class MembershipStore: @unchecked Sendable {
                 try persist(signed, outcome: outcome, before: log.state, after: next.state)
                 log = next
                 counted.replacedByCheckpoint += max(0, replaced - 1)
+                // Operations that arrived before their checkpoint may follow it now.
+                let drained = drainWaiting(into: &next)
+                if !drained.isEmpty {
+                    try persist(drained, before: log.state, after: next.state)
+                    log = next
+                }
                 return .adopted(replaced: replaced)
             case .inserted(let refused):
                 let before = log.state
-                var stored = [signed]
-                // Operations that were waiting for this one (and so on).
-                var progress = true
-                while progress, !waiting.isEmpty {
-                    progress = false
-                    for (id, item) in waiting.sorted(by: { $0.key < $1.key }) {
-                        guard item.operation.parents.allSatisfy({ next.contains($0) }) else { continue }
-                        waiting[id] = nil
-                        waitingBytes -= item.operation.bytes.count
-                        if case .inserted? = try? next.insert(item.operation) {
-                            stored.append(item.operation)
-                            progress = true
-                        }
-                    }
-                }
+                let stored = [signed] + drainWaiting(into: &next)
                 try persist(stored, before: before, after: next.state)
                 log = next
                 return .stored(refused: refused, alsoStored: Array(stored.dropFirst()))
             }
         }
+    }
+
+    /// Inserts the waiting operations whose predecessors `log` now holds
+    /// (and those that waited for them), returning them in insertion order.
+    private func drainWaiting(into log: inout MembershipLog) -> [SignedOperation] {
+        var stored: [SignedOperation] = []
+        var progress = true
+        while progress, !waiting.isEmpty {
+            progress = false
+            for (id, item) in waiting.sorted(by: { $0.key < $1.key }) {
+                guard item.operation.parents.allSatisfy({ log.contains($0) }) else { continue }
+                waiting[id] = nil
+                waitingBytes -= item.operation.bytes.count
+                if case .inserted? = try? log.insert(item.operation) {
+                    stored.append(item.operation)
+                    progress = true
+                }
+            }
+        }
+        return stored
     }
 
     /// Drops waiting operations older than their lifetime.
@@ -397,8 +409,8 @@ public final class MembershipStore: @unchecked Sendable {
 
     /// Operations not in the causal past of `known`, in fold order (for
     /// clients and peers that hold part of the log).
-    public func operations(after known: [String], limit: Int) -> (operations: [SignedOperation], complete: Bool) {
-        lock.withLock { log.operations(after: known, limit: limit) }
+    public func operations(after known: [String], limit: Int, maxBytes: Int = .max) -> (operations: [SignedOperation], complete: Bool) {
+        lock.withLock { log.operations(after: known, limit: limit, maxBytes: maxBytes) }
     }
 }
 

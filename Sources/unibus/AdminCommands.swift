@@ -357,7 +357,9 @@ struct LogCommand: AsyncParsableCommand {
             guard log.state.root == identity.userNKey else {
                 throw CLIError("only the root admin (\(log.state.root ?? "unknown")) may sign a checkpoint; --identity is \(identity.userNKey)")
             }
-            let content = log.state.checkpointState(sequence: log.baseSequence + 1, rootChain: log.rootChain)
+            let (sequence, overflow) = log.baseSequence.addingReportingOverflow(1)
+            guard !overflow else { throw CLIError("the log's checkpoint sequence is exhausted; start a new cluster log") }
+            let content = log.state.checkpointState(sequence: sequence, rootChain: log.rootChain)
             let signed = SignedOperation.sign(.checkpoint(content), by: identity, parents: log.heads)
             guard signed.bytes.count <= SignedOperation.maximumCheckpointSize else {
                 throw CLIError("the state is \(signed.bytes.count) bytes, over the \(SignedOperation.maximumCheckpointSize)-byte checkpoint limit")

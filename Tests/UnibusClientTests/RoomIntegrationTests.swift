@@ -57,6 +57,28 @@ struct RoomIntegrationTests {
         await node.stop()
     }
 
+    /// `confirmSubscription` waits for a refused subscription to be accepted
+    /// (the membership reaching the node), and gives up with a clear error
+    /// when it never is.
+    @Test func confirmingASubscriptionWaitsForTheMembership() async throws {
+        let node = try await TestNode()
+        let alice = try await node.client(node.alice)
+        try await alice.createRoom(id: "late", subject: "rooms.late")
+        let (bobRaw, stream) = try await raw(node, as: node.bob, subject: "rooms.late")
+        await #expect(throws: ClientError.self) { try await bobRaw.confirmSubscription("rooms.late", timeout: .milliseconds(300)) }
+        let confirming = Task { try await bobRaw.confirmSubscription("rooms.late", timeout: .seconds(10)) }
+        try await Task.sleep(for: .milliseconds(200))
+        try await alice.addMember(node.bob.userNKey, to: "late")
+        try await confirming.value
+        // A publisher-only client proves its permission the same way.
+        try await bobRaw.confirmPermission("rooms.late")
+        await #expect(throws: ClientError.self) { try await bobRaw.confirmPermission("rooms.elsewhere", timeout: .milliseconds(300)) }
+        _ = stream
+        await bobRaw.close()
+        await alice.close()
+        await node.stop()
+    }
+
     actor Box {
         var value: [UInt8]?
         func set(_ value: [UInt8]) { self.value = value }

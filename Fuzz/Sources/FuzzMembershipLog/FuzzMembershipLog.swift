@@ -41,8 +41,13 @@ private final class Fixture: @unchecked Sendable {
         let beforeRevoke = log.heads
         _ = append(.revokeUser(key: admin.userNKey), root)
         _ = append(.revokeUser(key: alice.userNKey), admin, parents: beforeRevoke)   // the stolen key
+        _ = append(.rotateRoot(key: root.userNKey), admin, parents: beforeRevoke)
         _ = append(.setMemberRole(room: "ops", user: bob.userNKey, role: .owner), alice)
-        _ = append(.rotateRoot(key: admin.userNKey), root)
+        _ = append(add(bob, "bob-admin", .admin), root)                             // refused: bob is active
+        let beforeHandOver = log.heads
+        _ = append(.rotateRoot(key: admin.userNKey), root)                          // refused: admin is revoked
+        _ = append(add(alice, "alice2", .admin), root, parents: beforeHandOver)
+        _ = append(.revokeUser(key: bob.userNKey), alice)
         expected = log
         start = MembershipLog(pinnedRoot: root.userNKey)
         _ = try? start.insert(genesis)
