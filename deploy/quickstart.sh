@@ -23,6 +23,10 @@ mkdir -p .unibus
 chmod 700 .unibus
 if [ ! -f .unibus/data/membership.sqlite3 ]; then
     "$bin/unibusd" init --data-dir .unibus/data --admin-identity .unibus/admin.json --handle admin
+elif migrated=$("$bin/unibusd" migrate --data-dir .unibus/data --admin-identity .unibus/admin.json 2>/dev/null); then
+    # A data directory from a release before the causally signed log: the
+    # admin here is its root, so it signs the migration checkpoint.
+    echo "$migrated"
 fi
 "$bin/unibus" identity show --identity .unibus/admin.json
 # The root admin's nkey: check and demo pin it and verify membership from it (never learned from the node).
