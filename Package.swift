@@ -2,14 +2,6 @@
 // Unibus: an end-to-end encrypted message bus. See docs/architecture.md for the module layout.
 import PackageDescription
 
-/// The broker's per-message path touches class properties that are only ever
-/// used from one event loop; Swift's dynamic exclusivity checks on them cost
-/// about 12 % of broker CPU (measured with perf). Static checks still apply.
-/// Only on UnibusBroker, which no library product contains: SwiftPM refuses
-/// unsafe flags in any target of a product a dependent package uses, so the
-/// client library's closure (UnibusWire included) stays free of them.
-let hotPath: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
-
 let package = Package(
     name: "unibus",
     platforms: [.macOS(.v14)],
@@ -75,8 +67,7 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Atomics", package: "swift-atomics"),
-            ],
-            swiftSettings: hotPath
+            ]
         ),
         // The membership rules: signed operations, the causal log and its
         // fold, key-share rules, replication frames. Pure: nodes and clients

@@ -30,7 +30,7 @@ let package = Package(
                                                                     .product(name: "UnibusCrypto", package: "unibus")]),
         .executableTarget(name: "FuzzControlRequest", dependencies: [
             .product(name: "UnibusControl", package: "unibus"), .product(name: "UnibusNode", package: "unibus"),
-            .product(name: "UnibusMembershipStore", package: "unibus"),
+            .product(name: "UnibusMembershipStore", package: "unibus"), .product(name: "UnibusControlClient", package: "unibus"),
             .product(name: "UnibusBroker", package: "unibus"), .product(name: "UnibusMembership", package: "unibus"),
             .product(name: "UnibusCrypto", package: "unibus"),
             .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -46,7 +46,8 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
     /// The last reply subject found allowed: clients reuse one inbox
     /// subscription for many requests, whose replies share a prefix.
     private var lastAllowedReplyFilter: String?
-    private var publishAllowed: [String: Bool] = [:]
+    // Unchecked: read on every publish of a restricted user, loop-confined, never accessed re-entrantly.
+    @exclusivity(unchecked) private var publishAllowed: [String: Bool] = [:]
     private var subscriptions: [String: Subscription] = [:]
     private var pingsOutstanding = 0
     private var timer: RepeatedTask?

@@ -10,7 +10,17 @@ enum MessageEncoder {
     @inline(__always)
     static func writeMessage(into buffer: inout ByteBuffer, subject: String, sid: [UInt8], reply: String?,
                              headerLength: Int?, message: ByteBuffer) {
-        let payloadLength = message.readableBytes
+        message.withUnsafeReadableBytes { payload in
+            writeMessage(into: &buffer, subject: subject, sid: sid, reply: reply, headerLength: headerLength, payload: payload)
+        }
+    }
+
+    /// The same with the payload's bytes: the deliveries of one message read
+    /// them once (each ByteBuffer byte access is a dynamic exclusivity check).
+    @inline(__always)
+    static func writeMessage(into buffer: inout ByteBuffer, subject: String, sid: [UInt8], reply: String?,
+                             headerLength: Int?, payload: UnsafeRawBufferPointer) {
+        let payloadLength = payload.count
         let maximum = 5 + subject.utf8.count + 1 + sid.count + 1 + (reply.map { $0.utf8.count + 1 } ?? 0)
             + 21 + 2 + payloadLength + 2
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: maximum) { out in
@@ -31,7 +41,7 @@ enum MessageEncoder {
             }
             cursor.put(decimal: payloadLength)
             cursor.put(UInt8(ascii: "\r")); cursor.put(UInt8(ascii: "\n"))
-            message.withUnsafeReadableBytes { cursor.put($0) }
+            cursor.put(payload)
             cursor.put(UInt8(ascii: "\r")); cursor.put(UInt8(ascii: "\n"))
             return cursor.count
         }

@@ -43,7 +43,8 @@ final class SubjectIndex: @unchecked Sendable {
 
     private let lock = NIOLock()
     private let root = Level()
-    private var cache: [String: MatchResult] = [:]
+    // Unchecked: read on every publish, always under `lock` (not re-entrant), so accesses cannot overlap.
+    @exclusivity(unchecked) private var cache: [String: MatchResult] = [:]
     private var subscriptionCount = 0
     static let cacheLimit = 4096
 

@@ -49,19 +49,26 @@ public struct ClientProtocolParser: Sendable {
             buffer.moveReaderIndex(forwardBy: controlLength)
             return .connect(json)
         case .sub, .unsub, .pub, .hpub:
-            var fields = ArgumentFields()
-            buffer.withUnsafeReadableBytes { raw in
+            // One pass over the bytes: each ByteBuffer byte access costs a dynamic exclusivity check in NIOCore.
+            let parsed = try buffer.withUnsafeReadableBytes { raw throws(ProtocolViolation) -> (ClientOp, consumed: Int)? in
+                var fields = ArgumentFields()
                 fields.scan(UnsafeRawBufferPointer(rebasing: raw[keywordLength..<lineEnd]), offset: keywordLength)
+                return try parseArguments(keyword, fields: fields, raw: raw, buffer: buffer, controlLength: controlLength)
             }
-            return try parseArguments(keyword, fields: fields, buffer: &buffer, controlLength: controlLength)
+            guard let (op, consumed) = parsed else { return nil }
+            buffer.moveReaderIndex(forwardBy: consumed)
+            return op
         }
     }
 
     /// Builds SUB/UNSUB/PUB/HPUB from up to four whitespace-separated fields
-    /// without allocating an array (this is the publish hot path).
-    private func parseArguments(_ keyword: Keyword, fields: ArgumentFields, buffer: inout ByteBuffer, controlLength: Int) throws(ProtocolViolation) -> ClientOp? {
-        func text(_ index: Int) -> String { fields.string(index, in: buffer) }
-        func size(_ index: Int) -> Int? { fields.decimal(index, in: buffer) }
+    /// without allocating an array (this is the publish hot path). `raw` is
+    /// `buffer`'s readable bytes; returns the operation and the bytes it took.
+    @inline(__always)
+    private func parseArguments(_ keyword: Keyword, fields: ArgumentFields, raw: UnsafeRawBufferPointer, buffer: ByteBuffer,
+                                controlLength: Int) throws(ProtocolViolation) -> (ClientOp, consumed: Int)? {
+        func text(_ index: Int) -> String { fields.string(index, in: raw) }
+        func size(_ index: Int) -> Int? { fields.decimal(index, in: raw) }
         switch keyword {
         case .sub:
             let op: ClientOp
@@ -70,8 +77,7 @@ public struct ClientProtocolParser: Sendable {
             case 3: op = .sub(subject: text(0), queue: text(1), sid: text(2))
             default: throw .malformedArguments
             }
-            buffer.moveReaderIndex(forwardBy: controlLength)
-            return op
+            return (op, controlLength)
         case .unsub:
             let op: ClientOp
             switch fields.count {
@@ -81,8 +87,7 @@ public struct ClientProtocolParser: Sendable {
                 op = .unsub(sid: text(0), max: max)
             default: throw .malformedArguments
             }
-            buffer.moveReaderIndex(forwardBy: controlLength)
-            return op
+            return (op, controlLength)
         case .pub:
             let sizeField: Int
             switch fields.count {
@@ -94,11 +99,11 @@ public struct ClientProtocolParser: Sendable {
             guard payloadSize <= maxPayload else { throw .maxPayload }
             // Check completeness before building strings, so a partial
             // message costs nothing on each read that does not finish it.
-            guard buffer.readableBytes >= controlLength + payloadSize + 2 else { return nil }
+            guard raw.count >= controlLength + payloadSize + 2 else { return nil }
             let subject = text(0)
             let reply = fields.count == 3 ? text(1) : nil
-            guard let payload = try ControlLine.takePayload(&buffer, controlLength: controlLength, size: payloadSize) else { return nil }
-            return .pub(subject: subject, reply: reply, payload: payload)
+            guard let payload = try Self.payload(of: buffer, raw: raw, controlLength: controlLength, size: payloadSize) else { return nil }
+            return (.pub(subject: subject, reply: reply, payload: payload), controlLength + payloadSize + 2)
         case .hpub:
             let headerField: Int
             switch fields.count {
@@ -109,14 +114,28 @@ public struct ClientProtocolParser: Sendable {
             guard let headerLength = size(headerField), let total = size(headerField + 1),
                   headerLength <= total else { throw .malformedArguments }
             guard total <= maxPayload else { throw .maxPayload }
-            guard buffer.readableBytes >= controlLength + total + 2 else { return nil }
+            guard raw.count >= controlLength + total + 2 else { return nil }
             let subject = text(0)
             let reply = fields.count == 4 ? text(1) : nil
-            guard let message = try ControlLine.takePayload(&buffer, controlLength: controlLength, size: total) else { return nil }
-            return .hpub(subject: subject, reply: reply, headerLength: headerLength, message: message)
+            guard let message = try Self.payload(of: buffer, raw: raw, controlLength: controlLength, size: total) else { return nil }
+            return (.hpub(subject: subject, reply: reply, headerLength: headerLength, message: message), controlLength + total + 2)
         default:
             return nil
         }
+    }
+
+    /// The payload after the control line, once it and its CRLF are in `raw`
+    /// (`buffer`'s readable bytes), as a slice of `buffer`; as
+    /// `ControlLine.takePayload`, a payload that does not end where its size
+    /// says is an unknown operation.
+    @inline(__always)
+    private static func payload(of buffer: ByteBuffer, raw: UnsafeRawBufferPointer, controlLength: Int,
+                                size: Int) throws(ProtocolViolation) -> ByteBuffer? {
+        guard raw.count >= controlLength + size + 2 else { return nil }
+        guard raw[controlLength + size] == UInt8(ascii: "\r"), raw[controlLength + size + 1] == UInt8(ascii: "\n") else {
+            throw .unknownOperation
+        }
+        return buffer.getSlice(at: buffer.readerIndex + controlLength, length: size)
     }
 
     /// Identifies the operation from its first bytes (case-insensitive), as
@@ -196,25 +215,32 @@ struct ArgumentFields {
     }
 
     func string(_ field: Int, in buffer: ByteBuffer) -> String {
-        let range = range(field)
-        return buffer.withUnsafeReadableBytes { raw in
-            String(decoding: UnsafeRawBufferPointer(rebasing: raw[range]), as: UTF8.self)
-        }
+        buffer.withUnsafeReadableBytes { raw in string(field, in: raw) }
+    }
+
+    /// The field's text; `raw` is the readable bytes the offsets refer to.
+    @inline(__always)
+    func string(_ field: Int, in raw: UnsafeRawBufferPointer) -> String {
+        String(decoding: UnsafeRawBufferPointer(rebasing: raw[range(field)]), as: UTF8.self)
     }
 
     /// A non-negative decimal of at most 10 digits, as nats-server's parseSize.
     func decimal(_ field: Int, in buffer: ByteBuffer) -> Int? {
+        buffer.withUnsafeReadableBytes { raw in decimal(field, in: raw) }
+    }
+
+    /// As `decimal(_:in:)`, over the readable bytes the offsets refer to.
+    @inline(__always)
+    func decimal(_ field: Int, in raw: UnsafeRawBufferPointer) -> Int? {
         let range = range(field)
         guard !range.isEmpty, range.count <= 10 else { return nil }
-        return buffer.withUnsafeReadableBytes { raw -> Int? in
-            var value = 0
-            for index in range {
-                let byte = raw[index]
-                guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
-                value = value * 10 + Int(byte &- UInt8(ascii: "0"))
-            }
-            return value
+        var value = 0
+        for index in range {
+            let byte = raw[index]
+            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+            value = value * 10 + Int(byte &- UInt8(ascii: "0"))
         }
+        return value
     }
 }
 

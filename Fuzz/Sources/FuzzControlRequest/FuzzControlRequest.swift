@@ -5,6 +5,7 @@ import NIOEmbedded
 import NIOHTTP1
 import UnibusBroker
 import UnibusControl
+import UnibusControlClient
 import UnibusCrypto
 import UnibusMembership
 import UnibusMembershipStore
