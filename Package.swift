@@ -173,7 +173,7 @@ let package = Package(
         .testTarget(
             name: "UnibusClientTests",
             dependencies: ["UnibusClient", "UnibusWire", "UnibusCrypto", "UnibusMembership", "UnibusNode", "UnibusControl",
-                           "UnibusControlClient", "UnibusMembershipStore", "UnibusBroker", "UnibusTestSupport"]
+                           "UnibusControlClient", "UnibusMembershipStore", "UnibusSQLite", "UnibusBroker", "UnibusTestSupport"]
         ),
         .testTarget(
             name: "InteropTests",

@@ -191,7 +191,9 @@ public actor UnibusClient {
     public func submit(_ operation: MembershipOperation) async throws {
         try await syncLog()
         let signed = SignedOperation.sign(operation, by: configuration.identity, parents: logStore.log.heads)
-        _ = try await call("POST", "/v1/operations", body: ControlAPI.encode(ControlAPI.OperationDocument(signed)),
+        var path = "/v1/operations"
+        if case .checkpoint = operation { path = "/v1/checkpoints" }
+        _ = try await call("POST", path, body: ControlAPI.encode(ControlAPI.OperationDocument(signed)),
                            expecting: ControlAPI.OperationAccepted.self)
         _ = try? logStore.insert(signed)
     }
@@ -200,6 +202,13 @@ public actor UnibusClient {
 
     /// The membership state as this client verified and folded it.
     public var membership: MembershipState { logStore.log.state }
+
+    /// The client's verified log (a copy): heads, checkpoint, what it holds.
+    public var membershipLog: MembershipLog { logStore.log }
+
+    /// Fetches and verifies what the log lacks now (it also happens before
+    /// every room refresh, after reconnects and on membership notices).
+    public func syncMembership() async throws { try await syncLog() }
 
     /// Fetches the operations this client lacks from `session` (the current
     /// node by default), verifies each and folds it. Anything that does not

@@ -9,6 +9,7 @@ import UnibusControlClient
 import UnibusCrypto
 import UnibusMembership
 import UnibusMembershipStore
+import UnibusSQLite
 import UnibusWire
 
 /// A compromised node, as a proxy in front of a real one: it forwards every
@@ -264,4 +265,67 @@ struct LyingNodeTests {
 extension UnibusClient {
     /// Revokes a user (an admin's client), for tests.
     func revoke(_ user: String) async throws { try await submit(.revokeUser(key: user)) }
+}
+
+@Suite("The client's verified log", .serialized)
+struct VerifiedLogTests {
+    /// The root checkpoints the log through a real node: the node drops the
+    /// past, a new client starts from the checkpoint, and both agree.
+    @Test func aCheckpointThroughTheNodeStartsNewClients() async throws {
+        let node = try await TestNode()
+        let admin = try await node.client(node.admin)
+        let alice = try await node.client(node.alice)
+        try await alice.createRoom(id: "ops", subject: "rooms.ops")
+        try await alice.addMember(node.bob.userNKey, to: "ops")
+        try await admin.syncMembership()
+        let log = await admin.membershipLog
+        let content = log.state.checkpointState(sequence: log.baseSequence + 1, rootChain: log.rootChain)
+        try await admin.submit(.checkpoint(content))
+        #expect(node.store.operationCount == 1, "the node keeps the checkpoint alone")
+        let bob = try await node.client(node.bob)
+        let bobLog = await bob.membershipLog
+        #expect(bobLog.base != nil && bobLog.count == 1)
+        #expect(try await bob.members(of: "ops") == [node.alice.userNKey, node.bob.userNKey])
+        // The log goes on after it, for everyone.
+        try await alice.addMember(node.carol.userNKey, to: "ops")
+        #expect(try await bob.members(of: "ops") == [node.alice.userNKey, node.bob.userNKey, node.carol.userNKey])
+        for client in [admin, alice, bob] { await client.close() }
+        await node.stop()
+    }
+
+    /// With a state directory the verified log survives a restart (0600, in
+    /// a 0700 directory); a store that no longer verifies is discarded with
+    /// a warning and fetched again, never used.
+    @Test func theVerifiedLogIsKeptAndReverified() async throws {
+        let node = try await TestNode()
+        let directory = NSTemporaryDirectory() + "unibus-client-state-\(UUID().uuidString)"
+        let warnings = NIOLockedValueBox<[String]>([])
+        func connect() async throws -> UnibusClient {
+            try await node.client(node.alice) {
+                $0.stateDirectory = directory
+                $0.warn = { message in warnings.withLockedValue { $0.append(message) } }
+            }
+        }
+        var alice = try await connect()
+        try await alice.createRoom(id: "ops", subject: "rooms.ops")
+        let digest = await alice.membershipLog.digest
+        await alice.close()
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".sqlite3") }
+        #expect(files.count == 1)
+        let path = directory + "/" + (files.first ?? "")
+        #expect(try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int == 0o600)
+        #expect(try FileManager.default.attributesOfItem(atPath: directory)[.posixPermissions] as? Int == 0o700)
+        alice = try await connect()
+        #expect(await alice.membershipLog.digest == digest)
+        await alice.close()
+        #expect(warnings.withLockedValue { $0 }.isEmpty)
+        // Damage a stored signature: discarded, fetched again from the node.
+        let database = try SQLiteDatabase(path: path)
+        try database.execute("UPDATE log SET signature = zeroblob(64) WHERE seq = 2")
+        alice = try await connect()
+        #expect(await alice.membershipLog.digest == digest)
+        #expect(warnings.withLockedValue { $0 }.contains { $0.contains("did not verify") })
+        await alice.close()
+        await node.stop()
+    }
 }
