@@ -34,6 +34,23 @@ public struct MembershipLog: Sendable {
     struct Entry: Sendable {
         let operation: SignedOperation
         let depth: Int
+        /// Insertion number: every operation in its past has a smaller one.
+        let index: Int
+    }
+
+    /// A set of held operations as bits over insertion numbers. An
+    /// operation's past never changes once it is held, so these are cached.
+    struct PastSet: Sendable {
+        var bits: [UInt64] = []
+        func contains(_ index: Int) -> Bool {
+            let word = index >> 6
+            return word < bits.count && bits[word] & (1 << UInt64(index & 63)) != 0
+        }
+        mutating func insert(_ index: Int) {
+            let word = index >> 6
+            if word >= bits.count { bits += [UInt64](repeating: 0, count: word - bits.count + 1) }
+            bits[word] |= 1 << UInt64(index & 63)
+        }
     }
 
     /// The root admin the log was pinned to (its first operation's actor),
@@ -55,6 +72,14 @@ public struct MembershipLog: Sendable {
     /// revocation, and signers of any held root hand-over. An operation by
     /// one of them never folds incrementally.
     private var keysWithHistory: Set<String> = []
+    /// Keys that are or were root: the base's root and every hand-over's
+    /// target. Only their hand-overs can shape the graph's cuts.
+    private var rootCapable: Set<String> = []
+    private var nextIndex = 0
+    /// Cached pasts (revocations, hand-overs), and whether each hand-over
+    /// is valid in its own past (the fold of its past accepts it).
+    private var pasts: [String: PastSet] = [:]
+    private var handOverValidity: [String: Bool] = [:]
     /// From the last fold: standing revocations and reinstatements, by user.
     private var revocations: [String: [String]] = [:]
     private var reinstatements: [String: [String]] = [:]
@@ -152,18 +177,22 @@ public struct MembershipLog: Sendable {
         let index = insertionIndex(depth: depth, id: operation.id)
         let atTail = index == order.endIndex
         order.insert(operation.id, at: index)
-        entries[operation.id] = Entry(operation: operation, depth: depth)
+        entries[operation.id] = Entry(operation: operation, depth: depth, index: nextIndex)
+        nextIndex += 1
         headSet.subtract(parents)
         headSet.insert(operation.id)
         operationsByActor[operation.actor, default: []].append(operation.id)
         switch operation.envelope.operation {
         case .revokeUser(let key): keysWithHistory.insert(key)
-        case .rotateRoot: keysWithHistory.insert(operation.actor)
+        case .rotateRoot(let key):
+            keysWithHistory.insert(operation.actor)
+            rootCapable.insert(key)
         default: break
         }
         if pinnedRoot == nil, parents.isEmpty, case .addUser(let key, _, _, _) = operation.envelope.operation {
             pinnedRoot = key
         }
+        if parents.isEmpty, let root = pinnedRoot { rootCapable.insert(root) }
         if let cut = certainlyCut(operation) {
             // Signed by a revoked key outside its revocation's past: it can
             // change nothing, so nothing is refolded (a flood of these costs
@@ -197,6 +226,10 @@ public struct MembershipLog: Sendable {
     /// admins are the root's, and the root is never revoked), so the fold
     /// stays as it is.
     private func certainlyCut(_ operation: SignedOperation) -> MembershipError? {
+        // Hand-overs, and anything a (former) root signs, can change other
+        // operations' fates through the hand-over rule: those always refold.
+        if case .rotateRoot = operation.envelope.operation { return nil }
+        guard !rootCapable.contains(operation.actor) else { return nil }
         guard let standing = revocations[operation.actor], !standing.isEmpty else { return nil }
         let reinstated = (reinstatements[operation.actor] ?? []).contains { Self.isAncestorOrSelf($0, of: operation.id, in: entries) }
         guard !reinstated else { return nil }
@@ -236,11 +269,38 @@ public struct MembershipLog: Sendable {
     /// that caused another: this settles in at most three passes (bounded
     /// at eight).
     private mutating func refold() {
-        let result = Self.fold(order: order, entries: entries, operationsByActor: operationsByActor, from: baseState, skipping: base?.id)
+        var caches = Caches(pasts: pasts, validity: handOverValidity)
+        let result = Self.fold(order: order, entries: entries, operationsByActor: operationsByActor, from: baseState, skipping: base?.id,
+                               rootCapable: rootCapable, caches: &caches)
+        pasts = caches.pasts
+        handOverValidity = caches.validity
         state = result.state
         refused = result.refused
         revocations = result.revocations
         reinstatements = result.reinstatements
+    }
+
+    struct Caches {
+        var pasts: [String: PastSet]
+        var validity: [String: Bool]
+
+        mutating func past(of id: String, in entries: [String: Entry]) -> PastSet {
+            if let known = pasts[id] { return known }
+            let computed = MembershipLog.pastSet(of: id, in: entries)
+            pasts[id] = computed
+            return computed
+        }
+    }
+
+    static func pastSet(of id: String, in entries: [String: Entry]) -> PastSet {
+        var set = PastSet()
+        var stack = [id]
+        while let next = stack.popLast() {
+            guard let entry = entries[next], !set.contains(entry.index) else { continue }
+            set.insert(entry.index)
+            stack.append(contentsOf: entry.operation.parents)
+        }
+        return set
     }
 
     struct FoldResult {
@@ -251,8 +311,10 @@ public struct MembershipLog: Sendable {
     }
 
     private static func fold(order: [String], entries: [String: Entry], operationsByActor: [String: [String]],
-                             from start: MembershipState, skipping baseID: String?) -> FoldResult {
-        let structural = handOverCuts(entries: entries, operationsByActor: operationsByActor)
+                             from start: MembershipState, skipping baseID: String?, rootCapable: Set<String>,
+                             caches: inout Caches) -> FoldResult {
+        let structural = handOverCuts(order: order, entries: entries, operationsByActor: operationsByActor, from: start,
+                                      skipping: baseID, rootCapable: rootCapable, caches: &caches)
         var excluded = Set(structural.keys)
         var result = FoldResult(state: start, refused: [:], revocations: [:], reinstatements: [:])
         for _ in 0..<8 {
@@ -286,13 +348,15 @@ public struct MembershipLog: Sendable {
             // Each standing revocation's past, once per pass (set lookups after).
             var cut = Set(structural.keys)
             for (key, standing) in result.revocations {
-                let pasts = standing.map { ancestorsOrSelf(of: [$0], in: entries) }
-                let reinstated = (result.reinstatements[key] ?? []).map { ($0, ancestorsOrSelf(of: [$0], in: entries)) }
+                let pasts = standing.map { caches.past(of: $0, in: entries) }
+                let reinstated = (result.reinstatements[key] ?? []).map { ($0, caches.past(of: $0, in: entries)) }
                 for id in operationsByActor[key] ?? [] {
-                    for (index, revocation) in standing.enumerated() where !pasts[index].contains(id) {
+                    guard let index = entries[id]?.index else { continue }
+                    for (position, revocation) in standing.enumerated() where !pasts[position].contains(index) {
                         // Exempt: after a reinstatement that itself follows the revocation.
                         let exempt = reinstated.contains { reinstatement, past in
-                            past.contains(revocation) && isAncestorOrSelf(reinstatement, of: id, in: entries)
+                            entries[revocation].map { past.contains($0.index) } == true
+                                && isAncestorOrSelf(reinstatement, of: id, in: entries)
                         }
                         if !exempt {
                             cut.insert(id)
@@ -307,43 +371,88 @@ public struct MembershipLog: Sendable {
         return result
     }
 
-    /// Operations that could need the root, signed by a key concurrently
-    /// with a root hand-over that key signed (see `refold`).
-    private static func handOverCuts(entries: [String: Entry], operationsByActor: [String: [String]]) -> [String: MembershipError] {
+    /// The hand-over rule's cuts (see `refold`). Only hand-overs that count
+    /// shape them: signed by a key that is or was root, and valid in their
+    /// own past (the fold of the hand-over's past accepts it: its signer was
+    /// root there and its successor an active admin). For each such signer:
+    ///
+    /// - if its successors acted on some of its hand-overs (signed anything
+    ///   after them) and two of those are concurrent, the key signed
+    ///   conflicting, accepted hand-overs: none stands, and the key keeps no
+    ///   root power after them (the root freezes; it takes two stolen keys);
+    /// - else if a successor acted on one, that one stands, and the key's
+    ///   operations that could need the root and are not in its past are
+    ///   refused (an old root key cannot sign "before" its hand-over, nor
+    ///   void it with a second one its successor never took up);
+    /// - else (nobody acted yet), the key's such operations concurrent with
+    ///   any of its hand-overs are refused.
+    private static func handOverCuts(order: [String], entries: [String: Entry], operationsByActor: [String: [String]],
+                                     from start: MembershipState, skipping baseID: String?, rootCapable: Set<String>,
+                                     caches: inout Caches) -> [String: MembershipError] {
         var cuts: [String: MembershipError] = [:]
-        for (key, ids) in operationsByActor {
+        for key in rootCapable.sorted() {
+            guard let ids = operationsByActor[key] else { continue }
             let handOvers = ids.filter { id in
-                if case .rotateRoot? = entries[id]?.operation.envelope.operation { return true }
-                return false
+                guard case .rotateRoot? = entries[id]?.operation.envelope.operation else { return false }
+                return isValidInOwnPast(id, order: order, entries: entries, operationsByActor: operationsByActor, from: start,
+                                        skipping: baseID, rootCapable: rootCapable, caches: &caches)
             }
             guard !handOvers.isEmpty else { continue }
-            let pasts = handOvers.map { ancestorsOrSelf(of: [$0], in: entries) }
-            // Two hand-overs neither of which follows the other: the key
-            // signed conflicting successors (stolen, or misused). Neither
-            // stands, and the key keeps no root power after either: the root
-            // freezes rather than going to whoever signed "first".
-            let conflicting = handOvers.indices.contains { first in
-                handOvers.indices.contains { second in
-                    first != second && !pasts[second].contains(handOvers[first]) && !pasts[first].contains(handOvers[second])
+            let handOverPasts = handOvers.map { caches.past(of: $0, in: entries) }
+            let acted = handOvers.indices.filter { position in
+                guard case .rotateRoot(let successor)? = entries[handOvers[position]]?.operation.envelope.operation,
+                      let handOverIndex = entries[handOvers[position]]?.index else { return false }
+                return (operationsByActor[successor] ?? []).contains { id in
+                    guard let entry = entries[id], entry.index > handOverIndex else { return false }
+                    return caches.past(of: id, in: entries).contains(handOverIndex)
                 }
             }
+            func concurrent(_ first: Int, _ second: Int) -> Bool {
+                guard let a = entries[handOvers[first]]?.index, let b = entries[handOvers[second]]?.index else { return false }
+                return !handOverPasts[second].contains(a) && !handOverPasts[first].contains(b)
+            }
+            let conflicting = acted.contains { first in acted.contains { second in first != second && concurrent(first, second) } }
             for id in ids {
-                guard let operation = entries[id]?.operation, mayNeedRoot(operation.envelope.operation) else { continue }
+                guard let entry = entries[id], mayNeedRoot(entry.operation.envelope.operation) else { continue }
                 if conflicting {
-                    if !pasts.allSatisfy({ $0.contains(id) }) || handOvers.contains(id) {
+                    if !handOverPasts.allSatisfy({ $0.contains(entry.index) }) || handOvers.contains(id) {
                         cuts[id] = .unauthorized("signed by \(key) after or beside conflicting hand-overs of the root (the root is frozen)")
                     }
-                    continue
-                }
-                for (index, handOver) in handOvers.enumerated() {
-                    if !pasts[index].contains(id), !isAncestorOrSelf(handOver, of: id, in: entries) {
-                        cuts[id] = .unauthorized("signed by \(key) concurrently with its own hand-over of the root")
-                        break
+                } else if let first = acted.min(by: { (entries[handOvers[$0]]?.depth ?? 0) < (entries[handOvers[$1]]?.depth ?? 0) }) {
+                    if !handOverPasts[first].contains(entry.index) {
+                        cuts[id] = .unauthorized("signed by \(key) outside the past of the hand-over of the root its successor took up")
+                    }
+                } else {
+                    for position in handOvers.indices {
+                        guard let handOverIndex = entries[handOvers[position]]?.index else { continue }
+                        if !handOverPasts[position].contains(entry.index), !caches.past(of: id, in: entries).contains(handOverIndex) {
+                            cuts[id] = .unauthorized("signed by \(key) concurrently with its own hand-over of the root")
+                            break
+                        }
                     }
                 }
             }
         }
         return cuts
+    }
+
+    /// Whether the fold of a hand-over's own past accepts it (cached: a past never changes).
+    private static func isValidInOwnPast(_ id: String, order: [String], entries: [String: Entry], operationsByActor: [String: [String]],
+                                         from start: MembershipState, skipping baseID: String?, rootCapable: Set<String>,
+                                         caches: inout Caches) -> Bool {
+        if let known = caches.validity[id] { return known }
+        guard let operation = entries[id]?.operation, let index = entries[id]?.index else { return false }
+        let past = caches.past(of: id, in: entries)
+        let pastOrder = order.filter { $0 != id && (entries[$0].map { past.contains($0.index) } ?? false) }
+        let pastEntries = entries.filter { past.contains($0.value.index) && $0.key != id }
+        let pastActors = operationsByActor.mapValues { $0.filter { pastEntries[$0] != nil } }
+        var folded = fold(order: pastOrder, entries: pastEntries, operationsByActor: pastActors, from: start, skipping: baseID,
+                          rootCapable: rootCapable, caches: &caches).state
+        let valid: Bool
+        do { try folded.apply(operation); valid = true } catch { valid = false }
+        caches.validity[id] = valid
+        _ = index
+        return valid
     }
 
     /// Operations whose authority can be the root's.
@@ -424,9 +533,10 @@ public struct MembershipLog: Sendable {
             // checkpoint's past: a root that signs a state the log does not
             // lead to is refused here, not trusted.
             let past = ancestorsOrSelf(of: parents)
+            var caches = Caches(pasts: pasts, validity: handOverValidity)
             let folded = Self.fold(order: order.filter { past.contains($0) }, entries: entries.filter { past.contains($0.key) },
                                    operationsByActor: operationsByActor.mapValues { $0.filter { past.contains($0) } },
-                                   from: baseState, skipping: base?.id).state
+                                   from: baseState, skipping: base?.id, rootCapable: rootCapable, caches: &caches).state
             guard folded.root == operation.actor else {
                 throw .unauthorized("checkpoint signed by \(operation.actor), who is not the root at its predecessors")
             }
@@ -435,7 +545,12 @@ public struct MembershipLog: Sendable {
             }
         }
         let replaced = entries.count
-        entries = [operation.id: Entry(operation: operation, depth: 0)]
+        entries = [operation.id: Entry(operation: operation, depth: 0, index: 0)]
+        nextIndex = 1
+        pasts = [:]
+        handOverValidity = [:]
+        keysWithHistory = []
+        rootCapable = [content.root]
         order = [operation.id]
         headSet = [operation.id]
         base = operation

@@ -79,7 +79,7 @@ struct ReviewAttackTests {
     /// one key refuse each other (the root freezes rather than changes hands
     /// to whoever signed last).
     @Test func anOldRootKeyCannotTakeTheRootBack() throws {
-        var (log, _) = try start([(addUser(r2, "r2", role: .admin), root)])
+        var (log, _) = try start([(addUser(r2, "r2", role: .admin), root), (addUser(adminA, "a", role: .admin), root)])
         let old = log.heads
         _ = try log.insert(SignedOperation.sign(addUser(kate, "k"), by: root, parents: log.heads))
         let handOver = SignedOperation.sign(.rotateRoot(key: r2.userNKey), by: root, parents: log.heads)
@@ -93,19 +93,66 @@ struct ReviewAttackTests {
         _ = try notRevoked.insert(SignedOperation.sign(.revokeUser(key: r2.userNKey), by: root, parents: old))
         #expect(notRevoked.state.root == r2.userNKey && notRevoked.state.users[r2.userNKey]?.status == .active)
         _ = try notRevoked.insert(SignedOperation.sign(.rotateRoot(key: adminA.userNKey), by: root, parents: old))
-        // A second, concurrent hand-over by the same key: both are refused,
-        // and the key keeps no root power (the root is frozen: fail closed).
+        // A second, concurrent hand-over by the same key before the successor
+        // took the first up: neither stands yet, and the key is still root.
         #expect(notRevoked.refused[handOver.id] != nil)
         #expect(notRevoked.state.root == root.userNKey)
-        #expect(notRevoked.state.users[r2.userNKey]?.status == .active)
-        for attempt in [MembershipOperation.revokeUser(key: r2.userNKey), .rotateRoot(key: r2.userNKey), addUser(Identity(), "x", role: .admin)] {
-            if case .inserted(let refused) = try notRevoked.insert(SignedOperation.sign(attempt, by: root, parents: notRevoked.heads)) {
-                #expect(refused != nil, "\(attempt.kind) by a root key that signed conflicting hand-overs")
-            }
-        }
+        // Once the successor acts after its hand-over, that one stands for
+        // good: the old key's root operations outside its past are void.
+        let late = SignedOperation.sign(.revokeUser(key: r2.userNKey), by: root, parents: notRevoked.heads)
+        _ = try notRevoked.insert(late)
+        _ = try notRevoked.insert(SignedOperation.sign(.createRoom(id: "r2", subject: "rooms.r2", policy: RoomPolicy()), by: r2,
+                                                       parents: [handOver.id]))
+        #expect(notRevoked.state.root == r2.userNKey && notRevoked.refused[handOver.id] == nil)
+        #expect(notRevoked.refused[late.id] != nil && notRevoked.state.users[r2.userNKey]?.status == .active)
         let frozen = SignedOperation.sign(.checkpoint(notRevoked.state.checkpointState(sequence: 1, rootChain: [])), by: root, parents: notRevoked.heads)
         #expect(throws: MembershipError.self) { try notRevoked.insert(frozen) }
-        #expect(notRevoked.state.users[r2.userNKey]?.status == .active)
+    }
+
+    /// B1 (second review): a retired, revoked root key signs a second
+    /// hand-over "before" its real one, which would void everything its
+    /// successor did. The successor acted on the real one: it stands, and
+    /// every holder (incremental or replayed) agrees.
+    @Test func aRetiredRootCannotVoidItsHandOver() throws {
+        var (log, _) = try start([(addUser(r2, "r2", role: .admin), root), (addUser(adminA, "a", role: .admin), root),
+                                  (addUser(kate, "k"), root)])
+        let beforeHandOver = log.heads
+        for (operation, actor) in [(MembershipOperation.rotateRoot(key: r2.userNKey), root), (.revokeUser(key: root.userNKey), r2),
+                                   (.revokeUser(key: adminA.userNKey), r2), (.createRoom(id: "f", subject: "rooms.f", policy: RoomPolicy()), r2),
+                                   (.addMember(room: "f", user: kate.userNKey, role: .member), r2)] {
+            #expect(try log.insert(SignedOperation.sign(operation, by: actor, parents: log.heads)) == .inserted(refused: nil))
+        }
+        let state = log.state
+        for target in [adminA.userNKey, kate.userNKey] {
+            _ = try log.insert(SignedOperation.sign(.rotateRoot(key: target), by: root, parents: beforeHandOver))
+        }
+        _ = try log.insert(SignedOperation.sign(.removeMember(room: "f", user: kate.userNKey), by: root, parents: log.heads))
+        var replayed = MembershipLog(pinnedRoot: root.userNKey)
+        for operation in log.orderedOperations.reversed() { _ = try? replayed.insert(operation) }
+        var again = MembershipLog(pinnedRoot: root.userNKey)
+        for operation in log.orderedOperations { _ = try again.insert(operation) }
+        for holder in [log, again] {
+            #expect(holder.state == state, "the old key changed nothing")
+        }
+        #expect(again.digest == log.digest)
+    }
+
+    /// B2 (second review): a revoked admin signs a bogus hand-over (it was
+    /// never root) "before" its own revocations of members, to void them.
+    /// Only hand-overs that are valid in their own past count.
+    @Test func aBogusHandOverVoidsNothing() throws {
+        var (log, _) = try start([(addUser(adminA, "a", role: .admin), root), (addUser(kate, "k"), root),
+                                  (.createRoom(id: "f", subject: "rooms.f", policy: RoomPolicy()), root),
+                                  (.addMember(room: "f", user: kate.userNKey, role: .member), root)])
+        let old = log.heads
+        _ = try log.insert(SignedOperation.sign(.revokeUser(key: kate.userNKey), by: adminA, parents: log.heads))
+        _ = try log.insert(SignedOperation.sign(.revokeUser(key: adminA.userNKey), by: root, parents: log.heads))
+        let state = log.state
+        _ = try log.insert(SignedOperation.sign(.rotateRoot(key: root.userNKey), by: adminA, parents: old))
+        var again = MembershipLog(pinnedRoot: root.userNKey)
+        for operation in log.orderedOperations { _ = try again.insert(operation) }
+        #expect(log.state == state && again.state == state)
+        #expect(state.users[kate.userNKey]?.status == .revoked && state.members["f"]?[kate.userNKey] == nil)
     }
 
     /// A4: checkpoints signed by a retired root, naming no predecessors, or
