@@ -75,6 +75,13 @@ public struct MembershipLog: Sendable {
     /// Keys that are or were root: the base's root and every hand-over's
     /// target. Only their hand-overs can shape the graph's cuts.
     private var rootCapable: Set<String> = []
+    /// The base's root, and every held hand-over (signer, target): the
+    /// root-capable keys are their closure, whatever the arrival order.
+    private var baseRootKey: String?
+    private var rotations: [(signer: String, target: String)] = []
+    /// Successors that have acted on every hand-over to them (as of the
+    /// last fold): their later operations change no hand-over's fate.
+    private var settledTargets: Set<String> = []
     private var nextIndex = 0
     /// Cached pasts (revocations, hand-overs), and whether each hand-over
     /// is valid in its own past (the fold of its past accepts it).
@@ -182,17 +189,20 @@ public struct MembershipLog: Sendable {
         headSet.subtract(parents)
         headSet.insert(operation.id)
         operationsByActor[operation.actor, default: []].append(operation.id)
-        switch operation.envelope.operation {
-        case .revokeUser(let key): keysWithHistory.insert(key)
-        case .rotateRoot(let key):
-            keysWithHistory.insert(operation.actor)
-            rootCapable.insert(key)
-        default: break
-        }
         if pinnedRoot == nil, parents.isEmpty, case .addUser(let key, _, _, _) = operation.envelope.operation {
             pinnedRoot = key
         }
-        if parents.isEmpty, let root = pinnedRoot { rootCapable.insert(root) }
+        if parents.isEmpty, let root = pinnedRoot {
+            baseRootKey = root
+            updateRootCapable()
+        }
+        switch operation.envelope.operation {
+        case .revokeUser(let key): keysWithHistory.insert(key)
+        case .rotateRoot(let key):
+            rotations.append((operation.actor, key))
+            updateRootCapable()
+        default: break
+        }
         if let cut = certainlyCut(operation) {
             // Signed by a revoked key outside its revocation's past: it can
             // change nothing, so nothing is refolded (a flood of these costs
@@ -213,7 +223,8 @@ public struct MembershipLog: Sendable {
     private func canFoldIncrementally(_ operation: SignedOperation) -> Bool {
         if keysWithHistory.contains(operation.actor) { return false }
         switch operation.envelope.operation {
-        case .revokeUser, .rotateRoot, .checkpoint: return false
+        case .rotateRoot: return !rootCapable.contains(operation.actor)   // otherwise refused by the rules, changing nothing
+        case .revokeUser, .checkpoint: return false
         case .addUser(let key, _, _, let role): return role != .admin && state.users[key]?.status != .revoked
         default: return true
         }
@@ -226,14 +237,46 @@ public struct MembershipLog: Sendable {
     /// admins are the root's, and the root is never revoked), so the fold
     /// stays as it is.
     private func certainlyCut(_ operation: SignedOperation) -> MembershipError? {
-        // Hand-overs, and anything a (former) root signs, can change other
-        // operations' fates through the hand-over rule: those always refold.
-        if case .rotateRoot = operation.envelope.operation { return nil }
+        // Anything a key that is or was root signs (hand-overs included) can
+        // change other operations' fates through the hand-over rule: those
+        // always refold. A hand-over by any other key is refused by the rules.
         guard !rootCapable.contains(operation.actor) else { return nil }
         guard let standing = revocations[operation.actor], !standing.isEmpty else { return nil }
         let reinstated = (reinstatements[operation.actor] ?? []).contains { Self.isAncestorOrSelf($0, of: operation.id, in: entries) }
         guard !reinstated else { return nil }
         return .unauthorized("signed by \(operation.actor) outside the causal past of its revocation")
+    }
+
+    /// Keys any held revocation targets.
+    private var revokedKeys: Set<String> {
+        var keys: Set<String> = []
+        for ids in operationsByActor.values {
+            for id in ids { if case .revokeUser(let key)? = entries[id]?.operation.envelope.operation { keys.insert(key) } }
+        }
+        return keys
+    }
+
+    /// Recomputes the root-capable keys (the base root, and the targets of
+    /// hand-overs signed by root-capable keys, transitively), and marks
+    /// their operations as never folding incrementally (a successor's first
+    /// act settles a hand-over, which changes the graph's cuts).
+    private mutating func updateRootCapable() {
+        var capable: Set<String> = baseRootKey.map { [$0] } ?? []
+        var grew = true
+        while grew {
+            grew = false
+            for rotation in rotations where capable.contains(rotation.signer) && !capable.contains(rotation.target) {
+                capable.insert(rotation.target)
+                grew = true
+            }
+        }
+        rootCapable = capable
+        // A key that handed the root over has its root operations cut
+        // around its hand-over; a successor's first act settles one.
+        for rotation in rotations where capable.contains(rotation.signer) {
+            keysWithHistory.insert(rotation.signer)
+            if !settledTargets.contains(rotation.target) { keysWithHistory.insert(rotation.target) }
+        }
     }
 
     private func insertionIndex(depth: Int, id: String) -> Int {
@@ -274,6 +317,17 @@ public struct MembershipLog: Sendable {
                                rootCapable: rootCapable, caches: &caches)
         pasts = caches.pasts
         handOverValidity = caches.validity
+        // Successors that acted on every counted hand-over to them fold incrementally from now on.
+        let targetsByHandOver: [(String, String)] = rotations.isEmpty ? [] : order.compactMap { id in
+            guard let operation = entries[id]?.operation, case .rotateRoot(let target) = operation.envelope.operation,
+                  rootCapable.contains(operation.actor), handOverValidity[id] == true else { return nil }
+            return (id, target)
+        }
+        settledTargets = Set(targetsByHandOver.map(\.1)).filter { target in
+            targetsByHandOver.allSatisfy { $0.1 != target || caches.acted.contains($0.0) }
+        }
+        keysWithHistory.subtract(settledTargets.subtracting(rotations.filter { rootCapable.contains($0.signer) }.map(\.signer))
+                                    .subtracting(revokedKeys))
         state = result.state
         refused = result.refused
         revocations = result.revocations
@@ -283,6 +337,8 @@ public struct MembershipLog: Sendable {
     struct Caches {
         var pasts: [String: PastSet]
         var validity: [String: Bool]
+        /// Hand-overs whose successor acted (from the last `handOverCuts`).
+        var acted: Set<String> = []
 
         mutating func past(of id: String, in entries: [String: Entry]) -> PastSet {
             if let known = pasts[id] { return known }
@@ -404,7 +460,17 @@ public struct MembershipLog: Sendable {
                       let handOverIndex = entries[handOvers[position]]?.index else { return false }
                 return (operationsByActor[successor] ?? []).contains { id in
                     guard let entry = entries[id], entry.index > handOverIndex else { return false }
-                    return caches.past(of: id, in: entries).contains(handOverIndex)
+                    let past = caches.past(of: id, in: entries)
+                    guard past.contains(handOverIndex) else { return false }
+                    // Acting counts only if it had not seen a concurrent
+                    // hand-over by the same key: an honest admin syncing
+                    // after a thief's backdated hand-over to it is not
+                    // taking that one up.
+                    return !handOvers.indices.contains { other in
+                        guard other != position, let otherIndex = entries[handOvers[other]]?.index else { return false }
+                        return past.contains(otherIndex) && !handOverPasts[position].contains(otherIndex)
+                            && !handOverPasts[other].contains(handOverIndex)
+                    }
                 }
             }
             func concurrent(_ first: Int, _ second: Int) -> Bool {
@@ -412,14 +478,36 @@ public struct MembershipLog: Sendable {
                 return !handOverPasts[second].contains(a) && !handOverPasts[first].contains(b)
             }
             let conflicting = acted.contains { first in acted.contains { second in first != second && concurrent(first, second) } }
+            for position in acted { caches.acted.insert(handOvers[position]) }
+            // The root handed back to this key later (after the acted
+            // hand-over): its operations after that are its new term's.
+            let first = acted.min { (entries[handOvers[$0]]?.depth ?? 0) < (entries[handOvers[$1]]?.depth ?? 0) }
+            var returns: [Int] = []
+            if let first, let firstIndex = entries[handOvers[first]]?.index {
+                for signer in rootCapable.sorted() where signer != key {
+                    for id in operationsByActor[signer] ?? [] {
+                        guard case .rotateRoot(let target)? = entries[id]?.operation.envelope.operation, target == key,
+                              let index = entries[id]?.index, caches.past(of: id, in: entries).contains(firstIndex),
+                              isValidInOwnPast(id, order: order, entries: entries, operationsByActor: operationsByActor, from: start,
+                                               skipping: baseID, rootCapable: rootCapable, caches: &caches) else { continue }
+                        returns.append(index)
+                    }
+                }
+            }
             for id in ids {
-                guard let entry = entries[id], mayNeedRoot(entry.operation.envelope.operation) else { continue }
+                guard let entry = entries[id] else { continue }
                 if conflicting {
+                    // The key signed conflicting hand-overs that were both
+                    // taken up: it is treated as stolen, for everything after.
                     if !handOverPasts.allSatisfy({ $0.contains(entry.index) }) || handOvers.contains(id) {
                         cuts[id] = .unauthorized("signed by \(key) after or beside conflicting hand-overs of the root (the root is frozen)")
                     }
-                } else if let first = acted.min(by: { (entries[handOvers[$0]]?.depth ?? 0) < (entries[handOvers[$1]]?.depth ?? 0) }) {
-                    if !handOverPasts[first].contains(entry.index) {
+                    continue
+                }
+                guard mayNeedRoot(entry.operation.envelope.operation) else { continue }
+                if let first {
+                    let past = caches.past(of: id, in: entries)
+                    if !handOverPasts[first].contains(entry.index), !returns.contains(where: { past.contains($0) }) {
                         cuts[id] = .unauthorized("signed by \(key) outside the past of the hand-over of the root its successor took up")
                     }
                 } else {
@@ -550,6 +638,9 @@ public struct MembershipLog: Sendable {
         pasts = [:]
         handOverValidity = [:]
         keysWithHistory = []
+        settledTargets = []
+        baseRootKey = content.root
+        rotations = []
         rootCapable = [content.root]
         order = [operation.id]
         headSet = [operation.id]
