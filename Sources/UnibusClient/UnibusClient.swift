@@ -191,9 +191,7 @@ public actor UnibusClient {
     public func submit(_ operation: MembershipOperation) async throws {
         try await syncLog()
         let signed = SignedOperation.sign(operation, by: configuration.identity, parents: logStore.log.heads)
-        var path = "/v1/operations"
-        if case .checkpoint = operation { path = "/v1/checkpoints" }
-        _ = try await call("POST", path, body: ControlAPI.encode(ControlAPI.OperationDocument(signed)),
+        _ = try await call("POST", ControlAPI.submissionPath(for: signed), body: ControlAPI.encode(ControlAPI.OperationDocument(signed)),
                            expecting: ControlAPI.OperationAccepted.self)
         _ = try? logStore.insert(signed)
     }

@@ -244,10 +244,8 @@ public struct ControlSession: Sendable {
 
     /// Submits an operation already signed (a checkpoint to its own endpoint).
     public func submit(_ signed: SignedOperation) async throws -> ControlAPI.OperationAccepted {
-        var path = "/v1/operations"
-        if case .checkpoint = signed.envelope.operation { path = "/v1/checkpoints" }
-        return try await call("POST", path, body: ControlAPI.encode(ControlAPI.OperationDocument(signed)),
-                              expecting: ControlAPI.OperationAccepted.self)
+        try await call("POST", ControlAPI.submissionPath(for: signed), body: ControlAPI.encode(ControlAPI.OperationDocument(signed)),
+                       expecting: ControlAPI.OperationAccepted.self)
     }
 }
 

@@ -252,6 +252,13 @@ public enum ControlAPI {
         }
     }
 
+    /// Where a signed operation is submitted: checkpoints (which may be
+    /// large) have their own endpoint, everything else `/v1/operations`.
+    public static func submissionPath(for operation: SignedOperation) -> String {
+        if case .checkpoint = operation.envelope.operation { return "/v1/checkpoints" }
+        return "/v1/operations"
+    }
+
     public struct OperationAccepted: Codable, Sendable {
         public var id: String
         public var kind: String
