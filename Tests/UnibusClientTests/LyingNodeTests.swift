@@ -222,10 +222,7 @@ struct LyingNodeTests {
     @Test func revokingAMemberOfALiveRoom() async throws {
         let node = try await TestNode()
         let admin = try await node.client(node.admin)
-        let alice = try await node.client(node.alice), bob = try await node.client(node.bob), carol = try await node.client(node.carol)
-        try await alice.createRoom(id: "ops", subject: "rooms.ops")
-        try await alice.addMember(node.bob.userNKey, to: "ops")
-        try await alice.addMember(node.carol.userNKey, to: "ops")
+        let (alice, bob, carol) = try await node.roomOfThree()
         let bobInbox = Inbox(try await bob.join("ops")), carolInbox = Inbox(try await carol.join("ops"))
         _ = try await alice.join("ops")
         let (tap, frames) = try await RoomIntegrationTests().raw(node, as: node.carol, subject: "rooms.ops")

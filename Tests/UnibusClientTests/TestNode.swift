@@ -82,6 +82,18 @@ final class TestNode: @unchecked Sendable {
     }
 }
 
+extension TestNode {
+    /// Alice, Bob and Carol connected, in the encrypted room "ops"
+    /// (rooms.ops) that Alice owns.
+    func roomOfThree() async throws -> (alice: UnibusClient, bob: UnibusClient, carol: UnibusClient) {
+        let alice = try await client(self.alice), bob = try await client(self.bob), carol = try await client(self.carol)
+        try await alice.createRoom(id: "ops", subject: "rooms.ops")
+        try await alice.addMember(self.bob.userNKey, to: "ops")
+        try await alice.addMember(self.carol.userNKey, to: "ops")
+        return (alice, bob, carol)
+    }
+}
+
 /// Collects everything a room delivers, in the background, for polling.
 actor Inbox {
     private(set) var frames: [OpenedFrame] = []
