@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "UnibusControlClient", targets: ["UnibusControlClient"]),
         .library(name: "UnibusMembership", targets: ["UnibusMembership"]),
         .library(name: "UnibusWire", targets: ["UnibusWire"]),
+        .library(name: "UnibusPersistence", targets: ["UnibusPersistence"]),
         .library(name: "UnibusCrypto", targets: ["UnibusCrypto"]),
         // The node's modules, for the fuzz package (Fuzz/) and embedding.
         .library(name: "UnibusBroker", targets: ["UnibusBroker"]),
@@ -76,6 +77,12 @@ let package = Package(
             name: "UnibusMembership",
             dependencies: ["UnibusCrypto"]
         ),
+        // Persisted rooms, pure: frame identity and verification, the
+        // replication messages between nodes, durability receipts.
+        .target(
+            name: "UnibusPersistence",
+            dependencies: ["UnibusWire", "UnibusCrypto", "UnibusMembership"]
+        ),
         // SQLite and data directories (0700, locked), for the node's store and the client's.
         .target(
             name: "UnibusSQLite",
@@ -84,12 +91,12 @@ let package = Package(
         // The node's membership log and key shares in SQLite.
         .target(
             name: "UnibusMembershipStore",
-            dependencies: ["UnibusMembership", "UnibusSQLite", "UnibusCrypto"]
+            dependencies: ["UnibusMembership", "UnibusPersistence", "UnibusSQLite", "UnibusCrypto"]
         ),
         // Assembly of a node: broker + membership, permissions derived live.
         .target(
             name: "UnibusNode",
-            dependencies: ["UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusCrypto",
+            dependencies: ["UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusPersistence", "UnibusCrypto",
                            .product(name: "Atomics", package: "swift-atomics")]
         ),
         // The control plane's client side and its typed messages (shared with the server).
@@ -119,7 +126,7 @@ let package = Package(
         .target(
             name: "UnibusClient",
             dependencies: [
-                "UnibusWire", "UnibusCrypto", "UnibusMembership", "UnibusControlClient", "UnibusSQLite", "CZstd",
+                "UnibusWire", "UnibusCrypto", "UnibusMembership", "UnibusPersistence", "UnibusControlClient", "UnibusSQLite", "CZstd",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -129,7 +136,7 @@ let package = Package(
         .executableTarget(
             name: "unibusd",
             dependencies: [
-                "UnibusCrypto", "UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusNode", "UnibusControl",
+                "UnibusCrypto", "UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusNode", "UnibusControl", "UnibusSQLite",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -159,7 +166,7 @@ let package = Package(
         ),
         .testTarget(
             name: "UnibusMembershipTests",
-            dependencies: ["UnibusMembership", "UnibusMembershipStore", "UnibusSQLite", "UnibusCrypto"]
+            dependencies: ["UnibusMembership", "UnibusMembershipStore", "UnibusPersistence", "UnibusSQLite", "UnibusCrypto", "UnibusWire"]
         ),
         .testTarget(
             name: "UnibusNodeTests",
@@ -173,7 +180,7 @@ let package = Package(
         .testTarget(
             name: "UnibusClientTests",
             dependencies: ["UnibusClient", "UnibusWire", "UnibusCrypto", "UnibusMembership", "UnibusNode", "UnibusControl",
-                           "UnibusControlClient", "UnibusMembershipStore", "UnibusSQLite", "UnibusBroker", "UnibusTestSupport"]
+                           "UnibusControlClient", "UnibusMembershipStore", "UnibusPersistence", "UnibusSQLite", "UnibusBroker", "UnibusTestSupport"]
         ),
         .testTarget(
             name: "InteropTests",

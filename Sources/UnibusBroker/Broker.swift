@@ -33,6 +33,13 @@ public struct ListenerError: Error, CustomStringConvertible {
     }
 }
 
+/// Sees client publishes on tapped subjects (see `Broker.setTap`). Called
+/// on the publishing connection's event loop: it must not block.
+public protocol PublishTap: AnyObject, Sendable {
+    /// `publisher` is the authenticated user's nkey (nil without authentication).
+    func published(subject: String, payload: ByteBuffer, publisher: String?)
+}
+
 /// The embedded NATS-protocol broker of a node.
 ///
 /// Protocol logic lives in `UnibusWire` (parsing) and `BrokerConnection`
@@ -174,6 +181,27 @@ public final class Broker: @unchecked Sendable {
 
     /// Subscriptions `user` holds now over all its connections.
     public func subscriptionCount(of user: String) -> Int { lock.withLock { subscriptionsByUser[user, default: 0] } }
+
+    // MARK: publish taps
+
+    /// Whether any subject is tapped (checked before the lock on every publish).
+    private let tapping = ManagedAtomic<Bool>(false)
+    private let taps = NIOLockedValueBox<(tap: PublishTap?, subjects: Set<String>)>((nil, []))
+
+    /// Hands every client publish on one of `subjects` (exact subjects) to
+    /// `tap` as well as delivering it (the node's persister stores the
+    /// frames of persisted rooms this way). Replaces earlier taps.
+    public func setTap(_ tap: PublishTap?, subjects: Set<String>) {
+        taps.withLockedValue { $0 = (tap, subjects) }
+        tapping.store(tap != nil && !subjects.isEmpty, ordering: .relaxed)
+    }
+
+    /// The tap for `subject`, if it is tapped.
+    @inline(__always)
+    func tap(for subject: String) -> PublishTap? {
+        guard tapping.load(ordering: .relaxed) else { return nil }
+        return taps.withLockedValue { $0.subjects.contains(subject) ? $0.tap : nil }
+    }
 
     // MARK: server-originated messages
 

@@ -361,6 +361,7 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
             return
         }
         stats.messagesIn.wrappingIncrement(ordering: .relaxed)
+        if let tap = broker.tap(for: subject) { tap.published(subject: subject, payload: message, publisher: authenticatedUser) }
         // nats-server acknowledges before it delivers (the +OK precedes an echoed MSG).
         acknowledge()
         let result = index.match(subject)

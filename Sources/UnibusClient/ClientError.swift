@@ -22,6 +22,13 @@ public enum ClientError: Error, Equatable, Sendable, CustomStringConvertible {
     case missingRoot
     /// The client's local store cannot be used.
     case localStore(String)
+    /// A node refused to store a frame of a persisted room (the reason names why).
+    case notStored(room: String, reason: String)
+    /// Frames of persisted rooms were not acknowledged in time (they are
+    /// still kept and sent again; nothing was dropped).
+    case notAcknowledged(count: Int, after: Duration)
+    /// Too many frames wait for a node's acknowledgement.
+    case tooManyUnacknowledged(Int)
 
     public var description: String {
         switch self {
@@ -49,6 +56,11 @@ public enum ClientError: Error, Equatable, Sendable, CustomStringConvertible {
             return "no root admin is pinned: give the cluster's root admin nkey (--root U…, from the admin who ran unibusd init); "
                 + "the client never learns it from a node"
         case .localStore(let why): return "the client's local store cannot be used: \(why)"
+        case .notStored(let room, let reason): return "the node did not store the frame in room \(room): \(reason)"
+        case .notAcknowledged(let count, let after):
+            return "\(count) frame(s) of persisted rooms were not acknowledged as stored after \(after) (they are kept and sent again on the next connection)"
+        case .tooManyUnacknowledged(let count):
+            return "\(count) frames already wait for a node to store them; wait for acknowledgements (waitForStorage) before sending more"
         }
     }
 }

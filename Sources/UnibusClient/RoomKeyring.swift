@@ -251,11 +251,25 @@ public final class RoomKeyring {
         inbound[ref] = Inbound(session: MegolmInboundSession(sessionKey: key), room: room)
     }
 
+    /// How a frame reached the client.
+    public enum Arrival: Sendable {
+        /// On the room's subject, now: every check, and it is recorded (replay).
+        case live
+        /// From a node's store while resuming after a reconnect: like `live`
+        /// but without the time window (it may have waited in the store);
+        /// the replay window still drops what was delivered already.
+        case stored
+        /// Read back as history: nothing is recorded, no replay or time
+        /// check (the reader asked for old frames), and a sender who has
+        /// since left still counts when its session came in a verified share.
+        case history
+    }
+
     /// Judges one frame that arrived on `room`'s subject at `now` (ms).
     /// Order: envelope, policy, membership, session, replay pre-check,
     /// signature+MAC+decrypt, inner frame, room, time window, replay record.
     /// Nothing is recorded unless the frame is delivered.
-    public func open(_ bytes: [UInt8], room: String, now: UInt64) -> Result<OpenedFrame, FrameRejection> {
+    public func open(_ bytes: [UInt8], room: String, now: UInt64, arrival: Arrival = .live) -> Result<OpenedFrame, FrameRejection> {
         guard let info = rooms[room] else { return .failure(.wrongRoom) }
         let envelope: FrameEnvelope
         do {
@@ -268,7 +282,11 @@ public final class RoomKeyring {
         guard envelope.kind == expected else { return .failure(.policyMismatch) }
         guard let senderKey = Ed25519PublicKey(bytes: envelope.sender) else { return .failure(.malformed) }
         let sender = NKey.encodePublicKey(senderKey, type: .user)
-        guard members[room]?.contains(sender) == true else { return .failure(.nonMember) }
+        if members[room]?.contains(sender) != true {
+            // History: a former member's frames read with the session it shared while a member.
+            guard case .history = arrival, case .megolm(let session, _) = envelope.body,
+                  inbound[SessionRef(sender: envelope.sender, session: session)]?.room == room else { return .failure(.nonMember) }
+        }
 
         let innerBytes: [UInt8]
         let protection: FrameProtection
@@ -284,7 +302,9 @@ public final class RoomKeyring {
                 if case .badVersion = error { return .failure(.unknownVersion) }
                 return .failure(.malformed)
             }
-            guard entry.replay.isFresh(UInt64(message.index)) else { return .failure(.replay) }
+            if case .history = arrival {} else {
+                guard entry.replay.isFresh(UInt64(message.index)) else { return .failure(.replay) }
+            }
             do {
                 innerBytes = try entry.session.decrypt(message).plaintext
             } catch {
@@ -295,7 +315,7 @@ public final class RoomKeyring {
                 default: return .failure(.malformed)
                 }
             }
-            inbound[ref] = entry   // keep the advanced ratchet cache
+            if case .history = arrival {} else { inbound[ref] = entry }   // keep the advanced ratchet cache
             protection = .encrypted
             record = .megolm(ref, message.index)
         case .signed(let stream, let sequence, let inner, let signature, let signedRange):
@@ -306,7 +326,9 @@ public final class RoomKeyring {
             }
             guard valid else { return .failure(.badSignature) }
             let ref = StreamRef(sender: envelope.sender, stream: stream)
-            guard streams[ref]?.isFresh(sequence) ?? true else { return .failure(.replay) }
+            if case .history = arrival {} else {
+                guard streams[ref]?.isFresh(sequence) ?? true else { return .failure(.replay) }
+            }
             innerBytes = Array(inner)
             protection = .signed
             record = .stream(ref, sequence)
@@ -320,15 +342,17 @@ public final class RoomKeyring {
         do { inner = try InnerFrame(decoding: innerBytes) } catch { return .failure(.malformed) }
         guard inner.room == room else { return .failure(.wrongRoom) }
         // Both timestamps may be anything a sender wrote: compare by distance, which cannot overflow.
-        let distance = inner.timestamp > now ? inner.timestamp - now : now - inner.timestamp
-        guard distance <= Self.milliseconds(info.policy.frameWindowSeconds) else { return .failure(.outsideWindow) }
+        if case .live = arrival {
+            let distance = inner.timestamp > now ? inner.timestamp - now : now - inner.timestamp
+            guard distance <= Self.milliseconds(info.policy.frameWindowSeconds) else { return .failure(.outsideWindow) }
+        }
         var body = inner.body
         if inner.compressed {
             guard let expanded = Zstd.decompress(body, limit: maximumBody) else { return .failure(.malformed) }
             body = expanded
         }
         let fresh: Bool
-        switch record {
+        switch arrival == .history ? .none : record {
         case .megolm(let ref, let index): fresh = inbound[ref]?.replay.accept(UInt64(index)) ?? false
         case .stream(let ref, let sequence): fresh = acceptStream(ref, sequence)
         case .none: fresh = true

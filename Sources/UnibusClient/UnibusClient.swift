@@ -3,6 +3,7 @@ import NIOCore
 import UnibusControlClient
 import UnibusCrypto
 import UnibusMembership
+import UnibusPersistence
 import UnibusWire
 
 /// A peer on the bus: one identity, a data-plane connection that fails over
@@ -58,6 +59,14 @@ public actor UnibusClient {
         public var name = "unibus-swift"
         /// First pause after a full round of the seed list failed (doubles up to 2 s, plus jitter).
         public var minimumBackoff: TimeAmount = .milliseconds(50)
+        /// Frames of persisted rooms not acknowledged as stored after this
+        /// long are sent again (the same bytes; nodes and receivers drop duplicates).
+        public var acknowledgementTimeout: Duration = .seconds(5)
+        /// Most frames of persisted rooms that may wait for acknowledgement.
+        public var maximumUnacknowledged = 100_000
+        /// How far before its last delivery a resuming subscriber asks a node
+        /// for stored frames (frames in flight when the connection broke).
+        public var resumeMargin: Duration = .seconds(1)
 
         public init(identity: Identity, dataPlane: [String], controlPlane: [String], root: String, caPath: String? = nil) {
             self.identity = identity
@@ -71,7 +80,7 @@ public actor UnibusClient {
     public nonisolated let configuration: Configuration
     public nonisolated let connection: NATSConnection
     public nonisolated let userNKey: String
-    private let keyring: RoomKeyring
+    let keyring: RoomKeyring
     private let logStore: VerifiedLogStore
     private var control: ControlSession?
     private var others: [String: ControlSession] = [:]
@@ -83,11 +92,19 @@ public actor UnibusClient {
     private var syncedAtReconnect = -1
     private var counts: [FrameRejection: Int] = [:]
     private var delivered = 0
+    private var duplicatesDropped = 0
     private var keyFetch: Task<Void, Never>?
     private var noticeTask: Task<Void, Never>?
-    private var closed = false
+    var closed = false
     /// Unknown sessions a share fetch was already tried for (bounded).
     private var fetchedFor: Set<[UInt8]> = []
+    /// Frames of persisted rooms sent and not yet acknowledged as stored.
+    var unacknowledged = UnacknowledgedFrames()
+    var receiptTask: Task<Void, Never>?
+    var resendTask: Task<Void, Never>?
+    /// Per persisted room joined: when (client clock, ms) a frame was last
+    /// delivered, which is where a resume asks the store from.
+    var resumeCursor: [String: UInt64] = [:]
 
     private init(configuration: Configuration, connection: NATSConnection, logStore: VerifiedLogStore) {
         self.configuration = configuration
@@ -132,6 +149,7 @@ public actor UnibusClient {
                 await self?.handleNotice(notice.payload)
             }
         }
+        try startReceipts()
         try await connection.flush()
         await fetchKeyShares()
     }
@@ -142,9 +160,14 @@ public actor UnibusClient {
         closed = true
         noticeTask?.cancel()
         keyFetch?.cancel()
+        receiptTask?.cancel()
+        resendTask?.cancel()
+        unacknowledged.failAll(ClientError.closed)
         await connection.close()
         await noticeTask?.value
         await keyFetch?.value
+        await receiptTask?.value
+        await resendTask?.value
     }
 
     // MARK: control plane
@@ -169,7 +192,7 @@ public actor UnibusClient {
     /// A signed control-plane call whose answer is `T`, retried once on
     /// another seed when the node is unreachable (not when it answered with
     /// an error).
-    private func call<T: Decodable>(_ method: String, _ path: String, body: [UInt8] = [], expecting type: T.Type) async throws -> T {
+    func call<T: Decodable>(_ method: String, _ path: String, body: [UInt8] = [], expecting type: T.Type) async throws -> T {
         guard !closed else { throw ClientError.closed }
         for attempt in 0..<2 {
             let session = try await controlSession(refresh: attempt > 0)
@@ -334,7 +357,9 @@ public actor UnibusClient {
         // through another node): wait until it accepts the subscription.
         try await connection.confirmSubscription(info.subject)
         await fetchKeyShares()
-        return RoomMessages(client: self, room: room, stream: stream)
+        guard info.policy.persist else { return RoomMessages(client: self, room: room, stream: stream) }
+        if resumeCursor[room] == nil { resumeCursor[room] = Self.nowMillis() }
+        return RoomMessages(client: self, room: room, resuming: stream, events: connection.events())
     }
 
     /// Opens `room` for sending only: loads its policy and members without
@@ -351,7 +376,7 @@ public actor UnibusClient {
     /// Syncs the verified log and takes the room's policy and members from
     /// it (then shares this client's session with newcomers, or marks it for
     /// rotation after a departure).
-    private func refreshRoom(_ room: String) async throws {
+    func refreshRoom(_ room: String) async throws {
         try await syncLog()
         try await applyRoom(room)
     }
@@ -378,6 +403,19 @@ public actor UnibusClient {
     /// for one (first message, a member left, count or age limit). It
     /// throws rather than send anything less protected than the policy.
     public func publish(_ body: [UInt8], to room: String, contentType: String = "application/octet-stream") async throws {
+        if let id = try await send(body, to: room, contentType: contentType) {
+            _ = try await waitForStorage(id, in: room)
+        }
+    }
+
+    /// Seals and publishes one message to `room` like `publish`, but for a
+    /// persisted room returns as soon as the frame is sent, with its identity:
+    /// the client keeps it and sends the same bytes again (after a failover,
+    /// or when no acknowledgement came in time) until a node says it is
+    /// stored. Wait with `waitForStorage` or `waitForAllStored`. Nil for
+    /// rooms that are not persisted (nothing to wait for).
+    @discardableResult
+    public func send(_ body: [UInt8], to room: String, contentType: String = "application/octet-stream") async throws -> FrameID? {
         guard keyring.rooms[room] != nil else { throw ClientError.invalid("room \(room) is not joined; call join(\"\(room)\") first") }
         // After a reconnect, a removal may have happened unseen: sync first.
         if syncedAtReconnect != connection.reconnectCount { try await refreshRoom(room) }
@@ -390,11 +428,18 @@ public actor UnibusClient {
             let others = (keyring.members[room] ?? []).subtracting([userNKey])
             if !others.isEmpty { try await share(fresh, room: room, with: others) }
         }
+        if info.policy.persist, unacknowledged.count >= configuration.maximumUnacknowledged {
+            throw ClientError.tooManyUnacknowledged(unacknowledged.count)
+        }
         let frame: [UInt8]
         do { frame = try keyring.seal(room: room, contentType: contentType, body: body, now: Self.nowMillis()) } catch {
             throw ClientError.seal(error)
         }
-        try connection.publish(info.subject, payload: frame)
+        guard info.policy.persist else {
+            try connection.publish(info.subject, payload: frame)
+            return nil
+        }
+        return try track(frame, room: room, subject: info.subject)
     }
 
     /// Seals a frame without sending it (tools and tests inspect or replay it).
@@ -435,16 +480,28 @@ public actor UnibusClient {
     /// one sync of the log (both may simply not have arrived yet); whatever
     /// is still refused is counted by reason.
     public func receive(_ frame: [UInt8], room: String) async -> Result<OpenedFrame, FrameRejection> {
-        var result = keyring.open(frame, room: room, now: Self.nowMillis())
+        await receive(frame, room: room, arrival: .live)
+    }
+
+    func receive(_ frame: [UInt8], room: String, arrival: RoomKeyring.Arrival) async -> Result<OpenedFrame, FrameRejection> {
+        var result = keyring.open(frame, room: room, now: Self.nowMillis(), arrival: arrival)
         if case .failure(let reason) = result, reason == .unknownSession || reason == .nonMember,
            let marker = Self.sessionMarker(frame), fetchedFor.count < 10_000, fetchedFor.insert(marker).inserted {
             if reason == .nonMember { try? await refreshRoom(room) }
             await fetchKeyShares()
-            result = keyring.open(frame, room: room, now: Self.nowMillis())
+            result = keyring.open(frame, room: room, now: Self.nowMillis(), arrival: arrival)
         }
         switch result {
-        case .success: delivered += 1
-        case .failure(let reason): counts[reason, default: 0] += 1
+        case .success:
+            delivered += 1
+            if resumeCursor[room] != nil { resumeCursor[room] = Self.nowMillis() }
+        case .failure(.replay) where arrival != .live || keyring.rooms[room]?.policy.persist == true:
+            // Persisted rooms see the same frame again by design (a publisher
+            // resends what was not acknowledged; resuming re-reads what was
+            // delivered): dropped, counted apart from attacks.
+            duplicatesDropped += 1
+        case .failure(let reason):
+            if arrival != .history { counts[reason, default: 0] += 1 }
         }
         return result
     }
@@ -460,6 +517,9 @@ public actor UnibusClient {
     public var rejections: [FrameRejection: Int] { counts }
     /// Frames delivered so far.
     public var deliveredCount: Int { delivered }
+    /// Copies of frames already delivered that persisted rooms dropped
+    /// (resends after a failover, frames re-read while resuming).
+    public var duplicatesDroppedCount: Int { duplicatesDropped }
 
     /// A notice on this user's key-delivery subject: membership changed in
     /// a room (sync and refresh it), or key shares wait. Notices carry no
@@ -475,6 +535,9 @@ public actor UnibusClient {
         }
         await fetchKeyShares()
     }
+
+    /// Fetches waiting key shares before reading history.
+    func fetchKeySharesForHistory() async { await fetchKeyShares() }
 
     /// Fetches, opens and acknowledges waiting key shares; concurrent callers
     /// wait for the one fetch in flight.
@@ -536,26 +599,89 @@ public actor UnibusClient {
 /// Rejected frames are skipped (and counted by the client); the sequence
 /// ends when the client closes or the consuming task is cancelled, which
 /// also unsubscribes.
+///
+/// In a persisted room, after every reconnect the sequence first delivers
+/// the frames the node stored while this client was away (from its last
+/// delivery on), then the live stream, each frame once (duplicates dropped
+/// by their Megolm session and index).
 public struct RoomMessages: AsyncSequence, Sendable {
     public typealias Element = OpenedFrame
     let client: UnibusClient
     public let room: String
-    let stream: AsyncStream<NATSMessage>
+    /// The subscription itself (rooms that are not persisted: no extra hop).
+    let direct: AsyncStream<NATSMessage>?
+    /// Live frames and resume marks (persisted rooms).
+    let input: AsyncStream<Input>?
+
+    enum Input: Sendable {
+        case live(NATSMessage)
+        /// Ask the store for what was missed (after a reconnect).
+        case resume
+    }
+
+    init(client: UnibusClient, room: String, stream: AsyncStream<NATSMessage>) {
+        self.client = client
+        self.room = room
+        direct = stream
+        input = nil
+    }
+
+    init(client: UnibusClient, room: String, resuming stream: AsyncStream<NATSMessage>, events: AsyncStream<ConnectionEvent>) {
+        self.client = client
+        self.room = room
+        let (input, continuation) = AsyncStream<Input>.makeStream()
+        let forward = Task {
+            for await message in stream { continuation.yield(.live(message)) }
+            continuation.finish()
+        }
+        // After a reconnect: resume at once, and twice more shortly after for
+        // frames that were still on their way into the node's store then.
+        let watch = Task {
+            for await event in events {
+                guard case .connected = event else { continue }
+                continuation.yield(.resume)
+                try? await Task.sleep(for: .milliseconds(300))
+                continuation.yield(.resume)
+                try? await Task.sleep(for: .milliseconds(1500))
+                continuation.yield(.resume)
+            }
+        }
+        continuation.onTermination = { _ in
+            forward.cancel()
+            watch.cancel()
+        }
+        self.input = input
+        direct = nil
+    }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         let client: UnibusClient
         let room: String
-        var base: AsyncStream<NATSMessage>.AsyncIterator
+        var direct: AsyncStream<NATSMessage>.AsyncIterator?
+        var base: AsyncStream<Input>.AsyncIterator?
+        var pending: [OpenedFrame] = []
 
         public mutating func next() async -> OpenedFrame? {
-            while let message = await base.next() {
-                if case .success(let frame) = await client.receive(message.payload, room: room) { return frame }
+            if direct != nil {
+                while let message = await direct?.next() {
+                    if case .success(let frame) = await client.receive(message.payload, room: room) { return frame }
+                }
+                return nil
             }
-            return nil
+            while true {
+                if !pending.isEmpty { return pending.removeFirst() }
+                guard let input = await base?.next() else { return nil }
+                switch input {
+                case .live(let message):
+                    if case .success(let frame) = await client.receive(message.payload, room: room) { return frame }
+                case .resume:
+                    pending = await client.resume(room)
+                }
+            }
         }
     }
 
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(client: client, room: room, base: stream.makeAsyncIterator())
+        AsyncIterator(client: client, room: room, direct: direct?.makeAsyncIterator(), base: input?.makeAsyncIterator())
     }
 }

@@ -160,6 +160,8 @@ public final class ControlPlane: Sendable {
             return await apply(body, checkpoint: false)
         case ("POST", "checkpoints", 2):
             return await apply(body, checkpoint: true)
+        case ("POST", "rooms", 4) where parts[3] == "history":
+            return history(room: parts[2], caller: caller, state: state, body: body)
         case ("POST", "rooms", 4) where parts[3] == "key-shares":
             return storeKeyShares(room: parts[2], sender: caller, body: body)
         case ("GET", "key-shares", 2):
@@ -255,6 +257,39 @@ public final class ControlPlane: Sendable {
         }
         return .json(200, ControlAPI.SharesStored(stored: shares.count))
     }
+    /// A page of a persisted room's frames for one of its members.
+    private func history(room: String, caller: String, state: MembershipState, body: [UInt8]) -> ControlResponse {
+        guard let request = ControlAPI.decode(ControlAPI.HistoryRequest.self, from: body) else {
+            return .error(400, "the body must be {\"order\": \"newest\"|\"oldest\", \"before\"?, \"after\"?, \"since\"?, \"limit\"?}")
+        }
+        guard let found = state.rooms[room] else { return .error(404, "no room \(room)") }
+        guard let member = state.members[room]?[caller] else { return .error(403, "\(caller) is not a member of room \(room)") }
+        guard found.policy.persist else { return .error(409, "room \(room) is not persisted: it has no history (an owner can change that with `unibus room policy --persist`)") }
+        guard let frames = node.frames else { return .error(503, "this node keeps no frames (it runs without a data directory)") }
+        // `joined`: nothing first stored before the caller joined. (Keys are
+        // the real boundary: a newcomer gets sessions from its join on.)
+        let notBefore = found.policy.history == .joined ? (OperationTime.millis(member.joined) ?? UInt64.max) : 0
+        let limit = min(max(request.limit ?? 100, 1), ControlAPI.HistoryRequest.maximumFrames)
+        var since = request.since ?? 0
+        if let within = request.within {
+            let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
+            since = max(since, now > within ? now - within : 0)
+        }
+        let order: FrameStore.Order = request.order == .newest
+            ? .newestFirst(before: request.before) : .oldestFirst(after: request.after, since: since)
+        do {
+            let page = try frames.page(room: room, order: order, notBefore: notBefore, limit: limit, maxBytes: ControlAPI.HistoryRequest.maximumBytes)
+            // A page may stop short of `limit` at the byte bound: only an empty page ends it.
+            let next = page.last?.sequence
+            return .json(200, ControlAPI.HistoryPage(frames: page.map {
+                ControlAPI.StoredFrameView(seq: $0.sequence, firstStored: $0.firstStored, frame: Base64.encode($0.bytes))
+            }, next: next, node: node.broker.serverID))
+        } catch {
+            node.log("control plane: frame store error", ["error": "\(error)"])
+            return .error(500, "the node could not read its frame store; the operator's log has the details")
+        }
+    }
+
     /// Most shares in one page of `GET /v1/key-shares` (and ids in one ack).
     public static let keySharePageLimit = 500
 
@@ -280,7 +315,7 @@ public final class ControlPlane: Sendable {
     func metrics() -> String {
         let stats = node.broker.statistics
         let state = node.membership.snapshot
-        let rows: [(String, String, Int)] = [
+        var rows: [(String, String, Int)] = [
             ("unibus_connections", "gauge", stats.currentConnections.load(ordering: .relaxed)),
             ("unibus_connections_accepted_total", "counter", stats.connectionsAccepted.load(ordering: .relaxed)),
             ("unibus_messages_in_total", "counter", stats.messagesIn.load(ordering: .relaxed)),
@@ -310,6 +345,19 @@ public final class ControlPlane: Sendable {
             ("unibus_users", "gauge", state.users.values.filter { $0.status == .active }.count),
             ("unibus_rooms", "gauge", state.rooms.values.filter { $0.archived == nil }.count),
         ]
+        if let persistence = node.persistenceStatistics {
+            rows += [
+                ("unibus_persist_frames_stored_total", "counter", persistence.stored.load(ordering: .relaxed)),
+                ("unibus_persist_frames_duplicate_total", "counter", persistence.duplicates.load(ordering: .relaxed)),
+                ("unibus_persist_frames_refused_total", "counter", persistence.refused.load(ordering: .relaxed)),
+                ("unibus_persist_frames_replicated_in_total", "counter", persistence.replicatedIn.load(ordering: .relaxed)),
+                ("unibus_persist_frames_caught_up_total", "counter", persistence.caughtUp.load(ordering: .relaxed)),
+                ("unibus_persist_frames_expired_total", "counter", persistence.expired.load(ordering: .relaxed)),
+                ("unibus_persist_frames_dropped_queue_full_total", "counter", persistence.droppedQueueFull.load(ordering: .relaxed)),
+                ("unibus_persist_commits_total", "counter", persistence.commits.load(ordering: .relaxed)),
+                ("unibus_persist_batches_unconfirmed_total", "counter", persistence.receiptsUnconfirmed.load(ordering: .relaxed)),
+            ]
+        }
         var text = rows.map { "# TYPE \($0.0) \($0.1)\n\($0.0) \($0.2)\n" }.joined()
         text += "# TYPE unibus_auth_failures_total counter\n"
         for reason in AuthFailureReason.allCases {

@@ -268,6 +268,72 @@ public enum ControlAPI {
         }
     }
 
+    /// `POST /v1/rooms/{id}/history`: a page of a persisted room's stored
+    /// frames (ciphertext; the caller decrypts and verifies each). Members
+    /// only; with `joined` history, nothing first stored before the caller joined.
+    public struct HistoryRequest: Codable, Sendable, Equatable {
+        public enum Order: String, Codable, Sendable {
+            case newest, oldest
+        }
+        /// `newest`: newest first, below `before`. `oldest`: oldest first,
+        /// after `after`, from `since` (ms since the epoch, first-stored time) on.
+        public var order: Order
+        /// Page tokens from an earlier page of the same node (node-local).
+        public var before: Int64?
+        public var after: Int64?
+        public var since: UInt64?
+        /// Instead of `since`: frames first stored within this many ms before
+        /// the node's now (so a resuming client needs no clock agreement).
+        public var within: UInt64?
+        public var limit: Int?
+
+        public init(order: Order, before: Int64? = nil, after: Int64? = nil, since: UInt64? = nil, within: UInt64? = nil, limit: Int? = nil) {
+            self.order = order
+            self.before = before
+            self.after = after
+            self.since = since
+            self.within = within
+            self.limit = limit
+        }
+
+        public static let maximumFrames = 1000
+        public static let maximumBytes = 4 * 1024 * 1024
+    }
+
+    public struct StoredFrameView: Codable, Sendable, Equatable {
+        /// The node's own order (a page token on that node only).
+        public var seq: Int64
+        /// When the first node stored it (ms since the epoch).
+        public var firstStored: UInt64
+        /// The frame as published (base64).
+        public var frame: String
+
+        public init(seq: Int64, firstStored: UInt64, frame: String) {
+            self.seq = seq
+            self.firstStored = firstStored
+            self.frame = frame
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case seq, frame
+            case firstStored = "first_stored"
+        }
+    }
+
+    public struct HistoryPage: Codable, Sendable, Equatable {
+        public var frames: [StoredFrameView]
+        /// The token for the next page (`before` or `after`), or nil at the end.
+        public var next: Int64?
+        /// The node that answered (its tokens mean nothing elsewhere).
+        public var node: String
+
+        public init(frames: [StoredFrameView], next: Int64?, node: String) {
+            self.frames = frames
+            self.next = next
+            self.node = node
+        }
+    }
+
     /// `POST /v1/log`: the operations the caller lacks, given what it holds.
     public struct LogRequest: Codable, Sendable {
         /// Heads of the caller's log (empty: from the start).

@@ -134,7 +134,6 @@ public struct MembershipState: Equatable, Sendable {
             }
 
         case .createRoom(let id, let subject, let policy):
-            guard !policy.persist else { throw .unsupported("durable history (persist) comes with a later release; create the room without it") }
             guard Self.isValidRoomID(id) else { throw .invalid("room ids are 1 to 64 of [A-Za-z0-9_-]") }
             guard Self.isValidLiteralSubject(subject) else { throw .invalid("\(subject.prefix(80)) is not a valid literal subject") }
             if let reason = ReservedNamespace.reservation(of: subject) {
@@ -191,6 +190,18 @@ public struct MembershipState: Equatable, Sendable {
             }
             guard members[roomID]?[user] != nil else { throw .notFound("\(user) in room \(roomID)") }
             members[roomID]?[user]?.role = role
+
+        case .setRoomPolicy(let roomID, let policy):
+            var room = try openRoom(roomID)
+            guard isAdmin || members[roomID]?[actor]?.role == .owner else {
+                throw .unauthorized("only the room's owner or an admin may change its policy")
+            }
+            if let problem = policy.problem { throw .invalid(problem) }
+            guard policy.encrypt == room.policy.encrypt, policy.sign == room.policy.sign else {
+                throw .invalid("a room's protection (encrypt, sign) cannot change; create a new room instead")
+            }
+            room.policy = policy
+            rooms[roomID] = room
 
         case .setClusterSettings(let newSettings):
             guard isAdmin else { throw .unauthorized("only an admin may change cluster settings") }
@@ -272,7 +283,8 @@ public struct MembershipState: Equatable, Sendable {
         for room in rooms.values.sorted(by: { $0.id < $1.id }) {
             let p = room.policy
             text += "room \(room.id) \(room.subject) \(room.owner) \(room.created) \(room.archived ?? "-") "
-                + "\(p.encrypt) \(p.sign) \(p.compress) \(p.persist) \(p.rotateAfterMessages) \(p.rotateAfterSeconds) \(p.frameWindowSeconds)\n"
+                + "\(p.encrypt) \(p.sign) \(p.compress) \(p.persist) \(p.rotateAfterMessages) \(p.rotateAfterSeconds) \(p.frameWindowSeconds)"
+                + (p.persist ? " \(p.retainAgeSeconds) \(p.retainBytes) \(p.retainMessages) \(p.history.rawValue)\n" : "\n")
             for member in (members[room.id] ?? [:]).values.sorted(by: { $0.user < $1.user }) {
                 text += "member \(member.room) \(member.user) \(member.role.rawValue) \(member.joined)\n"
             }
@@ -294,7 +306,7 @@ public struct MembershipState: Equatable, Sendable {
         }.sorted { $0.id < $1.id }
     }
 
-    static func isValidRoomID(_ id: String) -> Bool {
+    public static func isValidRoomID(_ id: String) -> Bool {
         !id.isEmpty && id.utf8.count <= 64 && id.utf8.allSatisfy {
             ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 45 || $0 == 95
         }

@@ -18,6 +18,10 @@ public enum ReservedNamespace {
     /// Where a user is told that key shares or membership changes wait:
     /// `unibus.keys.<user nkey>`.
     public static let keyDeliveryPrefix = "unibus.keys."
+    /// Where a node tells a publisher that its frames of a persisted room are
+    /// stored (durability receipts): `unibus.receipts.<user nkey>`. Only
+    /// nodes publish here (clients may not publish under `unibus`).
+    public static let receiptPrefix = "unibus.receipts."
 
     /// First tokens reserved outright (besides anything starting with `$`,
     /// which covers `$SYS`, `$JS`, `$KV` and every system account subject).
@@ -25,6 +29,9 @@ public enum ReservedNamespace {
 
     /// The key-delivery subject of one user.
     public static func keyDeliverySubject(for userNKey: String) -> String { keyDeliveryPrefix + userNKey }
+
+    /// The durability-receipt subject of one user.
+    public static func receiptSubject(for userNKey: String) -> String { receiptPrefix + userNKey }
 
     /// Why `subject` may not be a room subject because of a reserved
     /// namespace, or nil if it may (as far as namespaces go).

@@ -5,24 +5,47 @@ public enum UserRole: String, Codable, Sendable { case admin, member }
 public enum UserStatus: String, Codable, Sendable { case active, revoked }
 public enum RoomRole: String, Codable, Sendable { case owner, member }
 
-/// How a room's traffic is protected and when its Megolm sessions rotate.
+/// Who may read a persisted room's retained history when they join.
+public enum HistoryVisibility: String, Codable, Sendable, CaseIterable {
+    /// From the member's join on (frames first stored after it).
+    case joined
+    /// Everything the nodes retain (senders share their retained sessions).
+    case shared
+}
+
+/// How a room's traffic is protected, when its Megolm sessions rotate, and
+/// (for persisted rooms) how long nodes keep its ciphertext and who reads it.
 public struct RoomPolicy: Codable, Equatable, Sendable {
     public var encrypt: Bool
     public var sign: Bool
     public var compress: Bool
-    /// Durable history; refused until the persistence issue lands.
+    /// Durable history: every node stores the room's ciphertext frames, and
+    /// publishes are acknowledged once stored (see docs/persistence.md).
     public var persist: Bool
     public var rotateAfterMessages: Int
     public var rotateAfterSeconds: Int
     /// Receivers refuse frames whose sender timestamp is further than this
     /// from their own clock (either way).
     public var frameWindowSeconds: Int
+    /// Retention of a persisted room, applied by each node: frames older
+    /// than this (from when the first node stored them), beyond this many
+    /// bytes, or beyond this many frames are deleted, oldest first.
+    public var retainAgeSeconds: Int
+    public var retainBytes: Int
+    public var retainMessages: Int
+    /// Who reads retained history (persisted rooms).
+    public var history: HistoryVisibility
 
     public static let defaultFrameWindowSeconds = 300
+    public static let defaultRetainAgeSeconds = 7 * 24 * 3600
+    public static let defaultRetainBytes = 1 << 30
+    public static let defaultRetainMessages = 1_000_000
 
     public init(encrypt: Bool = true, sign: Bool = true, compress: Bool = false, persist: Bool = false,
                 rotateAfterMessages: Int = 1000, rotateAfterSeconds: Int = 7 * 24 * 3600,
-                frameWindowSeconds: Int = RoomPolicy.defaultFrameWindowSeconds) {
+                frameWindowSeconds: Int = RoomPolicy.defaultFrameWindowSeconds,
+                retainAgeSeconds: Int = RoomPolicy.defaultRetainAgeSeconds, retainBytes: Int = RoomPolicy.defaultRetainBytes,
+                retainMessages: Int = RoomPolicy.defaultRetainMessages, history: HistoryVisibility = .joined) {
         self.encrypt = encrypt
         self.sign = sign
         self.compress = compress
@@ -30,13 +53,20 @@ public struct RoomPolicy: Codable, Equatable, Sendable {
         self.rotateAfterMessages = rotateAfterMessages
         self.rotateAfterSeconds = rotateAfterSeconds
         self.frameWindowSeconds = frameWindowSeconds
+        self.retainAgeSeconds = retainAgeSeconds
+        self.retainBytes = retainBytes
+        self.retainMessages = retainMessages
+        self.history = history
     }
 
     private enum CodingKeys: String, CodingKey {
         case encrypt, sign, compress, persist, rotateAfterMessages, rotateAfterSeconds, frameWindowSeconds
+        case retainAgeSeconds, retainBytes, retainMessages, history
     }
 
-    /// Operations signed before `frameWindowSeconds` existed decode with the default.
+    /// Operations signed before `frameWindowSeconds` existed decode with the
+    /// default; retention and history are present exactly when `persist` is
+    /// (so the policies of rooms made before persistence keep their bytes).
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         encrypt = try container.decode(Bool.self, forKey: .encrypt)
@@ -46,6 +76,34 @@ public struct RoomPolicy: Codable, Equatable, Sendable {
         rotateAfterMessages = try container.decode(Int.self, forKey: .rotateAfterMessages)
         rotateAfterSeconds = try container.decode(Int.self, forKey: .rotateAfterSeconds)
         frameWindowSeconds = try container.decodeIfPresent(Int.self, forKey: .frameWindowSeconds) ?? Self.defaultFrameWindowSeconds
+        if persist {
+            retainAgeSeconds = try container.decode(Int.self, forKey: .retainAgeSeconds)
+            retainBytes = try container.decode(Int.self, forKey: .retainBytes)
+            retainMessages = try container.decode(Int.self, forKey: .retainMessages)
+            history = try container.decode(HistoryVisibility.self, forKey: .history)
+        } else {
+            retainAgeSeconds = Self.defaultRetainAgeSeconds
+            retainBytes = Self.defaultRetainBytes
+            retainMessages = Self.defaultRetainMessages
+            history = .joined
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(encrypt, forKey: .encrypt)
+        try container.encode(sign, forKey: .sign)
+        try container.encode(compress, forKey: .compress)
+        try container.encode(persist, forKey: .persist)
+        try container.encode(rotateAfterMessages, forKey: .rotateAfterMessages)
+        try container.encode(rotateAfterSeconds, forKey: .rotateAfterSeconds)
+        try container.encode(frameWindowSeconds, forKey: .frameWindowSeconds)
+        if persist {
+            try container.encode(retainAgeSeconds, forKey: .retainAgeSeconds)
+            try container.encode(retainBytes, forKey: .retainBytes)
+            try container.encode(retainMessages, forKey: .retainMessages)
+            try container.encode(history, forKey: .history)
+        }
     }
 
     /// Ranges the rules accept. Every value is multiplied into milliseconds
@@ -54,6 +112,9 @@ public struct RoomPolicy: Codable, Equatable, Sendable {
     public static let rotateAfterMessagesRange = 1...100_000_000
     public static let rotateAfterSecondsRange = 1...(366 * 24 * 3600)
     public static let frameWindowSecondsRange = 1...(7 * 24 * 3600)
+    public static let retainAgeSecondsRange = 60...(10 * 366 * 24 * 3600)
+    public static let retainBytesRange = 1024...(1 << 50)
+    public static let retainMessagesRange = 1...1_000_000_000
 
     /// Why this policy is out of range, or nil when it is acceptable.
     public var problem: String? {
@@ -65,6 +126,19 @@ public struct RoomPolicy: Codable, Equatable, Sendable {
         }
         if !Self.frameWindowSecondsRange.contains(frameWindowSeconds) {
             return "frame_window_seconds must be \(Self.frameWindowSecondsRange.lowerBound) to \(Self.frameWindowSecondsRange.upperBound) (a week)"
+        }
+        guard persist else { return nil }
+        // Stored frames are identified by their Megolm (session, index) or
+        // signed (stream, sequence): a plain frame has no identity to store by.
+        if !encrypt && !sign { return "a persisted room must be encrypted or signed (plain frames have no identity to store and deduplicate by)" }
+        if !Self.retainAgeSecondsRange.contains(retainAgeSeconds) {
+            return "retain_age_seconds must be \(Self.retainAgeSecondsRange.lowerBound) to \(Self.retainAgeSecondsRange.upperBound) (ten years)"
+        }
+        if !Self.retainBytesRange.contains(retainBytes) {
+            return "retain_bytes must be \(Self.retainBytesRange.lowerBound) to \(Self.retainBytesRange.upperBound) (1 PiB)"
+        }
+        if !Self.retainMessagesRange.contains(retainMessages) {
+            return "retain_messages must be \(Self.retainMessagesRange.lowerBound) to \(Self.retainMessagesRange.upperBound)"
         }
         return nil
     }
@@ -99,6 +173,10 @@ public enum MembershipOperation: Codable, Equatable, Sendable {
     case addMember(room: String, user: String, role: RoomRole)
     case removeMember(room: String, user: String)
     case setMemberRole(room: String, user: String, role: RoomRole)
+    /// The room's owner or an admin: replaces the room's policy. Rotation,
+    /// compression, persistence, retention and history may change; the
+    /// protection (encrypt, sign) may not (a downgrade is a new room).
+    case setRoomPolicy(room: String, policy: RoomPolicy)
     /// Admin only: replaces the cluster-wide settings.
     case setClusterSettings(settings: ClusterSettings)
     /// Root only: hands the root role to another active admin (`key`).
@@ -119,6 +197,7 @@ public enum MembershipOperation: Codable, Equatable, Sendable {
         case .addMember: return "member.add"
         case .removeMember: return "member.remove"
         case .setMemberRole: return "member.role"
+        case .setRoomPolicy: return "room.policy"
         case .setClusterSettings: return "cluster.settings"
         case .rotateRoot: return "root.rotate"
         case .checkpoint: return "log.checkpoint"

@@ -15,7 +15,8 @@ import UnibusMembershipStore
 /// - the reply subject of a request delivered to it, once, within two
 ///   minutes (nats-server's `allow_responses`): nobody may publish into
 ///   another user's inbox otherwise, so replies cannot be forged;
-/// - its key-delivery subject `unibus.keys.<nkey>` (subscribe).
+/// - its key-delivery subject `unibus.keys.<nkey>` and its durability
+///   receipts `unibus.receipts.<nkey>` (subscribe).
 ///
 /// Room subjects never reach a reserved namespace (`ReservedNamespace`,
 /// enforced by the membership rules), so these grants cannot overlap.
@@ -43,7 +44,8 @@ public struct MembershipAuthorizer: Authorizer {
         let publish = roomSubjects.isEmpty ? SubjectPermission(allow: [], deny: [">"]) : SubjectPermission(allow: roomSubjects)
         return Permissions(
             publish: publish,
-            subscribe: SubjectPermission(allow: roomSubjects + [inbox, ReservedNamespace.keyDeliverySubject(for: userNKey)],
+            subscribe: SubjectPermission(allow: roomSubjects + [inbox, ReservedNamespace.keyDeliverySubject(for: userNKey),
+                                                                ReservedNamespace.receiptSubject(for: userNKey)],
                                          inboxOwner: userNKey),
             responses: .standard)
     }

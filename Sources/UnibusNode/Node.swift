@@ -5,6 +5,7 @@ import UnibusBroker
 import UnibusCrypto
 import UnibusMembership
 import UnibusMembershipStore
+import UnibusPersistence
 
 /// A node: the broker and the membership store it authorizes from. Every
 /// accepted membership operation, whether accepted here or replicated from
@@ -19,17 +20,28 @@ public final class Node: Sendable {
     private let lastPrune = NIOLockedValueBox(Date.distantPast)
     private let replicator: Replicator?
     private let logger: @Sendable (String, [String: String]) -> Void
+    /// Persisted rooms: the frame store and what stores into it (nil when the
+    /// node was made without a frame store).
+    let persister: Persister?
+
+    /// The frames of persisted rooms this node holds.
+    public var frames: FrameStore? { persister?.store }
+    /// What the persister did (stored, refused, replicated, expired…).
+    public var persistenceStatistics: PersistenceStatistics? { persister?.statistics }
 
     /// Set the node up before `broker.start()`: with a cluster, the node
     /// replicates its membership log and key shares over the route links.
     /// Whether unencrypted rooms may be created is not a node's choice: it
     /// is the cluster-wide, admin-signed `ClusterSettings` in the log, which
     /// every node folds alike (a per-node flag was bypassed by replication).
-    public init(broker: Broker, membership: MembershipStore,
+    public init(broker: Broker, membership: MembershipStore, frames: FrameStore? = nil,
+                persistence: PersistenceConfiguration = PersistenceConfiguration(),
                 log: @escaping @Sendable (String, [String: String]) -> Void = { _, _ in }) {
         self.broker = broker
         self.membership = membership
         self.logger = log
+        let persister = frames.map { Persister(store: $0, configuration: persistence) }
+        self.persister = persister
         if let cluster = broker.cluster {
             let replicator = Replicator()
             self.replicator = replicator
@@ -38,6 +50,8 @@ public final class Node: Sendable {
         } else {
             replicator = nil
         }
+        persister?.attach(self)
+        persister?.refresh(membership.snapshot)
     }
 
     /// Builds the broker configuration's authorizer for `store`.
@@ -46,6 +60,13 @@ public final class Node: Sendable {
     }
 
     public func log(_ message: String, _ fields: [String: String]) { logger(message, fields) }
+
+    /// Waits until every frame handed to the persister so far is stored
+    /// (tests and orderly shutdown).
+    public func settlePersistence() async { await persister?.settle() }
+
+    /// Applies every persisted room's retention now.
+    public func applyRetentionNow() { persister?.applyRetentionNow() }
 
     /// Verifies, applies and persists `operation` (accepted by this node's
     /// control plane at `arrival`, which bounds its signed time; nil for
@@ -94,6 +115,7 @@ public final class Node: Sendable {
     /// Closes the connections of users who lost access, re-authorizes every
     /// open connection, and tells the members of changed rooms.
     private func applyEffects(before: MembershipState, after: MembershipState, kind: String) async {
+        persister?.refresh(after)
         for (key, user) in before.users where user.status == .active && after.users[key]?.status != .active {
             await broker.disconnect(userNKey: key)
         }

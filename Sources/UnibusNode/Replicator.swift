@@ -5,6 +5,7 @@ import UnibusBroker
 import UnibusCrypto
 import UnibusMembership
 import UnibusMembershipStore
+import UnibusPersistence
 
 /// Replication of the membership log and key shares over the route links,
 /// as `RDATA` frames (JSON objects with a type `t`):
@@ -65,6 +66,7 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
 
     func routeActivated(_ link: RouteLink) async {
         guard let node else { return }
+        node.persister?.routeActivated(link)
         let store = node.membership
         link.send(ReplicationFrame.sync(count: store.operationCount, digest: store.logDigest).encoded)
         try? store.pruneAcknowledgedKeyShares()
@@ -87,6 +89,12 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
 
     func received(_ data: ByteBuffer, from link: RouteLink) async {
         guard let node else { return }
+        if FrameReplication.isFrameReplication(data.readableBytesView) {
+            if let persister = node.persister { await persister.received(data.readableBytesView, from: link) } else {
+                node.refusedReplicationFrames.wrappingIncrement(ordering: .relaxed)
+            }
+            return
+        }
         let frame: ReplicationFrame
         do {
             frame = try ReplicationFrame(decoding: data.readableBytesView)

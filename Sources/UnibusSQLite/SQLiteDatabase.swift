@@ -12,10 +12,22 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
 public final class SQLiteDatabase {
     private var handle: OpaquePointer?
     public let path: String
+    /// Prepared statements by SQL text, reused (reset) by `query`.
+    private var statements: [String: OpaquePointer] = [:]
 
-    /// Opens (creating if needed) the database with WAL and full fsync, so a
-    /// committed transaction survives kill -9 and power loss.
-    public init(path: String) throws {
+    /// When a commit reaches the disk.
+    public enum Synchronous: String, Sendable, CaseIterable {
+        /// Every commit is fsynced before it returns: survives kill -9 and power loss.
+        case full
+        /// Commits are written to the WAL (the OS holds them) and fsynced at
+        /// checkpoints: survives kill -9 of the process, not a power loss or
+        /// kernel crash (the last commits may be lost then).
+        case normal
+    }
+
+    /// Opens (creating if needed) the database with WAL and, by default,
+    /// full fsync, so a committed transaction survives kill -9 and power loss.
+    public init(path: String, synchronous: Synchronous = .full) throws {
         self.path = path
         // Create the file 0600 before SQLite opens it (its -wal and -shm
         // files take the database file's mode): never readable by others,
@@ -41,11 +53,14 @@ public final class SQLiteDatabase {
         handle = db
         sqlite3_busy_timeout(db, 5000)
         try execute("PRAGMA journal_mode=WAL")
-        try execute("PRAGMA synchronous=FULL")
+        try execute(synchronous == .full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL")
         try execute("PRAGMA foreign_keys=ON")
     }
 
-    deinit { sqlite3_close(handle) }
+    deinit {
+        for statement in statements.values { sqlite3_finalize(statement) }
+        sqlite3_close(handle)
+    }
 
     private var message: String { String(cString: sqlite3_errmsg(handle)) }
 
@@ -70,10 +85,23 @@ public final class SQLiteDatabase {
     @discardableResult
     public func query(_ sql: String, _ parameters: [Value] = []) throws -> [[Value]] {
         var statement: OpaquePointer?
-        guard sqlite3_prepare_v2(handle, sql, -1, &statement, nil) == SQLITE_OK else {
-            throw DatabaseError(description: "\(message) (in: \(sql.prefix(80)))")
+        if let cached = statements[sql] {
+            statement = cached
+        } else {
+            guard sqlite3_prepare_v2(handle, sql, -1, &statement, nil) == SQLITE_OK else {
+                throw DatabaseError(description: "\(message) (in: \(sql.prefix(80)))")
+            }
+            if statements.count < 64 { statements[sql] = statement }
         }
-        defer { sqlite3_finalize(statement) }
+        let cached = statements[sql] == statement
+        defer {
+            if cached {
+                sqlite3_reset(statement)
+                sqlite3_clear_bindings(statement)
+            } else {
+                sqlite3_finalize(statement)
+            }
+        }
         for (offset, parameter) in parameters.enumerated() {
             let index = Int32(offset + 1)
             let status: Int32
@@ -112,6 +140,9 @@ public final class SQLiteDatabase {
         }
         return rows
     }
+
+    /// Rows changed by the last INSERT, UPDATE or DELETE.
+    public var changes: Int { Int(sqlite3_changes(handle)) }
 
     /// Runs `body` in an IMMEDIATE transaction; rolls back if it throws.
     public func transaction<T>(_ body: () throws -> T) throws -> T {

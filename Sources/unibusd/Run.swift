@@ -8,6 +8,7 @@ import UnibusControl
 import UnibusMembership
 import UnibusMembershipStore
 import UnibusNode
+import UnibusSQLite
 import NIOSSL
 
 /// `unibusd run` (the default): the node's broker on a listen address.
@@ -116,6 +117,15 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds between route PINGs; a route with 3 unanswered is closed.")
     var routePingInterval: Double = 2
 
+    @Option(name: .long, help: "When stored frames of persisted rooms reach the disk: full (fsync every commit: survives kill -9 and power loss; the default) or normal (survives kill -9 only; see docs/persistence.md).")
+    var persistSync: SQLiteDatabase.Synchronous = .full
+
+    @Option(name: .long, help: "Frames one member may have stored in one persisted room per minute.")
+    var persistSenderMessagesPerMinute = 200_000
+
+    @Option(name: .long, help: "Bytes one member may have stored in one persisted room per minute.")
+    var persistSenderBytesPerMinute = 256 * 1024 * 1024
+
     /// Numbers from the command line, checked before any is multiplied or
     /// converted (a huge --ping-interval once trapped converting to nanoseconds).
     func validateLimits() throws {
@@ -133,6 +143,8 @@ struct Run: AsyncParsableCommand {
             ("--write-deadline must be 0.01 to 3600 seconds", writeDeadline.isFinite && (0.01...3600).contains(writeDeadline)),
             ("--route-ping-interval must be 0.1 to 3600 seconds", routePingInterval.isFinite && (0.1...3600).contains(routePingInterval)),
             ("--threads must be 0 to 1024", (0...1024).contains(threads)),
+            ("--persist-sender-messages-per-minute must be 1 to 100000000", (1...100_000_000).contains(persistSenderMessagesPerMinute)),
+            ("--persist-sender-bytes-per-minute must be 1 KiB to 1 TiB", (1024...(1 << 40)).contains(persistSenderBytesPerMinute)),
         ]
         for (message, valid) in checks where !valid { throw CLIFailure(message) }
     }
@@ -229,8 +241,16 @@ struct Run: AsyncParsableCommand {
             }
         }
         var node: Node?
-        if let membership {
-            node = Node(broker: broker, membership: membership, log: log)
+        if let membership, let dataDir {
+            let frames: FrameStore
+            do { frames = try FrameStore(directory: dataDir, synchronous: persistSync) } catch {
+                throw CLIFailure("cannot open the frame store in \(dataDir): \(error)")
+            }
+            var persistence = PersistenceConfiguration()
+            persistence.senderMessagesPerWindow = persistSenderMessagesPerMinute
+            persistence.senderBytesPerWindow = persistSenderBytesPerMinute
+            node = Node(broker: broker, membership: membership, frames: frames, persistence: persistence, log: log)
+            node?.applyRetentionNow()
         }
         let bound = try await broker.start()
         if let node {
@@ -458,3 +478,5 @@ final class SignalWaiter: @unchecked Sendable {
         }
     }
 }
+
+extension SQLiteDatabase.Synchronous: ExpressibleByArgument {}

@@ -22,6 +22,8 @@ final class TestNode: @unchecked Sendable {
     let bob = Identity()
     let carol = Identity()
     let store: MembershipStore
+    /// Frames of persisted rooms, in the same data directory.
+    let frames: FrameStore
     private(set) var broker: Broker
     private(set) var control: Channel
     private(set) var node: Node
@@ -32,7 +34,9 @@ final class TestNode: @unchecked Sendable {
     var controlURL: String { "http://127.0.0.1:\(controlPort)" }
 
     init(allowsUnencryptedRooms: Bool = true) async throws {
-        store = try MembershipStore(directory: NSTemporaryDirectory() + "unibus-client-\(UUID().uuidString)")
+        let directory = NSTemporaryDirectory() + "unibus-client-\(UUID().uuidString)"
+        store = try MembershipStore(directory: directory)
+        frames = try FrameStore(directory: directory)
         try store.append(store.signed(addUserOperation(admin, handle: "root", role: .admin), by: admin))
         for (user, handle) in [(alice, "alice"), (bob, "bob"), (carol, "carol")] {
             try store.append(store.signed(addUserOperation(user, handle: handle), by: admin))
@@ -41,12 +45,12 @@ final class TestNode: @unchecked Sendable {
             // A cluster-wide, admin-signed setting in the log (off by default).
             try store.append(store.signed(.setClusterSettings(settings: ClusterSettings(allowUnencryptedRooms: true, maxRoomsPerUser: 100)), by: admin))
         }
-        (broker, node, control) = try await Self.start(store: store, port: 0, controlPort: 0)
+        (broker, node, control) = try await Self.start(store: store, frames: frames, port: 0, controlPort: 0)
         port = broker.port ?? 0
         controlPort = control.localAddress?.port ?? 0
     }
 
-    private static func start(store: MembershipStore, port: Int, controlPort: Int) async throws -> (Broker, Node, Channel) {
+    private static func start(store: MembershipStore, frames: FrameStore, port: Int, controlPort: Int) async throws -> (Broker, Node, Channel) {
         var configuration = BrokerConfiguration()
         configuration.host = "127.0.0.1"
         configuration.port = port
@@ -54,7 +58,7 @@ final class TestNode: @unchecked Sendable {
         configuration.authorizer = Node.authorizer(for: store)
         let broker = Broker(configuration: configuration)
         try await broker.start()
-        let node = Node(broker: broker, membership: store)
+        let node = Node(broker: broker, membership: store, frames: frames)
         let control = try await ControlServer(plane: ControlPlane(node: node), group: broker.group, tls: nil)
             .start(host: "127.0.0.1", port: controlPort)
         return (broker, node, control)
@@ -73,7 +77,7 @@ final class TestNode: @unchecked Sendable {
         await broker.shutdown()
         try await Task.sleep(for: downFor)
         try await whileDown()
-        (broker, node, control) = try await Self.start(store: store, port: port, controlPort: controlPort)
+        (broker, node, control) = try await Self.start(store: store, frames: frames, port: port, controlPort: controlPort)
     }
 
     func stop() async {

@@ -85,11 +85,51 @@ struct MembershipStateTests {
         }
     }
 
+    @Test func roomPolicyChanges() throws {
+        var state = try bootstrapped()
+        try state.apply(.sign(.createRoom(id: "p", subject: "rooms.p", policy: RoomPolicy()), by: alice))
+        // Retention and history change by a signed operation; the owner or an admin only.
+        let persisted = RoomPolicy(persist: true, retainAgeSeconds: 3600, retainMessages: 50, history: .shared)
+        #expect(throws: MembershipError.unauthorized("only the room's owner or an admin may change its policy")) {
+            try state.apply(.sign(.setRoomPolicy(room: "p", policy: persisted), by: bob))
+        }
+        try state.apply(.sign(.setRoomPolicy(room: "p", policy: persisted), by: alice))
+        #expect(state.rooms["p"]?.policy == persisted)
+        // Protection never changes in place: that would downgrade every member silently.
+        #expect(throws: MembershipError.invalid("a room's protection (encrypt, sign) cannot change; create a new room instead")) {
+            try state.apply(.sign(.setRoomPolicy(room: "p", policy: RoomPolicy(encrypt: false)), by: alice))
+        }
+    }
+
+    @Test func policiesOfRoomsWithoutPersistenceKeepTheirBytes() throws {
+        // Rooms made before persistence existed: their signed bytes must stay
+        // canonical, so retention fields appear only for persisted rooms.
+        let old = #"{"compress":false,"encrypt":true,"frameWindowSeconds":300,"persist":false,"rotateAfterMessages":1000,"rotateAfterSeconds":604800,"sign":true}"#
+        let decoded = try JSONDecoder().decode(RoomPolicy.self, from: Data(old.utf8))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        #expect(String(decoding: try encoder.encode(decoded), as: UTF8.self) == old)
+        let persisted = RoomPolicy(persist: true)
+        let text = String(decoding: try encoder.encode(persisted), as: UTF8.self)
+        #expect(text.contains(#""history":"joined""#) && text.contains(#""retainMessages":1000000"#))
+        #expect(try JSONDecoder().decode(RoomPolicy.self, from: Data(text.utf8)) == persisted)
+        // A persisted policy without retention is not a policy (no silent defaults in signed bytes).
+        let missing = old.replacingOccurrences(of: #""persist":false"#, with: #""persist":true"#)
+        #expect(throws: DecodingError.self) { try JSONDecoder().decode(RoomPolicy.self, from: Data(missing.utf8)) }
+    }
+
     @Test func roomValidation() throws {
         var state = try bootstrapped()
-        #expect(throws: MembershipError.unsupported("durable history (persist) comes with a later release; create the room without it")) {
-            try state.apply(.sign(.createRoom(id: "p", subject: "rooms.p", policy: RoomPolicy(persist: true)), by: alice))
+        // A persisted room needs an identity per frame: plain rooms cannot persist.
+        try state.apply(.sign(.setClusterSettings(settings: ClusterSettings(allowUnencryptedRooms: true, maxRoomsPerUser: 100)), by: admin))
+        #expect(throws: MembershipError.invalid("a persisted room must be encrypted or signed (plain frames have no identity to store and deduplicate by)")) {
+            try state.apply(.sign(.createRoom(id: "p", subject: "rooms.p", policy: RoomPolicy(encrypt: false, sign: false, persist: true)), by: alice))
         }
+        #expect(throws: MembershipError.invalid("retain_messages must be 1 to 1000000000")) {
+            try state.apply(.sign(.createRoom(id: "p", subject: "rooms.p", policy: RoomPolicy(persist: true, retainMessages: 0)), by: alice))
+        }
+        try state.apply(.sign(.createRoom(id: "p", subject: "rooms.p", policy: RoomPolicy(persist: true, retainMessages: 10, history: .shared)), by: alice))
+        #expect(state.rooms["p"]?.policy.history == .shared)
         #expect(throws: MembershipError.self) { try state.apply(.sign(.createRoom(id: "w", subject: "rooms.*", policy: RoomPolicy()), by: alice)) }
         #expect(throws: MembershipError.self) { try state.apply(.sign(.createRoom(id: "bad id", subject: "rooms.x", policy: RoomPolicy()), by: alice)) }
         try state.apply(.sign(.createRoom(id: "a", subject: "rooms.a", policy: RoomPolicy()), by: alice))

@@ -55,6 +55,24 @@ public final class RawClient {
     }
 
     public func clear() { buffer.removeAll() }
+
+    public func send(bytes: [UInt8]) {
+        var bytes = bytes
+        _ = bytes.withUnsafeMutableBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// PUB with a binary payload.
+    public func publish(_ subject: String, _ payload: [UInt8]) {
+        send(bytes: Array("PUB \(subject) \(payload.count)\r\n".utf8) + payload + [13, 10])
+    }
+
+    /// PING, and waits for its PONG (everything before it was processed).
+    @discardableResult
+    public func ping(timeout: Double = 5) -> Bool {
+        clear()
+        send("PING\r\n")
+        return read(until: "PONG", timeout: timeout).contains("PONG")
+    }
 }
 
 extension RawClient {

@@ -1,0 +1,303 @@
+import Foundation
+import UnibusControlClient
+import UnibusCrypto
+import UnibusMembership
+import UnibusPersistence
+
+/// Frames of persisted rooms that were sent and wait for a node to say they
+/// are stored, in the order they were first sent (resends keep it), with
+/// whoever waits for them. Owned by the client actor.
+struct UnacknowledgedFrames {
+    struct Entry {
+        let room: String
+        let subject: String
+        let frame: [UInt8]
+        var sentAt: ContinuousClock.Instant
+        var sends: Int
+    }
+
+    private(set) var entries: [FrameID: Entry] = [:]
+    private var order: [FrameID] = []
+    private var waiters: [FrameID: [(token: UInt64, continuation: CheckedContinuation<DurabilityReceipt, any Error>)]] = [:]
+    private var drainWaiters: [(token: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
+    private var nextToken: UInt64 = 0
+
+    var count: Int { entries.count }
+
+    mutating func add(_ id: FrameID, _ entry: Entry) {
+        if entries.updateValue(entry, forKey: id) == nil { order.append(id) }
+    }
+
+    /// Unacknowledged frames in first-sent order.
+    var inOrder: [(FrameID, Entry)] {
+        order.compactMap { id in entries[id].map { (id, $0) } }
+    }
+
+    mutating func markSent(_ id: FrameID, at instant: ContinuousClock.Instant) {
+        entries[id]?.sentAt = instant
+        entries[id]?.sends += 1
+    }
+
+    mutating func token() -> UInt64 {
+        nextToken &+= 1
+        return nextToken
+    }
+
+    mutating func wait(for id: FrameID, token: UInt64, _ continuation: CheckedContinuation<DurabilityReceipt, any Error>) {
+        waiters[id, default: []].append((token, continuation))
+    }
+
+    mutating func waitForAll(token: UInt64, _ continuation: CheckedContinuation<Void, any Error>) {
+        if entries.isEmpty { continuation.resume() } else { drainWaiters.append((token, continuation)) }
+    }
+
+    /// `id` is stored: it leaves the set and its waiters get the receipt.
+    mutating func acknowledge(_ id: FrameID, receipt: DurabilityReceipt) {
+        guard entries.removeValue(forKey: id) != nil else { return }
+        for waiter in waiters.removeValue(forKey: id) ?? [] { waiter.continuation.resume(returning: receipt) }
+        finishIfDrained()
+    }
+
+    /// A node refused `id`: it leaves the set (sending it again would be refused again).
+    mutating func refuse(_ id: FrameID, error: any Error) {
+        guard entries.removeValue(forKey: id) != nil else { return }
+        for waiter in waiters.removeValue(forKey: id) ?? [] { waiter.continuation.resume(throwing: error) }
+        finishIfDrained()
+    }
+
+    /// A waiter gave up (its frame stays, and is sent again).
+    mutating func expire(_ id: FrameID?, token: UInt64, error: any Error) {
+        if let id {
+            guard let index = waiters[id]?.firstIndex(where: { $0.token == token }), let waiter = waiters[id]?.remove(at: index) else { return }
+            if waiters[id]?.isEmpty == true { waiters[id] = nil }
+            waiter.continuation.resume(throwing: error)
+        } else if let index = drainWaiters.firstIndex(where: { $0.token == token }) {
+            drainWaiters.remove(at: index).continuation.resume(throwing: error)
+        }
+    }
+
+    mutating func failAll(_ error: any Error) {
+        for (_, list) in waiters { for waiter in list { waiter.continuation.resume(throwing: error) } }
+        waiters = [:]
+        for waiter in drainWaiters { waiter.continuation.resume(throwing: error) }
+        drainWaiters = []
+    }
+
+    private mutating func finishIfDrained() {
+        if order.count > 2 * entries.count + 1024 { order = order.filter { entries[$0] != nil } }
+        guard entries.isEmpty else { return }
+        order = []
+        for waiter in drainWaiters { waiter.continuation.resume() }
+        drainWaiters = []
+    }
+}
+
+/// One message read back from a persisted room's history.
+public struct HistoryMessage: Sendable {
+    public let frame: OpenedFrame
+    /// When the first node stored it (ms since the epoch).
+    public let firstStored: UInt64
+}
+
+/// A page of history as the client could read it.
+public struct History: Sendable {
+    /// Decrypted and verified, oldest first.
+    public var messages: [HistoryMessage]
+    /// Frames that could not be read, by reason (most often `unknownSession`:
+    /// the key was never shared with this member, e.g. sent before it joined
+    /// a `joined`-history room, or its sender has not shared it yet).
+    public var unreadable: [FrameRejection: Int]
+}
+
+extension UnibusClient {
+    // MARK: acknowledged publishing
+
+    /// Subscribes to this client's durability receipts and starts resending
+    /// unacknowledged frames after reconnects and timeouts.
+    func startReceipts() throws {
+        let receipts = try connection.subscribe(ReservedNamespace.receiptSubject(for: userNKey))
+        receiptTask = Task { [weak self] in
+            for await receipt in receipts { await self?.handleReceipt(receipt.payload) }
+        }
+        let events = connection.events()
+        let interval = configuration.acknowledgementTimeout
+        resendTask = Task { [weak self] in
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await event in events {
+                        if case .connected = event { await self?.resendUnacknowledged(olderThan: nil) }
+                    }
+                }
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .milliseconds(500))
+                        await self?.resendUnacknowledged(olderThan: interval)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a sealed frame of a persisted room and keeps it until a node acknowledges it.
+    func track(_ frame: [UInt8], room: String, subject: String) throws -> FrameID {
+        let policy = keyring.rooms[room]?.policy ?? RoomPolicy()
+        let id: FrameID
+        do { id = try FrameVerifier.verify(frame, policy: policy).id } catch {
+            throw ClientError.invalid("a sealed frame did not verify (\(error)); this is a bug in the client library")
+        }
+        unacknowledged.add(id, UnacknowledgedFrames.Entry(room: room, subject: subject, frame: frame, sentAt: .now, sends: 1))
+        do {
+            try connection.publish(subject, payload: frame)
+        } catch .publishBufferFull {
+            // Kept: sent again after the reconnect (the frame is already sealed; never re-encrypted).
+            unacknowledged.markSent(id, at: ContinuousClock.now - configuration.acknowledgementTimeout)
+        } catch {
+            unacknowledged.refuse(id, error: error)
+            throw error
+        }
+        return id
+    }
+
+    /// Waits until a node acknowledges frame `id` of `room` as stored (or
+    /// refuses it). The frame stays tracked when this times out.
+    @discardableResult
+    public func waitForStorage(_ id: FrameID, in room: String, timeout: Duration = .seconds(30)) async throws -> DurabilityReceipt {
+        guard unacknowledged.entries[id] != nil else {
+            // Acknowledged already (a receipt can beat the waiter).
+            return DurabilityReceipt(room: room, node: "", durability: .local, peer: nil, stored: [DurabilityReceipt.Entry(id)], refused: [])
+        }
+        let token = unacknowledged.token()
+        let expiry = Task { [weak self] in
+            try? await Task.sleep(for: timeout)
+            await self?.expireWaiter(id, token: token, after: timeout)
+        }
+        defer { expiry.cancel() }
+        return try await withCheckedThrowingContinuation { continuation in
+            unacknowledged.wait(for: id, token: token, continuation)
+        }
+    }
+
+    /// Waits until every frame sent so far to persisted rooms is acknowledged.
+    public func waitForAllStored(timeout: Duration = .seconds(30)) async throws {
+        let token = unacknowledged.token()
+        let expiry = Task { [weak self] in
+            try? await Task.sleep(for: timeout)
+            await self?.expireWaiter(nil, token: token, after: timeout)
+        }
+        defer { expiry.cancel() }
+        try await withCheckedThrowingContinuation { continuation in
+            unacknowledged.waitForAll(token: token, continuation)
+        }
+    }
+
+    /// Frames of persisted rooms sent and not yet acknowledged.
+    public var unacknowledgedCount: Int { unacknowledged.count }
+
+    private func expireWaiter(_ id: FrameID?, token: UInt64, after: Duration) {
+        unacknowledged.expire(id, token: token, error: ClientError.notAcknowledged(count: unacknowledged.count, after: after))
+    }
+
+    func handleReceipt(_ payload: [UInt8]) {
+        guard let receipt = DurabilityReceipt(decoding: payload) else { return }
+        guard receipt.durability == .local || receipt.peer != nil else { return }
+        for entry in receipt.stored {
+            guard let id = entry.frameID, unacknowledged.entries[id]?.room == receipt.room else { continue }
+            unacknowledged.acknowledge(id, receipt: receipt)
+        }
+        for refusal in receipt.refused {
+            guard let id = refusal.frameID, unacknowledged.entries[id]?.room == receipt.room else { continue }
+            unacknowledged.refuse(id, error: ClientError.notStored(room: receipt.room, reason: refusal.reason))
+        }
+    }
+
+    /// Sends again, in first-sent order, every unacknowledged frame (after a
+    /// reconnect) or those sent longer than `age` ago: the same bytes, never
+    /// re-encrypted, so nodes and receivers recognise them.
+    func resendUnacknowledged(olderThan age: Duration?) {
+        guard !closed, unacknowledged.count > 0, connection.isConnected else { return }
+        let now = ContinuousClock.now
+        for (id, entry) in unacknowledged.inOrder {
+            if let age, now - entry.sentAt < age { continue }
+            do { try connection.publish(entry.subject, payload: entry.frame) } catch { return }
+            unacknowledged.markSent(id, at: now)
+        }
+    }
+
+    // MARK: resuming
+
+    /// What the node stored in `room` from shortly before this client's last
+    /// delivery on, opened as stored frames (what was delivered already is
+    /// dropped by the replay windows), in the node's order.
+    func resume(_ room: String) async -> [OpenedFrame] {
+        guard let cursor = resumeCursor[room], !closed else { return [] }
+        let now = Self.nowMillis()
+        let margin = UInt64(max(0, configuration.resumeMargin.components.seconds)) * 1000
+            + UInt64(max(0, configuration.resumeMargin.components.attoseconds / 1_000_000_000_000_000))
+        let within = (now > cursor ? now - cursor : 0) + margin
+        var opened: [OpenedFrame] = []
+        var after: Int64?
+        var node: String?
+        for _ in 0..<1000 {
+            let request = ControlAPI.HistoryRequest(order: .oldest, after: after, within: within, limit: ControlAPI.HistoryRequest.maximumFrames)
+            guard let page = try? await call("POST", "/v1/rooms/\(room)/history", body: ControlAPI.encode(request),
+                                             expecting: ControlAPI.HistoryPage.self) else { break }
+            // Page tokens are the node's own: another node's page starts over.
+            if let node, node != page.node { after = nil }
+            node = page.node
+            for stored in page.frames {
+                guard let bytes = try? Base64.decode(stored.frame) else { continue }
+                if case .success(let frame) = await receive(bytes, room: room, arrival: .stored) { opened.append(frame) }
+            }
+            guard let next = page.next, !page.frames.isEmpty, !closed else { break }
+            after = next
+        }
+        return opened
+    }
+
+    // MARK: history
+
+    /// Reads `room`'s retained history, decrypted and verified like live
+    /// frames (without the time window: it is old by design): the `last`
+    /// frames, or everything first stored from `since` on (at most `limit`).
+    /// Frames this member holds no key for are counted in `unreadable`.
+    public func history(room: String, last: Int? = nil, since: Date? = nil, limit: Int = 10_000) async throws -> History {
+        try await refreshRoom(room)
+        guard keyring.rooms[room]?.policy.persist == true else {
+            throw ClientError.invalid("room \(room) is not persisted: it keeps no history")
+        }
+        await fetchKeySharesForHistory()
+        let wanted = max(1, min(last ?? limit, limit))
+        var collected: [ControlAPI.StoredFrameView] = []
+        var token: Int64?
+        var node: String?
+        let newest = since == nil
+        let sinceMillis = since.map { UInt64(max(0, $0.timeIntervalSince1970 * 1000)) }
+        while collected.count < wanted {
+            let request = newest
+                ? ControlAPI.HistoryRequest(order: .newest, before: token, limit: min(wanted - collected.count, ControlAPI.HistoryRequest.maximumFrames))
+                : ControlAPI.HistoryRequest(order: .oldest, after: token, since: sinceMillis,
+                                            limit: min(wanted - collected.count, ControlAPI.HistoryRequest.maximumFrames))
+            let page = try await call("POST", "/v1/rooms/\(room)/history", body: ControlAPI.encode(request), expecting: ControlAPI.HistoryPage.self)
+            if let node, node != page.node {
+                throw ClientError.controlPlane("the control-plane node changed while paging history; ask again")
+            }
+            node = page.node
+            collected += page.frames
+            guard let next = page.next, !page.frames.isEmpty else { break }
+            token = next
+        }
+        if newest { collected.reverse() }
+        var result = History(messages: [], unreadable: [:])
+        for stored in collected.prefix(wanted) {
+            guard let bytes = try? Base64.decode(stored.frame) else {
+                result.unreadable[.malformed, default: 0] += 1
+                continue
+            }
+            switch keyring.open(bytes, room: room, now: Self.nowMillis(), arrival: .history) {
+            case .success(let frame): result.messages.append(HistoryMessage(frame: frame, firstStored: stored.firstStored))
+            case .failure(let reason): result.unreadable[reason, default: 0] += 1
+            }
+        }
+        return result
+    }
+}

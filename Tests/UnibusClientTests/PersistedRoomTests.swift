@@ -1,0 +1,175 @@
+import Foundation
+import Testing
+import UnibusClient
+import UnibusCrypto
+import UnibusMembership
+import UnibusMembershipStore
+import UnibusPersistence
+import UnibusTestSupport
+import UnibusWire
+
+/// Persisted rooms through an in-process node: acknowledged publishes,
+/// history, what a node refuses to store, and resuming after a reconnect.
+@Suite("Persisted rooms", .serialized)
+struct PersistedRoomTests {
+    static let policy = RoomPolicy(persist: true, retainMessages: 1000)
+
+    @Test func publishesAreAcknowledgedOnceStoredAndHistoryReadsThemBack() async throws {
+        let node = try await TestNode()
+        let alice = try await node.client(node.alice), bob = try await node.client(node.bob)
+        try await alice.createRoom(id: "log", subject: "rooms.log", policy: Self.policy)
+        try await alice.addMember(node.bob.userNKey, to: "log")
+        let inbox = Inbox(try await bob.join("log"))
+        _ = try await alice.join("log")
+        for number in 1...5 {
+            // `publish` returns only once the node stored the frame.
+            try await alice.publish(Array("m\(number)".utf8), to: "log")
+            #expect(node.frames.usage(of: "log").count == number)
+        }
+        #expect(await inbox.wait(for: 5) == ["m1", "m2", "m3", "m4", "m5"])
+        #expect(await alice.unacknowledgedCount == 0)
+
+        let last = try await bob.history(room: "log", last: 3)
+        #expect(last.messages.map { text($0.frame) } == ["m3", "m4", "m5"])
+        #expect(last.unreadable.isEmpty)
+        let all = try await bob.history(room: "log", since: Date(timeIntervalSinceNow: -60))
+        #expect(all.messages.map { text($0.frame) } == ["m1", "m2", "m3", "m4", "m5"])
+        #expect(all.messages.allSatisfy { $0.frame.sender == node.alice.userNKey && $0.frame.protection == .encrypted })
+
+        // A room that is not persisted keeps nothing and says so.
+        try await alice.createRoom(id: "live", subject: "rooms.live")
+        await #expect(throws: ClientError.self) { _ = try await alice.history(room: "live", last: 1) }
+        await alice.close()
+        await bob.close()
+        await node.stop()
+    }
+
+    @Test func theNodeStoresOnlyVerifiedFramesOfMembersOnceEach() async throws {
+        let node = try await TestNode()
+        let alice = try await node.client(node.alice), bob = try await node.client(node.bob)
+        try await alice.createRoom(id: "log", subject: "rooms.log", policy: Self.policy)
+        try await alice.addMember(node.bob.userNKey, to: "log")
+        _ = try await alice.join("log")
+        _ = try await bob.join("log")
+        try await alice.publish(Array("first".utf8), to: "log")
+        let frame = try await alice.seal(Array("sealed".utf8), for: "log")
+
+        // Raw connections as members, speaking plain NATS.
+        let rawAlice = try member(node.alice, port: node.port)
+        let rawBob = try member(node.bob, port: node.port)
+        // The same frame twice: stored once.
+        for _ in 0..<2 { rawAlice.publish("rooms.log", frame) }
+        // Bob publishing Alice's frame: refused (the envelope names Alice).
+        rawBob.publish("rooms.log", frame)
+        // Bob re-wrapping Alice's Megolm message under his own name: stored
+        // apart (it cannot make Alice's real frame a duplicate), and never
+        // readable as Alice's.
+        var rewrapped = frame
+        rewrapped.replaceSubrange(4..<36, with: node.bob.signing.publicKey.bytes)
+        rawBob.publish("rooms.log", rewrapped)
+        // A frame whose Megolm signature does not verify: refused.
+        var forged = frame
+        forged[forged.count - 1] ^= 0x01
+        rawAlice.publish("rooms.log", forged)
+        // Junk: refused.
+        rawAlice.publish("rooms.log", Array("not a frame".utf8))
+        #expect(rawAlice.ping() && rawBob.ping())
+        await node.node.settlePersistence()
+
+        let statistics = try #require(node.node.persistenceStatistics)
+        #expect(node.frames.usage(of: "log").count == 3, "first, sealed, and Bob's re-wrapped copy")
+        #expect(statistics.duplicates.load(ordering: .relaxed) == 1)
+        #expect(statistics.refused.load(ordering: .relaxed) == 3)
+        let history = try await bob.history(room: "log", last: 10)
+        #expect(history.messages.map { text($0.frame) } == ["first", "sealed"])
+        #expect(history.unreadable == [.unknownSession: 1], "Bob's copy names a session Bob never shared")
+        await alice.close()
+        await bob.close()
+        await node.stop()
+    }
+
+    @Test func framesSurviveANodeRestartAndASubscriberResumesWhatItMissed() async throws {
+        let node = try await TestNode()
+        let alice = try await node.client(node.alice), bob = try await node.client(node.bob)
+        try await alice.createRoom(id: "log", subject: "rooms.log", policy: Self.policy)
+        try await alice.addMember(node.bob.userNKey, to: "log")
+        _ = try await alice.join("log")
+        let inbox = Inbox(try await bob.join("log"))
+        try await alice.publish(Array("before".utf8), to: "log")
+        #expect(await inbox.wait(for: 1) == ["before"])
+
+        // While the node is down, frames reach its store the way a peer's
+        // copies do (sealed by Alice, verified, stored): Bob never sees them live.
+        let state = node.store.snapshot
+        var missed: [FrameStore.Insert] = []
+        for number in 1...20 {
+            let frame = try await alice.seal(Array("missed \(number)".utf8), for: "log")
+            missed.append(FrameStore.Insert(room: "log", frame: try FrameVerifier.verify(frame, room: "log", in: state),
+                                            firstStored: UInt64(Date().timeIntervalSince1970 * 1000)))
+        }
+        try await node.restart { _ = try node.frames.insert(missed) }
+
+        // Bob reconnects, resumes from the store, then takes the live stream: each once, in order.
+        #expect(await inbox.wait(for: 21, seconds: 10).count == 21)
+        try await alice.publish(Array("after".utf8), to: "log")
+        let texts = await inbox.wait(for: 22, seconds: 10)
+        #expect(texts == ["before"] + (1...20).map { "missed \($0)" } + ["after"])
+        #expect(node.frames.usage(of: "log").count == 22)
+        let rejections = await bob.rejections
+        #expect(rejections.isEmpty, "\(rejections)")
+        await alice.close()
+        await bob.close()
+        await node.stop()
+    }
+
+    @Test func unacknowledgedFramesAreSentAgainAfterAFailover() async throws {
+        let node = try await TestNode()
+        let alice = try await node.client(node.alice) { $0.acknowledgementTimeout = .seconds(30) }
+        let bob = try await node.client(node.bob)
+        try await alice.createRoom(id: "log", subject: "rooms.log", policy: Self.policy)
+        try await alice.addMember(node.bob.userNKey, to: "log")
+        _ = try await alice.join("log")
+        let inbox = Inbox(try await bob.join("log"))
+        // The session exists and is shared (that needs the control plane).
+        try await alice.publish(Array("kept 0".utf8), to: "log")
+        // Sent while the node is down: kept, then sent (the same bytes) after the reconnect.
+        var ids: [FrameID] = []
+        try await node.restart(downFor: .milliseconds(200)) {
+            for number in 1...10 {
+                if let id = try await alice.send(Array("kept \(number)".utf8), to: "log") { ids.append(id) }
+            }
+            #expect(await alice.unacknowledgedCount == 10)
+        }
+        #expect(ids.count == 10)
+        try await alice.waitForAllStored(timeout: .seconds(15))
+        #expect(node.frames.usage(of: "log").count == 11)
+        let texts = await inbox.wait(for: 11, seconds: 10)
+        #expect(Set(texts) == Set((0...10).map { "kept \($0)" }) && texts.count == 11, "\(texts)")
+        await alice.close()
+        await bob.close()
+        await node.stop()
+    }
+
+    @Test func retentionKeepsTheNewestFramesByCount() async throws {
+        let node = try await TestNode()
+        let alice = try await node.client(node.alice)
+        try await alice.createRoom(id: "log", subject: "rooms.log", policy: RoomPolicy(persist: true, retainMessages: 5))
+        _ = try await alice.join("log")
+        for number in 1...12 { _ = try await alice.send(Array("n\(number)".utf8), to: "log") }
+        try await alice.waitForAllStored()
+        await node.node.settlePersistence()
+        #expect(node.frames.usage(of: "log").count == 5)
+        let history = try await alice.history(room: "log", last: 100)
+        #expect(history.messages.map { text($0.frame) } == (8...12).map { "n\($0)" })
+        await alice.close()
+        await node.stop()
+    }
+}
+
+/// A raw NATS connection authenticated as `identity`.
+private func member(_ identity: Identity, port: Int) throws -> RawClient {
+    let client = try RawClient(port: port)
+    try client.authenticate(as: identity)
+    _ = client.read(until: "PONG")
+    return client
+}
