@@ -21,8 +21,23 @@ struct UnacknowledgedFrames {
     private var waiters: [FrameID: [(token: UInt64, continuation: CheckedContinuation<DurabilityReceipt, any Error>)]] = [:]
     private var drainWaiters: [(token: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
     private var nextToken: UInt64 = 0
+    /// How recent frames ended (bounded), for waiters that come after the receipt.
+    private(set) var settled: [FrameID: Result<DurabilityReceipt, ClientError>] = [:]
+    private var settledOrder: [FrameID] = []
+    static let settledMemory = 200_000
+    /// Frames a node refused to store, since the client started.
+    private(set) var refusedTotal = 0
 
     var count: Int { entries.count }
+
+    private mutating func remember(_ id: FrameID, _ outcome: Result<DurabilityReceipt, ClientError>) {
+        if settled.updateValue(outcome, forKey: id) == nil { settledOrder.append(id) }
+        if settledOrder.count > Self.settledMemory {
+            let drop = settledOrder.count - Self.settledMemory / 2
+            for old in settledOrder.prefix(drop) { settled[old] = nil }
+            settledOrder.removeFirst(drop)
+        }
+    }
 
     mutating func add(_ id: FrameID, _ entry: Entry) {
         if entries.updateValue(entry, forKey: id) == nil { order.append(id) }
@@ -54,13 +69,16 @@ struct UnacknowledgedFrames {
     /// `id` is stored: it leaves the set and its waiters get the receipt.
     mutating func acknowledge(_ id: FrameID, receipt: DurabilityReceipt) {
         guard entries.removeValue(forKey: id) != nil else { return }
+        remember(id, .success(receipt))
         for waiter in waiters.removeValue(forKey: id) ?? [] { waiter.continuation.resume(returning: receipt) }
         finishIfDrained()
     }
 
     /// A node refused `id`: it leaves the set (sending it again would be refused again).
-    mutating func refuse(_ id: FrameID, error: any Error) {
+    mutating func refuse(_ id: FrameID, error: ClientError) {
         guard entries.removeValue(forKey: id) != nil else { return }
+        remember(id, .failure(error))
+        refusedTotal += 1
         for waiter in waiters.removeValue(forKey: id) ?? [] { waiter.continuation.resume(throwing: error) }
         finishIfDrained()
     }
@@ -163,8 +181,9 @@ extension UnibusClient {
     @discardableResult
     public func waitForStorage(_ id: FrameID, in room: String, timeout: Duration = .seconds(30)) async throws -> DurabilityReceipt {
         guard unacknowledged.entries[id] != nil else {
-            // Acknowledged already (a receipt can beat the waiter).
-            return DurabilityReceipt(room: room, node: "", durability: .local, peer: nil, stored: [DurabilityReceipt.Entry(id)], refused: [])
+            // Settled already (a receipt can beat the waiter).
+            if let outcome = unacknowledged.settled[id] { return try outcome.get() }
+            throw ClientError.invalid("frame \(id) was not sent by this client, or settled too long ago to remember")
         }
         let token = unacknowledged.token()
         let expiry = Task { [weak self] in
@@ -192,6 +211,8 @@ extension UnibusClient {
 
     /// Frames of persisted rooms sent and not yet acknowledged.
     public var unacknowledgedCount: Int { unacknowledged.count }
+    /// Frames of persisted rooms a node refused to store since the client started.
+    public var refusedFrameCount: Int { unacknowledged.refusedTotal }
 
     private func expireWaiter(_ id: FrameID?, token: UInt64, after: Duration) {
         unacknowledged.expire(id, token: token, error: ClientError.notAcknowledged(count: unacknowledged.count, after: after))

@@ -38,6 +38,31 @@ struct ReplayWindow: Sendable {
         return true
     }
 
+    /// The window as bytes (top, then the bitmap), for the client's store.
+    var encoded: [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(8 + Self.words * 8)
+        for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: top >> UInt64(shift))) }
+        for word in self.bits { for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: word >> UInt64(shift))) } }
+        return bytes
+    }
+
+    init() {}
+
+    /// A window from `encoded`, or nil if the bytes are not one.
+    init?(encoded bytes: [UInt8]) {
+        guard bytes.count == 8 + Self.words * 8 else { return nil }
+        var words: [UInt64] = []
+        words.reserveCapacity(Self.words + 1)
+        for start in stride(from: 0, to: bytes.count, by: 8) {
+            var value: UInt64 = 0
+            for byte in bytes[start..<(start + 8)] { value = value << 8 | UInt64(byte) }
+            words.append(value)
+        }
+        top = words[0]
+        bits = Array(words.dropFirst())
+    }
+
     private static func slot(_ n: UInt64) -> Int { Int((n % size) / 64) }
     private static func mask(_ n: UInt64) -> UInt64 { 1 << (n % 64) }
 }

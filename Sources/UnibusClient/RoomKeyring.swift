@@ -92,6 +92,38 @@ public final class RoomKeyring {
         var session: MegolmInboundSession
         let room: String
         var replay = ReplayWindow()
+        /// The signed session key it was made from (kept for the client's store).
+        let key: [UInt8]
+        /// For this client's own sessions: when it made it (ms); 0 otherwise.
+        var created: UInt64 = 0
+        /// For this client's own sessions: the session's signature naming
+        /// this client as its creator (sent with every share of it).
+        var ownerSignature: [UInt8]?
+    }
+
+    /// An inbound session as the client's store keeps it.
+    public struct StoredInbound: Sendable {
+        public let room: String
+        public let sender: [UInt8]
+        public let session: [UInt8]
+        /// The signed Megolm session key (verified again when restored).
+        public let key: [UInt8]
+        /// The replay window (nil: none recorded yet).
+        public let replay: [UInt8]?
+        /// For this client's own sessions: when it made it (ms); 0 otherwise.
+        public let created: UInt64
+        /// For this client's own sessions: the session's owner signature.
+        public let ownerSignature: [UInt8]?
+
+        public init(room: String, sender: [UInt8], session: [UInt8], key: [UInt8], replay: [UInt8]?, created: UInt64, ownerSignature: [UInt8]?) {
+            self.room = room
+            self.sender = sender
+            self.session = session
+            self.key = key
+            self.replay = replay
+            self.created = created
+            self.ownerSignature = ownerSignature
+        }
     }
 
     struct StreamRef: Hashable {
@@ -113,6 +145,9 @@ public final class RoomKeyring {
     public private(set) var members: [String: Set<String>] = [:]
     public private(set) var outbound: [String: Outbound] = [:]
     private var inbound: [SessionRef: Inbound] = [:]
+    /// Inbound sessions added, and replay windows changed, since the client last saved them.
+    private var unsavedKeys: Set<SessionRef> = []
+    private var unsavedReplay: Set<SessionRef> = []
     private var streams: [StreamRef: ReplayWindow] = [:]
     private var streamOrder: [StreamRef] = []
     /// This client's own signed-frame stream (random per process).
@@ -148,6 +183,45 @@ public final class RoomKeyring {
         members[id] = nil
         outbound[id] = nil
         inbound = inbound.filter { $0.value.room != id }
+        unsavedKeys = unsavedKeys.filter { inbound[$0] != nil }
+        unsavedReplay = unsavedReplay.filter { inbound[$0] != nil }
+    }
+
+    // MARK: the client's store
+
+    /// Inbound sessions added since the last call (keys and replay windows), to save.
+    public func takeUnsavedInbound() -> [StoredInbound] {
+        defer { unsavedKeys = [] }
+        return unsavedKeys.compactMap { ref in
+            inbound[ref].map { StoredInbound(room: $0.room, sender: ref.sender, session: ref.session, key: $0.key, replay: $0.replay.encoded,
+                                             created: $0.created, ownerSignature: $0.ownerSignature) }
+        }
+    }
+
+    /// Replay windows that changed since the last call: (sender, session, window).
+    public func takeUnsavedReplayWindows() -> [(sender: [UInt8], session: [UInt8], replay: [UInt8])] {
+        defer { unsavedReplay = [] }
+        return unsavedReplay.compactMap { ref in inbound[ref].map { (ref.sender, ref.session, $0.replay.encoded) } }
+    }
+
+    /// Puts back a session from the client's store: the key is verified
+    /// again (a store is input too) and must name `session`; an earlier
+    /// starting index already held wins.
+    @discardableResult
+    public func restoreInbound(_ stored: StoredInbound) -> Bool {
+        guard let key = try? MegolmSessionKey(bytes: stored.key), key.signingKey.bytes == stored.session,
+              stored.sender.count == FrameEnvelope.keyLength, MembershipState.isValidRoomID(stored.room) else { return false }
+        let ref = SessionRef(sender: stored.sender, session: stored.session)
+        if let existing = inbound[ref], existing.session.firstKnownIndex <= key.index { return true }
+        var entry = Inbound(session: MegolmInboundSession(sessionKey: key), room: stored.room, key: stored.key)
+        if stored.sender == senderKey, let signature = stored.ownerSignature,
+           key.signingKey.verify(signature: signature, message: KeyShare.ownerStatement(room: stored.room, sessionID: Base64.encode(stored.session), owner: senderNKey)) {
+            entry.created = stored.created
+            entry.ownerSignature = signature
+        }
+        if let bytes = stored.replay, let window = ReplayWindow(encoded: bytes) { entry.replay = window }
+        inbound[ref] = entry
+        return true
     }
 
     // MARK: sending
@@ -170,8 +244,12 @@ public final class RoomKeyring {
         let fresh = Outbound(created: now, sender: senderKey)
         outbound[room] = fresh
         let key = fresh.session.sessionKey
-        inbound[SessionRef(sender: senderKey, session: key.signingKey.bytes)] =
-            Inbound(session: MegolmInboundSession(sessionKey: key), room: room)
+        let ref = SessionRef(sender: senderKey, session: key.signingKey.bytes)
+        var entry = Inbound(session: MegolmInboundSession(sessionKey: key), room: room, key: key.bytes)
+        entry.created = now
+        entry.ownerSignature = ownerSignature(fresh, room: room)
+        inbound[ref] = entry
+        unsavedKeys.insert(ref)
         return fresh
     }
 
@@ -227,6 +305,28 @@ public final class RoomKeyring {
 
     // MARK: receiving
 
+    /// This client's own sessions in `room` (the current one too), each from
+    /// the index it started at, with when each was made: what a
+    /// `shared`-history room's newcomers get.
+    public func ownSessions(in room: String) -> [(sessionID: String, created: UInt64, key: MegolmSessionKey, ownerSignature: [UInt8])] {
+        inbound.compactMap { ref, entry in
+            guard ref.sender == senderKey, entry.room == room, entry.created > 0,
+                  let signature = entry.ownerSignature, let key = try? MegolmSessionKey(bytes: entry.key) else { return nil }
+            return (Base64.encode(ref.session), entry.created, key, signature)
+        }.sorted { $0.created < $1.created }
+    }
+
+    /// A sealed, signed share of one of this client's past sessions (at the
+    /// index it started from) for `recipient`, with the session's owner signature.
+    public func sharePast(_ key: MegolmSessionKey, room: String, recipient: String, exchangeKey: X25519PublicKey) -> (sealed: [UInt8], signature: [UInt8]) {
+        let sessionID = Base64.encode(key.signingKey.bytes)
+        var bytes = key.bytes
+        defer { wipe(&bytes) }
+        let sealed = SealedBox.seal(bytes, to: exchangeKey)
+        let signature = identity.sign(KeyShare.signedBytes(room: room, sessionID: sessionID, recipient: recipient, sealed: sealed))
+        return (sealed, signature)
+    }
+
     /// Accepts a key share addressed to this client: checks the sender's
     /// signature and membership, that the session's own key names the sender
     /// as its creator (so frames are attributed to whoever holds the
@@ -248,7 +348,11 @@ public final class RoomKeyring {
         guard key.sessionID == sessionID, let (_, senderKey) = try? NKey.decodePublicKey(sender, expecting: .user) else { throw .badSessionKey }
         let ref = SessionRef(sender: senderKey.bytes, session: key.signingKey.bytes)
         if let existing = inbound[ref], existing.session.firstKnownIndex <= key.index, existing.room == room { return }
-        inbound[ref] = Inbound(session: MegolmInboundSession(sessionKey: key), room: room)
+        var entry = Inbound(session: MegolmInboundSession(sessionKey: key), room: room, key: opened)
+        // An earlier start of a session held already (shared history): what was delivered stays delivered.
+        if let existing = inbound[ref], existing.room == room { entry.replay = existing.replay }
+        inbound[ref] = entry
+        unsavedKeys.insert(ref)
     }
 
     /// How a frame reached the client.
@@ -353,7 +457,9 @@ public final class RoomKeyring {
         }
         let fresh: Bool
         switch arrival == .history ? .none : record {
-        case .megolm(let ref, let index): fresh = inbound[ref]?.replay.accept(UInt64(index)) ?? false
+        case .megolm(let ref, let index):
+            fresh = inbound[ref]?.replay.accept(UInt64(index)) ?? false
+            if fresh { unsavedReplay.insert(ref) }
         case .stream(let ref, let sequence): fresh = acceptStream(ref, sequence)
         case .none: fresh = true
         }

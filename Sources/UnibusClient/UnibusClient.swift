@@ -46,9 +46,15 @@ public actor UnibusClient {
         public var caPath: String?
         /// A client certificate for nodes that require one (`unibusd run --tls-client-ca`).
         public var clientCertificate: ClientCertificate?
-        /// Where the verified membership log is kept between runs (a directory,
-        /// created 0700); nil keeps it in memory only.
+        /// Where the client keeps its state between runs (a directory, created
+        /// 0700): the verified membership log, and, sealed at rest, the Megolm
+        /// sessions it holds, their replay windows and the resume cursors of
+        /// persisted rooms. Nil keeps everything in memory only.
         public var stateDirectory: String?
+        /// Seal the state directory's keys with this passphrase (Argon2id)
+        /// instead of a key derived from the identity: for a state directory
+        /// kept apart from the identity file.
+        public var statePassphrase: [UInt8]?
         /// How long one node may stay behind another before `warn` is told.
         public var maximumNodeLag: Duration = .seconds(60)
         /// Warnings (a node behind another, an unreachable second node, a local
@@ -106,12 +112,27 @@ public actor UnibusClient {
     /// delivered, which is where a resume asks the store from.
     var resumeCursor: [String: UInt64] = [:]
 
-    private init(configuration: Configuration, connection: NATSConnection, logStore: VerifiedLogStore) {
+    /// Sessions, replay windows and cursors between runs (with a state directory).
+    let keyStore: ClientKeyStore?
+    /// Cursors of persisted rooms as stored by an earlier run (resumed on join).
+    var storedCursors: [String: UInt64] = [:]
+    var cursorsChanged: Set<String> = []
+    /// (session id bytes + recipient) pairs a past session was shared with for history.
+    var historyShared: Set<[UInt8]> = []
+    var saveTask: Task<Void, Never>?
+
+    private init(configuration: Configuration, connection: NATSConnection, logStore: VerifiedLogStore, keyStore: ClientKeyStore?) {
         self.configuration = configuration
         self.connection = connection
         self.userNKey = configuration.identity.userNKey
         self.keyring = RoomKeyring(identity: configuration.identity)
         self.logStore = logStore
+        self.keyStore = keyStore
+        if let keyStore {
+            for stored in keyStore.inbound() { keyring.restoreInbound(stored) }
+            storedCursors = keyStore.cursors()
+            historyShared = keyStore.historyShares()
+        }
     }
 
     /// Connects both planes, verifies the membership log from the pinned
@@ -121,6 +142,9 @@ public actor UnibusClient {
         guard (try? NKey.decodePublicKey(configuration.root, expecting: .user)) != nil else { throw ClientError.missingRoot }
         let logStore = try VerifiedLogStore(directory: configuration.stateDirectory, root: configuration.root)
         if let discarded = logStore.discarded { configuration.warn?(discarded) }
+        let keyStore = try configuration.stateDirectory.map { directory throws(ClientError) in
+            try ClientKeyStore(directory: directory, identity: configuration.identity, passphrase: configuration.statePassphrase)
+        }
         var seeds: [Endpoint] = []
         for url in configuration.dataPlane { seeds.append(try Endpoint(parsing: url)) }
         var options = NATSConnection.Options(seeds: seeds, identity: configuration.identity, caPath: configuration.caPath)
@@ -131,7 +155,10 @@ public actor UnibusClient {
         options.clientCertificate = configuration.clientCertificate
         let connection = try NATSConnection(options: options)
         try await connection.connect()
-        let client = UnibusClient(configuration: configuration, connection: connection, logStore: logStore)
+        let client = UnibusClient(configuration: configuration, connection: connection, logStore: logStore, keyStore: keyStore)
+        if let keyStore, keyStore.discarded > 0 {
+            configuration.warn?("\(keyStore.discarded) value(s) in \(keyStore.path) did not open and were skipped")
+        }
         do {
             try await client.start()
         } catch {
@@ -150,6 +177,14 @@ public actor UnibusClient {
             }
         }
         try startReceipts()
+        if keyStore != nil {
+            saveTask = Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(1))
+                    await self?.saveState()
+                }
+            }
+        }
         try await connection.flush()
         await fetchKeyShares()
     }
@@ -162,12 +197,15 @@ public actor UnibusClient {
         keyFetch?.cancel()
         receiptTask?.cancel()
         resendTask?.cancel()
+        saveTask?.cancel()
         unacknowledged.failAll(ClientError.closed)
         await connection.close()
         await noticeTask?.value
         await keyFetch?.value
         await receiptTask?.value
         await resendTask?.value
+        await saveTask?.value
+        saveState()
     }
 
     // MARK: control plane
@@ -325,13 +363,21 @@ public actor UnibusClient {
     /// Leaves `room` (removes this identity from it).
     public func leave(_ room: String) async throws {
         try await submit(.removeMember(room: room, user: userNKey))
+        forget(room)
+    }
+
+    /// Drops a room's keys and cursor, here and in the store.
+    func forget(_ room: String) {
         keyring.forgetRoom(room)
+        resumeCursor[room] = nil
+        storedCursors[room] = nil
+        keyStore?.forget(room: room)
     }
 
     /// Archives `room` (owner or admin): no one can use it afterwards.
     public func archiveRoom(_ room: String) async throws {
         try await submit(.archiveRoom(id: room))
-        keyring.forgetRoom(room)
+        forget(room)
     }
 
     /// The open rooms this identity is a member of, from the verified log.
@@ -358,8 +404,10 @@ public actor UnibusClient {
         try await connection.confirmSubscription(info.subject)
         await fetchKeyShares()
         guard info.policy.persist else { return RoomMessages(client: self, room: room, stream: stream) }
-        if resumeCursor[room] == nil { resumeCursor[room] = Self.nowMillis() }
-        return RoomMessages(client: self, room: room, resuming: stream, events: connection.events())
+        // A cursor from an earlier run: first deliver what was stored since.
+        let earlier = resumeCursor[room] ?? storedCursors[room]
+        if resumeCursor[room] == nil { resumeCursor[room] = earlier ?? Self.nowMillis() }
+        return RoomMessages(client: self, room: room, resuming: stream, events: connection.events(), resumeAtOnce: earlier != nil)
     }
 
     /// Opens `room` for sending only: loads its policy and members without
@@ -386,13 +434,47 @@ public actor UnibusClient {
         guard let found = state.rooms[room] else { throw ClientError.invalid("no room \(room)") }
         let members = Set((state.members[room] ?? [:]).keys)
         guard members.contains(userNKey), found.archived == nil else {
-            keyring.forgetRoom(room)
+            forget(room)
             throw ClientError.notAMember(room)
         }
         keyring.setRoom(RoomInfo(id: found.id, subject: found.subject, owner: found.owner, policy: found.policy), members: members)
         if let outbound = keyring.outbound[room], !outbound.mustRotate {
             let newcomers = members.subtracting(outbound.sharedWith).subtracting([userNKey])
             if !newcomers.isEmpty { try await share(outbound, room: room, with: newcomers) }
+        }
+        if found.policy.persist && found.policy.history == .shared { try await shareHistory(of: room, policy: found.policy) }
+    }
+
+    /// In a `shared`-history room: gives members who joined after one of
+    /// this client's past sessions began that session (from the index it
+    /// started at), sealed and signed like every share, so they can read the
+    /// retained history it encrypted. Each key still comes from its owner;
+    /// nobody who is not a member now gets one.
+    private func shareHistory(of room: String, policy: RoomPolicy) async throws {
+        let past = keyring.ownSessions(in: room)
+        guard !past.isEmpty else { return }
+        let state = membership
+        let retained = Self.nowMillis() > RoomKeyring.milliseconds(policy.retainAgeSeconds)
+            ? Self.nowMillis() - RoomKeyring.milliseconds(policy.retainAgeSeconds) : 0
+        for session in past.suffix(1000) where session.created >= retained {
+            guard let sessionBytes = try? Base64.decode(session.sessionID) else { continue }
+            var shares: [ControlAPI.ShareSubmission] = []
+            var recipients: [String] = []
+            for (recipient, member) in (state.members[room] ?? [:]).sorted(by: { $0.key < $1.key }) where recipient != userNKey {
+                guard let joined = OperationTime.millis(member.joined), joined > session.created,
+                      !historyShared.contains(sessionBytes + Array(recipient.utf8)),
+                      let user = state.users[recipient], user.status == .active,
+                      let bytes = try? Base64.decode(user.exchangeKey), let key = X25519PublicKey(bytes: bytes) else { continue }
+                let (sealed, signature) = keyring.sharePast(session.key, room: room, recipient: recipient, exchangeKey: key)
+                shares.append(ControlAPI.ShareSubmission(recipient: recipient, sealed: sealed, signature: signature))
+                recipients.append(recipient)
+            }
+            guard !shares.isEmpty else { continue }
+            let submission = ControlAPI.KeySharesSubmission(sessionID: session.sessionID, sessionSignature: session.ownerSignature,
+                                                            shares: shares)
+            _ = try await call("POST", "/v1/rooms/\(room)/key-shares", body: ControlAPI.encode(submission), expecting: ControlAPI.SharesStored.self)
+            for recipient in recipients { historyShared.insert(sessionBytes + Array(recipient.utf8)) }
+            keyStore?.recordHistoryShares(session: sessionBytes, recipients: recipients)
         }
     }
 
@@ -425,6 +507,8 @@ public actor UnibusClient {
             await crossCheck()
             try await refreshRoom(room)
             let fresh = keyring.rotate(room: room, now: now)
+            // The session is kept before any frame of it leaves: a restart must still read them.
+            saveState()
             let others = (keyring.members[room] ?? []).subtracting([userNKey])
             if !others.isEmpty { try await share(fresh, room: room, with: others) }
         }
@@ -494,7 +578,10 @@ public actor UnibusClient {
         switch result {
         case .success:
             delivered += 1
-            if resumeCursor[room] != nil { resumeCursor[room] = Self.nowMillis() }
+            if resumeCursor[room] != nil {
+                resumeCursor[room] = Self.nowMillis()
+                if keyStore != nil { cursorsChanged.insert(room) }
+            }
         case .failure(.replay) where arrival != .live || keyring.rooms[room]?.policy.persist == true:
             // Persisted rooms see the same frame again by design (a publisher
             // resends what was not acknowledged; resuming re-reads what was
@@ -529,11 +616,24 @@ public actor UnibusClient {
             guard keyring.rooms[notice.room] != nil else { return }
             do { try await refreshRoom(notice.room) } catch {
                 // Removed from the room (or it was archived): stop using its keys.
-                if case ClientError.notAMember = error { keyring.forgetRoom(notice.room) }
+                if case ClientError.notAMember = error { forget(notice.room) }
             }
             return
         }
         await fetchKeyShares()
+    }
+
+    /// Saves new sessions, changed replay windows and cursors (with a state directory).
+    func saveState() {
+        guard let keyStore else { return }
+        var cursors: [String: UInt64] = [:]
+        for room in cursorsChanged { cursors[room] = resumeCursor[room] }
+        cursorsChanged = []
+        do {
+            try keyStore.save(inbound: keyring.takeUnsavedInbound(), replay: keyring.takeUnsavedReplayWindows(), cursors: cursors)
+        } catch {
+            warnOnce("cannot save the client's keys in \(keyStore.path): \(error)")
+        }
     }
 
     /// Fetches waiting key shares before reading history.
@@ -583,6 +683,8 @@ public actor UnibusClient {
             }
             handled.append(share.id)
         }
+        // Kept before the shares are acknowledged (the node deletes them then).
+        saveState()
         if !handled.isEmpty {
             // Each acknowledgement is signed: only this recipient can mark its shares delivered, on any node.
             let acks = handled.map { ControlAPI.AckRequest.Ack(id: $0, signature: configuration.identity.sign(
@@ -626,10 +728,12 @@ public struct RoomMessages: AsyncSequence, Sendable {
         input = nil
     }
 
-    init(client: UnibusClient, room: String, resuming stream: AsyncStream<NATSMessage>, events: AsyncStream<ConnectionEvent>) {
+    init(client: UnibusClient, room: String, resuming stream: AsyncStream<NATSMessage>, events: AsyncStream<ConnectionEvent>,
+         resumeAtOnce: Bool) {
         self.client = client
         self.room = room
         let (input, continuation) = AsyncStream<Input>.makeStream()
+        if resumeAtOnce { continuation.yield(.resume) }
         let forward = Task {
             for await message in stream { continuation.yield(.live(message)) }
             continuation.finish()

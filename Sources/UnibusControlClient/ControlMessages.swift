@@ -175,10 +175,17 @@ public enum ControlAPI {
         public var rotateAfterMessages: Int
         public var rotateAfterSeconds: Int
         public var frameWindowSeconds: Int
+        /// Persisted rooms only (absent otherwise).
+        public var persist: Bool?
+        public var retainAgeSeconds: Int?
+        public var retainBytes: Int?
+        public var retainMessages: Int?
+        public var history: String?
 
         enum CodingKeys: String, CodingKey {
             case encrypt, sign, compress, rotateAfterMessages = "rotate_after_messages", rotateAfterSeconds = "rotate_after_seconds",
-                 frameWindowSeconds = "frame_window_seconds"
+                 frameWindowSeconds = "frame_window_seconds", persist, retainAgeSeconds = "retain_age_seconds",
+                 retainBytes = "retain_bytes", retainMessages = "retain_messages", history
         }
 
         public init(_ policy: RoomPolicy) {
@@ -188,6 +195,13 @@ public enum ControlAPI {
             rotateAfterMessages = policy.rotateAfterMessages
             rotateAfterSeconds = policy.rotateAfterSeconds
             frameWindowSeconds = policy.frameWindowSeconds
+            if policy.persist {
+                persist = true
+                retainAgeSeconds = policy.retainAgeSeconds
+                retainBytes = policy.retainBytes
+                retainMessages = policy.retainMessages
+                history = policy.history.rawValue
+            }
         }
     }
 

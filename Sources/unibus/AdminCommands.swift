@@ -158,7 +158,7 @@ struct UserCommand: AsyncParsableCommand {
 
 struct RoomCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "room", abstract: "Create rooms and manage their members on a running node.",
-                                                    subcommands: [Create.self, List.self, Show.self, Archive.self, Members.self, AddMember.self, RemoveMember.self])
+                                                    subcommands: [Create.self, List.self, Show.self, Policy.self, Archive.self, Members.self, AddMember.self, RemoveMember.self])
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one room: subject, owner, policy, state.")
@@ -175,6 +175,63 @@ struct RoomCommand: AsyncParsableCommand {
             print("policy.compress: \(policy.compress)\npolicy.encrypt: \(policy.encrypt)\npolicy.frame_window_seconds: \(policy.frameWindowSeconds)")
             print("policy.rotate_after_messages: \(policy.rotateAfterMessages)\npolicy.rotate_after_seconds: \(policy.rotateAfterSeconds)")
             print("policy.sign: \(policy.sign)")
+            print("policy.persist: \(policy.persist ?? false)")
+            if policy.persist == true {
+                print("policy.retain_age_seconds: \(policy.retainAgeSeconds ?? 0)\npolicy.retain_bytes: \(policy.retainBytes ?? 0)")
+                print("policy.retain_messages: \(policy.retainMessages ?? 0)\npolicy.history: \(policy.history ?? "-")")
+            }
+        }
+    }
+
+    /// Options of persisted rooms, shared by `create` and `policy`.
+    struct PersistenceOptions: ParsableArguments {
+        @Option(name: .long, help: "Keep frames this long (e.g. 3600, 90m, 12h, 7d, 2w; default 7d).") var retainAge: String?
+        @Option(name: .long, help: "Keep at most this many bytes of frames per node (e.g. 500MiB, 1GiB; default 1GiB).") var retainBytes: String?
+        @Option(name: .long, help: "Keep at most this many frames (default 1000000).") var retainMessages: Int?
+        @Option(name: .long, help: "What new members may read: joined (from their join on; default) or shared (everything retained).")
+        var history: HistoryVisibility?
+
+        func apply(to policy: inout RoomPolicy) throws {
+            if let retainAge { policy.retainAgeSeconds = try parseDuration(retainAge, option: "--retain-age") }
+            if let retainBytes { policy.retainBytes = try parseSize(retainBytes, option: "--retain-bytes") }
+            if let retainMessages { policy.retainMessages = retainMessages }
+            if let history { policy.history = history }
+        }
+
+        var isEmpty: Bool { retainAge == nil && retainBytes == nil && retainMessages == nil && history == nil }
+    }
+
+    struct Policy: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Change a room's policy (owner or admin): persistence, retention, history, rotation. A signed operation like any other.",
+            discussion: "Encryption and signing cannot change (create a new room instead). Turning --no-persist on a persisted room makes every node delete its frames.")
+        @OptionGroup var options: NodeOptions
+        @Option(name: .long, help: "The room's id.") var id: String
+        @Flag(name: .long, inversion: .prefixedNo, help: "Durable, replicated history with acknowledged publishes.") var persist: Bool?
+        @OptionGroup var persistence: PersistenceOptions
+        @Option(name: .long, help: "Rotate the sender's session after this many messages.") var rotateMessages: Int?
+        @Option(name: .long, help: "Rotate the sender's session after this many seconds.") var rotateSeconds: Int?
+
+        func run() async throws {
+            let session = try await NodeSession.open(options)
+            let rooms = try await session.get("/v1/rooms", as: ControlAPI.RoomsResponse.self).rooms
+            guard let room = rooms.first(where: { $0.id == id }) else { throw CLIError("no room \(id)") }
+            let view = room.policy
+            var policy = RoomPolicy(encrypt: view.encrypt, sign: view.sign, compress: view.compress, persist: view.persist ?? false,
+                                    rotateAfterMessages: view.rotateAfterMessages, rotateAfterSeconds: view.rotateAfterSeconds,
+                                    frameWindowSeconds: view.frameWindowSeconds,
+                                    retainAgeSeconds: view.retainAgeSeconds ?? RoomPolicy.defaultRetainAgeSeconds,
+                                    retainBytes: view.retainBytes ?? RoomPolicy.defaultRetainBytes,
+                                    retainMessages: view.retainMessages ?? RoomPolicy.defaultRetainMessages,
+                                    history: view.history.flatMap(HistoryVisibility.init(rawValue:)) ?? .joined)
+            if let persist { policy.persist = persist }
+            try persistence.apply(to: &policy)
+            if let rotateMessages { policy.rotateAfterMessages = rotateMessages }
+            if let rotateSeconds { policy.rotateAfterSeconds = rotateSeconds }
+            if !policy.persist && !persistence.isEmpty { throw CLIError("retention and history apply to persisted rooms: add --persist") }
+            if let problem = policy.problem { throw CLIError(problem) }
+            let result = try await session.submit(.setRoomPolicy(room: id, policy: policy))
+            if options.json { try printJSON(result) } else { print("changed the policy of room \(id)") }
         }
     }
 
@@ -185,14 +242,19 @@ struct RoomCommand: AsyncParsableCommand {
         @Option(name: .long, help: "The room's subject (literal, e.g. rooms.ops).") var subject: String
         @Flag(name: .long, inversion: .prefixedNo, help: "End-to-end encrypt (Megolm).") var encrypt = true
         @Flag(name: .long, help: "Compress plaintext with zstd before encryption (leaks length patterns).") var compress = false
-        @Flag(name: .long, help: "Durable history (not supported yet; refused).") var persist = false
+        @Flag(name: .long, help: "Durable, replicated history: every node stores the room's ciphertext and publishes are acknowledged once stored.")
+        var persist = false
+        @OptionGroup var persistence: PersistenceOptions
         @Option(name: .long, help: "Rotate the sender's session after this many messages.") var rotateMessages = 1000
         @Option(name: .long, help: "Rotate the sender's session after this many seconds.") var rotateSeconds = 7 * 24 * 3600
 
         func run() async throws {
+            if !persist && !persistence.isEmpty { throw CLIError("retention and history apply to persisted rooms: add --persist") }
             let session = try await NodeSession.open(options)
-            let policy = RoomPolicy(encrypt: encrypt, sign: true, compress: compress, persist: persist,
+            var policy = RoomPolicy(encrypt: encrypt, sign: true, compress: compress, persist: persist,
                                     rotateAfterMessages: rotateMessages, rotateAfterSeconds: rotateSeconds)
+            try persistence.apply(to: &policy)
+            if let problem = policy.problem { throw CLIError(problem) }
             let result = try await session.submit(.createRoom(id: id, subject: subject, policy: policy))
             if options.json { try printJSON(result) } else { print("created room \(id) on \(subject)") }
         }
@@ -393,4 +455,41 @@ struct LogSummary: Encodable {
         stateDigest = log.state.digest
         logDigest = log.digest
     }
+}
+
+extension HistoryVisibility: ExpressibleByArgument {}
+
+/// Seconds from `3600`, `90s`, `15m`, `12h`, `7d` or `2w`; the error names the option.
+func parseDuration(_ text: String, option: String) throws -> Int {
+    let units: [(String, Int)] = [("s", 1), ("m", 60), ("h", 3600), ("d", 86_400), ("w", 604_800)]
+    let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
+    var number = trimmed, scale = 1
+    if let (suffix, factor) = units.first(where: { trimmed.hasSuffix($0.0) }) {
+        number = String(trimmed.dropLast(suffix.count))
+        scale = factor
+    }
+    guard let value = Int(number), value >= 0 else {
+        throw CLIError("\(option) must be a number of seconds or a number with s, m, h, d or w (e.g. 7d), not \(text.prefix(40))")
+    }
+    let (seconds, overflow) = value.multipliedReportingOverflow(by: scale)
+    guard !overflow else { throw CLIError("\(option) \(text.prefix(40)) is too long") }
+    return seconds
+}
+
+/// Bytes from `1048576`, `512KiB`, `500MB`, `1GiB`, `2TiB` (KB/MB/GB/TB are powers of 1000).
+func parseSize(_ text: String, option: String) throws -> Int {
+    let units: [(String, Int)] = [("kib", 1 << 10), ("mib", 1 << 20), ("gib", 1 << 30), ("tib", 1 << 40),
+                                  ("kb", 1000), ("mb", 1_000_000), ("gb", 1_000_000_000), ("tb", 1_000_000_000_000), ("b", 1)]
+    let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
+    var number = trimmed, scale = 1
+    if let (suffix, factor) = units.first(where: { trimmed.hasSuffix($0.0) }) {
+        number = String(trimmed.dropLast(suffix.count)).trimmingCharacters(in: .whitespaces)
+        scale = factor
+    }
+    guard let value = Int(number), value >= 0 else {
+        throw CLIError("\(option) must be a number of bytes or a number with KiB, MiB, GiB, TiB, KB, MB, GB or TB (e.g. 1GiB), not \(text.prefix(40))")
+    }
+    let (bytes, overflow) = value.multipliedReportingOverflow(by: scale)
+    guard !overflow else { throw CLIError("\(option) \(text.prefix(40)) is too large") }
+    return bytes
 }

@@ -29,8 +29,11 @@ struct PeerOptions: ParsableArguments {
     @Option(name: .long, help: "The cluster's root admin (U… nkey, from whoever ran `unibusd init`). Required: membership is verified from it, never taken from a node.")
     var root: String
 
-    @Option(name: .long, help: "Keep the verified membership log in this directory between runs (default: memory only).")
+    @Option(name: .long, help: "Keep state between runs in this directory (default: memory only): the verified membership log, and, sealed at rest, the room keys this identity holds and the resume cursors of persisted rooms.")
     var stateDir: String?
+
+    @Option(name: .long, help: "Seal --state-dir with the passphrase in this file (mode 0600) instead of a key derived from the identity, for a state directory kept apart from the identity file.")
+    var statePassphraseFile: String?
 
     /// --cert and --key together, or neither.
     func clientCertificate() throws -> ClientCertificate? {
@@ -52,6 +55,10 @@ struct PeerOptions: ParsableArguments {
                                                        root: try canonicalUserKey(root, option: "--root"), caPath: ca)
         configuration.clientCertificate = try clientCertificate()
         configuration.stateDirectory = stateDir
+        if let statePassphraseFile {
+            guard stateDir != nil else { throw ValidationError("--state-passphrase-file seals --state-dir: give both") }
+            configuration.statePassphrase = try readPassphrase(statePassphraseFile)
+        }
         configuration.warn = { printWarning($0) }
         configuration.name = name
         do {
@@ -138,6 +145,8 @@ struct CheckCommand: AsyncParsableCommand {
     @Option(name: .long, help: "A second identity that only subscribes (loop): the room's reader, on its own connection.")
     var subscriberIdentity: String?
     @Option(name: .long, help: "Data-plane seeds for the subscriber (repeat; default: --server).") var subscriberServer: [String] = []
+    @Flag(name: .long, help: "Use a persisted room (loop): publishes are acknowledged once stored and resent after failovers, and the subscriber resumes from the store after reconnects; the summary counts what was lost anyway.")
+    var persist = false
 
     func run() async throws {
         let client = try await peer.connect(name: "unibus-check")
@@ -149,8 +158,10 @@ struct CheckCommand: AsyncParsableCommand {
         do {
             // A loop at a high rate would rotate every 1,000 messages by default;
             // the probe room rotates every 100,000 so the loop measures the bus.
-            let policy = mode == .loop ? RoomPolicy(rotateAfterMessages: 100_000) : RoomPolicy()
-            probe = try await ProbeRoom.prepare(kind: mode == .loop ? "l" : "g", owner: client, policy: policy)
+            let policy = mode == .loop
+                ? RoomPolicy(persist: persist, rotateAfterMessages: 100_000, retainAgeSeconds: 3600, retainMessages: 1_000_000)
+                : RoomPolicy()
+            probe = try await ProbeRoom.prepare(kind: mode == .loop ? (persist ? "p" : "l") : "g", owner: client, policy: policy)
             if let subscriberIdentity {
                 let identity = try loadIdentity(subscriberIdentity)
                 reader = try await peer.connect(identity: identity, dataPlane: subscriberServer.isEmpty ? peer.server : subscriberServer,
@@ -239,7 +250,8 @@ struct CheckCommand: AsyncParsableCommand {
             while sent < due {
                 sent += 1
                 do {
-                    try await client.publish(Array("unibus check \(token) \(sent)".utf8), to: room, contentType: "text/plain")
+                    // Persisted: sent and kept until stored (acknowledgements are awaited at the end).
+                    try await client.send(Array("unibus check \(token) \(sent)".utf8), to: room, contentType: "text/plain")
                     lastStatus = client.connection.isConnected ? "ok" : "buffered"
                 } catch {
                     failedPublishes += 1
@@ -257,13 +269,23 @@ struct CheckCommand: AsyncParsableCommand {
             }
             try? await Task.sleep(for: .milliseconds(perSecond >= 1000 ? 1 : 5))
         }
+        var unacknowledged = 0
+        if persist {
+            // Every frame is kept until a node stored it, across failovers.
+            do { try await client.waitForAllStored(timeout: .seconds(30)) } catch {
+                unacknowledged = await client.unacknowledgedCount
+                if firstFailure == nil { firstFailure = "\(error)" }
+            }
+            failedPublishes += await client.refusedFrameCount
+        }
         // Let the last messages arrive.
-        let settle = Date().addingTimeInterval(2)
+        let settle = Date().addingTimeInterval(persist ? 10 : 2)
         while await tally.distinct < sent - failedPublishes && Date() < settle { try? await Task.sleep(for: .milliseconds(10)) }
         let received = await tally.distinct, duplicates = await tally.duplicates
         let lost = sent - failedPublishes - received
         let reconnects = client.connection.reconnectCount + (reader !== client ? reader.connection.reconnectCount : 0)
         var summary = "check loop: sent=\(sent) received=\(received) lost=\(lost) duplicates=\(duplicates) failed-publishes=\(failedPublishes) "
+            + (persist ? "persisted=yes unacknowledged=\(unacknowledged) duplicates-dropped=\(await reader.duplicatesDroppedCount) " : "")
             + "reconnects=\(reconnects) nodes=\(publisherNodes.joined(separator: ","))"
         if reader !== client { summary += " subscriber-nodes=\(readerNodes.joined(separator: ","))" }
         let failovers = await watcher.failovers
@@ -287,6 +309,9 @@ struct CheckCommand: AsyncParsableCommand {
         }
         print(summary)
         if let firstFailure { print("check loop: first failed publish: \(firstFailure)") }
+        if persist && (lost != 0 || duplicates != 0 || unacknowledged != 0) {
+            return .failure(CLIError("a persisted room lost \(lost) and duplicated \(duplicates) messages (\(unacknowledged) unacknowledged)"))
+        }
         guard received > 0 else {
             let refused = reader.connection.refusedSubscriptions
             return .failure(CLIError(refused > 0
@@ -484,4 +509,16 @@ struct DemoCommand: AsyncParsableCommand {
 /// A warning from the client library, on standard error.
 func printWarning(_ message: String) {
     FileHandle.standardError.write(Data("warning: \(message)\n".utf8))
+}
+
+/// A passphrase from a file only its owner can read (one line; the newline is not part of it).
+func readPassphrase(_ path: String) throws -> [UInt8] {
+    var info = stat()
+    guard stat(path, &info) == 0 else { throw CLIError("cannot read \(path): \(String(cString: strerror(errno)))") }
+    guard info.st_mode & 0o077 == 0 else { throw CLIError("\(path) can be read by others: run `chmod 600 \(path)`") }
+    guard let data = FileManager.default.contents(atPath: path), data.count <= 4096 else { throw CLIError("cannot read \(path) (or it is over 4 KiB)") }
+    var bytes = [UInt8](data)
+    while let last = bytes.last, last == 10 || last == 13 { bytes.removeLast() }
+    guard !bytes.isEmpty else { throw CLIError("\(path) is empty") }
+    return bytes
 }

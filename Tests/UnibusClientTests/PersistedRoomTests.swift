@@ -150,6 +150,83 @@ struct PersistedRoomTests {
         await node.stop()
     }
 
+    @Test func aRestartedClientReadsHistoryAndResumesWithoutNewShares() async throws {
+        let node = try await TestNode()
+        let state = NSTemporaryDirectory() + "unibus-state-\(UUID().uuidString)"
+        let alice = try await node.client(node.alice)
+        var bob = try await node.client(node.bob) { $0.stateDirectory = state }
+        try await alice.createRoom(id: "log", subject: "rooms.log", policy: Self.policy)
+        try await alice.addMember(node.bob.userNKey, to: "log")
+        _ = try await alice.join("log")
+        var inbox = Inbox(try await bob.join("log"))
+        try await alice.publish(Array("one".utf8), to: "log")
+        #expect(await inbox.wait(for: 1) == ["one"])
+        await bob.close()
+
+        // While Bob is away: more in the same session (no new share for Bob).
+        for number in 2...4 { try await alice.publish(Array("n\(number)".utf8), to: "log") }
+        bob = try await node.client(node.bob) { $0.stateDirectory = state }
+        // Reads history at once, from the keys its store kept.
+        let history = try await bob.history(room: "log", last: 10)
+        #expect(history.messages.map { text($0.frame) } == ["one", "n2", "n3", "n4"])
+        #expect(history.unreadable.isEmpty, "\(history.unreadable)")
+        // Joining again resumes from the stored cursor: what it missed, once, then live.
+        inbox = Inbox(try await bob.join("log"))
+        #expect(await inbox.wait(for: 3, seconds: 10) == ["n2", "n3", "n4"])
+        try await alice.publish(Array("n5".utf8), to: "log")
+        #expect(await inbox.wait(for: 4, seconds: 10) == ["n2", "n3", "n4", "n5"])
+        await bob.close()
+
+        // The store's values are sealed: another identity cannot open it, and says so.
+        var configuration = UnibusClient.Configuration(identity: node.carol, dataPlane: [node.dataURL], controlPlane: [node.controlURL],
+                                                       root: node.admin.userNKey)
+        configuration.stateDirectory = state
+        let keys = try #require(try FileManager.default.contentsOfDirectory(atPath: state).first { $0.hasPrefix("keys-") && $0.hasSuffix(".sqlite3") })
+        for suffix in ["", "-wal"] where FileManager.default.fileExists(atPath: state + "/" + keys + suffix) {
+            try FileManager.default.copyItem(atPath: state + "/" + keys + suffix, toPath: state + "/keys-\(node.carol.userNKey.prefix(20)).sqlite3" + suffix)
+        }
+        await #expect(throws: ClientError.self) { _ = try await UnibusClient.connect(configuration) }
+        // No session key is readable in the file: each is sealed (the check value is too).
+        let raw = (FileManager.default.contents(atPath: state + "/" + keys) ?? Data()) + (FileManager.default.contents(atPath: state + "/" + keys + "-wal") ?? Data())
+        #expect(raw.range(of: Data("unibus-client-store".utf8)) == nil)
+        await alice.close()
+        await node.stop()
+    }
+
+    @Test func sharedHistoryReachesLateJoinersJoinedHistoryDoesNot() async throws {
+        let node = try await TestNode()
+        let alice = try await node.client(node.alice), bob = try await node.client(node.bob), carol = try await node.client(node.carol)
+        try await alice.createRoom(id: "shared", subject: "rooms.shared", policy: RoomPolicy(persist: true, rotateAfterMessages: 2, history: .shared))
+        try await alice.createRoom(id: "joined", subject: "rooms.joined", policy: RoomPolicy(persist: true, rotateAfterMessages: 2, history: .joined))
+        for room in ["shared", "joined"] {
+            _ = try await alice.join(room)
+            // Five messages over three sessions (rotation after two).
+            for number in 1...5 { try await alice.publish(Array("\(room) \(number)".utf8), to: room) }
+        }
+        // Bob joins both later; in `shared` Alice gives him her retained sessions.
+        for room in ["shared", "joined"] { try await alice.addMember(node.bob.userNKey, to: room) }
+        let shared = try await eventuallyValue(10) { () -> History? in
+            let history = try? await bob.history(room: "shared", last: 10)
+            return history?.messages.count == 5 ? history : nil
+        }
+        #expect(shared?.messages.map { text($0.frame) } == (1...5).map { "shared \($0)" })
+        let joined = try await bob.history(room: "joined", last: 10)
+        #expect(joined.messages.isEmpty, "nothing from before Bob joined (the node serves none, and he holds no key)")
+        try await alice.publish(Array("joined 6".utf8), to: "joined")
+        #expect(try await bob.history(room: "joined", last: 10).messages.map { text($0.frame) } == ["joined 6"])
+
+        // A removed member gets nothing sent after the removal, even in `shared`.
+        try await alice.addMember(node.carol.userNKey, to: "shared")
+        try await alice.removeMember(node.carol.userNKey, from: "shared")
+        try await alice.publish(Array("after carol".utf8), to: "shared")
+        await #expect(throws: ClientError.self) { _ = try await carol.history(room: "shared", last: 10) }
+        #expect(try await bob.history(room: "shared", last: 1).messages.map { text($0.frame) } == ["after carol"])
+        await alice.close()
+        await bob.close()
+        await carol.close()
+        await node.stop()
+    }
+
     @Test func retentionKeepsTheNewestFramesByCount() async throws {
         let node = try await TestNode()
         let alice = try await node.client(node.alice)
@@ -172,4 +249,14 @@ private func member(_ identity: Identity, port: Int) throws -> RawClient {
     try client.authenticate(as: identity)
     _ = client.read(until: "PONG")
     return client
+}
+
+/// Polls `produce` until it returns a value or `seconds` pass.
+private func eventuallyValue<T>(_ seconds: Double, _ produce: () async throws -> T?) async throws -> T? {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if let value = try await produce() { return value }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    return try await produce()
 }
