@@ -307,8 +307,12 @@ struct VerifiedLogTests {
         try await alice.createRoom(id: "ops", subject: "rooms.ops")
         let digest = await alice.membershipLog.digest
         await alice.close()
-        let files = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".sqlite3") }
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasPrefix("verified-log-") && $0.hasSuffix(".sqlite3") }
         #expect(files.count == 1)
+        // The key store sits beside it, 0600 too.
+        let keys = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasPrefix("keys-") && $0.hasSuffix(".sqlite3") }
+        #expect(keys.count == 1)
+        #expect(try FileManager.default.attributesOfItem(atPath: directory + "/" + (keys.first ?? ""))[.posixPermissions] as? Int == 0o600)
         let path = directory + "/" + (files.first ?? "")
         #expect(try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int == 0o600)
         #expect(try FileManager.default.attributesOfItem(atPath: directory)[.posixPermissions] as? Int == 0o700)
