@@ -29,6 +29,9 @@ public enum ClientError: Error, Equatable, Sendable, CustomStringConvertible {
     case notAcknowledged(count: Int, after: Duration)
     /// Too many frames wait for a node's acknowledgement.
     case tooManyUnacknowledged(Int)
+    /// A frame waited (offline, in the spool) longer than its room's window
+    /// and was given up: receivers would refuse it.
+    case spoolExpired(room: String, ageSeconds: Int)
 
     public var description: String {
         switch self {
@@ -59,8 +62,11 @@ public enum ClientError: Error, Equatable, Sendable, CustomStringConvertible {
         case .notStored(let room, let reason): return "the node did not store the frame in room \(room): \(reason)"
         case .notAcknowledged(let count, let after):
             return "\(count) frame(s) of persisted rooms were not acknowledged as stored after \(after) (they are kept and sent again on the next connection)"
+        case .spoolExpired(let room, let age):
+            return "a frame for room \(room) waited \(age) s without reaching a node, longer than the room's frame window; it was given up "
+                + "(send it again: it will be sealed anew)"
         case .tooManyUnacknowledged(let count):
-            return "\(count) frames already wait for a node to store them; wait for acknowledgements (waitForStorage) before sending more"
+            return "\(count) frames (or the byte limit) already wait for a node to store them; wait for acknowledgements (waitForStorage) before sending more"
         }
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import UnibusCrypto
+import UnibusPersistence
 import UnibusSQLite
 
 /// What a client keeps between runs besides its verified log: the inbound
@@ -32,6 +33,8 @@ final class ClientKeyStore: @unchecked Sendable {
                 CREATE TABLE IF NOT EXISTS inbound (sender BLOB NOT NULL, session BLOB NOT NULL, room TEXT NOT NULL,
                     key BLOB NOT NULL, replay BLOB, created INTEGER NOT NULL DEFAULT 0, owner_signature BLOB,
                     PRIMARY KEY (sender, session));
+                CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, stream BLOB NOT NULL, idx INTEGER NOT NULL,
+                    room TEXT NOT NULL, subject TEXT NOT NULL, frame BLOB NOT NULL, sealed_at INTEGER NOT NULL, UNIQUE (stream, idx));
                 CREATE TABLE IF NOT EXISTS history_shares (session BLOB NOT NULL, recipient TEXT NOT NULL, PRIMARY KEY (session, recipient));
                 CREATE TABLE IF NOT EXISTS cursors (room TEXT PRIMARY KEY, value BLOB NOT NULL);
                 """)
@@ -142,6 +145,44 @@ final class ClientKeyStore: @unchecked Sendable {
             result[room] = bytes.reduce(0) { $0 << 8 | UInt64($1) }
         }
         return result
+    }
+
+    /// A frame waiting for a node's acknowledgement, as the spool keeps it:
+    /// already a Megolm frame (the spool adds no plaintext; room and subject
+    /// are what any node sees anyway).
+    struct Spooled {
+        let id: FrameID
+        let room: String
+        let subject: String
+        let frame: [UInt8]
+        let sealedAt: UInt64
+    }
+
+    /// The spool in the order frames were first sent.
+    func spooled() -> [Spooled] {
+        guard let rows = try? database.query("SELECT stream, idx, room, subject, frame, sealed_at FROM spool ORDER BY seq") else { return [] }
+        return rows.compactMap { row in
+            guard row.count == 6, let stream = row[0].blob, let index = row[1].integer, let room = row[2].text, let subject = row[3].text,
+                  let frame = row[4].blob, let sealed = row[5].integer else { return nil }
+            return Spooled(id: FrameID(stream: stream, index: UInt64(bitPattern: index)), room: room, subject: subject, frame: frame,
+                           sealedAt: UInt64(max(0, sealed)))
+        }
+    }
+
+    /// Adds frames to the spool and removes the ones that were settled, in one transaction.
+    func updateSpool(adding: [Spooled], removing: [FrameID]) throws {
+        guard !adding.isEmpty || !removing.isEmpty else { return }
+        try database.transaction {
+            for frame in adding {
+                try database.query("INSERT OR IGNORE INTO spool (stream, idx, room, subject, frame, sealed_at) VALUES (?, ?, ?, ?, ?, ?)", [
+                    .blob(frame.id.stream), .integer(Int64(bitPattern: frame.id.index)), .text(frame.room), .text(frame.subject),
+                    .blob(frame.frame), .integer(Int64(min(frame.sealedAt, UInt64(Int64.max)))),
+                ])
+            }
+            for id in removing {
+                try database.query("DELETE FROM spool WHERE stream = ? AND idx = ?", [.blob(id.stream), .integer(Int64(bitPattern: id.index))])
+            }
+        }
     }
 
     /// Recipients a past session was shared with for history.

@@ -14,6 +14,9 @@ struct UnacknowledgedFrames {
         let frame: [UInt8]
         var sentAt: ContinuousClock.Instant
         var sends: Int
+        /// When it was sealed (ms since the epoch): receivers refuse live
+        /// frames older than the room's window, so it cannot wait forever.
+        let sealedAt: UInt64
     }
 
     private(set) var entries: [FrameID: Entry] = [:]
@@ -29,6 +32,8 @@ struct UnacknowledgedFrames {
     private(set) var refusedTotal = 0
 
     var count: Int { entries.count }
+    /// Bytes of the frames held.
+    private(set) var bytes = 0
 
     private mutating func remember(_ id: FrameID, _ outcome: Result<DurabilityReceipt, ClientError>) {
         if settled.updateValue(outcome, forKey: id) == nil { settledOrder.append(id) }
@@ -40,7 +45,8 @@ struct UnacknowledgedFrames {
     }
 
     mutating func add(_ id: FrameID, _ entry: Entry) {
-        if entries.updateValue(entry, forKey: id) == nil { order.append(id) }
+        if let old = entries.updateValue(entry, forKey: id) { bytes -= old.frame.count } else { order.append(id) }
+        bytes += entry.frame.count
     }
 
     /// Unacknowledged frames in first-sent order.
@@ -68,7 +74,8 @@ struct UnacknowledgedFrames {
 
     /// `id` is stored: it leaves the set and its waiters get the receipt.
     mutating func acknowledge(_ id: FrameID, receipt: DurabilityReceipt) {
-        guard entries.removeValue(forKey: id) != nil else { return }
+        guard let entry = entries.removeValue(forKey: id) else { return }
+        bytes -= entry.frame.count
         remember(id, .success(receipt))
         for waiter in waiters.removeValue(forKey: id) ?? [] { waiter.continuation.resume(returning: receipt) }
         finishIfDrained()
@@ -76,7 +83,8 @@ struct UnacknowledgedFrames {
 
     /// A node refused `id`: it leaves the set (sending it again would be refused again).
     mutating func refuse(_ id: FrameID, error: ClientError) {
-        guard entries.removeValue(forKey: id) != nil else { return }
+        guard let entry = entries.removeValue(forKey: id) else { return }
+        bytes -= entry.frame.count
         remember(id, .failure(error))
         refusedTotal += 1
         for waiter in waiters.removeValue(forKey: id) ?? [] { waiter.continuation.resume(throwing: error) }
@@ -163,7 +171,8 @@ extension UnibusClient {
         do { id = try FrameVerifier.verify(frame, policy: policy).id } catch {
             throw ClientError.invalid("a sealed frame did not verify (\(error)); this is a bug in the client library")
         }
-        unacknowledged.add(id, UnacknowledgedFrames.Entry(room: room, subject: subject, frame: frame, sentAt: .now, sends: 1))
+        unacknowledged.add(id, UnacknowledgedFrames.Entry(room: room, subject: subject, frame: frame, sentAt: .now, sends: 1,
+                                                          sealedAt: Self.nowMillis()))
         do {
             try connection.publish(subject, payload: frame)
         } catch .publishBufferFull {
@@ -237,10 +246,24 @@ extension UnibusClient {
     func resendUnacknowledged(olderThan age: Duration?) {
         guard !closed, unacknowledged.count > 0, connection.isConnected else { return }
         let now = ContinuousClock.now
+        let wall = Self.nowMillis()
+        var expired = 0
         for (id, entry) in unacknowledged.inOrder {
+            // Receivers refuse live frames older than the room's window: past
+            // it (less a margin for the trip), a frame is given up, loudly.
+            let window = RoomKeyring.milliseconds(keyring.rooms[entry.room]?.policy.frameWindowSeconds ?? RoomPolicy.defaultFrameWindowSeconds)
+            if wall > entry.sealedAt, wall - entry.sealedAt + 10_000 > window {
+                unacknowledged.refuse(id, error: ClientError.spoolExpired(room: entry.room, ageSeconds: Int((wall - entry.sealedAt) / 1000)))
+                expired += 1
+                continue
+            }
             if let age, now - entry.sentAt < age { continue }
-            do { try connection.publish(entry.subject, payload: entry.frame) } catch { return }
+            do { try connection.publish(entry.subject, payload: entry.frame) } catch { break }
             unacknowledged.markSent(id, at: now)
+        }
+        if expired > 0 {
+            configuration.warn?("\(expired) unacknowledged frame(s) of persisted rooms waited longer than their room's window and were given up "
+                                + "(receivers would refuse them; they were never stored)")
         }
     }
 

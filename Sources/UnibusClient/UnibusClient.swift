@@ -68,8 +68,11 @@ public actor UnibusClient {
         /// Frames of persisted rooms not acknowledged as stored after this
         /// long are sent again (the same bytes; nodes and receivers drop duplicates).
         public var acknowledgementTimeout: Duration = .seconds(5)
-        /// Most frames of persisted rooms that may wait for acknowledgement.
+        /// Most frames of persisted rooms that may wait for acknowledgement
+        /// (in memory, and in the state directory's spool when there is one).
         public var maximumUnacknowledged = 100_000
+        /// Most bytes of such frames.
+        public var maximumUnacknowledgedBytes = 64 * 1024 * 1024
         /// How far before its last delivery a resuming subscriber asks a node
         /// for stored frames (frames in flight when the connection broke).
         public var resumeMargin: Duration = .seconds(1)
@@ -119,6 +122,8 @@ public actor UnibusClient {
     var cursorsChanged: Set<String> = []
     /// (session id bytes + recipient) pairs a past session was shared with for history.
     var historyShared: Set<[UInt8]> = []
+    /// Frames the spool in the state directory holds.
+    var spooledIDs: Set<FrameID> = []
     var saveTask: Task<Void, Never>?
 
     private init(configuration: Configuration, connection: NATSConnection, logStore: VerifiedLogStore, keyStore: ClientKeyStore?) {
@@ -132,6 +137,12 @@ public actor UnibusClient {
             for stored in keyStore.inbound() { keyring.restoreInbound(stored) }
             storedCursors = keyStore.cursors()
             historyShared = keyStore.historyShares()
+            // Frames a previous run sent (or spooled offline) and no node acknowledged: sent again on connect.
+            for frame in keyStore.spooled() {
+                unacknowledged.add(frame.id, UnacknowledgedFrames.Entry(room: frame.room, subject: frame.subject, frame: frame.frame,
+                                                                        sentAt: .now - .seconds(3600), sends: 0, sealedAt: frame.sealedAt))
+                spooledIDs.insert(frame.id)
+            }
         }
     }
 
@@ -177,6 +188,8 @@ public actor UnibusClient {
             }
         }
         try startReceipts()
+        // Frames spooled by an earlier run go out now (the connection is up already).
+        resendUnacknowledged(olderThan: nil)
         if keyStore != nil {
             saveTask = Task { [weak self] in
                 while !Task.isCancelled {
@@ -512,7 +525,8 @@ public actor UnibusClient {
             let others = (keyring.members[room] ?? []).subtracting([userNKey])
             if !others.isEmpty { try await share(fresh, room: room, with: others) }
         }
-        if info.policy.persist, unacknowledged.count >= configuration.maximumUnacknowledged {
+        if info.policy.persist, unacknowledged.count >= configuration.maximumUnacknowledged
+            || unacknowledged.bytes >= configuration.maximumUnacknowledgedBytes {
             throw ClientError.tooManyUnacknowledged(unacknowledged.count)
         }
         let frame: [UInt8]
@@ -629,8 +643,16 @@ public actor UnibusClient {
         var cursors: [String: UInt64] = [:]
         for room in cursorsChanged { cursors[room] = resumeCursor[room] }
         cursorsChanged = []
+        // The spool follows the unacknowledged frames (written each second and at close).
+        let held = Set(unacknowledged.entries.keys)
+        let adding = unacknowledged.inOrder.filter { !spooledIDs.contains($0.0) }.map {
+            ClientKeyStore.Spooled(id: $0.0, room: $0.1.room, subject: $0.1.subject, frame: $0.1.frame, sealedAt: $0.1.sealedAt)
+        }
+        let removing = spooledIDs.subtracting(held)
         do {
             try keyStore.save(inbound: keyring.takeUnsavedInbound(), replay: keyring.takeUnsavedReplayWindows(), cursors: cursors)
+            try keyStore.updateSpool(adding: adding, removing: Array(removing))
+            spooledIDs = held
         } catch {
             warnOnce("cannot save the client's keys in \(keyStore.path): \(error)")
         }

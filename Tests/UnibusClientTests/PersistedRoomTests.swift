@@ -227,6 +227,33 @@ struct PersistedRoomTests {
         await node.stop()
     }
 
+    @Test func theSpoolSurvivesAClientRestart() async throws {
+        let node = try await TestNode()
+        let state = NSTemporaryDirectory() + "unibus-spool-\(UUID().uuidString)"
+        var alice = try await node.client(node.alice) { $0.stateDirectory = state }
+        let bob = try await node.client(node.bob)
+        try await alice.createRoom(id: "log", subject: "rooms.log", policy: Self.policy)
+        try await alice.addMember(node.bob.userNKey, to: "log")
+        _ = try await alice.join("log")
+        let inbox = Inbox(try await bob.join("log"))
+        try await alice.publish(Array("online".utf8), to: "log")
+        // Offline: sent into the spool, then the client stops before any node saw them.
+        try await node.restart {
+            for number in 1...5 { _ = try await alice.send(Array("offline \(number)".utf8), to: "log") }
+            #expect(await alice.unacknowledgedCount == 5)
+            await alice.close()
+        }
+        // The next run sends them (the same frames) and they are stored and delivered, once each.
+        alice = try await node.client(node.alice) { $0.stateDirectory = state }
+        try await alice.waitForAllStored(timeout: .seconds(15))
+        #expect(node.frames.usage(of: "log").count == 6)
+        let texts = await inbox.wait(for: 6, seconds: 10)
+        #expect(texts == ["online"] + (1...5).map { "offline \($0)" }, "\(texts)")
+        await alice.close()
+        await bob.close()
+        await node.stop()
+    }
+
     @Test func retentionKeepsTheNewestFramesByCount() async throws {
         let node = try await TestNode()
         let alice = try await node.client(node.alice)
