@@ -111,6 +111,14 @@ public struct RouteLink: Sendable {
 
     /// Sends one `RDATA` frame on this link.
     public func send(_ data: [UInt8]) { connection.sendData(data) }
+
+    /// Returns once the link's outbound queue has room again (or it closed):
+    /// senders of long streams pace themselves with it.
+    public func whenWritable() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            connection.whenDrained { continuation.resume() }
+        }
+    }
 }
 
 /// The node layer's side of the cluster: membership replication rides on

@@ -263,16 +263,19 @@ public final class ControlPlane: Sendable {
             return .error(400, "the body must be {\"order\": \"newest\"|\"oldest\", \"before\"?, \"after\"?, \"since\"?, \"limit\"?}")
         }
         guard let found = state.rooms[room] else { return .error(404, "no room \(room)") }
+        guard found.archived == nil else { return .error(410, "room \(room) is archived: its history is gone") }
         guard let member = state.members[room]?[caller] else { return .error(403, "\(caller) is not a member of room \(room)") }
         guard found.policy.persist else { return .error(409, "room \(room) is not persisted: it has no history (an owner can change that with `unibus room policy --persist`)") }
         guard let frames = node.frames else { return .error(503, "this node keeps no frames (it runs without a data directory)") }
         // `joined`: nothing first stored before the caller joined. (Keys are
         // the real boundary: a newcomer gets sessions from its join on.)
-        let notBefore = found.policy.history == .joined ? (OperationTime.millis(member.joined) ?? UInt64.max) : 0
+        let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
+        let retained = now > UInt64(found.policy.retainAgeSeconds) * 1000 ? now - UInt64(found.policy.retainAgeSeconds) * 1000 : 0
+        // Nothing older than retention is served, even before the next retention pass deletes it.
+        let notBefore = max(retained, found.policy.history == .joined ? (OperationTime.millis(member.joined) ?? UInt64.max) : 0)
         let limit = min(max(request.limit ?? 100, 1), ControlAPI.HistoryRequest.maximumFrames)
         var since = request.since ?? 0
         if let within = request.within {
-            let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
             since = max(since, now > within ? now - within : 0)
         }
         let order: FrameStore.Order = request.order == .newest

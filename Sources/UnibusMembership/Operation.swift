@@ -35,6 +35,10 @@ public struct RoomPolicy: Codable, Equatable, Sendable {
     public var retainMessages: Int
     /// Who reads retained history (persisted rooms).
     public var history: HistoryVisibility
+    /// A persisted policy signed without retention (only possible in logs
+    /// from before persistence existed, where the rules refused it): kept
+    /// as signed, so such a log still loads, and refused again by the rules.
+    public private(set) var lacksRetention = false
 
     public static let defaultFrameWindowSeconds = 300
     public static let defaultRetainAgeSeconds = 7 * 24 * 3600
@@ -76,12 +80,14 @@ public struct RoomPolicy: Codable, Equatable, Sendable {
         rotateAfterMessages = try container.decode(Int.self, forKey: .rotateAfterMessages)
         rotateAfterSeconds = try container.decode(Int.self, forKey: .rotateAfterSeconds)
         frameWindowSeconds = try container.decodeIfPresent(Int.self, forKey: .frameWindowSeconds) ?? Self.defaultFrameWindowSeconds
-        if persist {
+        if persist, container.contains(.retainAgeSeconds) || container.contains(.retainBytes)
+            || container.contains(.retainMessages) || container.contains(.history) {
             retainAgeSeconds = try container.decode(Int.self, forKey: .retainAgeSeconds)
             retainBytes = try container.decode(Int.self, forKey: .retainBytes)
             retainMessages = try container.decode(Int.self, forKey: .retainMessages)
             history = try container.decode(HistoryVisibility.self, forKey: .history)
         } else {
+            lacksRetention = persist
             retainAgeSeconds = Self.defaultRetainAgeSeconds
             retainBytes = Self.defaultRetainBytes
             retainMessages = Self.defaultRetainMessages
@@ -98,7 +104,7 @@ public struct RoomPolicy: Codable, Equatable, Sendable {
         try container.encode(rotateAfterMessages, forKey: .rotateAfterMessages)
         try container.encode(rotateAfterSeconds, forKey: .rotateAfterSeconds)
         try container.encode(frameWindowSeconds, forKey: .frameWindowSeconds)
-        if persist {
+        if persist && !lacksRetention {
             try container.encode(retainAgeSeconds, forKey: .retainAgeSeconds)
             try container.encode(retainBytes, forKey: .retainBytes)
             try container.encode(retainMessages, forKey: .retainMessages)
@@ -128,6 +134,7 @@ public struct RoomPolicy: Codable, Equatable, Sendable {
             return "frame_window_seconds must be \(Self.frameWindowSecondsRange.lowerBound) to \(Self.frameWindowSecondsRange.upperBound) (a week)"
         }
         guard persist else { return nil }
+        if lacksRetention { return "a persisted room's policy must name its retention and history" }
         // Stored frames are identified by their Megolm (session, index) or
         // signed (stream, sequence): a plain frame has no identity to store by.
         if !encrypt && !sign { return "a persisted room must be encrypted or signed (plain frames have no identity to store and deduplicate by)" }

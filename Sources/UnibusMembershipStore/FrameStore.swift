@@ -85,6 +85,7 @@ public final class FrameStore: @unchecked Sendable {
                 UNIQUE (room, stream, idx, sender)
             );
             CREATE INDEX IF NOT EXISTS frames_by_age ON frames (room, first_stored, seq);
+            CREATE INDEX IF NOT EXISTS frames_by_room ON frames (room, seq);
             """)
         reader = try SQLiteDatabase(path: path, synchronous: synchronous)
         for row in try writer.query("SELECT room, COUNT(*), COALESCE(SUM(size), 0) FROM frames GROUP BY room") {
@@ -249,43 +250,51 @@ public final class FrameStore: @unchecked Sendable {
         return frames
     }
 
-    /// What `room` holds at or above `horizon`, as index ranges per stream
-    /// (for anti-entropy), in chunks of at most `maximumStreams` streams.
+    /// What `room` holds at or above `horizon`, as index ranges per sender
+    /// and stream (for anti-entropy), in parts that each fit one message.
     public func inventory(room: String, horizon: UInt64) throws -> [[FrameReplication.StreamRanges]] {
-        var streams: [[UInt8]: [UInt64]] = [:]
+        var streams: [[UInt8]: (sender: [UInt8], stream: [UInt8], indices: [UInt64])] = [:]
         var after: Int64 = 0
         while true {
             let rows = try readerLock.withLock {
-                try reader.query("SELECT seq, stream, idx FROM frames WHERE room = ? AND seq > ? AND first_stored >= ? ORDER BY seq LIMIT 5000",
-                                 [.text(room), .integer(after), .integer(Self.clamp(horizon))])
+                try reader.query("""
+                    SELECT seq, sender, stream, idx FROM frames WHERE room = ? AND seq > ? AND first_stored >= ? ORDER BY seq LIMIT 5000
+                    """, [.text(room), .integer(after), .integer(Self.clamp(horizon))])
             }
             guard !rows.isEmpty else { break }
             for row in rows {
-                guard let seq = row[0].integer, let stream = row[1].blob, let index = row[2].integer else { continue }
+                guard let seq = row[0].integer, let sender = row[1].blob, let stream = row[2].blob, let index = row[3].integer else { continue }
                 after = seq
-                streams[stream, default: []].append(UInt64(bitPattern: index))
+                streams[sender + stream, default: (sender, stream, [])].indices.append(UInt64(bitPattern: index))
             }
         }
-        var chunks: [[FrameReplication.StreamRanges]] = [[]]
-        for (stream, indices) in streams.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
-            var ranges = FrameReplication.StreamRanges.ranges(of: indices)
-            // A stream with more gaps than one message carries is announced in parts.
+        var parts: [[FrameReplication.StreamRanges]] = [[]]
+        var rangesInPart = 0
+        for (_, entry) in streams.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
+            var ranges = FrameReplication.StreamRanges.ranges(of: entry.indices)
+            // A stream with more gaps than one entry carries is announced in several.
             while !ranges.isEmpty {
-                let part = Array(ranges.prefix(FrameReplication.maximumRanges))
-                ranges.removeFirst(part.count)
-                if chunks[chunks.count - 1].count >= FrameReplication.maximumStreams { chunks.append([]) }
-                chunks[chunks.count - 1].append(FrameReplication.StreamRanges(stream: stream, ranges: part))
+                let piece = Array(ranges.prefix(FrameReplication.maximumRanges))
+                ranges.removeFirst(piece.count)
+                if parts[parts.count - 1].count >= FrameReplication.maximumStreams
+                    || rangesInPart + piece.count > FrameReplication.maximumRangesPerMessage {
+                    parts.append([])
+                    rangesInPart = 0
+                }
+                parts[parts.count - 1].append(FrameReplication.StreamRanges(sender: entry.sender, stream: entry.stream, ranges: piece))
+                rangesInPart += piece.count
             }
         }
-        return chunks
+        return parts
     }
 
-    /// Frames of `room` at or above `horizon` that `held` does not list,
-    /// oldest first, in pages (`after` is the last sequence of the previous page).
+    /// Frames of `room` at or above `horizon` that `held` (keyed by sender
+    /// and stream) does not list, oldest first, one page at a time (`after`
+    /// is the last sequence of the previous page).
     public func missing(room: String, held: [[UInt8]: FrameReplication.StreamRanges], horizon: UInt64,
                         after: Int64, limit: Int) throws -> (frames: [Stored], last: Int64?) {
         let page = try page(room: room, order: .oldestFirst(after: after, since: horizon), limit: limit, maxBytes: FrameReplication.maximumBatchBytes / 2)
-        let wanted = page.filter { stored in !(held[stored.id.stream]?.contains(stored.id.index) ?? false) }
+        let wanted = page.filter { stored in !(held[stored.sender + stored.id.stream]?.contains(stored.id.index) ?? false) }
         return (wanted, page.last?.sequence)
     }
 

@@ -51,7 +51,7 @@ public final class Node: Sendable {
             replicator = nil
         }
         persister?.attach(self)
-        persister?.refresh(membership.snapshot)
+        persister?.refresh()
     }
 
     /// Builds the broker configuration's authorizer for `store`.
@@ -115,7 +115,7 @@ public final class Node: Sendable {
     /// Closes the connections of users who lost access, re-authorizes every
     /// open connection, and tells the members of changed rooms.
     private func applyEffects(before: MembershipState, after: MembershipState, kind: String) async {
-        persister?.refresh(after)
+        persister?.refresh()
         for (key, user) in before.users where user.status == .active && after.users[key]?.status != .active {
             await broker.disconnect(userNKey: key)
         }

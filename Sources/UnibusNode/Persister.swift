@@ -19,9 +19,11 @@ public struct PersistenceConfiguration: Sendable {
     /// How long a batch waits for a peer's confirmation before its receipts
     /// are dropped (the publisher then sends the frames again).
     public var peerConfirmationTimeout: TimeInterval = 5
-    /// Frames waiting to be stored; beyond it, client publishes are not
-    /// stored (and not acknowledged: the publisher resends) and peers wait.
+    /// Frames, and bytes of them, waiting to be stored; beyond either,
+    /// client publishes and peers' batches are not stored (and not
+    /// acknowledged or confirmed: publishers resend, peers' publishers too).
     public var maximumQueuedFrames = 50_000
+    public var maximumQueuedBytes = 64 * 1024 * 1024
     /// How often retention runs over every persisted room.
     public var retentionInterval: TimeInterval = 30
 
@@ -75,8 +77,17 @@ final class Persister: PublishTap, @unchecked Sendable {
 
     // Guarded by `lock`.
     private var intake: [Intake] = []
+    /// Frames and bytes taken in and not yet processed (released after processing).
     private var queuedFrames = 0
+    private var queuedBytes = 0
     private var scheduled = false
+    /// Inventory parts received per peer and room, until the last part.
+    private var inventories: [String: [String: (horizon: UInt64, held: [[UInt8]: FrameReplication.StreamRanges], ranges: Int)]] = [:]
+    /// (peer, room) pairs answered on the current link: once each.
+    private var answered: Set<String> = []
+    /// Rooms waiting for an answer to a peer, and whether one is running.
+    private var answering: [String: (running: Bool, rooms: [(room: String, horizon: UInt64, held: [[UInt8]: FrameReplication.StreamRanges], link: RouteLink)])] = [:]
+    private var retentionTask: Task<Void, Never>?
     /// Persisted rooms by subject (what the broker taps).
     private var roomsBySubject: [String: String] = [:]
     /// Batches sent to peers, waiting for the first confirmation.
@@ -89,6 +100,8 @@ final class Persister: PublishTap, @unchecked Sendable {
 
     private struct Awaiting {
         let deadline: Date
+        /// Frames in the batch: a peer's confirmation counts only if it holds them all.
+        let expected: Int
         let receipts: [(publisher: String, receipt: DurabilityReceipt)]
     }
 
@@ -109,13 +122,29 @@ final class Persister: PublishTap, @unchecked Sendable {
         nextBatch = UInt64.random(in: 1...(1 << 48))
     }
 
-    func attach(_ node: Node) { nodeBox.withLockedValue { $0.node = node } }
+    func attach(_ node: Node) {
+        nodeBox.withLockedValue { $0.node = node }
+        // Retention runs on a timer, so a quiet room expires too.
+        let interval = configuration.retentionInterval
+        retentionTask = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(interval))
+                guard let self else { return }
+                self.queue.async { self.applyRetention() }
+            }
+        }
+    }
+
+    deinit { retentionTask?.cancel() }
 
     // MARK: rooms
 
-    /// Follows the membership state: taps the subjects of persisted open rooms.
-    func refresh(_ state: MembershipState) {
+    /// Follows the membership state: taps the subjects of persisted open
+    /// rooms. Reads the store's current state (effects of concurrent changes
+    /// may run in any order; the latest state always wins).
+    func refresh() {
         guard let node = currentNode else { return }
+        let state = node.membership.snapshot
         var bySubject: [String: String] = [:]
         for room in state.rooms.values where room.policy.persist && room.archived == nil {
             bySubject[room.subject] = room.id
@@ -136,9 +165,10 @@ final class Persister: PublishTap, @unchecked Sendable {
         let bytes = Array(payload.readableBytesView)
         let accepted = lock.withLock { () -> Bool in
             guard let room = roomsBySubject[subject] else { return false }
-            guard queuedFrames < configuration.maximumQueuedFrames else { return false }
+            guard queuedFrames < configuration.maximumQueuedFrames, queuedBytes + bytes.count <= configuration.maximumQueuedBytes else { return false }
             intake.append(.local(room: room, bytes: bytes, publisher: publisher))
             queuedFrames += 1
+            queuedBytes += bytes.count
             return true
         }
         if accepted { schedule() } else { statistics.droppedQueueFull.wrappingIncrement(ordering: .relaxed) }
@@ -155,38 +185,55 @@ final class Persister: PublishTap, @unchecked Sendable {
         }
         switch message {
         case .frames(let batch, let room, let frames):
-            // Peers wait (this link reads nothing more) while the queue is full.
-            var waited = 0
-            while lock.withLock({ queuedFrames >= configuration.maximumQueuedFrames }) && waited < 2000 {
-                try? await Task.sleep(for: .milliseconds(5))
-                waited += 1
-            }
-            lock.withLock {
+            // Never wait with the link's reads paused (its pings would go
+            // unanswered): over the bound, the batch is not taken and not
+            // confirmed, and its frames come again (resent by their publisher,
+            // or at the next catch-up).
+            let size = frames.reduce(0) { $0 + $1.bytes.count }
+            let taken = lock.withLock { () -> Bool in
+                guard queuedFrames + frames.count <= configuration.maximumQueuedFrames,
+                      queuedBytes + size <= configuration.maximumQueuedBytes else { return false }
                 intake.append(.replicated(room: room, frames: frames, batch: batch, link: link))
                 queuedFrames += frames.count
+                queuedBytes += size
+                return true
             }
-            schedule()
-        case .stored(let batch, _):
-            confirm(batch: batch, by: link.peer.serverID)
-        case .inventory(let room, let horizon, let streams):
-            queue.async { self.answerInventory(room: room, horizon: horizon, streams: streams, link: link) }
+            if taken { schedule() } else { statistics.droppedQueueFull.wrappingIncrement(by: frames.count, ordering: .relaxed) }
+        case .stored(let batch, let count):
+            confirm(batch: batch, count: count, by: link.peer.serverID)
+        case .inventory(let room, let horizon, let last, let streams):
+            takeInventory(room: room, horizon: horizon, last: last, streams: streams, from: link)
         }
     }
 
     /// A link opened: tell the peer what this node holds of each persisted
     /// room, so it sends what is missing here (and it does the same).
     func routeActivated(_ link: RouteLink) {
-        queue.async {
+        lock.withLock {
+            answered = answered.filter { !$0.hasPrefix(link.peer.serverID + "/") }
+            inventories[link.peer.serverID] = nil
+        }
+        Task {
             guard let node = self.currentNode else { return }
             let state = node.membership.snapshot
             let now = Self.nowMillis()
-            for room in state.rooms.values where room.policy.persist && room.archived == nil {
+            for room in state.rooms.values.sorted(by: { $0.id < $1.id }) where room.policy.persist && room.archived == nil {
                 guard let horizon = try? self.store.horizon(room: room.id, policy: room.policy, now: now),
-                      let chunks = try? self.store.inventory(room: room.id, horizon: horizon) else { continue }
-                for chunk in chunks {
-                    link.send(FrameReplication.inventory(room: room.id, horizon: horizon, streams: chunk).encoded)
+                      let parts = try? self.store.inventory(room: room.id, horizon: horizon) else { continue }
+                for (index, part) in parts.enumerated() {
+                    await link.whenWritable()
+                    link.send(FrameReplication.inventory(room: room.id, horizon: horizon, last: index == parts.count - 1, streams: part).encoded)
                 }
             }
+        }
+    }
+
+    /// A link closed: forget what its peer announced.
+    func routeClosed(_ peer: String) {
+        lock.withLock {
+            inventories[peer] = nil
+            answering[peer] = nil
+            answered = answered.filter { !$0.hasPrefix(peer + "/") }
         }
     }
 
@@ -206,12 +253,27 @@ final class Persister: PublishTap, @unchecked Sendable {
             let batch = lock.withLock { () -> [Intake] in
                 let taken = intake
                 intake.removeAll(keepingCapacity: true)
-                queuedFrames = 0
                 if taken.isEmpty { scheduled = false }
                 return taken
             }
             guard !batch.isEmpty else { break }
             process(batch)
+            // Released only now: what waits to be stored stays bounded while it is stored.
+            var frames = 0, bytes = 0
+            for item in batch {
+                switch item {
+                case .local(_, let payload, _):
+                    frames += 1
+                    bytes += payload.count
+                case .replicated(_, let carried, _, _):
+                    frames += carried.count
+                    bytes += carried.reduce(0) { $0 + $1.bytes.count }
+                }
+            }
+            lock.withLock {
+                queuedFrames -= frames
+                queuedBytes -= bytes
+            }
         }
         sweepAwaiting()
         if Date().timeIntervalSince(lastRetention) >= configuration.retentionInterval { applyRetention() }
@@ -230,21 +292,25 @@ final class Persister: PublishTap, @unchecked Sendable {
         let clock = Date()
         var accepted: [Accepted] = []
         var refusals: [String: [String: [DurabilityReceipt.Refusal]]] = [:]   // publisher → room → refusals
-        var confirmations: [(link: RouteLink, batch: UInt64, count: Int)] = []
+        /// Peers' batches to confirm, with how many of their frames are held here after this commit.
+        var confirmations: [(link: RouteLink, batch: UInt64, held: Int)] = []
 
         // Verification is the expensive part (an Ed25519 check per frame): spread it over the cores.
-        struct Job { let room: String; let bytes: [UInt8]; let publisher: String?; let firstStored: UInt64 }
+        struct Job { let room: String; let bytes: [UInt8]; let publisher: String?; let firstStored: UInt64; let confirmation: Int? }
         var jobs: [Job] = []
         for item in batch {
             switch item {
             case .local(let room, let bytes, let publisher):
-                jobs.append(Job(room: room, bytes: bytes, publisher: publisher, firstStored: now))
+                jobs.append(Job(room: room, bytes: bytes, publisher: publisher, firstStored: now, confirmation: nil))
             case .replicated(let room, let frames, let batch, let link):
-                guard let policy = state.rooms[room]?.policy,
-                      let horizon = try? store.horizon(room: room, policy: policy, now: now) else {
-                    if let link, batch != 0 { confirmations.append((link, batch, 0)) }
-                    continue
+                statistics.replicatedIn.wrappingIncrement(by: frames.count, ordering: .relaxed)
+                var confirmation: Int?
+                if let link, batch != 0 {
+                    confirmation = confirmations.count
+                    confirmations.append((link, batch, 0))
                 }
+                guard let policy = state.rooms[room]?.policy,
+                      let horizon = try? store.horizon(room: room, policy: policy, now: now) else { continue }
                 for frame in frames {
                     // Catch-up never brings back what retention removed; a
                     // peer's clock cannot make a frame outlive retention either.
@@ -253,10 +319,8 @@ final class Persister: PublishTap, @unchecked Sendable {
                         statistics.expired.wrappingIncrement(ordering: .relaxed)
                         continue
                     }
-                    jobs.append(Job(room: room, bytes: frame.bytes, publisher: nil, firstStored: first))
+                    jobs.append(Job(room: room, bytes: frame.bytes, publisher: nil, firstStored: first, confirmation: confirmation))
                 }
-                if let link, batch != 0 { confirmations.append((link, batch, frames.count)) }
-                statistics.replicatedIn.wrappingIncrement(by: frames.count, ordering: .relaxed)
             }
         }
         var verdicts = [Result<VerifiedFrame, FrameStorageError>?](repeating: nil, count: jobs.count)
@@ -283,17 +347,22 @@ final class Persister: PublishTap, @unchecked Sendable {
             for index in jobs.indices { verdicts[index] = verify(index) }
         }
 
+        var acceptedConfirmation: [Int?] = []
         for (index, job) in jobs.enumerated() {
             guard let verdict = verdicts[index] else { continue }
             switch verdict {
             case .success(let frame):
                 if let publisher = job.publisher, let problem = chargeQuota(room: job.room, sender: publisher, bytes: frame.bytes.count, at: clock) {
-                    statistics.refused.wrappingIncrement(ordering: .relaxed)
-                    refusals[publisher, default: [:]][job.room, default: []].append(DurabilityReceipt.Refusal(frame.id, error: problem))
-                    continue
+                    // A resend of a frame held already is no new storage: it is acknowledged, not refused.
+                    if (try? store.contains(room: job.room, id: frame.id, sender: frame.sender)) != true {
+                        statistics.refused.wrappingIncrement(ordering: .relaxed)
+                        refusals[publisher, default: [:]][job.room, default: []].append(DurabilityReceipt.Refusal(frame.id, error: problem))
+                        continue
+                    }
                 }
                 accepted.append(Accepted(insert: FrameStore.Insert(room: job.room, frame: frame, firstStored: job.firstStored),
                                          publisher: job.publisher))
+                acceptedConfirmation.append(job.confirmation)
             case .failure(let error):
                 statistics.refused.wrappingIncrement(ordering: .relaxed)
                 if let publisher = job.publisher, let frame = try? FrameVerifier.verify(job.bytes, policy: state.rooms[job.room]?.policy ?? RoomPolicy()) {
@@ -315,11 +384,19 @@ final class Persister: PublishTap, @unchecked Sendable {
                 return
             }
         }
-        for new in results {
-            if new { statistics.stored.wrappingIncrement(ordering: .relaxed) } else { statistics.duplicates.wrappingIncrement(ordering: .relaxed) }
+        for (index, new) in results.enumerated() {
+            if new { statistics.stored.wrappingIncrement(ordering: .relaxed) } else {
+                statistics.duplicates.wrappingIncrement(ordering: .relaxed)
+                // Duplicates take no storage: what they were charged is given back.
+                if let publisher = accepted[index].publisher { refundQuota(room: accepted[index].insert.room, sender: publisher,
+                                                                           bytes: accepted[index].insert.frame.bytes.count) }
+            }
+            if let confirmation = acceptedConfirmation[index] { confirmations[confirmation].held += 1 }
         }
-        for (link, batch, count) in confirmations {
-            link.send(FrameReplication.stored(batch: batch, count: count).encoded)
+        // A peer's batch is confirmed with how many of its frames this node
+        // now holds; the sender counts it only if that is all of them.
+        for (link, batch, held) in confirmations {
+            link.send(FrameReplication.stored(batch: batch, count: held).encoded)
         }
         for (publisher, rooms) in refusals {
             for (room, refused) in rooms {
@@ -374,7 +451,7 @@ final class Persister: PublishTap, @unchecked Sendable {
                 var receipts: [String: [DurabilityReceipt.Entry]] = [:]
                 for item in slice { if let publisher = item.publisher { receipts[publisher, default: []].append(DurabilityReceipt.Entry(item.insert.frame.id)) } }
                 lock.withLock {
-                    awaiting[batch] = Awaiting(deadline: Date().addingTimeInterval(configuration.peerConfirmationTimeout),
+                    awaiting[batch] = Awaiting(deadline: Date().addingTimeInterval(configuration.peerConfirmationTimeout), expected: slice.count,
                                                receipts: receipts.map { ($0.key, DurabilityReceipt(room: room, node: node.broker.serverID,
                                                                                                    durability: .peer, peer: nil, stored: $0.value, refused: [])) })
                 }
@@ -387,8 +464,14 @@ final class Persister: PublishTap, @unchecked Sendable {
         }
     }
 
-    private func confirm(batch: UInt64, by peer: String) {
-        guard let waiting = lock.withLock({ awaiting.removeValue(forKey: batch) }) else { return }
+    private func confirm(batch: UInt64, count: Int, by peer: String) {
+        // A peer that holds only part of the batch (it refused some: its
+        // membership may lag) confirms nothing; the publisher resends.
+        guard let waiting = lock.withLock({ () -> Awaiting? in
+            guard let waiting = awaiting[batch], count >= waiting.expected else { return nil }
+            awaiting[batch] = nil
+            return waiting
+        }) else { return }
         for (publisher, receipt) in waiting.receipts {
             var confirmed = receipt
             confirmed.peer = peer
@@ -411,6 +494,15 @@ final class Persister: PublishTap, @unchecked Sendable {
         node.broker.publish(subject: ReservedNamespace.receiptSubject(for: publisher), payload: receipt.encoded)
     }
 
+    /// Gives back what a frame that turned out to be a duplicate was charged.
+    private func refundQuota(room: String, sender: String, bytes: Int) {
+        let key = QuotaKey(room: room, sender: sender)
+        guard var window = quotas[key] else { return }
+        window.messages = max(0, window.messages - 1)
+        window.bytes = max(0, window.bytes - bytes)
+        quotas[key] = window
+    }
+
     /// Charges one frame to its sender's quota in `room`; the problem when over it.
     private func chargeQuota(room: String, sender: String, bytes: Int, at now: Date) -> FrameStorageError? {
         let key = QuotaKey(room: room, sender: sender)
@@ -429,27 +521,71 @@ final class Persister: PublishTap, @unchecked Sendable {
         return nil
     }
 
-    // MARK: anti-entropy (on `queue`)
+    // MARK: anti-entropy
 
-    private func answerInventory(room: String, horizon: UInt64, streams: [FrameReplication.StreamRanges], link: RouteLink) {
-        guard let node = currentNode else { return }
-        guard let policy = node.membership.snapshot.rooms[room]?.policy, policy.persist else { return }
-        var held: [[UInt8]: FrameReplication.StreamRanges] = [:]
-        for stream in streams {
-            if let known = held[stream.stream] {
-                held[stream.stream] = FrameReplication.StreamRanges(stream: stream.stream, ranges: known.ranges + stream.ranges)
-            } else {
-                held[stream.stream] = stream
+    /// One part of a peer's inventory of `room`; after the last part, the
+    /// frames it lacks are sent (once per room and link, one room at a time
+    /// per peer, paced by the link's outbound queue).
+    private func takeInventory(room: String, horizon: UInt64, last: Bool, streams: [FrameReplication.StreamRanges], from link: RouteLink) {
+        let peer = link.peer.serverID
+        let complete: (horizon: UInt64, held: [[UInt8]: FrameReplication.StreamRanges])? = lock.withLock {
+            guard !answered.contains(peer + "/" + room) else { return nil }
+            var entry = inventories[peer]?[room] ?? (horizon, [:], 0)
+            for stream in streams {
+                entry.held[stream.key] = entry.held[stream.key].map { $0.merged(with: stream) } ?? stream
+                entry.ranges += stream.ranges.count
             }
+            // A peer that announces without end cannot grow this node's memory without bound.
+            guard entry.ranges <= 4_000_000, (inventories[peer]?.count ?? 0) <= 10_000 else {
+                inventories[peer]?[room] = nil
+                return nil
+            }
+            guard last else {
+                inventories[peer, default: [:]][room] = entry
+                return nil
+            }
+            inventories[peer]?[room] = nil
+            answered.insert(peer + "/" + room)
+            return (entry.horizon, entry.held)
         }
+        guard let complete else { return }
+        let start = lock.withLock { () -> Bool in
+            var state = answering[peer] ?? (false, [])
+            state.rooms.append((room, complete.horizon, complete.held, link))
+            let start = !state.running
+            state.running = true
+            answering[peer] = state
+            return start
+        }
+        guard start else { return }
+        Task { await self.answerInventories(of: peer) }
+    }
+
+    private func answerInventories(of peer: String) async {
+        while let next = lock.withLock({ () -> (room: String, horizon: UInt64, held: [[UInt8]: FrameReplication.StreamRanges], link: RouteLink)? in
+            guard var state = answering[peer], !state.rooms.isEmpty else {
+                answering[peer] = nil
+                return nil
+            }
+            let next = state.rooms.removeFirst()
+            answering[peer] = state
+            return next
+        }) {
+            await answerInventory(room: next.room, horizon: next.horizon, held: next.held, link: next.link)
+        }
+    }
+
+    private func answerInventory(room: String, horizon: UInt64, held: [[UInt8]: FrameReplication.StreamRanges], link: RouteLink) async {
+        guard let node = currentNode, let policy = node.membership.snapshot.rooms[room]?.policy, policy.persist else { return }
         // Never below the receiver's horizon, nor below this node's own.
         let own = (try? store.horizon(room: room, policy: policy, now: Self.nowMillis())) ?? horizon
         var after: Int64 = 0
         var sent = 0
-        while true {
+        while lock.withLock({ answering[link.peer.serverID] != nil }) {
             guard let (frames, last) = try? store.missing(room: room, held: held, horizon: max(horizon, own), after: after, limit: 500),
                   let last else { break }
             if !frames.isEmpty {
+                await link.whenWritable()
                 link.send(FrameReplication.frames(batch: 0, room: room, frames: frames.map {
                     FrameReplication.CarriedFrame(firstStored: $0.firstStored, bytes: $0.bytes)
                 }).encoded)

@@ -80,6 +80,7 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
     }
 
     func routeClosed(_ peer: RouteInfo) async {
+        node?.persister?.routeClosed(peer.serverID)
         lock.withLock {
             _ = incoming.removeValue(forKey: peer.serverID)
             answeredSync.remove(peer.serverID)

@@ -12,8 +12,8 @@ import UnibusMembership
 /// "UF" | version (1) | type (1) | body
 ///   1 frames:    batch (8) | room length (1) | room | count (2) | count × (first stored ms (8) | length (4) | frame)
 ///   2 stored:    batch (8) | count (2)
-///   3 inventory: room length (1) | room | horizon ms (8) | stream count (2) |
-///                stream count × (stream length (1) | stream | range count (2) | range count × (from (8) | to (8)))
+///   3 inventory: room length (1) | room | horizon ms (8) | last (1) | entry count (2) |
+///                entry count × (sender (32) | stream length (1) | stream | range count (2) | range count × (from (8) | to (8)))
 /// ```
 /// All integers are big-endian. A batch id of 0 asks for no confirmation
 /// (anti-entropy); any other id is answered with `stored` once the frames
@@ -24,10 +24,11 @@ public enum FrameReplication: Equatable, Sendable {
     case frames(batch: UInt64, room: String, frames: [CarriedFrame])
     /// The receiver made batch `batch` durable (`count` frames were new or known).
     case stored(batch: UInt64, count: Int)
-    /// What the sender holds of `room` (index ranges per stream), and the
-    /// oldest first-stored time it keeps (`horizon`): the peer sends what is
-    /// missing at or above that horizon, never below.
-    case inventory(room: String, horizon: UInt64, streams: [StreamRanges])
+    /// What the sender holds of `room` (index ranges per sender and stream),
+    /// and the oldest first-stored time it keeps (`horizon`): the peer sends
+    /// what is missing at or above that horizon, never below. A long
+    /// inventory comes in parts; the peer answers once, after the `last`.
+    case inventory(room: String, horizon: UInt64, last: Bool, streams: [StreamRanges])
 
     public static let magic: [UInt8] = [0x55, 0x46]   // "UF"
     public static let version: UInt8 = 1
@@ -35,6 +36,9 @@ public enum FrameReplication: Equatable, Sendable {
     public static let maximumBatchBytes = 8 * 1024 * 1024
     public static let maximumStreams = 2000
     public static let maximumRanges = 4096
+    /// Ranges in one inventory message over all its entries (16 bytes each:
+    /// about 3 MiB, far below a route's largest data frame).
+    public static let maximumRangesPerMessage = 200_000
 
     public struct CarriedFrame: Equatable, Sendable {
         public let firstStored: UInt64
@@ -46,12 +50,34 @@ public enum FrameReplication: Equatable, Sendable {
     }
 
     public struct StreamRanges: Equatable, Sendable {
+        /// Whose frames (the envelope's sender): a copy re-wrapped by another
+        /// member is another entry, so it can never stand in for the real one.
+        public let sender: [UInt8]
         public let stream: [UInt8]
         /// Closed ranges of indices held, ascending and disjoint.
         public let ranges: [ClosedRange<UInt64>]
-        public init(stream: [UInt8], ranges: [ClosedRange<UInt64>]) {
+        public init(sender: [UInt8], stream: [UInt8], ranges: [ClosedRange<UInt64>]) {
+            self.sender = sender
             self.stream = stream
             self.ranges = ranges
+        }
+
+        /// The key of this entry (sender, then stream).
+        public var key: [UInt8] { sender + stream }
+
+        /// This entry and `other` (same sender and stream) as one, ranges merged.
+        public func merged(with other: StreamRanges) -> StreamRanges {
+            var all = (ranges + other.ranges).sorted { $0.lowerBound < $1.lowerBound }
+            var result: [ClosedRange<UInt64>] = []
+            for range in all {
+                if let last = result.last, range.lowerBound <= last.upperBound || (last.upperBound < .max && range.lowerBound == last.upperBound + 1) {
+                    result[result.count - 1] = last.lowerBound...max(last.upperBound, range.upperBound)
+                } else {
+                    result.append(range)
+                }
+            }
+            all = []
+            return StreamRanges(sender: sender, stream: stream, ranges: result)
         }
 
         public func contains(_ index: UInt64) -> Bool {
@@ -100,12 +126,14 @@ public enum FrameReplication: Equatable, Sendable {
             out.append(2)
             Self.put(batch, into: &out)
             Self.put(UInt16(clamping: count), into: &out)
-        case .inventory(let room, let horizon, let streams):
+        case .inventory(let room, let horizon, let last, let streams):
             out.append(3)
             Self.putShort(room.utf8, into: &out)
             Self.put(horizon, into: &out)
+            out.append(last ? 1 : 0)
             Self.put(UInt16(clamping: streams.count), into: &out)
             for stream in streams.prefix(Int(UInt16.max)) {
+                out += stream.sender.count == 32 ? stream.sender : [UInt8](repeating: 0, count: 32)
                 Self.putShort(stream.stream, into: &out)
                 Self.put(UInt16(clamping: stream.ranges.count), into: &out)
                 for range in stream.ranges.prefix(Int(UInt16.max)) {
@@ -147,15 +175,23 @@ public enum FrameReplication: Equatable, Sendable {
         case 3:
             let room = try reader.room()
             let horizon = try reader.uint64()
+            let lastByte = try reader.byte()
+            guard lastByte <= 1 else { throw .malformed("an inventory's last flag must be 0 or 1") }
             let count = Int(try reader.uint16())
             guard count <= Self.maximumStreams else { throw .malformed("more than \(Self.maximumStreams) streams in one inventory") }
             var streams: [StreamRanges] = []
+            var total = 0
             for _ in 0..<count {
+                let sender = try reader.bytes(32)
                 let length = Int(try reader.byte())
                 guard length == 16 || length == 32 else { throw .malformed("a stream id of \(length) bytes") }
                 let stream = try reader.bytes(length)
                 let rangeCount = Int(try reader.uint16())
                 guard rangeCount <= Self.maximumRanges else { throw .malformed("more than \(Self.maximumRanges) ranges for one stream") }
+                total += rangeCount
+                guard total <= Self.maximumRangesPerMessage else {
+                    throw .malformed("more than \(Self.maximumRangesPerMessage) ranges in one inventory")
+                }
                 var ranges: [ClosedRange<UInt64>] = []
                 for _ in 0..<rangeCount {
                     let from = try reader.uint64(), to = try reader.uint64()
@@ -164,9 +200,9 @@ public enum FrameReplication: Equatable, Sendable {
                     }
                     ranges.append(from...to)
                 }
-                streams.append(StreamRanges(stream: stream, ranges: ranges))
+                streams.append(StreamRanges(sender: sender, stream: stream, ranges: ranges))
             }
-            self = .inventory(room: room, horizon: horizon, streams: streams)
+            self = .inventory(room: room, horizon: horizon, last: lastByte == 1, streams: streams)
         default:
             throw .malformed("unknown frame replication type \(type)")
         }

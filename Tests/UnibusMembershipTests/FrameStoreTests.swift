@@ -112,21 +112,35 @@ struct FrameStoreTests {
         }
         #expect(newest == Array((0..<25).reversed()).map(UInt64.init))
         // A peer holding 0-9 and 20: it lacks 10-19 and 21-24.
-        let stream = try FrameVerifier.verify(all[0], room: "p", in: state).id.stream
-        let held = [stream: FrameReplication.StreamRanges(stream: stream, ranges: FrameReplication.StreamRanges.ranges(of: Array(0...9) + [20]))]
-        let missing = try store.missing(room: "p", held: held, horizon: 0, after: 0, limit: 100)
-        #expect(missing.frames.map(\.id.index) == Array(10...19) + Array(21...24))
+        let first = try FrameVerifier.verify(all[0], room: "p", in: state)
+        let entry = FrameReplication.StreamRanges(sender: first.sender, stream: first.id.stream,
+                                                  ranges: FrameReplication.StreamRanges.ranges(of: Array(0...9) + [20]))
+        let missing = try store.missing(room: "p", held: [entry.key: entry], horizon: 0, after: 0, limit: 100)
+        #expect(missing.frames.map { $0.id.index } == Array(10...19) + Array(21...24))
+        // The same indices held from another sender (a re-wrapped copy) do not count.
+        let other = FrameReplication.StreamRanges(sender: admin.signing.publicKey.bytes, stream: first.id.stream, ranges: [0...24])
+        #expect(try store.missing(room: "p", held: [other.key: other], horizon: 0, after: 0, limit: 100).frames.count == 25)
         let inventory = try store.inventory(room: "p", horizon: 0)
-        #expect(inventory.count == 1 && inventory[0].first?.ranges == [0...24])
+        #expect(inventory.count == 1 && inventory[0].first?.ranges == [0...24] && inventory[0].first?.sender == first.sender)
         // Nothing below the receiver's horizon is offered.
         #expect(try store.missing(room: "p", held: [:], horizon: now + 1, after: 0, limit: 100).frames.isEmpty)
+    }
+
+    @Test func mergedInventoryEntriesStaySortedAndDisjoint() {
+        let a = FrameReplication.StreamRanges(sender: [1], stream: [2], ranges: [10...12, 20...30])
+        let b = FrameReplication.StreamRanges(sender: [1], stream: [2], ranges: [0...3, 13...15, 25...40])
+        let merged = a.merged(with: b)
+        #expect(merged.ranges == [0...3, 10...15, 20...40])
+        for index: UInt64 in [0, 3, 10, 15, 20, 40] { #expect(merged.contains(index)) }
+        for index: UInt64 in [4, 9, 16, 19, 41] { #expect(!merged.contains(index)) }
     }
 
     @Test func hostileReplicationMessagesAreRefusedByName() throws {
         let frame = try frames(1, by: alice)[0]
         let good = FrameReplication.frames(batch: 3, room: "p", frames: [.init(firstStored: 5, bytes: frame)])
         #expect(try FrameReplication(decoding: good.encoded) == good)
-        let inventory = FrameReplication.inventory(room: "p", horizon: 9, streams: [.init(stream: Array(frame[36..<68]), ranges: [0...4, 7...7])])
+        let inventory = FrameReplication.inventory(room: "p", horizon: 9, last: true,
+                                                   streams: [.init(sender: alice.signing.publicKey.bytes, stream: Array(frame[36..<68]), ranges: [0...4, 7...7])])
         #expect(try FrameReplication(decoding: inventory.encoded) == inventory)
         var cases: [([UInt8], String)] = []
         // Truncated at every length.
@@ -140,10 +154,16 @@ struct FrameStoreTests {
         cases.append((many, "more than"))
         cases.append((good.encoded + [0], "trailing"))
         cases.append((FrameReplication.frames(batch: 1, room: "bad room", frames: []).encoded, "room id"))
-        var overlapping = Array(FrameReplication.inventory(room: "p", horizon: 0, streams: [.init(stream: Array(repeating: 1, count: 16), ranges: [0...4, 6...8])]).encoded)
+        var overlapping = Array(FrameReplication.inventory(room: "p", horizon: 0, last: true,
+                                                           streams: [.init(sender: Array(repeating: 2, count: 32), stream: Array(repeating: 1, count: 16),
+                                                                           ranges: [0...4, 6...8])]).encoded)
         overlapping[overlapping.count - 16 + 7] = 3   // second range starts at 3, inside the first
         cases.append((overlapping, "ascending"))
         cases.append(([0x55, 0x46, 9, 1], "version 9"))
+        // An inventory's last flag is 0 or 1.
+        var flag = inventory.encoded
+        flag[4 + 2 + 8] = 7
+        cases.append((flag, "last flag"))
         for (bytes, words) in cases {
             #expect(throws: FrameReplicationError.self) { try FrameReplication(decoding: bytes) }
             do { _ = try FrameReplication(decoding: bytes) } catch { #expect("\(error)".contains(words), "\(error)") }

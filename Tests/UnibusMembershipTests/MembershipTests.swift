@@ -113,9 +113,13 @@ struct MembershipStateTests {
         let text = String(decoding: try encoder.encode(persisted), as: UTF8.self)
         #expect(text.contains(#""history":"joined""#) && text.contains(#""retainMessages":1000000"#))
         #expect(try JSONDecoder().decode(RoomPolicy.self, from: Data(text.utf8)) == persisted)
-        // A persisted policy without retention is not a policy (no silent defaults in signed bytes).
+        // A persisted policy without retention (what an old node signed when
+        // persistence was refused) still decodes to the same bytes, so old logs
+        // load, and the rules refuse it as they did then.
         let missing = old.replacingOccurrences(of: #""persist":false"#, with: #""persist":true"#)
-        #expect(throws: DecodingError.self) { try JSONDecoder().decode(RoomPolicy.self, from: Data(missing.utf8)) }
+        let legacy = try JSONDecoder().decode(RoomPolicy.self, from: Data(missing.utf8))
+        #expect(String(decoding: try encoder.encode(legacy), as: UTF8.self) == missing)
+        #expect(legacy.problem == "a persisted room's policy must name its retention and history")
     }
 
     @Test func roomValidation() throws {

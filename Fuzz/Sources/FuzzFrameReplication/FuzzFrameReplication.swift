@@ -32,7 +32,7 @@ public func fuzzFrameReplication(_ data: UnsafePointer<UInt8>, _ size: Int) -> C
     switch message {
     case .frames(_, let room, let frames):
         for frame in frames { _ = try? FrameVerifier.verify(frame.bytes, room: room, in: state) }
-    case .inventory(_, _, let streams):
+    case .inventory(_, _, _, let streams):
         for stream in streams {
             for range in stream.ranges {
                 guard stream.contains(range.lowerBound), stream.contains(range.upperBound) else {
