@@ -236,6 +236,12 @@ extension UnibusClient {
         }
         for refusal in receipt.refused {
             guard let id = refusal.frameID, unacknowledged.entries[id]?.room == receipt.room else { continue }
+            if refusal.code == FrameStorageError.overQuota("").code {
+                // A quota passes: the frame is kept and sent again after the acknowledgement timeout.
+                unacknowledged.markSent(id, at: .now)
+                warnOnce("room \(receipt.room): \(refusal.reason); holding frames and sending them again")
+                continue
+            }
             unacknowledged.refuse(id, error: ClientError.notStored(room: receipt.room, reason: refusal.reason))
         }
     }
@@ -269,11 +275,19 @@ extension UnibusClient {
 
     // MARK: resuming
 
+    /// Keeps `room`'s cursor where it is until the next resume (the
+    /// connection broke: what follows must be asked from the store).
+    func freezeCursor(_ room: String) {
+        if resumeCursor[room] != nil { frozenCursors.insert(room) }
+    }
+
     /// What the node stored in `room` from shortly before this client's last
     /// delivery on, opened as stored frames (what was delivered already is
     /// dropped by the replay windows), in the node's order.
     func resume(_ room: String) async -> [OpenedFrame] {
         guard let cursor = resumeCursor[room], !closed else { return [] }
+        // Live deliveries move the cursor again once the gap was asked for.
+        defer { frozenCursors.remove(room) }
         let now = Self.nowMillis()
         let margin = UInt64(max(0, configuration.resumeMargin.components.seconds)) * 1000
             + UInt64(max(0, configuration.resumeMargin.components.attoseconds / 1_000_000_000_000_000))
@@ -290,7 +304,9 @@ extension UnibusClient {
             node = page.node
             for stored in page.frames {
                 guard let bytes = try? Base64.decode(stored.frame) else { continue }
-                if case .success(let frame) = await receive(bytes, room: room, arrival: .stored) { opened.append(frame) }
+                if case .success(let frame) = await receive(bytes, room: room, arrival: .stored(firstStored: stored.firstStored)) {
+                    opened.append(frame)
+                }
             }
             guard let next = page.next, !page.frames.isEmpty, !closed else { break }
             after = next
@@ -332,9 +348,15 @@ extension UnibusClient {
         }
         if newest { collected.reverse() }
         var result = History(messages: [], unreadable: [:])
+        var seen: Set<[UInt8]> = []
         for stored in collected.prefix(wanted) {
             guard let bytes = try? Base64.decode(stored.frame) else {
                 result.unreadable[.malformed, default: 0] += 1
+                continue
+            }
+            // A node that repeats a frame (across pages, say) does not make it appear twice.
+            if let id = try? FrameVerifier.verify(bytes, policy: keyring.rooms[room]?.policy ?? RoomPolicy()),
+               !seen.insert(id.sender + id.id.stream + withUnsafeBytes(of: id.id.index.bigEndian, Array.init)).inserted {
                 continue
             }
             switch keyring.open(bytes, room: room, now: Self.nowMillis(), arrival: .history) {

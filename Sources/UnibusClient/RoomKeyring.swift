@@ -356,13 +356,14 @@ public final class RoomKeyring {
     }
 
     /// How a frame reached the client.
-    public enum Arrival: Sendable {
+    public enum Arrival: Sendable, Equatable {
         /// On the room's subject, now: every check, and it is recorded (replay).
         case live
-        /// From a node's store while resuming after a reconnect: like `live`
-        /// but without the time window (it may have waited in the store);
-        /// the replay window still drops what was delivered already.
-        case stored
+        /// From a node's store while resuming (first stored at `firstStored`,
+        /// ms): like `live`, but its sender's time is judged against when it
+        /// was stored rather than now (it may have waited there); the replay
+        /// window still drops what was delivered already.
+        case stored(firstStored: UInt64)
         /// Read back as history: nothing is recorded, no replay or time
         /// check (the reader asked for old frames), and a sender who has
         /// since left still counts when its session came in a verified share.
@@ -446,9 +447,17 @@ public final class RoomKeyring {
         do { inner = try InnerFrame(decoding: innerBytes) } catch { return .failure(.malformed) }
         guard inner.room == room else { return .failure(.wrongRoom) }
         // Both timestamps may be anything a sender wrote: compare by distance, which cannot overflow.
-        if case .live = arrival {
+        switch arrival {
+        case .live:
             let distance = inner.timestamp > now ? inner.timestamp - now : now - inner.timestamp
             guard distance <= Self.milliseconds(info.policy.frameWindowSeconds) else { return .failure(.outsideWindow) }
+        case .stored(let firstStored):
+            // A frame back-dated by its sender (which live receivers refuse)
+            // is refused from the store too.
+            let distance = inner.timestamp > firstStored ? inner.timestamp - firstStored : firstStored - inner.timestamp
+            guard distance <= Self.milliseconds(info.policy.frameWindowSeconds) else { return .failure(.outsideWindow) }
+        case .history:
+            break
         }
         var body = inner.body
         if inner.compressed {

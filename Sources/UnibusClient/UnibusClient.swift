@@ -114,6 +114,8 @@ public actor UnibusClient {
     /// Per persisted room joined: when (client clock, ms) a frame was last
     /// delivered, which is where a resume asks the store from.
     var resumeCursor: [String: UInt64] = [:]
+    /// Rooms whose cursor stays where it was when the connection broke.
+    var frozenCursors: Set<String> = []
 
     /// Sessions, replay windows and cursors between runs (with a state directory).
     let keyStore: ClientKeyStore?
@@ -343,7 +345,7 @@ public actor UnibusClient {
         }
     }
 
-    private func warnOnce(_ message: String) {
+    func warnOnce(_ message: String) {
         guard warned.count < 1000, warned.insert(message).inserted else { return }
         configuration.warn?(message)
     }
@@ -592,7 +594,8 @@ public actor UnibusClient {
         switch result {
         case .success:
             delivered += 1
-            if resumeCursor[room] != nil {
+            // Frozen from a disconnect until the store was asked for the gap.
+            if resumeCursor[room] != nil, !frozenCursors.contains(room) {
                 resumeCursor[room] = Self.nowMillis()
                 if keyStore != nil { cursorsChanged.insert(room) }
             }
@@ -739,6 +742,8 @@ public struct RoomMessages: AsyncSequence, Sendable {
 
     enum Input: Sendable {
         case live(NATSMessage)
+        /// The connection broke: hold live frames until the store was asked.
+        case hold
         /// Ask the store for what was missed (after a reconnect).
         case resume
     }
@@ -764,7 +769,11 @@ public struct RoomMessages: AsyncSequence, Sendable {
         // frames that were still on their way into the node's store then.
         let watch = Task {
             for await event in events {
-                guard case .connected = event else { continue }
+                if case .disconnected = event {
+                    await client.freezeCursor(room)
+                    continuation.yield(.hold)
+                    continue
+                }
                 continuation.yield(.resume)
                 try? await Task.sleep(for: .milliseconds(300))
                 continuation.yield(.resume)
@@ -785,7 +794,13 @@ public struct RoomMessages: AsyncSequence, Sendable {
         let room: String
         var direct: AsyncStream<NATSMessage>.AsyncIterator?
         var base: AsyncStream<Input>.AsyncIterator?
+        /// Frames ready to hand out, from `next` on.
         var pending: [OpenedFrame] = []
+        var next = 0
+        /// Live messages held since the connection broke, opened after the
+        /// store's frames so every sender's frames come in order.
+        var held: [NATSMessage] = []
+        var holding = false
 
         public mutating func next() async -> OpenedFrame? {
             if direct != nil {
@@ -795,13 +810,37 @@ public struct RoomMessages: AsyncSequence, Sendable {
                 return nil
             }
             while true {
-                if !pending.isEmpty { return pending.removeFirst() }
+                if next < pending.count {
+                    defer {
+                        next += 1
+                        if next == pending.count {
+                            pending = []
+                            next = 0
+                        }
+                    }
+                    return pending[next]
+                }
                 guard let input = await base?.next() else { return nil }
                 switch input {
                 case .live(let message):
+                    // Bounded: past it, the store will answer for what is dropped from holding.
+                    if holding && held.count < 100_000 {
+                        held.append(message)
+                        continue
+                    }
                     if case .success(let frame) = await client.receive(message.payload, room: room) { return frame }
+                case .hold:
+                    holding = true
                 case .resume:
                     pending = await client.resume(room)
+                    next = 0
+                    if holding {
+                        for message in held {
+                            if case .success(let frame) = await client.receive(message.payload, room: room) { pending.append(frame) }
+                        }
+                        held = []
+                        holding = false
+                    }
                 }
             }
         }

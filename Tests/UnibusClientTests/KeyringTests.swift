@@ -102,6 +102,22 @@ struct KeyringTests {
         #expect(throws: Never.self) { try receiver.open(edge, room: "ops", now: now).get() }
     }
 
+    @Test func storedFramesAreJudgedByWhenTheyWereStoredHistoryByNothing() throws {
+        let (sender, receiver, _) = pair()
+        let window = UInt64(RoomPolicy.defaultFrameWindowSeconds) * 1000
+        // Sent an hour ago, stored then: delivered when resuming now (it waited in the store).
+        let old = try seal(sender, "an hour ago", at: now - 3_600_000)
+        #expect(rejection(receiver.open(old, room: "ops", now: now)) == .outsideWindow)
+        #expect(rejection(receiver.open(old, room: "ops", now: now, arrival: .stored(firstStored: now - 3_600_000 + 50))) == nil)
+        // Back-dated by its sender (stored now, dated an hour ago): refused from the store too.
+        let backDated = try seal(sender, "back-dated", at: now - window - 1)
+        #expect(rejection(receiver.open(backDated, room: "ops", now: now, arrival: .stored(firstStored: now))) == .outsideWindow)
+        // History reads it (nothing recorded), and reads it again.
+        for _ in 0..<2 { #expect(rejection(receiver.open(backDated, room: "ops", now: now, arrival: .history)) == nil) }
+        // Resuming re-reads what was delivered: refused as a replay.
+        #expect(rejection(receiver.open(old, room: "ops", now: now, arrival: .stored(firstStored: now - 3_600_000))) == .replay)
+    }
+
     @Test func removedMemberCannotReadTheNextSession() throws {
         let (sender, bobRing, others) = pair(members: [carol])
         let carolRing = try #require(others.first)
