@@ -193,10 +193,21 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
     /// is being handled off the loop: nothing after it is handled until it is
     /// done (a replicated key share is stored before the notice about it is
     /// delivered).
+    ///
+    /// The parser is a value: the limits set when the link becomes active
+    /// (the largest data frame, payload) apply from the next pass, so a pass
+    /// stops at every change of state and the next one starts with them (a
+    /// peer's first data frame, read together with its AUTH, was once
+    /// measured against the handshake's limit of zero and cut the link).
     private func parseRoute() {
-        if let violation = parseBuffered(parser, while: { !closing && !awaitingData }, handle) {
-            stats.protocolViolations.wrappingIncrement(ordering: .relaxed)
-            closeWithError("route protocol violation: \(violation)")
+        while true {
+            let before = state
+            if let violation = parseBuffered(parser, while: { !closing && !awaitingData && state == before }, handle) {
+                stats.protocolViolations.wrappingIncrement(ordering: .relaxed)
+                closeWithError("route protocol violation: \(violation)")
+                return
+            }
+            if state == before || closing || awaitingData { return }
         }
     }
 

@@ -858,13 +858,13 @@ class RoutePeer:
             raise ConnectionError(f"no route INFO: {data[:200]!r}")
         self.info = json.loads(line[5:])
 
-    def hello(self, server_id, proof=None, pair=None, nonce=None):
+    def hello(self, server_id, proof=None, pair=None, nonce=None, then=b""):
         nonce = nonce or b64url(os.urandom(18))
         self.claimed = server_id
         info = {"server_id": server_id, "cluster": self.info["cluster"], "root": self.info["root"], "name": "x", "nonce": nonce, "proto": 1}
         if pair is not None:
             proof = b64url(pair.sign(route_proof(self.info["nonce"], server_id, self.info["server_id"], self.info["cluster"])))
-        self.sock.sendall(b"INFO " + json.dumps(info).encode() + b"\r\nAUTH " + json.dumps({"sig": proof}).encode() + b"\r\n")
+        self.sock.sendall(b"INFO " + json.dumps(info).encode() + b"\r\nAUTH " + json.dumps({"sig": proof}).encode() + b"\r\n" + then)
 
     def data_frame(self, obj):
         payload = json.dumps(obj, sort_keys=True).encode()
@@ -1039,6 +1039,17 @@ async def route_attacks():
     check("control: a peer proving its own server key is accepted as a route", not closed and peer_id in (route_ids() or []),
           f"closed={closed} routes={route_ids()} {data[:300]!r}")
     await replication_order(peer)
+    peer.close()
+
+    # A data frame in the same write as AUTH is measured against the active
+    # link's limits (it was once measured against the handshake's zero).
+    pair, quick_id = server_keypair()
+    peer = RoutePeer()
+    payload = json.dumps({"t": "sync", "count": 0, "digest": "0" * 64}, sort_keys=True).encode()
+    peer.hello(quick_id, pair=pair, then=b"RDATA %d\r\n" % len(payload) + payload + b"\r\n")
+    data, closed = peer.ping()
+    check("a data frame in the same write as AUTH is taken (the link is not cut over a limit)",
+          not closed and b"PONG" in data and b"Maximum Payload" not in data, f"closed={closed} {data[:300]!r}")
     peer.close()
 
     # A proven peer floods RS+ past the interest limit (20,000 on this node).
