@@ -278,14 +278,19 @@ extension UnibusClient {
     /// Keeps `room`'s cursor where it is until the next resume (the
     /// connection broke: what follows must be asked from the store).
     func freezeCursor(_ room: String) {
-        if resumeCursor[room] != nil { frozenCursors.insert(room) }
+        guard let cursor = resumeCursor[room] else { return }
+        frozenCursors.insert(room)
+        // The resumes after this reconnect (the first and the stragglers') all
+        // cover the gap from here: a frame a peer replicated late carries its
+        // early first-stored time.
+        resumeOrigin[room] = cursor
     }
 
     /// What the node stored in `room` from shortly before this client's last
     /// delivery on, opened as stored frames (what was delivered already is
     /// dropped by the replay windows), in the node's order.
     func resume(_ room: String) async -> [OpenedFrame] {
-        guard let cursor = resumeCursor[room], !closed else { return [] }
+        guard let cursor = resumeOrigin[room] ?? resumeCursor[room], !closed else { return [] }
         // Live deliveries move the cursor again once the gap was asked for.
         defer { frozenCursors.remove(room) }
         let now = Self.nowMillis()
@@ -295,6 +300,14 @@ extension UnibusClient {
         var opened: [OpenedFrame] = []
         var after: Int64?
         var node: String?
+        /// The answering node's clock at the first page: frames stored after
+        /// it come live (held meanwhile), so paging stops there and never
+        /// chases the head. Pages run in the order frames reached this node and
+        /// a frame's first-stored time is never later than that, so every
+        /// frame that reached it before the ceiling comes before the first one
+        /// past it; one a peer replicated later is for the next resume (each
+        /// after a reconnect covers the gap again).
+        var ceiling: UInt64?
         for _ in 0..<1000 {
             let request = ControlAPI.HistoryRequest(order: .oldest, after: after, within: within, limit: ControlAPI.HistoryRequest.maximumFrames)
             guard let page = try? await call("POST", "/v1/rooms/\(room)/history", body: ControlAPI.encode(request),
@@ -302,13 +315,19 @@ extension UnibusClient {
             // Page tokens are the node's own: another node's page starts over.
             if let node, node != page.node { after = nil }
             node = page.node
+            if ceiling == nil { ceiling = page.now }
+            var reachedCeiling = false
             for stored in page.frames {
+                if let ceiling, stored.firstStored > ceiling {
+                    reachedCeiling = true
+                    continue
+                }
                 guard let bytes = try? Base64.decode(stored.frame) else { continue }
                 if case .success(let frame) = await receive(bytes, room: room, arrival: .stored(firstStored: stored.firstStored)) {
                     opened.append(frame)
                 }
             }
-            guard let next = page.next, !page.frames.isEmpty, !closed else { break }
+            guard let next = page.next, !page.frames.isEmpty, !reachedCeiling, !closed else { break }
             after = next
         }
         return opened

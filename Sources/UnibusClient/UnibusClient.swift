@@ -116,6 +116,8 @@ public actor UnibusClient {
     var resumeCursor: [String: UInt64] = [:]
     /// Rooms whose cursor stays where it was when the connection broke.
     var frozenCursors: Set<String> = []
+    /// Where the resumes after the last reconnect start, per room.
+    var resumeOrigin: [String: UInt64] = [:]
 
     /// Sessions, replay windows and cursors between runs (with a state directory).
     let keyStore: ClientKeyStore?
@@ -385,6 +387,7 @@ public actor UnibusClient {
     func forget(_ room: String) {
         keyring.forgetRoom(room)
         resumeCursor[room] = nil
+        resumeOrigin[room] = nil
         storedCursors[room] = nil
         keyStore?.forget(room: room)
     }

@@ -286,7 +286,7 @@ public final class ControlPlane: Sendable {
             let next = page.last?.sequence
             return .json(200, ControlAPI.HistoryPage(frames: page.map {
                 ControlAPI.StoredFrameView(seq: $0.sequence, firstStored: $0.firstStored, frame: Base64.encode($0.bytes))
-            }, next: next, node: node.broker.serverID))
+            }, next: next, node: node.broker.serverID, now: now))
         } catch {
             node.log("control plane: frame store error", ["error": "\(error)"])
             return .error(500, "the node could not read its frame store; the operator's log has the details")

@@ -340,11 +340,15 @@ public enum ControlAPI {
         public var next: Int64?
         /// The node that answered (its tokens mean nothing elsewhere).
         public var node: String
+        /// The node's clock when it answered (ms since the epoch): a resuming
+        /// client stops at frames stored after its first page (those come live).
+        public var now: UInt64?
 
-        public init(frames: [StoredFrameView], next: Int64?, node: String) {
+        public init(frames: [StoredFrameView], next: Int64?, node: String, now: UInt64?) {
             self.frames = frames
             self.next = next
             self.node = node
+            self.now = now
         }
     }
 

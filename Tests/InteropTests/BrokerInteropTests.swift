@@ -261,6 +261,14 @@ struct BrokerInteropTests {
         try runScenario("cluster_e2e.py")
     }
 
+    /// Persisted rooms through three unibusd processes: acknowledged sends,
+    /// history on every node, catch-up after kill -9, retention, joined and
+    /// shared history, removal, the spool across a client restart, kill -9
+    /// mid-burst, and the loss loop across failovers (persist_e2e.py).
+    @Test func persistedRoomsAcrossACluster() throws {
+        try runScenario("persist_e2e.py")
+    }
+
     /// A partition between real hosts (network namespaces, veth pairs,
     /// bridges): changes on both sides, a conflict, healing, convergence
     /// (partition_e2e.py; needs root for `ip netns`, which CI runs as).
