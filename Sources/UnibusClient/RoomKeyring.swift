@@ -189,19 +189,33 @@ public final class RoomKeyring {
 
     // MARK: the client's store
 
-    /// Inbound sessions added since the last call (keys and replay windows), to save.
-    public func takeUnsavedInbound() -> [StoredInbound] {
-        defer { unsavedKeys = [] }
-        return unsavedKeys.compactMap { ref in
-            inbound[ref].map { StoredInbound(room: $0.room, sender: ref.sender, session: ref.session, key: $0.key, replay: $0.replay.encoded,
-                                             created: $0.created, ownerSignature: $0.ownerSignature) }
-        }
+    /// What changed since the last save: new sessions (with their windows)
+    /// and changed replay windows. Taken, then put back if saving failed.
+    public struct Unsaved {
+        public let inbound: [StoredInbound]
+        public let replay: [(sender: [UInt8], session: [UInt8], replay: [UInt8])]
+        fileprivate let keys: Set<SessionRef>
+        fileprivate let windows: Set<SessionRef>
+        public var isEmpty: Bool { keys.isEmpty && windows.isEmpty }
     }
 
-    /// Replay windows that changed since the last call: (sender, session, window).
-    public func takeUnsavedReplayWindows() -> [(sender: [UInt8], session: [UInt8], replay: [UInt8])] {
-        defer { unsavedReplay = [] }
-        return unsavedReplay.compactMap { ref in inbound[ref].map { (ref.sender, ref.session, $0.replay.encoded) } }
+    public func takeUnsaved() -> Unsaved {
+        let keys = unsavedKeys, windows = unsavedReplay
+        unsavedKeys = []
+        unsavedReplay = []
+        let sessions = self.inbound
+        let inbound = keys.compactMap { ref -> StoredInbound? in
+            sessions[ref].map { StoredInbound(room: $0.room, sender: ref.sender, session: ref.session, key: $0.key, replay: $0.replay.encoded,
+                                             created: $0.created, ownerSignature: $0.ownerSignature) }
+        }
+        let replay = windows.subtracting(keys).compactMap { ref in sessions[ref].map { (ref.sender, ref.session, $0.replay.encoded) } }
+        return Unsaved(inbound: inbound, replay: replay, keys: keys, windows: windows)
+    }
+
+    /// Marks what `takeUnsaved` returned as unsaved again (the save failed).
+    public func putBack(_ unsaved: Unsaved) {
+        unsavedKeys.formUnion(unsaved.keys.filter { inbound[$0] != nil })
+        unsavedReplay.formUnion(unsaved.windows.filter { inbound[$0] != nil })
     }
 
     /// Puts back a session from the client's store: the key is verified
@@ -363,7 +377,7 @@ public final class RoomKeyring {
         /// ms): like `live`, but its sender's time is judged against when it
         /// was stored rather than now (it may have waited there); the replay
         /// window still drops what was delivered already.
-        case stored(firstStored: UInt64)
+        case stored(firstStored: UInt64, notBefore: UInt64)
         /// Read back as history: nothing is recorded, no replay or time
         /// check (the reader asked for old frames), and a sender who has
         /// since left still counts when its session came in a verified share.
@@ -451,11 +465,12 @@ public final class RoomKeyring {
         case .live:
             let distance = inner.timestamp > now ? inner.timestamp - now : now - inner.timestamp
             guard distance <= Self.milliseconds(info.policy.frameWindowSeconds) else { return .failure(.outsideWindow) }
-        case .stored(let firstStored):
+        case .stored(let firstStored, let notBefore):
             // A frame back-dated by its sender (which live receivers refuse)
-            // is refused from the store too.
+            // is refused from the store too, and so is one dated before the
+            // gap being read (a node cannot pass an old frame off as missed).
             let distance = inner.timestamp > firstStored ? inner.timestamp - firstStored : firstStored - inner.timestamp
-            guard distance <= Self.milliseconds(info.policy.frameWindowSeconds) else { return .failure(.outsideWindow) }
+            guard distance <= Self.milliseconds(info.policy.frameWindowSeconds), inner.timestamp >= notBefore else { return .failure(.outsideWindow) }
         case .history:
             break
         }

@@ -126,6 +126,7 @@ public actor UnibusClient {
     var cursorsChanged: Set<String> = []
     /// (session id bytes + recipient) pairs a past session was shared with for history.
     var historyShared: Set<[UInt8]> = []
+    var historySharing: Set<[UInt8]> = []
     /// Frames the spool in the state directory holds.
     var spooledIDs: Set<FrameID> = []
     var saveTask: Task<Void, Never>?
@@ -142,9 +143,23 @@ public actor UnibusClient {
             storedCursors = keyStore.cursors()
             historyShared = keyStore.historyShares()
             // Frames a previous run sent (or spooled offline) and no node acknowledged: sent again on connect.
+            // A stored row is input too: only frames of this identity's own
+            // sessions (restored above), signed, with a sane size and date, go out.
+            let now = Self.nowMillis()
             for frame in keyStore.spooled() {
+                let mine = configuration.identity.signing.publicKey.bytes
+                let own = Set(keyring.ownSessions(in: frame.room).map { $0.key.signingKey.bytes })
+                let megolm = (try? FrameVerifier.verify(frame.frame, policy: RoomPolicy())).map {
+                    $0.id == frame.id && $0.sender == mine && own.contains(frame.id.stream)
+                }
+                let signed = (try? FrameVerifier.verify(frame.frame, policy: RoomPolicy(encrypt: false))).map { $0.id == frame.id && $0.sender == mine }
+                guard frame.frame.count <= FrameVerifier.maximumFrame, megolm == true || signed == true,
+                      Subject.isValidLiteral(frame.subject) else {
+                    keyStore.discardSpooled(frame.id)
+                    continue
+                }
                 unacknowledged.add(frame.id, UnacknowledgedFrames.Entry(room: frame.room, subject: frame.subject, frame: frame.frame,
-                                                                        sentAt: .now - .seconds(3600), sends: 0, sealedAt: frame.sealedAt))
+                                                                        sentAt: .now - .seconds(3600), sends: 0, sealedAt: min(frame.sealedAt, now)))
                 spooledIDs.insert(frame.id)
             }
         }
@@ -425,6 +440,8 @@ public actor UnibusClient {
         // A cursor from an earlier run: first deliver what was stored since.
         let earlier = resumeCursor[room] ?? storedCursors[room]
         if resumeCursor[room] == nil { resumeCursor[room] = earlier ?? Self.nowMillis() }
+        // From an earlier run's cursor: frozen until the gap since was read.
+        if earlier != nil { freezeCursor(room) }
         return RoomMessages(client: self, room: room, resuming: stream, events: connection.events(), resumeAtOnce: earlier != nil)
     }
 
@@ -460,7 +477,12 @@ public actor UnibusClient {
             let newcomers = members.subtracting(outbound.sharedWith).subtracting([userNKey])
             if !newcomers.isEmpty { try await share(outbound, room: room, with: newcomers) }
         }
-        if found.policy.persist && found.policy.history == .shared { try await shareHistory(of: room, policy: found.policy) }
+        if found.policy.persist && found.policy.history == .shared {
+            // Sharing history is a courtesy to newcomers: its failure must not stop this client using the room.
+            do { try await shareHistory(of: room, policy: found.policy) } catch {
+                warnOnce("room \(room): could not share its history with newcomers (\(error)); trying again at the next change")
+            }
+        }
     }
 
     /// In a `shared`-history room: gives members who joined after one of
@@ -472,15 +494,16 @@ public actor UnibusClient {
         let past = keyring.ownSessions(in: room)
         guard !past.isEmpty else { return }
         let state = membership
-        let retained = Self.nowMillis() > RoomKeyring.milliseconds(policy.retainAgeSeconds)
-            ? Self.nowMillis() - RoomKeyring.milliseconds(policy.retainAgeSeconds) : 0
-        for session in past.suffix(1000) where session.created >= retained {
+        // A session made before the retention age may still have encrypted
+        // retained frames since: every one of the most recent sessions goes.
+        for session in past.suffix(1000) {
             guard let sessionBytes = try? Base64.decode(session.sessionID) else { continue }
             var shares: [ControlAPI.ShareSubmission] = []
             var recipients: [String] = []
             for (recipient, member) in (state.members[room] ?? [:]).sorted(by: { $0.key < $1.key }) where recipient != userNKey {
                 guard let joined = OperationTime.millis(member.joined), joined > session.created,
                       !historyShared.contains(sessionBytes + Array(recipient.utf8)),
+                      !historySharing.contains(sessionBytes + Array(recipient.utf8)),
                       let user = state.users[recipient], user.status == .active,
                       let bytes = try? Base64.decode(user.exchangeKey), let key = X25519PublicKey(bytes: bytes) else { continue }
                 let (sealed, signature) = keyring.sharePast(session.key, room: room, recipient: recipient, exchangeKey: key)
@@ -490,6 +513,10 @@ public actor UnibusClient {
             guard !shares.isEmpty else { continue }
             let submission = ControlAPI.KeySharesSubmission(sessionID: session.sessionID, sessionSignature: session.ownerSignature,
                                                             shares: shares)
+            // In flight: a concurrent refresh (the actor lets one in while this awaits) does not send them again.
+            let pairs = recipients.map { sessionBytes + Array($0.utf8) }
+            historySharing.formUnion(pairs)
+            defer { historySharing.subtract(pairs) }
             _ = try await call("POST", "/v1/rooms/\(room)/key-shares", body: ControlAPI.encode(submission), expecting: ControlAPI.SharesStored.self)
             for recipient in recipients { historyShared.insert(sessionBytes + Array(recipient.utf8)) }
             keyStore?.recordHistoryShares(session: sessionBytes, recipients: recipients)
@@ -597,8 +624,9 @@ public actor UnibusClient {
         switch result {
         case .success:
             delivered += 1
-            // Frozen from a disconnect until the store was asked for the gap.
-            if resumeCursor[room] != nil, !frozenCursors.contains(room) {
+            // Live deliveries only (a resume moves it once the whole gap was
+            // read), and not while frozen from a disconnect until then.
+            if arrival == .live, resumeCursor[room] != nil, !frozenCursors.contains(room) {
                 resumeCursor[room] = Self.nowMillis()
                 if keyStore != nil { cursorsChanged.insert(room) }
             }
@@ -643,9 +671,11 @@ public actor UnibusClient {
         await fetchKeyShares()
     }
 
-    /// Saves new sessions, changed replay windows and cursors (with a state directory).
-    func saveState() {
-        guard let keyStore else { return }
+    /// Saves new sessions, changed replay windows, cursors and the spool
+    /// (with a state directory); false when the keys could not be saved.
+    @discardableResult
+    func saveState() -> Bool {
+        guard let keyStore else { return true }
         var cursors: [String: UInt64] = [:]
         for room in cursorsChanged { cursors[room] = resumeCursor[room] }
         cursorsChanged = []
@@ -655,13 +685,23 @@ public actor UnibusClient {
             ClientKeyStore.Spooled(id: $0.0, room: $0.1.room, subject: $0.1.subject, frame: $0.1.frame, sealedAt: $0.1.sealedAt)
         }
         let removing = spooledIDs.subtracting(held)
+        let unsaved = keyring.takeUnsaved()
         do {
-            try keyStore.save(inbound: keyring.takeUnsavedInbound(), replay: keyring.takeUnsavedReplayWindows(), cursors: cursors)
+            try keyStore.save(inbound: unsaved.inbound, replay: unsaved.replay, cursors: cursors)
+        } catch {
+            // Kept for the next save; nothing was acknowledged on the strength of it.
+            keyring.putBack(unsaved)
+            cursorsChanged.formUnion(cursors.keys)
+            warnOnce("cannot save the client's keys in \(keyStore.path): \(error)")
+            return false
+        }
+        do {
             try keyStore.updateSpool(adding: adding, removing: Array(removing))
             spooledIDs = held
         } catch {
-            warnOnce("cannot save the client's keys in \(keyStore.path): \(error)")
+            warnOnce("cannot save the client's spool in \(keyStore.path): \(error)")
         }
+        return true
     }
 
     /// Fetches waiting key shares before reading history.
@@ -711,8 +751,9 @@ public actor UnibusClient {
             }
             handled.append(share.id)
         }
-        // Kept before the shares are acknowledged (the node deletes them then).
-        saveState()
+        // Kept before the shares are acknowledged (the node deletes them then):
+        // when the keys could not be saved, the shares stay on the node.
+        guard saveState() else { return }
         if !handled.isEmpty {
             // Each acknowledgement is signed: only this recipient can mark its shares delivered, on any node.
             let acks = handled.map { ControlAPI.AckRequest.Ack(id: $0, signature: configuration.identity.sign(
@@ -742,6 +783,8 @@ public struct RoomMessages: AsyncSequence, Sendable {
     let direct: AsyncStream<NATSMessage>?
     /// Live frames and resume marks (persisted rooms).
     let input: AsyncStream<Input>?
+    /// Where a resume asks to be run again (persisted rooms).
+    let retry: AsyncStream<Input>.Continuation?
 
     enum Input: Sendable {
         case live(NATSMessage)
@@ -756,39 +799,60 @@ public struct RoomMessages: AsyncSequence, Sendable {
         self.room = room
         direct = stream
         input = nil
+        retry = nil
     }
 
     init(client: UnibusClient, room: String, resuming stream: AsyncStream<NATSMessage>, events: AsyncStream<ConnectionEvent>,
          resumeAtOnce: Bool) {
         self.client = client
         self.room = room
-        let (input, continuation) = AsyncStream<Input>.makeStream()
+        // Bounded: a flood (or a slow consumer) past it drops live frames,
+        // which freezes the cursor and asks the store for them instead.
+        let (input, continuation) = AsyncStream<Input>.makeStream(bufferingPolicy: .bufferingOldest(65_536))
         if resumeAtOnce { continuation.yield(.resume) }
         let forward = Task {
-            for await message in stream { continuation.yield(.live(message)) }
+            for await message in stream {
+                if case .dropped = continuation.yield(.live(message)) {
+                    // Dropped live: the cursor freezes before it, and a resume is queued
+                    // as soon as there is room (what is dropped meanwhile is in the store).
+                    await client.freezeCursor(room)
+                    while case .dropped = continuation.yield(.resume), !Task.isCancelled {
+                        try? await Task.sleep(for: .milliseconds(50))
+                    }
+                }
+            }
             continuation.finish()
         }
-        // After a reconnect: resume at once, and twice more shortly after for
-        // frames that were still on their way into the node's store then.
+        // A disconnect freezes the cursor at once; after a reconnect: resume,
+        // and twice more shortly after for frames a peer stored late.
         let watch = Task {
+            var followUps: Task<Void, Never>?
             for await event in events {
                 if case .disconnected = event {
+                    followUps?.cancel()
                     await client.freezeCursor(room)
                     continuation.yield(.hold)
                     continue
                 }
                 continuation.yield(.resume)
-                try? await Task.sleep(for: .milliseconds(300))
-                continuation.yield(.resume)
-                try? await Task.sleep(for: .milliseconds(1500))
-                continuation.yield(.resume)
+                followUps?.cancel()
+                followUps = Task {
+                    try? await Task.sleep(for: .milliseconds(300))
+                    if Task.isCancelled { return }
+                    continuation.yield(.resume)
+                    try? await Task.sleep(for: .milliseconds(1500))
+                    if Task.isCancelled { return }
+                    continuation.yield(.resume)
+                }
             }
+            followUps?.cancel()
         }
         continuation.onTermination = { _ in
             forward.cancel()
             watch.cancel()
         }
         self.input = input
+        self.retry = continuation
         direct = nil
     }
 
@@ -797,13 +861,19 @@ public struct RoomMessages: AsyncSequence, Sendable {
         let room: String
         var direct: AsyncStream<NATSMessage>.AsyncIterator?
         var base: AsyncStream<Input>.AsyncIterator?
+        let retry: AsyncStream<Input>.Continuation?
         /// Frames ready to hand out, from `next` on.
         var pending: [OpenedFrame] = []
         var next = 0
         /// Live messages held since the connection broke, opened after the
         /// store's frames so every sender's frames come in order.
         var held: [NATSMessage] = []
+        var heldBytes = 0
         var holding = false
+        /// Held messages were dropped past the bound: read the store again.
+        var heldOverflowed = false
+
+        static let heldBound = (messages: 100_000, bytes: 64 * 1024 * 1024)
 
         public mutating func next() async -> OpenedFrame? {
             if direct != nil {
@@ -826,23 +896,43 @@ public struct RoomMessages: AsyncSequence, Sendable {
                 guard let input = await base?.next() else { return nil }
                 switch input {
                 case .live(let message):
-                    // Bounded: past it, the store will answer for what is dropped from holding.
-                    if holding && held.count < 100_000 {
-                        held.append(message)
+                    if holding {
+                        if held.count < Self.heldBound.messages, heldBytes + message.payload.count <= Self.heldBound.bytes {
+                            held.append(message)
+                            heldBytes += message.payload.count
+                        } else {
+                            // The cursor is frozen: the store answers for what is not held.
+                            heldOverflowed = true
+                        }
                         continue
                     }
                     if case .success(let frame) = await client.receive(message.payload, room: room) { return frame }
                 case .hold:
                     holding = true
                 case .resume:
-                    pending = await client.resume(room)
+                    let outcome = await client.resume(room)
+                    pending = outcome.frames
                     next = 0
-                    if holding {
-                        for message in held {
-                            if case .success(let frame) = await client.receive(message.payload, room: room) { pending.append(frame) }
+                    guard outcome.complete else {
+                        // Keep holding; ask again shortly (the node may be back, or the next part waits).
+                        holding = true
+                        let retry = self.retry
+                        Task {
+                            try? await Task.sleep(for: .seconds(1))
+                            retry?.yield(.resume)
                         }
-                        held = []
-                        holding = false
+                        continue
+                    }
+                    for message in held {
+                        if case .success(let frame) = await client.receive(message.payload, room: room) { pending.append(frame) }
+                    }
+                    held = []
+                    heldBytes = 0
+                    holding = false
+                    if heldOverflowed {
+                        heldOverflowed = false
+                        await client.freezeCursor(room)
+                        retry?.yield(.resume)
                     }
                 }
             }
@@ -850,6 +940,6 @@ public struct RoomMessages: AsyncSequence, Sendable {
     }
 
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(client: client, room: room, direct: direct?.makeAsyncIterator(), base: input?.makeAsyncIterator())
+        AsyncIterator(client: client, room: room, direct: direct?.makeAsyncIterator(), base: input?.makeAsyncIterator(), retry: retry)
     }
 }

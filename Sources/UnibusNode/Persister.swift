@@ -348,24 +348,32 @@ final class Persister: PublishTap, @unchecked Sendable {
         }
 
         var acceptedConfirmation: [Int?] = []
+        /// Whether each accepted frame was charged to its sender's quota (only those are refunded as duplicates).
+        var charged: [Bool] = []
         for (index, job) in jobs.enumerated() {
             guard let verdict = verdicts[index] else { continue }
             switch verdict {
             case .success(let frame):
-                if let publisher = job.publisher, let problem = chargeQuota(room: job.room, sender: publisher, bytes: frame.bytes.count, at: clock) {
-                    // A resend of a frame held already is no new storage: it is acknowledged, not refused.
-                    if (try? store.contains(room: job.room, id: frame.id, sender: frame.sender)) != true {
-                        statistics.refused.wrappingIncrement(ordering: .relaxed)
-                        refusals[publisher, default: [:]][job.room, default: []].append(DurabilityReceipt.Refusal(frame.id, error: problem))
-                        continue
+                var wasCharged = false
+                if let publisher = job.publisher {
+                    if let problem = chargeQuota(room: job.room, sender: publisher, bytes: frame.bytes.count, at: clock) {
+                        // A resend of a frame held already is no new storage: it is acknowledged, not refused (nor charged).
+                        if (try? store.contains(room: job.room, id: frame.id, sender: frame.sender)) != true {
+                            statistics.refused.wrappingIncrement(ordering: .relaxed)
+                            refusals[publisher, default: [:]][job.room, default: []].append(DurabilityReceipt.Refusal(frame.id, error: problem))
+                            continue
+                        }
+                    } else {
+                        wasCharged = true
                     }
                 }
                 accepted.append(Accepted(insert: FrameStore.Insert(room: job.room, frame: frame, firstStored: job.firstStored),
                                          publisher: job.publisher))
                 acceptedConfirmation.append(job.confirmation)
+                charged.append(wasCharged)
             case .failure(let error):
                 statistics.refused.wrappingIncrement(ordering: .relaxed)
-                if let publisher = job.publisher, let frame = try? FrameVerifier.verify(job.bytes, policy: state.rooms[job.room]?.policy ?? RoomPolicy()) {
+                if let publisher = job.publisher, let frame = FrameVerifier.identify(job.bytes) {
                     refusals[publisher, default: [:]][job.room, default: []].append(DurabilityReceipt.Refusal(frame.id, error: error))
                 } else if job.publisher == nil {
                     node.log("a peer's frame was not stored", ["room": job.room, "error": "\(error)"])
@@ -388,7 +396,7 @@ final class Persister: PublishTap, @unchecked Sendable {
             if new { statistics.stored.wrappingIncrement(ordering: .relaxed) } else {
                 statistics.duplicates.wrappingIncrement(ordering: .relaxed)
                 // Duplicates take no storage: what they were charged is given back.
-                if let publisher = accepted[index].publisher { refundQuota(room: accepted[index].insert.room, sender: publisher,
+                if charged[index], let publisher = accepted[index].publisher { refundQuota(room: accepted[index].insert.room, sender: publisher,
                                                                            bytes: accepted[index].insert.frame.bytes.count) }
             }
             if let confirmation = acceptedConfirmation[index] { confirmations[confirmation].held += 1 }

@@ -126,6 +126,22 @@ public enum FrameVerifier {
         }
     }
 
+    /// The identity and sender of a frame, parsed but **not verified**: for
+    /// frames this client sealed itself, or to drop repeats before the
+    /// expensive checks (which still run on every frame that is used).
+    public static func identify(_ bytes: [UInt8]) -> (sender: [UInt8], id: FrameID)? {
+        guard let envelope = try? FrameEnvelope(decoding: bytes) else { return nil }
+        switch envelope.body {
+        case .megolm(let sessionKey, let messageBytes):
+            guard let message = try? MegolmMessage(bytes: Array(messageBytes)) else { return nil }
+            return (envelope.sender, FrameID(stream: sessionKey, index: UInt64(message.index)))
+        case .signed(let stream, let sequence, _, _, _):
+            return (envelope.sender, FrameID(stream: stream, index: sequence))
+        case .plain:
+            return nil
+        }
+    }
+
     /// Verifies `bytes` and checks that its sender may store it in `room` of
     /// `state`: an active member (and, when `publisher` is given, the very
     /// identity that published it).

@@ -145,6 +145,8 @@ struct CheckCommand: AsyncParsableCommand {
     @Option(name: .long, help: "A second identity that only subscribes (loop): the room's reader, on its own connection.")
     var subscriberIdentity: String?
     @Option(name: .long, help: "Data-plane seeds for the subscriber (repeat; default: --server).") var subscriberServer: [String] = []
+    @Option(name: .long, help: "Seconds into the loop at which the subscriber's client is closed and started again (with --subscriber-identity; give --state-dir so it resumes from its stored cursor and keys).")
+    var restartSubscriberAt: Double?
     @Flag(name: .long, help: "Use a persisted room (loop): publishes are acknowledged once stored and resent after failovers, and the subscriber resumes from the store after reconnects; the summary counts what was lost anyway.")
     var persist = false
 
@@ -179,17 +181,28 @@ struct CheckCommand: AsyncParsableCommand {
             throw CLIError("cannot set up the check room: \(error)")
         }
         let tally = Tally()
-        let receiver = Task {
-            for await frame in messages {
-                let words = String(decoding: frame.body, as: UTF8.self).split(separator: " ")
-                guard frame.protection == .encrypted, words.count == 4, words[2] == run, let number = Int(words[3]) else { continue }
-                await tally.received(number)
+        let receive = { (messages: RoomMessages) -> Task<Void, Never> in
+            Task {
+                for await frame in messages {
+                    let words = String(decoding: frame.body, as: UTF8.self).split(separator: " ")
+                    guard frame.protection == .encrypted, words.count == 4, words[2] == run, let number = Int(words[3]) else { continue }
+                    await tally.received(number)
+                }
             }
         }
+        var receiver = receive(messages)
         let outcome: Result<Void, CLIError>
         switch mode {
         case .golden: outcome = await golden(client, reader: reader, room: probe.id, token: run, tally: tally)
-        case .loop: outcome = await loop(client, reader: reader, room: probe.id, token: run, tally: tally)
+        case .loop:
+            outcome = await loop(client, reader: &reader, receiver: &receiver, room: probe.id, token: run, tally: tally) { room in
+                // The subscriber's client stops and starts again, as a restarted process would.
+                guard let subscriberIdentity = self.subscriberIdentity else { throw CLIError("--restart-subscriber-at needs --subscriber-identity") }
+                let fresh = try await self.peer.connect(identity: try loadIdentity(subscriberIdentity),
+                                                        dataPlane: self.subscriberServer.isEmpty ? self.peer.server : self.subscriberServer,
+                                                        name: "unibus-check-subscriber")
+                return (fresh, receive(try await fresh.join(room)))
+            }
         }
         if probe.ephemeral { _ = try? await client.archiveRoom(probe.id) }
         // Everything ends before the command returns: exit runs global
@@ -228,12 +241,15 @@ struct CheckCommand: AsyncParsableCommand {
         return .success(())
     }
 
-    private func loop(_ client: UnibusClient, reader: UnibusClient, room: String, token: String, tally: Tally) async -> Result<Void, CLIError> {
+    private func loop(_ client: UnibusClient, reader: inout UnibusClient, receiver: inout Task<Void, Never>, room: String, token: String,
+                      tally: Tally, restartReader: (String) async throws -> (UnibusClient, Task<Void, Never>)) async -> Result<Void, CLIError> {
         let perSecond = rate ?? 1000 / max(0.001, interval)
         let watcher = FailoverWatcher(tally: tally)
         let publisherEvents = client.connection.events(), readerEvents = reader.connection.events()
-        let watchers = [Task { for await event in publisherEvents { await watcher.saw(event, publisher: true) } },
+        var watchers = [Task { for await event in publisherEvents { await watcher.saw(event, publisher: true) } },
                         Task { for await event in readerEvents { await watcher.saw(event, publisher: false) } }]
+        var restartDue = restartSubscriberAt
+        var restarts = 0
         let started = Date()
         var sent = 0, failedPublishes = 0, lastStatus = "ok"
         var firstFailure: String?
@@ -260,6 +276,21 @@ struct CheckCommand: AsyncParsableCommand {
                 }
             }
             await tally.setPublished(sent)
+            if let due = restartDue, elapsed >= due, reader !== client {
+                restartDue = nil
+                receiver.cancel()
+                await receiver.value
+                await reader.close()
+                do {
+                    (reader, receiver) = try await restartReader(room)
+                    restarts += 1
+                    let events = reader.connection.events()
+                    watchers.append(Task { for await event in events { await watcher.saw(event, publisher: false) } })
+                    print(String(format: "t=%5.1fs subscriber restarted", Date().timeIntervalSince(started)))
+                } catch {
+                    return .failure(CLIError("the subscriber could not start again: \(error)"))
+                }
+            }
             if Date() >= nextLine {
                 let received = await tally.distinct
                 let readerAt = reader.connection.currentEndpoint?.description ?? "(reconnecting)"
@@ -286,6 +317,7 @@ struct CheckCommand: AsyncParsableCommand {
         let reconnects = client.connection.reconnectCount + (reader !== client ? reader.connection.reconnectCount : 0)
         var summary = "check loop: sent=\(sent) received=\(received) lost=\(lost) duplicates=\(duplicates) failed-publishes=\(failedPublishes) "
             + (persist ? "persisted=yes unacknowledged=\(unacknowledged) duplicates-dropped=\(await reader.duplicatesDroppedCount) " : "")
+            + (restarts > 0 ? "subscriber-restarts=\(restarts) " : "")
             + "reconnects=\(reconnects) nodes=\(publisherNodes.joined(separator: ","))"
         if reader !== client { summary += " subscriber-nodes=\(readerNodes.joined(separator: ","))" }
         let failovers = await watcher.failovers

@@ -41,7 +41,9 @@ struct SendCommand: AsyncParsableCommand {
         let rooms = try await client.myRooms()
         guard let room = rooms.first(where: { $0.id == id }) else { throw CLIError("you are not a member of room \(id) (or it does not exist)") }
         try await client.openForSending(id)
-        var sent = 0
+        // Frames an earlier run left in the spool go first and are counted with this run's.
+        let spooled = await client.unacknowledgedCount, refusedBefore = await client.refusedFrameCount
+        var sent = spooled
         var reported = 0
         var lastReport = Date()
         for await line in standardInputStream() {
@@ -54,7 +56,7 @@ struct SendCommand: AsyncParsableCommand {
             }
             sent += 1
             if progress, Date().timeIntervalSince(lastReport) > 0.1 {
-                let stored = sent - (await client.unacknowledgedCount) - (await client.refusedFrameCount)
+                let stored = sent - (await client.unacknowledgedCount) - (await client.refusedFrameCount - refusedBefore)
                 if stored != reported { say("stored \(stored)"); reported = stored }
                 lastReport = Date()
             }
@@ -66,19 +68,21 @@ struct SendCommand: AsyncParsableCommand {
         let deadline = Date().addingTimeInterval(timeout)
         while await client.unacknowledgedCount > 0 && Date() < deadline {
             if progress {
-                let stored = sent - (await client.unacknowledgedCount) - (await client.refusedFrameCount)
+                let stored = sent - (await client.unacknowledgedCount) - (await client.refusedFrameCount - refusedBefore)
                 if stored != reported { say("stored \(stored)"); reported = stored }
             }
             do { try await client.waitForAllStored(timeout: .milliseconds(100)) } catch {}
         }
-        let unacknowledged = await client.unacknowledgedCount, refused = await client.refusedFrameCount
+        let unacknowledged = await client.unacknowledgedCount, refused = await client.refusedFrameCount - refusedBefore
         let stored = sent - unacknowledged - refused
         if progress { say("stored \(stored)") }
+        let fromSpool = spooled > 0 ? " (\(spooled) from an earlier run's spool)" : ""
         guard unacknowledged == 0, refused == 0 else {
-            throw CLIError("sent \(sent), stored \(stored), refused \(refused), unacknowledged \(unacknowledged) after \(timeout) s "
-                           + "(refusals name their reason in the node's receipt: quota, membership, signature)")
+            throw CLIError("sent \(sent)\(fromSpool), stored \(stored), refused \(refused), unacknowledged \(unacknowledged) after \(timeout) s "
+                           + "(refusals name their reason in the node's receipt: quota, membership, signature, or a frame that waited past "
+                           + "its room's window; with --state-dir the unacknowledged ones wait in the spool for the next run: do not send them again)")
         }
-        return "sent \(sent) message(s) to \(id); all stored"
+        return "sent \(sent) message(s) to \(id)\(fromSpool); all stored"
     }
 }
 

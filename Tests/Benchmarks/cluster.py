@@ -18,6 +18,10 @@
    membership): `unibus check --mode loop --rate 10000`, publisher on A,
    subscriber on B, kill -9 of B, then (B restarted) of A. Reported: time
    from the disconnect to the first new message, messages lost, duplicates.
+   With --persist the room is persisted (`check --persist`: acknowledged
+   publishes, resends, resume) and a third case kills B while the
+   subscriber's client restarts (it resumes from its state directory):
+   lost and duplicates must be 0 in every round.
 """
 import argparse
 import functools
@@ -222,7 +226,7 @@ def throughput(generator, clusters, rounds, scale):
     return workloads, results
 
 
-def failover(bin_dir, work, rate, rounds):
+def failover(bin_dir, work, rate, rounds, persist=False):
     os.makedirs(work, exist_ok=True)
     pki = make_test_pki(work)
     pki["routes"] = make_cluster_pki(work, ("n0", "n1", "n2"))
@@ -251,9 +255,16 @@ def failover(bin_dir, work, rate, rounds):
                         "--ca", pki["ca.pem"], "--sign-pub", keys["nkey"], "--exchange-key", keys["exchange_key"], "--handle", "sub"],
                        check=True, stdout=subprocess.DEVNULL)
         time.sleep(1)
-        for victim, pub_order, sub_order in ((1, (0, 1, 2), (1, 2, 0)), (0, (0, 1, 2), (2, 1, 0))) * rounds:
+        cases = ((1, (0, 1, 2), (1, 2, 0), False), (0, (0, 1, 2), (2, 1, 0), False))
+        if persist:
+            cases += ((1, (0, 1, 2), (1, 2, 0), True),)
+        for victim, pub_order, sub_order, restart in cases * rounds:
             command = [os.path.join(bin_dir, "unibus"), "check", "--mode", "loop", "--identity", admin, "--ca", pki["ca.pem"], *nodes,
                        "--root", root, "--subscriber-identity", subscriber, "--rate", str(rate), "--duration", "8"]
+            if persist:
+                command += ["--persist", "--state-dir", os.path.join(work, "client-state")]
+            if restart:
+                command += ["--restart-subscriber-at", "4"]
             command += [arg for i in pub_order for arg in ("--server", cluster.url(i))]
             command += [arg for i in sub_order for arg in ("--subscriber-server", cluster.url(i))]
             loop = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -261,7 +272,8 @@ def failover(bin_dir, work, rate, rounds):
             cluster.kill(victim)
             output = loop.communicate(timeout=120)[0]
             summary = next((line for line in output.splitlines() if line.startswith("check loop:")), output[-2000:])
-            summaries.append(("subscriber's node" if victim == 1 else "publisher's node", summary))
+            summaries.append(("subscriber's node, its client restarted" if restart else "subscriber's node" if victim == 1 else "publisher's node",
+                              summary))
             cluster.start(victim)
             wait_for(cluster.ports[victim]["client"])
             time.sleep(2)
@@ -270,14 +282,46 @@ def failover(bin_dir, work, rate, rounds):
     return summaries
 
 
+def report_failover(args, bin_dir, work):
+    """Runs and prints the failover part; non-zero when a persisted run lost or duplicated."""
+    print()
+    print(f"failover at {args.rate} msgs/s (unibus check --mode loop; TLS clients, mTLS routes, membership):")
+    summaries = failover(bin_dir, os.path.join(work, "failover"), args.rate, args.rounds, persist=args.persist)
+    for what, summary in summaries:
+        print(f"  kill -9 of the {what}: {summary}")
+    print(f"  {'medians of ' + str(args.rounds) + ' rounds':<28} {'first message (ms)':>20} {'on the wire (ms)':>17} {'lost':>6} {'duplicates':>11}")
+    for what in ("subscriber's node", "publisher's node") + (("subscriber's node, its client restarted",) if args.persist else ()):
+        rows = [summary for w, summary in summaries if w == what]
+        def pick(pattern):
+            values = [float(m.group(1)) for m in (re.search(pattern, r) for r in rows) if m]
+            return median(values) if values else float("nan")
+        print(f"  {'kill -9 of the ' + what:<28} {pick(r'first-message-after-disconnect=([0-9.]+)ms'):>20.1f} "
+              f"{pick(r'first-frame-on-the-wire=([0-9.]+)ms'):>17.1f} {pick(r' lost=([0-9]+) '):>6.0f} {pick(r'duplicates=([0-9]+)'):>11.0f}")
+    print("  target: first message <= 5 ms after the kill is noticed (nats.go against nats-server: ~3.5 ms, 29 lost at 10 k/s)")
+    if args.persist:
+        bad = [s for _, s in summaries if " lost=0 " not in s or "duplicates=0" not in s]
+        print(f"  persisted: lost=0 and duplicates=0 in {len(summaries) - len(bad)} of {len(summaries)} runs")
+        if bad:
+            return 1
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--rate", type=int, default=10000, help="failover loop rate, msgs/s")
     parser.add_argument("--skip-failover", action="store_true")
+    parser.add_argument("--persist", action="store_true", help="failover in a persisted room (lost and duplicates must be 0)")
+    parser.add_argument("--failover-only", action="store_true", help="only the failover part")
     args = parser.parse_args()
     bin_dir, generator = build()
+    if args.failover_only:
+        work = tempfile.mkdtemp(prefix="unibus-cluster-bench-")
+        try:
+            return report_failover(args, bin_dir, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     unibusd = os.path.join(bin_dir, "unibusd")
     nats_server = shutil.which("nats-server")
     work = tempfile.mkdtemp(prefix="unibus-cluster-bench-")
@@ -332,21 +376,8 @@ def main():
         print(f"{'3 nodes started together':<34} {theirs[1] * 1000:>12.0f} {ours[1] * 1000:>12.0f} {ours[1] / theirs[1]:>6.2f}x <= 2000 ms")
 
         # 3. failover
-        if not args.skip_failover:
-            print()
-            print(f"failover at {args.rate} msgs/s (unibus check --mode loop; TLS clients, mTLS routes, membership):")
-            summaries = failover(bin_dir, os.path.join(work, "failover"), args.rate, args.rounds)
-            for what, summary in summaries:
-                print(f"  kill -9 of the {what}: {summary}")
-            print(f"  {'medians of ' + str(args.rounds) + ' rounds':<28} {'first message (ms)':>20} {'on the wire (ms)':>17} {'lost':>6} {'duplicates':>11}")
-            for what in ("subscriber's node", "publisher's node"):
-                rows = [summary for w, summary in summaries if w == what]
-                def pick(pattern):
-                    values = [float(m.group(1)) for m in (re.search(pattern, r) for r in rows) if m]
-                    return median(values) if values else float("nan")
-                print(f"  {'kill -9 of the ' + what:<28} {pick(r'first-message-after-disconnect=([0-9.]+)ms'):>20.1f} "
-                      f"{pick(r'first-frame-on-the-wire=([0-9.]+)ms'):>17.1f} {pick(r' lost=([0-9]+) '):>6.0f} {pick(r'duplicates=([0-9]+)'):>11.0f}")
-            print("  target: first message <= 5 ms after the kill is noticed (nats.go against nats-server: ~3.5 ms, 29 lost at 10 k/s)")
+        if not args.skip_failover and report_failover(args, bin_dir, work) != 0:
+            return 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -108,14 +108,19 @@ struct KeyringTests {
         // Sent an hour ago, stored then: delivered when resuming now (it waited in the store).
         let old = try seal(sender, "an hour ago", at: now - 3_600_000)
         #expect(rejection(receiver.open(old, room: "ops", now: now)) == .outsideWindow)
-        #expect(rejection(receiver.open(old, room: "ops", now: now, arrival: .stored(firstStored: now - 3_600_000 + 50))) == nil)
+        #expect(rejection(receiver.open(old, room: "ops", now: now, arrival: .stored(firstStored: now - 3_600_000 + 50, notBefore: now - 7_200_000))) == nil)
         // Back-dated by its sender (stored now, dated an hour ago): refused from the store too.
         let backDated = try seal(sender, "back-dated", at: now - window - 1)
-        #expect(rejection(receiver.open(backDated, room: "ops", now: now, arrival: .stored(firstStored: now))) == .outsideWindow)
+        #expect(rejection(receiver.open(backDated, room: "ops", now: now, arrival: .stored(firstStored: now, notBefore: 0))) == .outsideWindow)
+        // A node claiming an old frame was stored just now, or dating it to its own time: refused when the sender
+        // dated it before the gap being read.
+        let weekOld = try seal(sender, "a week ago", at: now - 7 * 86_400_000)
+        #expect(rejection(receiver.open(weekOld, room: "ops", now: now,
+                                        arrival: .stored(firstStored: now - 7 * 86_400_000, notBefore: now - 60_000))) == .outsideWindow)
         // History reads it (nothing recorded), and reads it again.
         for _ in 0..<2 { #expect(rejection(receiver.open(backDated, room: "ops", now: now, arrival: .history)) == nil) }
         // Resuming re-reads what was delivered: refused as a replay.
-        #expect(rejection(receiver.open(old, room: "ops", now: now, arrival: .stored(firstStored: now - 3_600_000))) == .replay)
+        #expect(rejection(receiver.open(old, room: "ops", now: now, arrival: .stored(firstStored: now - 3_600_000, notBefore: 0))) == .replay)
     }
 
     @Test func removedMemberCannotReadTheNextSession() throws {

@@ -4,6 +4,9 @@ import UnibusClient
 import UnibusCrypto
 import UnibusMembership
 import UnibusMembershipStore
+import UnibusNode
+import UnibusBroker
+import UnibusControl
 import UnibusPersistence
 import UnibusTestSupport
 import UnibusWire
@@ -251,6 +254,73 @@ struct PersistedRoomTests {
         #expect(texts == ["online"] + (1...5).map { "offline \($0)" }, "\(texts)")
         await alice.close()
         await bob.close()
+        await node.stop()
+    }
+
+    /// Resending a frame the node holds costs no quota, and gives none back:
+    /// alternating a resend with a new frame stores no more than the quota.
+    @Test func resendsNeitherChargeNorRefundTheQuota() async throws {
+        let directory = NSTemporaryDirectory() + "unibus-quota-\(UUID().uuidString)"
+        let admin = Identity(), alice = Identity()
+        let store = try MembershipStore(directory: directory)
+        let frames = try FrameStore(directory: directory)
+        try store.append(store.signed(addUserOperation(admin, handle: "root", role: .admin), by: admin))
+        try store.append(store.signed(addUserOperation(alice, handle: "alice"), by: admin))
+        var configuration = BrokerConfiguration()
+        configuration.host = "127.0.0.1"
+        configuration.port = 0
+        configuration.threads = 1
+        configuration.authorizer = Node.authorizer(for: store)
+        let broker = Broker(configuration: configuration)
+        try await broker.start()
+        var persistence = PersistenceConfiguration()
+        persistence.senderMessagesPerWindow = 3
+        let node = Node(broker: broker, membership: store, frames: frames, persistence: persistence)
+        let control = try await ControlServer(plane: ControlPlane(node: node), group: broker.group, tls: nil).start(host: "127.0.0.1", port: 0)
+        let port = broker.port ?? 0
+        var options = UnibusClient.Configuration(identity: alice, dataPlane: ["nats://127.0.0.1:\(port)"],
+                                                 controlPlane: ["http://127.0.0.1:\(control.localAddress?.port ?? 0)"], root: admin.userNKey)
+        options.acknowledgementTimeout = .seconds(600)
+        let client = try await UnibusClient.connect(options)
+        try await client.createRoom(id: "q", subject: "rooms.q", policy: Self.policy)
+        _ = try await client.join("q")
+        try await client.publish(Array("first".utf8), to: "q")
+        var sealed: [[UInt8]] = []
+        for number in 0..<8 { sealed.append(try await client.seal(Array("m\(number)".utf8), for: "q")) }
+        let raw = try member(alice, port: port)
+        for frame in sealed.prefix(3) { raw.publish("rooms.q", frame) }   // the third is over the quota
+        #expect(raw.ping())
+        await node.settlePersistence()
+        #expect(frames.usage(of: "q").count == 3)
+        for cycle in 0..<4 {
+            raw.publish("rooms.q", sealed[0])            // held already: acknowledged, not charged
+            raw.publish("rooms.q", sealed[3 + cycle])    // new: over the quota
+            #expect(raw.ping())
+            await node.settlePersistence()
+        }
+        #expect(frames.usage(of: "q").count == 3, "the quota held")
+        await client.close()
+        try? await control.close()
+        await broker.shutdown()
+    }
+
+    /// A room with a short frame window: frames that wait a moment for a
+    /// node are not given up (the margin scales with the window), and
+    /// `waitForAllStored` succeeds only when all were stored.
+    @Test func aShortWindowRoomKeepsFramesThatWaitAMoment() async throws {
+        let node = try await TestNode()
+        let alice = try await node.client(node.alice)
+        try await alice.createRoom(id: "fast", subject: "rooms.fast", policy: RoomPolicy(persist: true, frameWindowSeconds: 10, retainMessages: 10_000))
+        _ = try await alice.join("fast")
+        for number in 1...5 { try await alice.publish(Array("n\(number)".utf8), to: "fast") }
+        try await node.restart(downFor: .milliseconds(700)) {
+            for number in 1...5 { _ = try await alice.send(Array("offline \(number)".utf8), to: "fast") }
+        }
+        try await alice.waitForAllStored(timeout: .seconds(15))
+        await node.node.settlePersistence()
+        #expect(await alice.refusedFrameCount == 0)
+        #expect(node.frames.usage(of: "fast").count == 10)
+        await alice.close()
         await node.stop()
     }
 
