@@ -342,8 +342,13 @@ extension UnibusClient {
         /// after a reconnect covers the gap again).
         var ceiling: UInt64?
         var complete = false
+        // What this client has of each session: the node leaves those frames out.
+        let known = keyring.deliveredBelow(in: room).prefix(ControlAPI.HistoryRequest.maximumKnown).map {
+            ControlAPI.HistoryRequest.Known(sender: Base64.encode($0.sender), stream: Base64.encode($0.session), below: $0.below)
+        }
         pages: for _ in 0..<10_000 {
-            let request = ControlAPI.HistoryRequest(order: .oldest, after: after, within: within, limit: ControlAPI.HistoryRequest.maximumFrames)
+            let request = ControlAPI.HistoryRequest(order: .oldest, after: after, within: within, until: ceiling, known: known.isEmpty ? nil : known,
+                                                    limit: ControlAPI.HistoryRequest.maximumFrames)
             let page: ControlAPI.HistoryPage
             do {
                 page = try await call("POST", "/v1/rooms/\(room)/history", body: ControlAPI.encode(request), expecting: ControlAPI.HistoryPage.self)
@@ -369,7 +374,7 @@ extension UnibusClient {
                 }
             }
             if closed { break }
-            guard let next = page.next, !page.frames.isEmpty, !reachedCeiling else {
+            guard let next = page.next, !reachedCeiling else {
                 complete = true
                 break pages
             }

@@ -38,6 +38,25 @@ struct ReplayWindow: Sendable {
         return true
     }
 
+    /// The first number not accepted, at or above the window's bottom: every
+    /// number below it was accepted or can no longer be (too old). A
+    /// resuming client tells a node to skip those.
+    var deliveredBelow: UInt64 {
+        let bottom = top > Self.size ? top - Self.size : 0
+        var number = bottom
+        while number < top {
+            let word = bits[Self.slot(number)]
+            // Whole words of accepted numbers at once.
+            if number % 64 == 0, word == .max, number + 64 <= top {
+                number += 64
+                continue
+            }
+            if word & Self.mask(number) == 0 { return number }
+            number += 1
+        }
+        return top
+    }
+
     /// The window as bytes (top, then the bitmap), for the client's store.
     var encoded: [UInt8] {
         var bytes: [UInt8] = []

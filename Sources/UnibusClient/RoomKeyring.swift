@@ -319,6 +319,16 @@ public final class RoomKeyring {
 
     // MARK: receiving
 
+    /// For each Megolm session of `room` this client holds: below which index
+    /// everything was delivered (or can no longer be), for a resume to skip.
+    public func deliveredBelow(in room: String) -> [(sender: [UInt8], session: [UInt8], below: UInt64)] {
+        inbound.compactMap { ref, entry in
+            guard entry.room == room else { return nil }
+            let below = entry.replay.deliveredBelow
+            return below > 0 ? (ref.sender, ref.session, below) : nil
+        }
+    }
+
     /// This client's own sessions in `room` (the current one too), each from
     /// the index it started at, with when each was made: what a
     /// `shared`-history room's newcomers get.

@@ -75,7 +75,7 @@ public actor UnibusClient {
         public var maximumUnacknowledgedBytes = 64 * 1024 * 1024
         /// How far before its last delivery a resuming subscriber asks a node
         /// for stored frames (frames in flight when the connection broke).
-        public var resumeMargin: Duration = .seconds(1)
+        public var resumeMargin: Duration = .milliseconds(500)
 
         public init(identity: Identity, dataPlane: [String], controlPlane: [String], root: String, caPath: String? = nil) {
             self.identity = identity

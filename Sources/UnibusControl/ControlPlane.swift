@@ -280,10 +280,29 @@ public final class ControlPlane: Sendable {
         }
         let order: FrameStore.Order = request.order == .newest
             ? .newestFirst(before: request.before) : .oldestFirst(after: request.after, since: since)
+        guard (request.known?.count ?? 0) <= ControlAPI.HistoryRequest.maximumKnown else {
+            return .error(400, "name at most \(ControlAPI.HistoryRequest.maximumKnown) known streams")
+        }
+        var known: [[UInt8]: UInt64] = [:]
+        for entry in request.known ?? [] {
+            guard let sender = try? Base64.decode(entry.sender), let stream = try? Base64.decode(entry.stream),
+                  sender.count == 32, stream.count == 16 || stream.count == 32 else {
+                return .error(400, "a known stream needs a base64 sender (32 bytes) and stream (16 or 32 bytes)")
+            }
+            known[sender + stream] = max(known[sender + stream] ?? 0, entry.below)
+        }
         do {
-            let page = try frames.page(room: room, order: order, notBefore: notBefore, limit: limit, maxBytes: ControlAPI.HistoryRequest.maximumBytes)
-            // A page may stop short of `limit` at the byte bound: only an empty page ends it.
-            let next = page.last?.sequence
+            var page = try frames.page(room: room, order: order, notBefore: notBefore, limit: limit, maxBytes: ControlAPI.HistoryRequest.maximumBytes)
+            // A page may stop short of `limit` at the byte bound, or hold only
+            // known frames: only a page with nothing left ends the history.
+            var next = page.last?.sequence
+            if let until = request.until, request.order == .oldest, let cut = page.firstIndex(where: { $0.firstStored > until }) {
+                page.removeSubrange(cut...)
+                next = nil
+            }
+            if !known.isEmpty {
+                page.removeAll { stored in (known[stored.sender + stored.id.stream]).map { stored.id.index < $0 } ?? false }
+            }
             return .json(200, ControlAPI.HistoryPage(frames: page.map {
                 ControlAPI.StoredFrameView(seq: $0.sequence, firstStored: $0.firstStored, frame: Base64.encode($0.bytes))
             }, next: next, node: node.broker.serverID, now: now))

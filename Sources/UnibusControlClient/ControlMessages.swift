@@ -299,16 +299,39 @@ public enum ControlAPI {
         /// Instead of `since`: frames first stored within this many ms before
         /// the node's now (so a resuming client needs no clock agreement).
         public var within: UInt64?
+        /// Oldest first: stop at the first frame first stored after this (ms):
+        /// the page ends there and `next` is null.
+        public var until: UInt64?
+        /// Frames the caller has: per sender and stream, every index below
+        /// `below` (they are left out; paging goes on past them).
+        public var known: [Known]?
         public var limit: Int?
 
-        public init(order: Order, before: Int64? = nil, after: Int64? = nil, since: UInt64? = nil, within: UInt64? = nil, limit: Int? = nil) {
+        public struct Known: Codable, Sendable, Equatable {
+            /// The sender's Ed25519 key and the stream (session id), base64.
+            public var sender: String
+            public var stream: String
+            public var below: UInt64
+            public init(sender: String, stream: String, below: UInt64) {
+                self.sender = sender
+                self.stream = stream
+                self.below = below
+            }
+        }
+
+        public init(order: Order, before: Int64? = nil, after: Int64? = nil, since: UInt64? = nil, within: UInt64? = nil,
+                    until: UInt64? = nil, known: [Known]? = nil, limit: Int? = nil) {
             self.order = order
             self.before = before
             self.after = after
             self.since = since
             self.within = within
+            self.until = until
+            self.known = known
             self.limit = limit
         }
+
+        public static let maximumKnown = 10_000
 
         public static let maximumFrames = 1000
         public static let maximumBytes = 4 * 1024 * 1024
@@ -337,6 +360,7 @@ public enum ControlAPI {
     public struct HistoryPage: Codable, Sendable, Equatable {
         public var frames: [StoredFrameView]
         /// The token for the next page (`before` or `after`), or nil at the end.
+        /// A page may be empty (everything in it was `known`) and still have one.
         public var next: Int64?
         /// The node that answered (its tokens mean nothing elsewhere).
         public var node: String

@@ -123,6 +123,21 @@ struct KeyringTests {
         #expect(rejection(receiver.open(old, room: "ops", now: now, arrival: .stored(firstStored: now - 3_600_000, notBefore: 0))) == .replay)
     }
 
+    @Test func aReplayWindowSaysBelowWhichEverythingWasDelivered() {
+        var window = ReplayWindow()
+        #expect(window.deliveredBelow == 0)
+        for number: UInt64 in 0..<100 { _ = window.accept(number) }
+        #expect(window.deliveredBelow == 100)
+        _ = window.accept(150)   // 100...149 missing
+        #expect(window.deliveredBelow == 100)
+        for number: UInt64 in 100..<150 { _ = window.accept(number) }
+        #expect(window.deliveredBelow == 151)
+        // Far ahead: what fell out of the window can no longer be delivered.
+        _ = window.accept(10_000)
+        #expect(window.deliveredBelow == 10_001 - ReplayWindow.size)
+        #expect(ReplayWindow(encoded: window.encoded)?.deliveredBelow == window.deliveredBelow)
+    }
+
     @Test func removedMemberCannotReadTheNextSession() throws {
         let (sender, bobRing, others) = pair(members: [carol])
         let carolRing = try #require(others.first)
