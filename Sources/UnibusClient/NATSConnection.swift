@@ -12,6 +12,22 @@ public struct NATSMessage: Sendable {
     public let subject: String
     public let reply: String?
     public let payload: [UInt8]
+    /// Which connection to a node delivered it (1 for the first, then one
+    /// more per attachment): a change marks exactly where a subscription's
+    /// stream crossed a reconnect, whatever order other events arrive in.
+    public let attachment: Int
+    /// When it arrived (ms since the epoch, this machine's clock): a
+    /// resuming subscriber asks the store from the arrival of the last frame
+    /// it delivered, however far behind its consumer ran.
+    public let receivedAt: UInt64
+
+    public init(subject: String, reply: String?, payload: [UInt8], attachment: Int = 0, receivedAt: UInt64 = 0) {
+        self.subject = subject
+        self.reply = reply
+        self.payload = payload
+        self.attachment = attachment
+        self.receivedAt = receivedAt
+    }
 }
 
 /// What happened to the connection, for status lines and tests.
@@ -86,6 +102,8 @@ public final class NATSConnection: @unchecked Sendable {
     private var runner: Task<Void, Never>?
     private var droppedBySlowConsumer = 0
     private var reconnects = 0
+    /// Attachments made so far (each connection's handler takes the next number).
+    private var attachments = 0
     /// When the latest attachment completed, and when its first message came in.
     private var attachedAt: Date?
     private var firstMessageAt: Date?
@@ -388,8 +406,12 @@ public final class NATSConnection: @unchecked Sendable {
     /// before any new publish can reach the channel.
     private func attach(to endpoint: Endpoint) async throws {
         let handshake = group.next().makePromise(of: ServerInfo.self)
+        let attachment = lock.withLock { () -> Int in
+            attachments += 1
+            return attachments
+        }
         let handler = NATSClientHandler(connection: self, endpoint: endpoint, identity: options.identity, name: options.name,
-                                        tls: tls, handshake: handshake)
+                                        tls: tls, handshake: handshake, attachment: attachment)
         let channel: Channel
         do {
             channel = try await ClientBootstrap(group: group)
@@ -624,9 +646,11 @@ private final class NATSClientHandler: ChannelInboundHandler, @unchecked Sendabl
     private var info: ServerInfo?
     private var pending: ByteBuffer?
     private var parser = ServerProtocolParser()
+    private let attachment: Int
 
     init(connection: NATSConnection, endpoint: Endpoint, identity: Identity, name: String, tls: NIOSSLContext?,
-         handshake: EventLoopPromise<ServerInfo>) {
+         handshake: EventLoopPromise<ServerInfo>, attachment: Int) {
+        self.attachment = attachment
         self.connection = connection
         self.endpoint = endpoint
         self.identity = identity
@@ -675,7 +699,9 @@ private final class NATSClientHandler: ChannelInboundHandler, @unchecked Sendabl
         case (.connected, .msg(let subject, let sid, let reply, let headerLength, var message)):
             if let headerLength { message.moveReaderIndex(forwardBy: headerLength) }   // headers are not used by frames
             connection.deliver(sid: Substring(sid), message: NATSMessage(subject: subject, reply: reply,
-                                                                          payload: message.readBytes(length: message.readableBytes) ?? []))
+                                                                          payload: message.readBytes(length: message.readableBytes) ?? [],
+                                                                          attachment: attachment,
+                                                                          receivedAt: UInt64(max(0, Date().timeIntervalSince1970 * 1000))))
         case (_, .ping):
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: "PONG\r\n")), promise: nil)
         case (.connected, .pong):

@@ -241,6 +241,7 @@ extension UnibusClient {
     func handleReceipt(_ payload: [UInt8]) {
         guard let receipt = DurabilityReceipt(decoding: payload) else { return }
         guard receipt.durability == .local || receipt.peer != nil else { return }
+        lastReceiptAt = .now
         for entry in receipt.stored {
             guard let id = entry.frameID, unacknowledged.entries[id]?.room == receipt.room else { continue }
             unacknowledged.acknowledge(id, receipt: receipt)
@@ -263,6 +264,11 @@ extension UnibusClient {
     func resendUnacknowledged(olderThan age: Duration?) {
         guard !closed, unacknowledged.count > 0, connection.isConnected else { return }
         let now = ContinuousClock.now
+        // While receipts keep coming, the node is working through a backlog:
+        // sending its queue again would only lengthen it. Then only frames
+        // four times past the timeout (perhaps dropped by a full node) go again.
+        var age = age
+        if let given = age, let last = lastReceiptAt, now - last < given { age = given * 4 }
         let wall = Self.nowMillis()
         var expired = 0
         for (id, entry) in unacknowledged.inOrder {

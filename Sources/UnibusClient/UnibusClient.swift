@@ -110,6 +110,8 @@ public actor UnibusClient {
     /// Frames of persisted rooms sent and not yet acknowledged as stored.
     var unacknowledged = UnacknowledgedFrames()
     var receiptTask: Task<Void, Never>?
+    /// When the last durability receipt came (resends hold back while they flow).
+    var lastReceiptAt: ContinuousClock.Instant?
     var resendTask: Task<Void, Never>?
     /// Per persisted room joined: when (client clock, ms) a frame was last
     /// delivered, which is where a resume asks the store from.
@@ -613,7 +615,12 @@ public actor UnibusClient {
         await receive(frame, room: room, arrival: .live)
     }
 
-    func receive(_ frame: [UInt8], room: String, arrival: RoomKeyring.Arrival) async -> Result<OpenedFrame, FrameRejection> {
+    /// A live message: the cursor of a persisted room moves to when it arrived.
+    func receive(_ message: NATSMessage, room: String) async -> Result<OpenedFrame, FrameRejection> {
+        await receive(message.payload, room: room, arrival: .live, arrivedAt: message.receivedAt)
+    }
+
+    func receive(_ frame: [UInt8], room: String, arrival: RoomKeyring.Arrival, arrivedAt: UInt64? = nil) async -> Result<OpenedFrame, FrameRejection> {
         var result = keyring.open(frame, room: room, now: Self.nowMillis(), arrival: arrival)
         if case .failure(let reason) = result, reason == .unknownSession || reason == .nonMember,
            let marker = Self.sessionMarker(frame), fetchedFor.count < 10_000, fetchedFor.insert(marker).inserted {
@@ -626,8 +633,8 @@ public actor UnibusClient {
             delivered += 1
             // Live deliveries only (a resume moves it once the whole gap was
             // read), and not while frozen from a disconnect until then.
-            if arrival == .live, resumeCursor[room] != nil, !frozenCursors.contains(room) {
-                resumeCursor[room] = Self.nowMillis()
+            if arrival == .live, let current = resumeCursor[room], !frozenCursors.contains(room) {
+                resumeCursor[room] = max(current, arrivedAt.flatMap { $0 > 0 ? $0 : nil } ?? Self.nowMillis())
                 if keyStore != nil { cursorsChanged.insert(room) }
             }
         case .failure(.replay) where arrival != .live || keyring.rooms[room]?.policy.persist == true:
@@ -829,8 +836,9 @@ public struct RoomMessages: AsyncSequence, Sendable {
             var followUps: Task<Void, Never>?
             for await event in events {
                 if case .disconnected = event {
+                    // The iterator also sees the switch in the messages themselves
+                    // (their attachment number): this covers a quiet room.
                     followUps?.cancel()
-                    await client.freezeCursor(room)
                     continuation.yield(.hold)
                     continue
                 }
@@ -870,6 +878,8 @@ public struct RoomMessages: AsyncSequence, Sendable {
         var held: [NATSMessage] = []
         var heldBytes = 0
         var holding = false
+        /// The attachment the last live message came on (0: none yet).
+        var attachment = 0
         /// Held messages were dropped past the bound: read the store again.
         var heldOverflowed = false
 
@@ -896,6 +906,16 @@ public struct RoomMessages: AsyncSequence, Sendable {
                 guard let input = await base?.next() else { return nil }
                 switch input {
                 case .live(let message):
+                    if message.attachment != attachment {
+                        // The first message of a new connection: everything after it
+                        // waits until the store was asked for the gap before it.
+                        if attachment != 0 && !holding {
+                            holding = true
+                            await client.freezeCursor(room)
+                            retry?.yield(.resume)
+                        }
+                        attachment = message.attachment
+                    }
                     if holding {
                         if held.count < Self.heldBound.messages, heldBytes + message.payload.count <= Self.heldBound.bytes {
                             held.append(message)
@@ -906,9 +926,11 @@ public struct RoomMessages: AsyncSequence, Sendable {
                         }
                         continue
                     }
-                    if case .success(let frame) = await client.receive(message.payload, room: room) { return frame }
+                    if case .success(let frame) = await client.receive(message, room: room) { return frame }
                 case .hold:
+                    // In stream order: every live frame before this mark came on the lost connection.
                     holding = true
+                    await client.freezeCursor(room)
                 case .resume:
                     let outcome = await client.resume(room)
                     pending = outcome.frames
@@ -924,7 +946,7 @@ public struct RoomMessages: AsyncSequence, Sendable {
                         continue
                     }
                     for message in held {
-                        if case .success(let frame) = await client.receive(message.payload, room: room) { pending.append(frame) }
+                        if case .success(let frame) = await client.receive(message, room: room) { pending.append(frame) }
                     }
                     held = []
                     heldBytes = 0

@@ -292,16 +292,32 @@ public final class ControlPlane: Sendable {
             known[sender + stream] = max(known[sender + stream] ?? 0, entry.below)
         }
         do {
-            var page = try frames.page(room: room, order: order, notBefore: notBefore, limit: limit, maxBytes: ControlAPI.HistoryRequest.maximumBytes)
-            // A page may stop short of `limit` at the byte bound, or hold only
-            // known frames: only a page with nothing left ends the history.
-            var next = page.last?.sequence
-            if let until = request.until, request.order == .oldest, let cut = page.firstIndex(where: { $0.firstStored > until }) {
-                page.removeSubrange(cut...)
-                next = nil
-            }
-            if !known.isEmpty {
-                page.removeAll { stored in (known[stored.sender + stored.id.stream]).map { stored.id.index < $0 } ?? false }
+            // Frames the caller names as known are left out; reading goes on
+            // past them (up to 20 pages of rows) so one answer carries what is
+            // missing. A page may stop short of `limit` at the byte bound, or
+            // hold only known frames: only `next == nil` ends the history.
+            var page: [FrameStore.Stored] = []
+            var bytes = 0
+            var next: Int64?
+            var order = order
+            for _ in 0..<(known.isEmpty ? 1 : 20) {
+                var rows = try frames.page(room: room, order: order, notBefore: notBefore, limit: limit,
+                                           maxBytes: ControlAPI.HistoryRequest.maximumBytes)
+                next = rows.last?.sequence
+                var ended = rows.isEmpty
+                if let until = request.until, request.order == .oldest, let cut = rows.firstIndex(where: { $0.firstStored > until }) {
+                    rows.removeSubrange(cut...)
+                    next = nil
+                    ended = true
+                }
+                if !known.isEmpty {
+                    rows.removeAll { stored in (known[stored.sender + stored.id.stream]).map { stored.id.index < $0 } ?? false }
+                }
+                page += rows
+                bytes += rows.reduce(0) { $0 + $1.bytes.count }
+                guard !ended, let last = next, page.count < limit, bytes < ControlAPI.HistoryRequest.maximumBytes,
+                      case .oldestFirst = order else { break }
+                order = .oldestFirst(after: last, since: since)
             }
             return .json(200, ControlAPI.HistoryPage(frames: page.map {
                 ControlAPI.StoredFrameView(seq: $0.sequence, firstStored: $0.firstStored, frame: Base64.encode($0.bytes))
