@@ -20,13 +20,17 @@ public struct NATSMessage: Sendable {
     /// resuming subscriber asks the store from the arrival of the last frame
     /// it delivered, however far behind its consumer ran.
     public let receivedAt: UInt64
+    /// How many of this subscription's messages were dropped (its consumer
+    /// fell behind) before this one, since it began: a change marks a gap.
+    public let droppedBefore: Int
 
-    public init(subject: String, reply: String?, payload: [UInt8], attachment: Int = 0, receivedAt: UInt64 = 0) {
+    public init(subject: String, reply: String?, payload: [UInt8], attachment: Int = 0, receivedAt: UInt64 = 0, droppedBefore: Int = 0) {
         self.subject = subject
         self.reply = reply
         self.payload = payload
         self.attachment = attachment
         self.receivedAt = receivedAt
+        self.droppedBefore = droppedBefore
     }
 }
 
@@ -77,6 +81,8 @@ public final class NATSConnection: @unchecked Sendable {
         let subject: String
         let queue: String?
         let continuation: AsyncStream<NATSMessage>.Continuation
+        /// Messages dropped because the consumer fell behind (the stream was full).
+        var dropped = 0
     }
 
     public let options: Options
@@ -477,13 +483,20 @@ public final class NATSConnection: @unchecked Sendable {
 
     fileprivate func deliver(sid: Substring, message: NATSMessage) {
         guard let number = UInt64(sid) else { return }
-        let continuation = lock.withLock { () -> AsyncStream<NATSMessage>.Continuation? in
+        let entry = lock.withLock { () -> (AsyncStream<NATSMessage>.Continuation, Int)? in
             if firstMessageAt == nil { firstMessageAt = Date() }
-            return subscriptions[number]?.continuation
+            return subscriptions[number].map { ($0.continuation, $0.dropped) }
         }
-        guard let continuation else { return }
-        if case .dropped = continuation.yield(message) {
-            lock.withLock { droppedBySlowConsumer += 1 }
+        guard let (continuation, dropped) = entry else { return }
+        // Each message says how many of its subscription's messages were
+        // dropped before it, so a reader can tell where a gap is.
+        let stamped = NATSMessage(subject: message.subject, reply: message.reply, payload: message.payload, attachment: message.attachment,
+                                  receivedAt: message.receivedAt, droppedBefore: dropped)
+        if case .dropped = continuation.yield(stamped) {
+            lock.withLock {
+                droppedBySlowConsumer += 1
+                subscriptions[number]?.dropped += 1
+            }
         }
     }
 

@@ -878,8 +878,10 @@ public struct RoomMessages: AsyncSequence, Sendable {
         var held: [NATSMessage] = []
         var heldBytes = 0
         var holding = false
-        /// The attachment the last live message came on (0: none yet).
+        /// The attachment the last live message came on (0: none yet), and
+        /// how many of the subscription's messages had been dropped before it.
         var attachment = 0
+        var dropped = 0
         /// Held messages were dropped past the bound: read the store again.
         var heldOverflowed = false
 
@@ -906,15 +908,17 @@ public struct RoomMessages: AsyncSequence, Sendable {
                 guard let input = await base?.next() else { return nil }
                 switch input {
                 case .live(let message):
-                    if message.attachment != attachment {
-                        // The first message of a new connection: everything after it
-                        // waits until the store was asked for the gap before it.
+                    if message.attachment != attachment || message.droppedBefore != dropped {
+                        // The first message of a new connection, or the first after
+                        // messages were dropped (the consumer fell behind): everything
+                        // after it waits until the store was asked for the gap before it.
                         if attachment != 0 && !holding {
                             holding = true
                             await client.freezeCursor(room)
                             retry?.yield(.resume)
                         }
                         attachment = message.attachment
+                        dropped = message.droppedBefore
                     }
                     if holding {
                         if held.count < Self.heldBound.messages, heldBytes + message.payload.count <= Self.heldBound.bytes {

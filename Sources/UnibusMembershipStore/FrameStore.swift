@@ -230,7 +230,15 @@ public final class FrameStore: @unchecked Sendable {
                     SELECT seq, room, stream, idx, sender, first_stored, frame FROM frames
                     WHERE room = ? AND seq < ? AND first_stored >= ? ORDER BY seq DESC LIMIT ?
                     """, [.text(room), .integer(before ?? .max), .integer(floor), .integer(Int64(max(1, limit)))])
-            case .oldestFirst(let after, let since):
+            case .oldestFirst(var after, let since):
+                // From a time: start at the first sequence stored since then
+                // (found on the age index), not at the room's beginning.
+                let from = max(floor, Self.clamp(since))
+                if (after ?? 0) == 0, from > 0 {
+                    guard let first = try reader.query("SELECT MIN(seq) FROM frames WHERE room = ? AND first_stored >= ?",
+                                                       [.text(room), .integer(from)]).first?.first?.integer else { return [] }
+                    after = first - 1
+                }
                 return try reader.query("""
                     SELECT seq, room, stream, idx, sender, first_stored, frame FROM frames
                     WHERE room = ? AND seq > ? AND first_stored >= ? ORDER BY seq ASC LIMIT ?

@@ -324,6 +324,25 @@ struct PersistedRoomTests {
         await node.stop()
     }
 
+    @Test func historyPagesNewestFirstAndFromATime() async throws {
+        let node = try await TestNode()
+        let alice = try await node.client(node.alice)
+        try await alice.createRoom(id: "long", subject: "rooms.long", policy: RoomPolicy(persist: true, rotateAfterMessages: 10_000))
+        _ = try await alice.join("long")
+        let started = Date()
+        for number in 0..<2_300 { _ = try await alice.send(Array("h\(number)".utf8), to: "long") }
+        try await alice.waitForAllStored(timeout: .seconds(60))
+        // More than two pages of 1,000, both ways.
+        let last = try await alice.history(room: "long", last: 2_100)
+        #expect(last.messages.count == 2_100)
+        #expect(last.messages.first.map { text($0.frame) } == "h200" && last.messages.last.map { text($0.frame) } == "h2299")
+        #expect(zip(last.messages, last.messages.dropFirst()).allSatisfy { $0.frame.timestamp <= $1.frame.timestamp })
+        let all = try await alice.history(room: "long", since: started.addingTimeInterval(-1))
+        #expect(all.messages.map { text($0.frame) } == (0..<2_300).map { "h\($0)" })
+        await alice.close()
+        await node.stop()
+    }
+
     @Test func retentionKeepsTheNewestFramesByCount() async throws {
         let node = try await TestNode()
         let alice = try await node.client(node.alice)

@@ -133,6 +133,24 @@ def main(work):
             time.sleep(0.2)
         check(f"retention on {node}: the newest 10 only", texts == [f"s{i}" for i in range(15, 25)], f"{texts} {output[-300:]}")
 
+    # Retention by bytes, on every node: 1 KiB keeps the newest few frames only.
+    run("unibus", "room", "create", *as_admin("a"), "--id", "small", "--subject", "rooms.small", "--persist", "--retain-bytes", "1KiB")
+    run("unibus", "room", "add-member", *as_admin("a"), "--id", "small", "--sign-pub", people["alice"]["nkey"])
+    status, output = send("alice", "c", "small", [f"b{i}" for i in range(20)])
+    check("send 20 to a room that keeps 1 KiB", status == 0, output)
+    kept = {}
+    for node in "abc":
+        deadline = time.time() + 15
+        while True:
+            status, texts, _, output = history("alice", node, "small")
+            if (0 < len(texts) < 20 and texts == [f"b{i}" for i in range(20 - len(texts), 20)]) or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        kept[node] = texts
+        check(f"retention by bytes on {node}: only the newest frames, in order", 0 < len(texts) < 20
+              and texts == [f"b{i}" for i in range(20 - len(texts), 20)], f"{texts} {output[-300:]}")
+    check("every node keeps the same newest frames by bytes", len({tuple(t) for t in kept.values()}) == 1, kept)
+
     # Late joiners: shared history gives carol everything; then removal cuts her off.
     run("unibus", "room", "add-member", *as_admin("a"), "--id", "hist", "--sign-pub", people["carol"]["nkey"])
     # Alice's client gives carol her sessions when it next looks at the room.
