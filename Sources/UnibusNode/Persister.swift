@@ -11,10 +11,11 @@ import UnibusSQLite
 
 /// How a node keeps persisted rooms (see docs/persistence.md).
 public struct PersistenceConfiguration: Sendable {
-    /// Frames one member may have stored in one room per `quotaWindow`.
-    public var senderMessagesPerWindow = 200_000
+    /// Frames one member may have stored in one room per `quotaWindow`
+    /// (a steady 20,000 a second).
+    public var senderMessagesPerWindow = 1_200_000
     /// Bytes of frames one member may have stored in one room per `quotaWindow`.
-    public var senderBytesPerWindow = 256 * 1024 * 1024
+    public var senderBytesPerWindow = 1024 * 1024 * 1024
     public var quotaWindow: TimeInterval = 60
     /// How long a batch waits for a peer's confirmation before its receipts
     /// are dropped (the publisher then sends the frames again).
@@ -96,6 +97,13 @@ final class Persister: PublishTap, @unchecked Sendable {
 
     // Confined to `queue`.
     private var quotas: [QuotaKey: QuotaWindow] = [:]
+    /// (room, sender, stream, index) of frames stored lately: a resend of one
+    /// is acknowledged without its signature checked again (nothing new is
+    /// stored for it, whatever its bytes). Bounded, oldest forgotten first.
+    private var recent: Set<[UInt8]> = []
+    private var recentOrder: [[UInt8]] = []
+    private var recentStart = 0
+    static let recentMemory = 200_000
     private var lastRetention = Date.distantPast
 
     private struct Awaiting {
@@ -279,6 +287,13 @@ final class Persister: PublishTap, @unchecked Sendable {
         if Date().timeIntervalSince(lastRetention) >= configuration.retentionInterval { applyRetention() }
     }
 
+    private enum Verdict: Sendable {
+        case verified(VerifiedFrame)
+        /// Stored lately under this identity by this sender: nothing to store.
+        case held(sender: [UInt8], id: FrameID)
+        case refused(FrameStorageError)
+    }
+
     private struct Accepted {
         let insert: FrameStore.Insert
         /// The client that published it here (receipts), or nil for a peer's frame.
@@ -323,14 +338,22 @@ final class Persister: PublishTap, @unchecked Sendable {
                 }
             }
         }
-        var verdicts = [Result<VerifiedFrame, FrameStorageError>?](repeating: nil, count: jobs.count)
+        var verdicts = [Verdict?](repeating: nil, count: jobs.count)
         let work = jobs
-        @Sendable func verify(_ index: Int) -> Result<VerifiedFrame, FrameStorageError> {
+        let held = recent
+        @Sendable func verify(_ index: Int) -> Verdict {
             let job = work[index]
+            // Held already (stored lately): the same identity from the same
+            // sender, a resend. Acknowledged without a second signature check;
+            // nothing is stored for it, so its bytes do not matter.
+            if let (sender, id) = FrameVerifier.identify(job.bytes), held.contains(Self.recentKey(room: job.room, sender: sender, id: id)),
+               job.publisher == nil || job.publisher == (Ed25519PublicKey(bytes: sender).map { NKey.encodePublicKey($0, type: .user) } ?? "") {
+                return .held(sender: sender, id: id)
+            }
             do throws(FrameStorageError) {
-                return .success(try FrameVerifier.verify(job.bytes, room: job.room, in: state, publisher: job.publisher))
+                return .verified(try FrameVerifier.verify(job.bytes, room: job.room, in: state, publisher: job.publisher))
             } catch {
-                return .failure(error)
+                return .refused(error)
             }
         }
         if work.count >= 64 {
@@ -350,10 +373,15 @@ final class Persister: PublishTap, @unchecked Sendable {
         var acceptedConfirmation: [Int?] = []
         /// Whether each accepted frame was charged to its sender's quota (only those are refunded as duplicates).
         var charged: [Bool] = []
+        /// Held already: acknowledged and replicated, not stored again.
+        var heldAgain: [(room: String, sender: [UInt8], id: FrameID, bytes: [UInt8], publisher: String?, confirmation: Int?, firstStored: UInt64)] = []
         for (index, job) in jobs.enumerated() {
             guard let verdict = verdicts[index] else { continue }
             switch verdict {
-            case .success(let frame):
+            case .held(let sender, let id):
+                statistics.duplicates.wrappingIncrement(ordering: .relaxed)
+                heldAgain.append((job.room, sender, id, job.bytes, job.publisher, job.confirmation, job.firstStored))
+            case .verified(let frame):
                 var wasCharged = false
                 if let publisher = job.publisher {
                     if let problem = chargeQuota(room: job.room, sender: publisher, bytes: frame.bytes.count, at: clock) {
@@ -371,7 +399,7 @@ final class Persister: PublishTap, @unchecked Sendable {
                                          publisher: job.publisher))
                 acceptedConfirmation.append(job.confirmation)
                 charged.append(wasCharged)
-            case .failure(let error):
+            case .refused(let error):
                 statistics.refused.wrappingIncrement(ordering: .relaxed)
                 if let publisher = job.publisher, let frame = FrameVerifier.identify(job.bytes) {
                     refusals[publisher, default: [:]][job.room, default: []].append(DurabilityReceipt.Refusal(frame.id, error: error))
@@ -392,6 +420,7 @@ final class Persister: PublishTap, @unchecked Sendable {
                 return
             }
         }
+        for item in accepted { remember(Self.recentKey(room: item.insert.room, sender: item.insert.frame.sender, id: item.insert.frame.id)) }
         for (index, new) in results.enumerated() {
             if new { statistics.stored.wrappingIncrement(ordering: .relaxed) } else {
                 statistics.duplicates.wrappingIncrement(ordering: .relaxed)
@@ -401,6 +430,7 @@ final class Persister: PublishTap, @unchecked Sendable {
             }
             if let confirmation = acceptedConfirmation[index] { confirmations[confirmation].held += 1 }
         }
+        for again in heldAgain { if let confirmation = again.confirmation { confirmations[confirmation].held += 1 } }
         // A peer's batch is confirmed with how many of its frames this node
         // now holds; the sender counts it only if that is all of them.
         for (link, batch, held) in confirmations {
@@ -412,7 +442,12 @@ final class Persister: PublishTap, @unchecked Sendable {
                                to: publisher)
             }
         }
-        replicateAndAcknowledge(accepted.filter { $0.publisher != nil })
+        replicateAndAcknowledge(accepted.compactMap { item in
+            item.publisher.map { Outgoing(room: item.insert.room, id: item.insert.frame.id, bytes: item.insert.frame.bytes,
+                                          firstStored: item.insert.firstStored, publisher: $0) }
+        } + heldAgain.compactMap { again in
+            again.publisher.map { Outgoing(room: again.room, id: again.id, bytes: again.bytes, firstStored: again.firstStored, publisher: $0) }
+        })
         let touched = Set(accepted.map(\.insert.room))
         for room in touched {
             guard let policy = state.rooms[room]?.policy else { continue }
@@ -423,19 +458,28 @@ final class Persister: PublishTap, @unchecked Sendable {
         }
     }
 
-    /// Sends this node's new frames to every linked peer and tells each
-    /// publisher once they are durable: at the first peer's confirmation, or
-    /// now when no peer is linked.
-    private func replicateAndAcknowledge(_ accepted: [Accepted]) {
+    /// A frame a client published here, on its way to peers and its receipt.
+    private struct Outgoing {
+        let room: String
+        let id: FrameID
+        let bytes: [UInt8]
+        let firstStored: UInt64
+        let publisher: String
+    }
+
+    /// Sends this node's frames from its clients to every linked peer and
+    /// tells each publisher once they are durable: at the first peer's
+    /// confirmation of a whole batch, or now when no peer is linked.
+    private func replicateAndAcknowledge(_ outgoing: [Outgoing]) {
         guard let node = currentNode else { return }
-        guard !accepted.isEmpty else { return }
-        var byRoom: [String: [Accepted]] = [:]
-        for item in accepted { byRoom[item.insert.room, default: []].append(item) }
+        guard !outgoing.isEmpty else { return }
+        var byRoom: [String: [Outgoing]] = [:]
+        for item in outgoing { byRoom[item.room, default: []].append(item) }
         let peers = node.broker.cluster?.peers.count ?? 0
         for (room, items) in byRoom {
-            var perPublisher: [String: [DurabilityReceipt.Entry]] = [:]
-            for item in items { if let publisher = item.publisher { perPublisher[publisher, default: []].append(DurabilityReceipt.Entry(item.insert.frame.id)) } }
             guard peers > 0, let cluster = node.broker.cluster else {
+                var perPublisher: [String: [DurabilityReceipt.Entry]] = [:]
+                for item in items { perPublisher[item.publisher, default: []].append(DurabilityReceipt.Entry(item.id)) }
                 for (publisher, entries) in perPublisher {
                     publishReceipt(DurabilityReceipt(room: room, node: node.broker.serverID, durability: .local, peer: nil, stored: entries, refused: []),
                                    to: publisher)
@@ -446,8 +490,8 @@ final class Persister: PublishTap, @unchecked Sendable {
             while start < items.count {
                 var end = start, bytes = 0
                 while end < items.count, end - start < FrameReplication.maximumFrames,
-                      bytes + items[end].insert.frame.bytes.count <= FrameReplication.maximumBatchBytes / 2 || end == start {
-                    bytes += items[end].insert.frame.bytes.count
+                      bytes + items[end].bytes.count <= FrameReplication.maximumBatchBytes / 2 || end == start {
+                    bytes += items[end].bytes.count
                     end += 1
                 }
                 let slice = items[start..<end]
@@ -457,14 +501,14 @@ final class Persister: PublishTap, @unchecked Sendable {
                     return nextBatch
                 }
                 var receipts: [String: [DurabilityReceipt.Entry]] = [:]
-                for item in slice { if let publisher = item.publisher { receipts[publisher, default: []].append(DurabilityReceipt.Entry(item.insert.frame.id)) } }
+                for item in slice { receipts[item.publisher, default: []].append(DurabilityReceipt.Entry(item.id)) }
                 lock.withLock {
                     awaiting[batch] = Awaiting(deadline: Date().addingTimeInterval(configuration.peerConfirmationTimeout), expected: slice.count,
                                                receipts: receipts.map { ($0.key, DurabilityReceipt(room: room, node: node.broker.serverID,
                                                                                                    durability: .peer, peer: nil, stored: $0.value, refused: [])) })
                 }
                 let message = FrameReplication.frames(batch: batch, room: room, frames: slice.map {
-                    FrameReplication.CarriedFrame(firstStored: $0.insert.firstStored, bytes: $0.insert.frame.bytes)
+                    FrameReplication.CarriedFrame(firstStored: $0.firstStored, bytes: $0.bytes)
                 })
                 cluster.broadcast(message.encoded)
                 start = end
@@ -497,9 +541,40 @@ final class Persister: PublishTap, @unchecked Sendable {
         if expired > 0 { statistics.receiptsUnconfirmed.wrappingIncrement(by: expired, ordering: .relaxed) }
     }
 
+    /// Sends a receipt in parts small enough for any client (a receipt over
+    /// its max payload once cut the publisher's connection, which then sent
+    /// everything again): at most 1,000 stored and 100 refused frames each.
     private func publishReceipt(_ receipt: DurabilityReceipt, to publisher: String) {
         guard let node = currentNode else { return }
-        node.broker.publish(subject: ReservedNamespace.receiptSubject(for: publisher), payload: receipt.encoded)
+        let subject = ReservedNamespace.receiptSubject(for: publisher)
+        var stored = receipt.stored[...], refused = receipt.refused[...]
+        repeat {
+            var part = receipt
+            part.stored = Array(stored.prefix(1000))
+            part.refused = Array(refused.prefix(100))
+            stored = stored.dropFirst(part.stored.count)
+            refused = refused.dropFirst(part.refused.count)
+            node.broker.publish(subject: subject, payload: part.encoded)
+        } while !stored.isEmpty || !refused.isEmpty
+    }
+
+    static func recentKey(room: String, sender: [UInt8], id: FrameID) -> [UInt8] {
+        var key = Array(room.utf8) + [0] + sender + id.stream
+        withUnsafeBytes(of: id.index.bigEndian) { key.append(contentsOf: $0) }
+        return key
+    }
+
+    private func remember(_ key: [UInt8]) {
+        guard recent.insert(key).inserted else { return }
+        recentOrder.append(key)
+        if recentOrder.count - recentStart > Self.recentMemory {
+            recent.remove(recentOrder[recentStart])
+            recentStart += 1
+            if recentStart > Self.recentMemory {
+                recentOrder.removeFirst(recentStart)
+                recentStart = 0
+            }
+        }
     }
 
     /// Gives back what a frame that turned out to be a duplicate was charged.

@@ -121,10 +121,10 @@ struct Run: AsyncParsableCommand {
     var persistSync: SQLiteDatabase.Synchronous = .full
 
     @Option(name: .long, help: "Frames one member may have stored in one persisted room per minute.")
-    var persistSenderMessagesPerMinute = 200_000
+    var persistSenderMessagesPerMinute = 1_200_000
 
     @Option(name: .long, help: "Bytes one member may have stored in one persisted room per minute.")
-    var persistSenderBytesPerMinute = 256 * 1024 * 1024
+    var persistSenderBytesPerMinute = 1024 * 1024 * 1024
 
     /// Numbers from the command line, checked before any is multiplied or
     /// converted (a huge --ping-interval once trapped converting to nanoseconds).
