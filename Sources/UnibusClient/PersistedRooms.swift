@@ -297,6 +297,17 @@ extension UnibusClient {
 
     // MARK: resuming
 
+    /// Where to read the store from for a gap the live stream left in one of
+    /// `room`'s sessions (a frame skipped without a reconnect: a node died
+    /// with it in its buffers, say), once the gap is a second old: two seconds
+    /// before the frame that opened it arrived. Gaps older than 30 s are left
+    /// (their frames were never stored, or the store was asked already).
+    func gapOrigin(_ room: String) -> UInt64? {
+        let now = Self.nowMillis()
+        guard let since = keyring.oldestGap(in: room, openedBefore: now > 1000 ? now - 1000 : 0), now - since < 30_000 else { return nil }
+        return since > 2000 ? since - 2000 : 0
+    }
+
     /// Keeps `room`'s cursor where it is until the next resume (the
     /// connection broke: what follows must be asked from the store).
     func freezeCursor(_ room: String) {
@@ -327,8 +338,8 @@ extension UnibusClient {
     /// the margin and the room's window): a node cannot pass an old frame off
     /// as new by lying about when it was stored. The cursor moves only when
     /// the whole gap was read.
-    func resume(_ room: String) async -> ResumeOutcome {
-        guard let cursor = resumeOrigin[room] ?? resumeCursor[room], !closed else { return ResumeOutcome(frames: [], complete: true) }
+    func resume(_ room: String, from origin: UInt64? = nil) async -> ResumeOutcome {
+        guard let cursor = origin ?? resumeOrigin[room] ?? resumeCursor[room], !closed else { return ResumeOutcome(frames: [], complete: true) }
         let startedAt = Self.nowMillis()
         let margin = UInt64(max(0, configuration.resumeMargin.components.seconds)) * 1000
             + UInt64(max(0, configuration.resumeMargin.components.attoseconds / 1_000_000_000_000_000))

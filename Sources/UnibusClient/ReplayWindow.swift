@@ -2,39 +2,66 @@
 /// signed stream's sequence) have been accepted: a sliding bitmap over the
 /// newest `size` numbers, as IPsec's anti-replay window. A number below the
 /// window cannot be proven fresh and is refused as a replay.
+///
+/// Persisted rooms use a wider window (`persistedSize`): a frame missed live
+/// is fetched from a node's store later, and must still fit the window then.
+/// The window also remembers when a gap opened (`gapSince`), so a reader can
+/// ask the store for what it skipped.
 struct ReplayWindow: Sendable {
     static let size: UInt64 = 4096
-    private static let words = Int(size / 64)
+    static let persistedSize: UInt64 = 65_536
 
+    /// Numbers the window spans (a multiple of 64).
+    let size: UInt64
     /// One past the highest accepted number (0 = none yet).
     private(set) var top: UInt64 = 0
-    private var bits = [UInt64](repeating: 0, count: words)
+    private var bits: [UInt64]
+    /// The lowest missing number below `top` while there is one (nil: none
+    /// missing, or what was missing slid out of the window).
+    private(set) var gapStart: UInt64?
+    /// When (ms) the frame that opened that gap arrived.
+    private(set) var gapSince: UInt64 = 0
+
+    init(size: UInt64 = ReplayWindow.size) {
+        self.size = size
+        bits = [UInt64](repeating: 0, count: Int(size / 64))
+    }
 
     /// Whether `number` could still be accepted (not seen, not too old).
     func isFresh(_ number: UInt64) -> Bool {
         if number == .max { return false }
         if number >= top { return true }
-        if top - number > Self.size { return false }
-        return bits[Self.slot(number)] & Self.mask(number) == 0
+        if top - number > size { return false }
+        return bits[slot(number)] & mask(number) == 0
     }
 
-    /// Records `number`; false if it was a replay (nothing changes then).
-    /// `UInt64.max` is never accepted: `top` is one past the highest number,
-    /// and a sender that reached the end of the range must start a new stream.
-    mutating func accept(_ number: UInt64) -> Bool {
+    /// Records `number` (which arrived at `arrivedAt`, ms); false if it was a
+    /// replay (nothing changes then). `UInt64.max` is never accepted: `top`
+    /// is one past the highest number, and a sender that reached the end of
+    /// the range must start a new stream.
+    mutating func accept(_ number: UInt64, arrivedAt: UInt64 = 0) -> Bool {
         guard number < .max, isFresh(number) else { return false }
         if number >= top {
+            if number > top, gapStart == nil, top > 0 || number > 0 {
+                gapStart = top
+                gapSince = arrivedAt
+            }
             // Clear the slots the window slides over.
             let advance = number + 1 - top
-            if advance >= Self.size {
+            if advance >= size {
                 for i in bits.indices { bits[i] = 0 }
             } else {
                 var n = top
-                while n <= number { bits[Self.slot(n)] &= ~Self.mask(n); n += 1 }
+                while n <= number { bits[slot(n)] &= ~mask(n); n += 1 }
             }
             top = number + 1
         }
-        bits[Self.slot(number)] |= Self.mask(number)
+        bits[slot(number)] |= mask(number)
+        if let start = gapStart, number == start || top - start > size {
+            // Filled (or slid out of reach): where is the next one, if any?
+            let below = deliveredBelow
+            gapStart = below < top ? below : nil
+        }
         return true
     }
 
@@ -42,16 +69,16 @@ struct ReplayWindow: Sendable {
     /// number below it was accepted or can no longer be (too old). A
     /// resuming client tells a node to skip those.
     var deliveredBelow: UInt64 {
-        let bottom = top > Self.size ? top - Self.size : 0
+        let bottom = top > size ? top - size : 0
         var number = bottom
         while number < top {
-            let word = bits[Self.slot(number)]
+            let word = bits[slot(number)]
             // Whole words of accepted numbers at once.
             if number % 64 == 0, word == .max, number + 64 <= top {
                 number += 64
                 continue
             }
-            if word & Self.mask(number) == 0 { return number }
+            if word & mask(number) == 0 { return number }
             number += 1
         }
         return top
@@ -60,28 +87,28 @@ struct ReplayWindow: Sendable {
     /// The window as bytes (top, then the bitmap), for the client's store.
     var encoded: [UInt8] {
         var bytes: [UInt8] = []
-        bytes.reserveCapacity(8 + Self.words * 8)
+        bytes.reserveCapacity(8 + bits.count * 8)
         for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: top >> UInt64(shift))) }
         for word in self.bits { for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: word >> UInt64(shift))) } }
         return bytes
     }
 
-    init() {}
-
-    /// A window from `encoded`, or nil if the bytes are not one.
+    /// A window from `encoded` (either size), or nil if the bytes are not one.
     init?(encoded bytes: [UInt8]) {
-        guard bytes.count == 8 + Self.words * 8 else { return nil }
+        let sizes = [ReplayWindow.size, ReplayWindow.persistedSize]
+        guard let size = sizes.first(where: { bytes.count == 8 + Int($0 / 64) * 8 }) else { return nil }
         var words: [UInt64] = []
-        words.reserveCapacity(Self.words + 1)
+        words.reserveCapacity(Int(size / 64) + 1)
         for start in stride(from: 0, to: bytes.count, by: 8) {
             var value: UInt64 = 0
             for byte in bytes[start..<(start + 8)] { value = value << 8 | UInt64(byte) }
             words.append(value)
         }
+        self.size = size
         top = words[0]
         bits = Array(words.dropFirst())
     }
 
-    private static func slot(_ n: UInt64) -> Int { Int((n % size) / 64) }
-    private static func mask(_ n: UInt64) -> UInt64 { 1 << (n % 64) }
+    private func slot(_ n: UInt64) -> Int { Int((n % size) / 64) }
+    private func mask(_ n: UInt64) -> UInt64 { 1 << (n % 64) }
 }

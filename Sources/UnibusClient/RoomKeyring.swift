@@ -228,6 +228,7 @@ public final class RoomKeyring {
         let ref = SessionRef(sender: stored.sender, session: stored.session)
         if let existing = inbound[ref], existing.session.firstKnownIndex <= key.index { return true }
         var entry = Inbound(session: MegolmInboundSession(sessionKey: key), room: stored.room, key: stored.key)
+        entry.replay = window(for: stored.room)
         if stored.sender == senderKey, let signature = stored.ownerSignature,
            key.signingKey.verify(signature: signature, message: KeyShare.ownerStatement(room: stored.room, sessionID: Base64.encode(stored.session), owner: senderNKey)) {
             entry.created = stored.created
@@ -260,6 +261,7 @@ public final class RoomKeyring {
         let key = fresh.session.sessionKey
         let ref = SessionRef(sender: senderKey, session: key.signingKey.bytes)
         var entry = Inbound(session: MegolmInboundSession(sessionKey: key), room: room, key: key.bytes)
+        entry.replay = window(for: room)
         entry.created = now
         entry.ownerSignature = ownerSignature(fresh, room: room)
         inbound[ref] = entry
@@ -319,6 +321,21 @@ public final class RoomKeyring {
 
     // MARK: receiving
 
+    /// A fresh replay window for a session of `room`: wider in persisted
+    /// rooms, where a frame missed live may come from a store later.
+    func window(for room: String) -> ReplayWindow {
+        rooms[room]?.policy.persist == true ? ReplayWindow(size: ReplayWindow.persistedSize) : ReplayWindow()
+    }
+
+    /// When (ms) the oldest gap still open in `room`'s sessions opened, if
+    /// any opened before `before`: a frame was skipped live, and the store has it.
+    public func oldestGap(in room: String, openedBefore before: UInt64) -> UInt64? {
+        inbound.values.compactMap { entry -> UInt64? in
+            guard entry.room == room, entry.replay.gapStart != nil, entry.replay.gapSince > 0, entry.replay.gapSince < before else { return nil }
+            return entry.replay.gapSince
+        }.min()
+    }
+
     /// For each Megolm session of `room` this client holds: below which index
     /// everything was delivered (or can no longer be), for a resume to skip.
     public func deliveredBelow(in room: String) -> [(sender: [UInt8], session: [UInt8], below: UInt64)] {
@@ -373,6 +390,7 @@ public final class RoomKeyring {
         let ref = SessionRef(sender: senderKey.bytes, session: key.signingKey.bytes)
         if let existing = inbound[ref], existing.session.firstKnownIndex <= key.index, existing.room == room { return }
         var entry = Inbound(session: MegolmInboundSession(sessionKey: key), room: room, key: opened)
+        entry.replay = window(for: room)
         // An earlier start of a session held already (shared history): what was delivered stays delivered.
         if let existing = inbound[ref], existing.room == room { entry.replay = existing.replay }
         inbound[ref] = entry
@@ -398,7 +416,7 @@ public final class RoomKeyring {
     /// Order: envelope, policy, membership, session, replay pre-check,
     /// signature+MAC+decrypt, inner frame, room, time window, replay record.
     /// Nothing is recorded unless the frame is delivered.
-    public func open(_ bytes: [UInt8], room: String, now: UInt64, arrival: Arrival = .live) -> Result<OpenedFrame, FrameRejection> {
+    public func open(_ bytes: [UInt8], room: String, now: UInt64, arrival: Arrival = .live, arrivedAt: UInt64? = nil) -> Result<OpenedFrame, FrameRejection> {
         guard let info = rooms[room] else { return .failure(.wrongRoom) }
         let envelope: FrameEnvelope
         do {
@@ -492,7 +510,7 @@ public final class RoomKeyring {
         let fresh: Bool
         switch arrival == .history ? .none : record {
         case .megolm(let ref, let index):
-            fresh = inbound[ref]?.replay.accept(UInt64(index)) ?? false
+            fresh = inbound[ref]?.replay.accept(UInt64(index), arrivedAt: arrivedAt ?? now) ?? false
             if fresh { unsavedReplay.insert(ref) }
         case .stream(let ref, let sequence): fresh = acceptStream(ref, sequence)
         case .none: fresh = true

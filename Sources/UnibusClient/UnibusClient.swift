@@ -621,12 +621,12 @@ public actor UnibusClient {
     }
 
     func receive(_ frame: [UInt8], room: String, arrival: RoomKeyring.Arrival, arrivedAt: UInt64? = nil) async -> Result<OpenedFrame, FrameRejection> {
-        var result = keyring.open(frame, room: room, now: Self.nowMillis(), arrival: arrival)
+        var result = keyring.open(frame, room: room, now: Self.nowMillis(), arrival: arrival, arrivedAt: arrivedAt)
         if case .failure(let reason) = result, reason == .unknownSession || reason == .nonMember,
            let marker = Self.sessionMarker(frame), fetchedFor.count < 10_000, fetchedFor.insert(marker).inserted {
             if reason == .nonMember { try? await refreshRoom(room) }
             await fetchKeyShares()
-            result = keyring.open(frame, room: room, now: Self.nowMillis(), arrival: arrival)
+            result = keyring.open(frame, room: room, now: Self.nowMillis(), arrival: arrival, arrivedAt: arrivedAt)
         }
         switch result {
         case .success:
@@ -799,6 +799,8 @@ public struct RoomMessages: AsyncSequence, Sendable {
         case hold
         /// Ask the store for what was missed (after a reconnect).
         case resume
+        /// Look for gaps the live stream left (each second).
+        case check
     }
 
     init(client: UnibusClient, room: String, stream: AsyncStream<NATSMessage>) {
@@ -855,9 +857,16 @@ public struct RoomMessages: AsyncSequence, Sendable {
             }
             followUps?.cancel()
         }
+        let ticker = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                continuation.yield(.check)
+            }
+        }
         continuation.onTermination = { _ in
             forward.cancel()
             watch.cancel()
+            ticker.cancel()
         }
         self.input = input
         self.retry = continuation
@@ -935,6 +944,12 @@ public struct RoomMessages: AsyncSequence, Sendable {
                     // In stream order: every live frame before this mark came on the lost connection.
                     holding = true
                     await client.freezeCursor(room)
+                case .check:
+                    // A gap in a session, a second old, with no reconnect: read it from the store.
+                    guard !holding, let origin = await client.gapOrigin(room) else { continue }
+                    let outcome = await client.resume(room, from: origin)
+                    pending = outcome.frames
+                    next = 0
                 case .resume:
                     let outcome = await client.resume(room)
                     pending = outcome.frames

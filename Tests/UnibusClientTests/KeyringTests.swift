@@ -138,6 +138,24 @@ struct KeyringTests {
         #expect(ReplayWindow(encoded: window.encoded)?.deliveredBelow == window.deliveredBelow)
     }
 
+    @Test func aReplayWindowRemembersWhenAGapOpened() {
+        var window = ReplayWindow(size: ReplayWindow.persistedSize)
+        for number: UInt64 in 0..<10 { _ = window.accept(number, arrivedAt: 100) }
+        #expect(window.gapStart == nil)
+        _ = window.accept(15, arrivedAt: 200)   // 10...14 skipped live
+        #expect(window.gapStart == 10 && window.gapSince == 200)
+        _ = window.accept(16, arrivedAt: 300)
+        #expect(window.gapSince == 200, "the gap's age is the first jump's")
+        for number: UInt64 in 10..<14 { _ = window.accept(number, arrivedAt: 400) }
+        #expect(window.gapStart == 14)
+        _ = window.accept(14, arrivedAt: 500)
+        #expect(window.gapStart == nil && window.deliveredBelow == 17)
+        // Persisted rooms' windows are wider, and their bytes say so.
+        _ = window.accept(40_000, arrivedAt: 600)
+        #expect(window.isFresh(20) == true && window.gapStart == 17)
+        #expect(ReplayWindow(encoded: window.encoded)?.size == ReplayWindow.persistedSize)
+    }
+
     @Test func removedMemberCannotReadTheNextSession() throws {
         let (sender, bobRing, others) = pair(members: [carol])
         let carolRing = try #require(others.first)
