@@ -268,7 +268,7 @@ extension UnibusClient {
         // sending its queue again would only lengthen it. Then only frames
         // four times past the timeout (perhaps dropped by a full node) go again.
         var age = age
-        if let given = age, let last = lastReceiptAt, now - last < given { age = given * 4 }
+        if let given = age, let last = lastReceiptAt, now - last < given { age = min(given * 4, .seconds(15)) }
         let wall = Self.nowMillis()
         var expired = 0
         for (id, entry) in unacknowledged.inOrder {
@@ -304,13 +304,23 @@ extension UnibusClient {
     /// (their frames were never stored, or the store was asked already).
     func gapOrigin(_ room: String) -> UInt64? {
         let now = Self.nowMillis()
-        guard let since = keyring.oldestGap(in: room, openedBefore: now > 1000 ? now - 1000 : 0), now - since < 30_000 else { return nil }
+        guard let since = keyring.oldestGap(in: room, openedBefore: now > 1000 ? now - 1000 : 0,
+                                            openedAfter: now > 30_000 ? now - 30_000 : 0) else { return nil }
         return since > 2000 ? since - 2000 : 0
+    }
+
+    /// After a gap check read the store to its ceiling: gaps opened before it
+    /// began were not filled by it, so their frames were never stored.
+    func retireGaps(_ room: String, openedBefore before: UInt64) {
+        keyring.retireGaps(in: room, openedBefore: before)
     }
 
     /// Keeps `room`'s cursor where it is until the next resume (the
     /// connection broke: what follows must be asked from the store).
     func freezeCursor(_ room: String) {
+        // Counted even when frozen already: a resume that began before this
+        // must not unfreeze (what was skipped now may lie past its ceiling).
+        freezes[room, default: 0] += 1
         guard let cursor = resumeCursor[room], !frozenCursors.contains(room) else { return }
         frozenCursors.insert(room)
         // The resumes after this reconnect (the first and the stragglers') all
@@ -341,6 +351,7 @@ extension UnibusClient {
     func resume(_ room: String, from origin: UInt64? = nil) async -> ResumeOutcome {
         guard let cursor = origin ?? resumeOrigin[room] ?? resumeCursor[room], !closed else { return ResumeOutcome(frames: [], complete: true) }
         let startedAt = Self.nowMillis()
+        let freezesAtStart = freezes[room, default: 0]
         let margin = UInt64(max(0, configuration.resumeMargin.components.seconds)) * 1000
             + UInt64(max(0, configuration.resumeMargin.components.attoseconds / 1_000_000_000_000_000))
         let window = RoomKeyring.milliseconds(keyring.rooms[room]?.policy.frameWindowSeconds ?? RoomPolicy.defaultFrameWindowSeconds)
@@ -359,13 +370,19 @@ extension UnibusClient {
         /// after a reconnect covers the gap again).
         var ceiling: UInt64?
         var complete = false
-        // What this client has of each session: the node leaves those frames out.
-        let known = keyring.deliveredBelow(in: room).prefix(ControlAPI.HistoryRequest.maximumKnown).map {
+        // What this client has of each session active around the gap (at most
+        // 300, well inside a request's 64 KiB): the node leaves those out. A
+        // session not named only costs frames the replay windows then drop.
+        let activeSince = notBefore > 60_000 ? notBefore - 60_000 : 0
+        let known = keyring.deliveredBelow(in: room, activeSince: activeSince, limit: 300).map {
             ControlAPI.HistoryRequest.Known(sender: Base64.encode($0.sender), stream: Base64.encode($0.session), below: $0.below)
         }
+        /// From the first page on, an absolute time (the node's clock less
+        /// `within`): later pages must not move it forward as time passes.
+        var since: UInt64?
         pages: for _ in 0..<10_000 {
-            let request = ControlAPI.HistoryRequest(order: .oldest, after: after, within: within, until: ceiling, known: known.isEmpty ? nil : known,
-                                                    limit: ControlAPI.HistoryRequest.maximumFrames)
+            let request = ControlAPI.HistoryRequest(order: .oldest, after: after, since: since, within: since == nil ? within : nil, until: ceiling,
+                                                    known: known.isEmpty ? nil : known, limit: ControlAPI.HistoryRequest.maximumFrames)
             let page: ControlAPI.HistoryPage
             do {
                 page = try await call("POST", "/v1/rooms/\(room)/history", body: ControlAPI.encode(request), expecting: ControlAPI.HistoryPage.self)
@@ -377,15 +394,16 @@ extension UnibusClient {
             if let node, node != page.node { after = nil }
             node = page.node
             if ceiling == nil { ceiling = page.now ?? startedAt }
+            if since == nil, let now = page.now { since = now > within ? now - within : 0 }
+            // The first page comes without a ceiling: frames past it are left for later pages' filter.
             var reachedCeiling = false
             for stored in page.frames {
-                if let ceiling, stored.firstStored > ceiling {
-                    reachedCeiling = true
-                    continue
-                }
+                if let ceiling, stored.firstStored > ceiling &+ 2000 { reachedCeiling = true }
+                if let ceiling, stored.firstStored > ceiling { continue }
                 guard let bytes = try? Base64.decode(stored.frame) else { continue }
+                // Dated at the gap's start: a hole it opens belongs to that time.
                 if case .success(let frame) = await receive(bytes, room: room,
-                                                            arrival: .stored(firstStored: stored.firstStored, notBefore: notBefore)) {
+                                                            arrival: .stored(firstStored: stored.firstStored, notBefore: notBefore), arrivedAt: cursor) {
                     opened.append(frame)
                     openedBytes += frame.body.count
                 }
@@ -398,8 +416,10 @@ extension UnibusClient {
             if openedBytes > Self.resumeByteBound { break }
             after = next
         }
-        if complete {
-            // Live deliveries move the cursor again; the gap up to here is read.
+        // A gap check (`origin` given) leaves the cursor alone. Otherwise,
+        // when the whole gap was read and nothing was skipped meanwhile, live
+        // deliveries move the cursor again.
+        if complete, origin == nil, freezes[room, default: 0] == freezesAtStart {
             frozenCursors.remove(room)
             if let current = resumeCursor[room], startedAt > current {
                 resumeCursor[room] = startedAt

@@ -22,9 +22,20 @@ struct ReplayWindow: Sendable {
     /// When (ms) the frame that opened that gap arrived.
     private(set) var gapSince: UInt64 = 0
 
-    init(size: UInt64 = ReplayWindow.size) {
-        self.size = size
-        bits = [UInt64](repeating: 0, count: Int(size / 64))
+    /// A window of `size` numbers (rounded up to a multiple of 64, 64 to
+    /// `persistedSize`) whose stream starts at `floor` (a session shared at
+    /// index k starts there: nothing below it is a gap).
+    init(size: UInt64 = ReplayWindow.size, floor: UInt64 = 0) {
+        let rounded = min(max(64, (size + 63) / 64 * 64), ReplayWindow.persistedSize)
+        self.size = rounded
+        bits = [UInt64](repeating: 0, count: Int(rounded / 64))
+        top = floor
+    }
+
+    /// Forgets the open gap (the store was asked and did not fill it: its
+    /// frames were never stored); a later skip opens a new one.
+    mutating func retireGap() {
+        gapStart = nil
     }
 
     /// Whether `number` could still be accepted (not seen, not too old).
@@ -42,7 +53,7 @@ struct ReplayWindow: Sendable {
     mutating func accept(_ number: UInt64, arrivedAt: UInt64 = 0) -> Bool {
         guard number < .max, isFresh(number) else { return false }
         if number >= top {
-            if number > top, gapStart == nil, top > 0 || number > 0 {
+            if number > top, gapStart == nil {
                 gapStart = top
                 gapSince = arrivedAt
             }
@@ -59,8 +70,10 @@ struct ReplayWindow: Sendable {
         bits[slot(number)] |= mask(number)
         if let start = gapStart, number == start || top - start > size {
             // Filled (or slid out of reach): where is the next one, if any?
+            // A later hole is dated by this arrival (it was seen open now).
             let below = deliveredBelow
             gapStart = below < top ? below : nil
+            if gapStart != nil, below != start { gapSince = arrivedAt }
         }
         return true
     }
@@ -93,10 +106,11 @@ struct ReplayWindow: Sendable {
         return bytes
     }
 
-    /// A window from `encoded` (either size), or nil if the bytes are not one.
+    /// A window from `encoded` (any size this type makes), or nil if the bytes are not one.
     init?(encoded bytes: [UInt8]) {
-        let sizes = [ReplayWindow.size, ReplayWindow.persistedSize]
-        guard let size = sizes.first(where: { bytes.count == 8 + Int($0 / 64) * 8 }) else { return nil }
+        guard bytes.count >= 16, (bytes.count - 8) % 8 == 0 else { return nil }
+        let size = UInt64((bytes.count - 8) / 8 * 64)
+        guard size <= ReplayWindow.persistedSize else { return nil }
         var words: [UInt64] = []
         words.reserveCapacity(Int(size / 64) + 1)
         for start in stride(from: 0, to: bytes.count, by: 8) {

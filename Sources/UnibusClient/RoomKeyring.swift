@@ -99,6 +99,8 @@ public final class RoomKeyring {
         /// For this client's own sessions: the session's signature naming
         /// this client as its creator (sent with every share of it).
         var ownerSignature: [UInt8]?
+        /// When a frame of it was last accepted (ms; 0: never, or before a restart).
+        var lastSeen: UInt64 = 0
     }
 
     /// An inbound session as the client's store keeps it.
@@ -228,7 +230,7 @@ public final class RoomKeyring {
         let ref = SessionRef(sender: stored.sender, session: stored.session)
         if let existing = inbound[ref], existing.session.firstKnownIndex <= key.index { return true }
         var entry = Inbound(session: MegolmInboundSession(sessionKey: key), room: stored.room, key: stored.key)
-        entry.replay = window(for: stored.room)
+        entry.replay = window(for: stored.room, floor: key.index)
         if stored.sender == senderKey, let signature = stored.ownerSignature,
            key.signingKey.verify(signature: signature, message: KeyShare.ownerStatement(room: stored.room, sessionID: Base64.encode(stored.session), owner: senderNKey)) {
             entry.created = stored.created
@@ -321,26 +323,39 @@ public final class RoomKeyring {
 
     // MARK: receiving
 
-    /// A fresh replay window for a session of `room`: wider in persisted
-    /// rooms, where a frame missed live may come from a store later.
-    func window(for room: String) -> ReplayWindow {
-        rooms[room]?.policy.persist == true ? ReplayWindow(size: ReplayWindow.persistedSize) : ReplayWindow()
+    /// A fresh replay window for a session of `room` that starts at `floor`:
+    /// in persisted rooms, where a frame missed live may come from a store
+    /// later, as wide as a session's messages (the room's rotation), between
+    /// 4,096 and 65,536 indices; 4,096 elsewhere.
+    func window(for room: String, floor: UInt32 = 0) -> ReplayWindow {
+        guard let policy = rooms[room]?.policy, policy.persist else { return ReplayWindow(floor: UInt64(floor)) }
+        let span = UInt64(max(0, min(policy.rotateAfterMessages, Int(ReplayWindow.persistedSize))))
+        return ReplayWindow(size: max(ReplayWindow.size, span + 64), floor: UInt64(floor))
     }
 
     /// When (ms) the oldest gap still open in `room`'s sessions opened, if
     /// any opened before `before`: a frame was skipped live, and the store has it.
-    public func oldestGap(in room: String, openedBefore before: UInt64) -> UInt64? {
+    public func oldestGap(in room: String, openedBefore before: UInt64, openedAfter after: UInt64) -> UInt64? {
         inbound.values.compactMap { entry -> UInt64? in
-            guard entry.room == room, entry.replay.gapStart != nil, entry.replay.gapSince > 0, entry.replay.gapSince < before else { return nil }
+            guard entry.room == room, entry.replay.gapStart != nil, entry.replay.gapSince > after, entry.replay.gapSince < before else { return nil }
             return entry.replay.gapSince
         }.min()
     }
 
+    /// Forgets gaps in `room` opened before `before` (the store was asked
+    /// for them and had nothing: they were never stored).
+    public func retireGaps(in room: String, openedBefore before: UInt64) {
+        for (ref, entry) in inbound where entry.room == room && entry.replay.gapStart != nil && entry.replay.gapSince < before {
+            inbound[ref]?.replay.retireGap()
+        }
+    }
+
     /// For each Megolm session of `room` this client holds: below which index
     /// everything was delivered (or can no longer be), for a resume to skip.
-    public func deliveredBelow(in room: String) -> [(sender: [UInt8], session: [UInt8], below: UInt64)] {
-        inbound.compactMap { ref, entry in
-            guard entry.room == room else { return nil }
+    public func deliveredBelow(in room: String, activeSince: UInt64 = 0, limit: Int = 300) -> [(sender: [UInt8], session: [UInt8], below: UInt64)] {
+        let active = inbound.filter { $0.value.room == room && $0.value.lastSeen >= activeSince && $0.value.replay.top > 0 }
+            .sorted { $0.value.lastSeen > $1.value.lastSeen }.prefix(limit)
+        return active.compactMap { ref, entry in
             let below = entry.replay.deliveredBelow
             return below > 0 ? (ref.sender, ref.session, below) : nil
         }
@@ -390,7 +405,7 @@ public final class RoomKeyring {
         let ref = SessionRef(sender: senderKey.bytes, session: key.signingKey.bytes)
         if let existing = inbound[ref], existing.session.firstKnownIndex <= key.index, existing.room == room { return }
         var entry = Inbound(session: MegolmInboundSession(sessionKey: key), room: room, key: opened)
-        entry.replay = window(for: room)
+        entry.replay = window(for: room, floor: key.index)
         // An earlier start of a session held already (shared history): what was delivered stays delivered.
         if let existing = inbound[ref], existing.room == room { entry.replay = existing.replay }
         inbound[ref] = entry
@@ -511,6 +526,7 @@ public final class RoomKeyring {
         switch arrival == .history ? .none : record {
         case .megolm(let ref, let index):
             fresh = inbound[ref]?.replay.accept(UInt64(index), arrivedAt: arrivedAt ?? now) ?? false
+            if fresh { inbound[ref]?.lastSeen = arrivedAt ?? now }
             if fresh { unsavedReplay.insert(ref) }
         case .stream(let ref, let sequence): fresh = acceptStream(ref, sequence)
         case .none: fresh = true

@@ -120,6 +120,8 @@ public actor UnibusClient {
     var frozenCursors: Set<String> = []
     /// Where the resumes after the last reconnect start, per room.
     var resumeOrigin: [String: UInt64] = [:]
+    /// How often each room's cursor was frozen (a resume unfreezes only if none came while it ran).
+    var freezes: [String: Int] = [:]
 
     /// Sessions, replay windows and cursors between runs (with a state directory).
     let keyStore: ClientKeyStore?
@@ -947,9 +949,12 @@ public struct RoomMessages: AsyncSequence, Sendable {
                 case .check:
                     // A gap in a session, a second old, with no reconnect: read it from the store.
                     guard !holding, let origin = await client.gapOrigin(room) else { continue }
+                    let began = UnibusClient.nowMillis()
                     let outcome = await client.resume(room, from: origin)
                     pending = outcome.frames
                     next = 0
+                    // Read to the end and still open: those frames were never stored.
+                    if outcome.complete { await client.retireGaps(room, openedBefore: began > 1000 ? began - 1000 : 0) }
                 case .resume:
                     let outcome = await client.resume(room)
                     pending = outcome.frames
@@ -960,7 +965,10 @@ public struct RoomMessages: AsyncSequence, Sendable {
                         let retry = self.retry
                         Task {
                             try? await Task.sleep(for: .seconds(1))
-                            retry?.yield(.resume)
+                            // A full input drops marks too: try until this one is taken.
+                            while case .dropped? = retry?.yield(.resume), !Task.isCancelled {
+                                try? await Task.sleep(for: .milliseconds(50))
+                            }
                         }
                         continue
                     }

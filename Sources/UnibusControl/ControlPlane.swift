@@ -305,10 +305,16 @@ public final class ControlPlane: Sendable {
                                            maxBytes: ControlAPI.HistoryRequest.maximumBytes)
                 next = rows.last?.sequence
                 var ended = rows.isEmpty
-                if let until = request.until, request.order == .oldest, let cut = rows.firstIndex(where: { $0.firstStored > until }) {
-                    rows.removeSubrange(cut...)
-                    next = nil
-                    ended = true
+                if let until = request.until, request.order == .oldest {
+                    // Frames stored past `until` are left out; reading stops two
+                    // seconds past it, so frames a peer replicated late (an early
+                    // first-stored time, a later place here) are still found.
+                    if let stop = rows.firstIndex(where: { $0.firstStored > until &+ 2000 }) {
+                        rows.removeSubrange(stop...)
+                        next = nil
+                        ended = true
+                    }
+                    rows.removeAll { $0.firstStored > until }
                 }
                 if !known.isEmpty {
                     rows.removeAll { stored in (known[stored.sender + stored.id.stream]).map { stored.id.index < $0 } ?? false }

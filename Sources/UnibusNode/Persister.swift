@@ -100,7 +100,7 @@ final class Persister: PublishTap, @unchecked Sendable {
     /// (room, sender, stream, index) of frames stored lately: a resend of one
     /// is acknowledged without its signature checked again (nothing new is
     /// stored for it, whatever its bytes). Bounded, oldest forgotten first.
-    private var recent: Set<[UInt8]> = []
+    private var recent: [[UInt8]: [UInt8]] = [:]
     private var recentOrder: [[UInt8]] = []
     private var recentStart = 0
     static let recentMemory = 200_000
@@ -338,37 +338,9 @@ final class Persister: PublishTap, @unchecked Sendable {
                 }
             }
         }
-        var verdicts = [Verdict?](repeating: nil, count: jobs.count)
-        let work = jobs
-        let held = recent
-        @Sendable func verify(_ index: Int) -> Verdict {
-            let job = work[index]
-            // Held already (stored lately): the same identity from the same
-            // sender, a resend. Acknowledged without a second signature check;
-            // nothing is stored for it, so its bytes do not matter.
-            if let (sender, id) = FrameVerifier.identify(job.bytes), held.contains(Self.recentKey(room: job.room, sender: sender, id: id)),
-               job.publisher == nil || job.publisher == (Ed25519PublicKey(bytes: sender).map { NKey.encodePublicKey($0, type: .user) } ?? "") {
-                return .held(sender: sender, id: id)
-            }
-            do throws(FrameStorageError) {
-                return .verified(try FrameVerifier.verify(job.bytes, room: job.room, in: state, publisher: job.publisher))
-            } catch {
-                return .refused(error)
-            }
-        }
-        if work.count >= 64 {
-            let chunk = 32
-            let chunks = (work.count + chunk - 1) / chunk
-            let results = NIOLockedValueBox(verdicts)
-            DispatchQueue.concurrentPerform(iterations: chunks) { part in
-                let range = (part * chunk)..<min(work.count, (part + 1) * chunk)
-                let local = range.map { verify($0) }
-                results.withLockedValue { all in for (offset, verdict) in zip(range, local) { all[offset] = verdict } }
-            }
-            verdicts = results.withLockedValue { $0 }
-        } else {
-            for index in jobs.indices { verdicts[index] = verify(index) }
-        }
+        let verdicts = verifyAll(jobs.map { ($0.room, $0.bytes, $0.publisher) }, state: state)
+        // (A function of its own: its copy of the recent set is gone before
+        // `remember` changes the set, which would otherwise copy it whole.)
 
         var acceptedConfirmation: [Int?] = []
         /// Whether each accepted frame was charged to its sender's quota (only those are refunded as duplicates).
@@ -420,7 +392,10 @@ final class Persister: PublishTap, @unchecked Sendable {
                 return
             }
         }
-        for item in accepted { remember(Self.recentKey(room: item.insert.room, sender: item.insert.frame.sender, id: item.insert.frame.id)) }
+        for (index, item) in accepted.enumerated() where index < results.count && results[index] {
+            remember(Self.recentKey(room: item.insert.room, sender: item.insert.frame.sender, id: item.insert.frame.id),
+                     digest: Self.digest(item.insert.frame.bytes))
+        }
         for (index, new) in results.enumerated() {
             if new { statistics.stored.wrappingIncrement(ordering: .relaxed) } else {
                 statistics.duplicates.wrappingIncrement(ordering: .relaxed)
@@ -558,17 +533,56 @@ final class Persister: PublishTap, @unchecked Sendable {
         } while !stored.isEmpty || !refused.isEmpty
     }
 
+    /// Verifies frames (spread over the cores for large batches). A frame held
+    /// lately (the same identity from the same sender, the same bytes) whose
+    /// sender may still publish there is a resend: acknowledged without a
+    /// second signature check, and never stored again.
+    private func verifyAll(_ work: [(room: String, bytes: [UInt8], publisher: String?)], state: MembershipState) -> [Verdict?] {
+        let held = recent
+        @Sendable func verify(_ index: Int) -> Verdict {
+            let job = work[index]
+            if let (sender, id) = FrameVerifier.identify(job.bytes),
+               let digest = held[Self.recentKey(room: job.room, sender: sender, id: id)], digest == Self.digest(job.bytes),
+               let key = Ed25519PublicKey(bytes: sender), case let nkey = NKey.encodePublicKey(key, type: .user),
+               job.publisher == nil || job.publisher == nkey, state.members[job.room]?[nkey] != nil {
+                return .held(sender: sender, id: id)
+            }
+            do throws(FrameStorageError) {
+                return .verified(try FrameVerifier.verify(job.bytes, room: job.room, in: state, publisher: job.publisher))
+            } catch {
+                return .refused(error)
+            }
+        }
+        var verdicts = [Verdict?](repeating: nil, count: work.count)
+        if work.count >= 64 {
+            let chunk = 32
+            let chunks = (work.count + chunk - 1) / chunk
+            let results = NIOLockedValueBox(verdicts)
+            DispatchQueue.concurrentPerform(iterations: chunks) { part in
+                let range = (part * chunk)..<min(work.count, (part + 1) * chunk)
+                let local = range.map { verify($0) }
+                results.withLockedValue { all in for (offset, verdict) in zip(range, local) { all[offset] = verdict } }
+            }
+            verdicts = results.withLockedValue { $0 }
+        } else {
+            for index in work.indices { verdicts[index] = verify(index) }
+        }
+        return verdicts
+    }
+
+    static func digest(_ bytes: [UInt8]) -> [UInt8] { Array(Digest.sha256(bytes).prefix(16)) }
+
     static func recentKey(room: String, sender: [UInt8], id: FrameID) -> [UInt8] {
         var key = Array(room.utf8) + [0] + sender + id.stream
         withUnsafeBytes(of: id.index.bigEndian) { key.append(contentsOf: $0) }
         return key
     }
 
-    private func remember(_ key: [UInt8]) {
-        guard recent.insert(key).inserted else { return }
+    private func remember(_ key: [UInt8], digest: [UInt8]) {
+        guard recent.updateValue(digest, forKey: key) == nil else { return }
         recentOrder.append(key)
         if recentOrder.count - recentStart > Self.recentMemory {
-            recent.remove(recentOrder[recentStart])
+            recent.removeValue(forKey: recentOrder[recentStart])
             recentStart += 1
             if recentStart > Self.recentMemory {
                 recentOrder.removeFirst(recentStart)

@@ -461,35 +461,29 @@ extension HistoryVisibility: ExpressibleByArgument {}
 
 /// Seconds from `3600`, `90s`, `15m`, `12h`, `7d` or `2w`; the error names the option.
 func parseDuration(_ text: String, option: String) throws -> Int {
-    let units: [(String, Int)] = [("s", 1), ("m", 60), ("h", 3600), ("d", 86_400), ("w", 604_800)]
-    let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
-    var number = trimmed, scale = 1
-    if let (suffix, factor) = units.first(where: { trimmed.hasSuffix($0.0) }) {
-        number = String(trimmed.dropLast(suffix.count))
-        scale = factor
-    }
-    guard let value = Int(number), value >= 0 else {
-        throw CLIError("\(option) must be a number of seconds or a number with s, m, h, d or w (e.g. 7d), not \(text.prefix(40))")
-    }
-    let (seconds, overflow) = value.multipliedReportingOverflow(by: scale)
-    guard !overflow else { throw CLIError("\(option) \(text.prefix(40)) is too long") }
-    return seconds
+    try parseScaled(text, option: option, units: [("s", 1), ("m", 60), ("h", 3600), ("d", 86_400), ("w", 604_800)],
+                    expected: "a number of seconds or a number with s, m, h, d or w (e.g. 7d)")
 }
 
 /// Bytes from `1048576`, `512KiB`, `500MB`, `1GiB`, `2TiB` (KB/MB/GB/TB are powers of 1000).
 func parseSize(_ text: String, option: String) throws -> Int {
-    let units: [(String, Int)] = [("kib", 1 << 10), ("mib", 1 << 20), ("gib", 1 << 30), ("tib", 1 << 40),
-                                  ("kb", 1000), ("mb", 1_000_000), ("gb", 1_000_000_000), ("tb", 1_000_000_000_000), ("b", 1)]
+    try parseScaled(text, option: option,
+                    units: [("kib", 1 << 10), ("mib", 1 << 20), ("gib", 1 << 30), ("tib", 1 << 40),
+                            ("kb", 1000), ("mb", 1_000_000), ("gb", 1_000_000_000), ("tb", 1_000_000_000_000), ("b", 1)],
+                    expected: "a number of bytes or a number with KiB, MiB, GiB, TiB, KB, MB, GB or TB (e.g. 1GiB)")
+}
+
+/// A non-negative number with an optional unit suffix (case-insensitive),
+/// multiplied out with overflow checked; the error names the option.
+private func parseScaled(_ text: String, option: String, units: [(String, Int)], expected: String) throws -> Int {
     let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
     var number = trimmed, scale = 1
     if let (suffix, factor) = units.first(where: { trimmed.hasSuffix($0.0) }) {
         number = String(trimmed.dropLast(suffix.count)).trimmingCharacters(in: .whitespaces)
         scale = factor
     }
-    guard let value = Int(number), value >= 0 else {
-        throw CLIError("\(option) must be a number of bytes or a number with KiB, MiB, GiB, TiB, KB, MB, GB or TB (e.g. 1GiB), not \(text.prefix(40))")
-    }
-    let (bytes, overflow) = value.multipliedReportingOverflow(by: scale)
+    guard let value = Int(number), value >= 0 else { throw CLIError("\(option) must be \(expected), not \(text.prefix(40))") }
+    let (result, overflow) = value.multipliedReportingOverflow(by: scale)
     guard !overflow else { throw CLIError("\(option) \(text.prefix(40)) is too large") }
-    return bytes
+    return result
 }

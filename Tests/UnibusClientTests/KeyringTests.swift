@@ -150,6 +150,14 @@ struct KeyringTests {
         #expect(window.gapStart == 14)
         _ = window.accept(14, arrivedAt: 500)
         #expect(window.gapStart == nil && window.deliveredBelow == 17)
+        // A session shared at index 100 starts there: nothing below it is a gap.
+        var shared = ReplayWindow(size: 1024, floor: 100)
+        _ = shared.accept(100, arrivedAt: 1)
+        #expect(shared.gapStart == nil)
+        _ = shared.accept(103, arrivedAt: 2)
+        #expect(shared.gapStart == 101 && shared.gapSince == 2)
+        shared.retireGap()
+        #expect(shared.gapStart == nil)
         // Persisted rooms' windows are wider, and their bytes say so.
         _ = window.accept(40_000, arrivedAt: 600)
         #expect(window.isFresh(20) == true && window.gapStart == 17)

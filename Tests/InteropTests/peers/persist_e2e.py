@@ -283,12 +283,4 @@ with tempfile.TemporaryDirectory() as work:
         import traceback
         traceback.print_exc()
         check("the scenario ran to the end", False, error)
-    passed = sum(results)
-    print(f"{passed} passed, {len(results) - passed} failed")
-    if len(results) != passed:
-        for name in ("a", "b", "c"):
-            path = os.path.join(work, f"node-{name}.log")
-            if os.path.exists(path):
-                print(f"--- node-{name}.log (tail)")
-                print(open(path).read()[-3000:])
-    sys.exit(0 if results and all(results) else 1)
+    sys.exit(unibus_cluster.report(results, work))

@@ -121,3 +121,16 @@ def identity(work, name):
     keys = json.loads(out)
     seed = run("unibus", "identity", "nkey", "--identity", path, "--seed")[1].strip()
     return {"path": path, "nkey": keys["nkey"], "kx": keys["exchange_key"], "seed": seed}
+
+
+def report(results, work, names=("a", "b", "c")):
+    """Prints the tally (and each node's log tail when something failed); the exit status."""
+    passed = sum(results)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    if len(results) != passed:
+        for name in names:
+            path = os.path.join(work, f"node-{name}.log")
+            if os.path.exists(path):
+                print(f"--- node-{name}.log (tail)")
+                print(open(path).read()[-3000:])
+    return 0 if results and all(results) else 1
