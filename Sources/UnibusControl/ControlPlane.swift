@@ -306,6 +306,12 @@ public final class ControlPlane: Sendable {
                 next = rows.last?.sequence
                 var ended = rows.isEmpty
                 if let until = request.until, request.order == .oldest {
+                    // Caught up with what this node holds now (a short page, not
+                    // cut by bytes): the rest comes live; reading does not chase the head.
+                    if rows.count < limit, rows.reduce(0, { $0 + $1.bytes.count }) < ControlAPI.HistoryRequest.maximumBytes / 2 {
+                        next = nil
+                        ended = true
+                    }
                     // Frames stored past `until` are left out; reading stops two
                     // seconds past it, so frames a peer replicated late (an early
                     // first-stored time, a later place here) are still found.
