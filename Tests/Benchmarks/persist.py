@@ -76,6 +76,18 @@ except ImportError:
     fail("nats-py is missing: pip install nats-py")
 
 
+def stop_processes(processes):
+    """SIGTERM each, wait up to 10 s, then SIGKILL what is left."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def median(values):
     ordered = sorted(values)
     middle = len(ordered) // 2
@@ -164,14 +176,7 @@ class JetStreamCluster:
             wait_for(p["client"])
 
     def stop(self):
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes)
 
 
 async def jetstream_case(cluster, count, size, window):
@@ -316,14 +321,7 @@ class UnibusCluster:
                 "--state-dir", os.path.join(self.work, "state")]
 
     def stop(self):
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes)
 
 
 def timed_child(command, stdin=None, timeout=600):

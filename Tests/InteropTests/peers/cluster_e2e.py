@@ -37,12 +37,8 @@ except ImportError:
 
 BIN = sys.argv[1]
 unibus_cluster.configure(BIN)
-results = []
-
-
-def check(name, condition, detail=""):
-    results.append(bool(condition))
-    print(("ok   " if condition else "FAIL ") + name + ("" if condition else f": {str(detail)[:2000]}"), flush=True)
+results = unibus_cluster.results
+check = unibus_cluster.check
 
 
 def run(*args, timeout=120):

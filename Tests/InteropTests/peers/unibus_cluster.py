@@ -19,6 +19,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 BIN = None
 
 
+# Every check of a scenario, in order (report() tallies them).
+results = []
+
+
+def check(name, condition, detail=""):
+    """One line per check: "ok" or "FAIL" with the detail that explains it."""
+    results.append(bool(condition))
+    print(("ok   " if condition else "FAIL ") + name + ("" if condition else f": {str(detail)[:3000]}"), flush=True)
+
+
 def configure(bin_dir):
     global BIN
     BIN = bin_dir
@@ -75,6 +85,14 @@ class Cluster:
         process = self.processes.pop(name, None)
         if process:
             process.send_signal(sig)
+            process.wait()
+
+    def kill_all(self, sig=signal.SIGKILL):
+        """Every node at once (signals first, then the waits): a client cannot fail over between them."""
+        processes = [self.processes.pop(name) for name in list(self.processes)]
+        for process in processes:
+            process.send_signal(sig)
+        for process in processes:
             process.wait()
 
     def stop_all(self):
