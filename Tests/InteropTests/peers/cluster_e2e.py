@@ -135,12 +135,9 @@ async def stock_clients_fail_over(cluster, person, victim, survivor):
 async def main(work):
     cluster = Cluster(work)
     admin = os.path.join(work, "admin.json")
-    status, output = run("unibusd", "init", "--data-dir", cluster.data("a"), "--admin-identity", admin)
-    check("node a: init with the admin identity", status == 0, output)
-    admin_nkey = json.loads(run("unibus", "identity", "show", "--identity", admin, "--json")[1])["nkey"]
-    for name in ("b", "c"):
-        status, output = run("unibusd", "init", "--data-dir", cluster.data(name), "--root", admin_nkey)
-        check(f"node {name}: init with the root admin's nkey only", status == 0, output)
+    admin_nkey, outcomes = cluster.init(admin)
+    for name, status, output in outcomes:
+        check(f"node {name}: init " + ("with the admin identity" if name == "a" else "with the root admin's nkey only"), status == 0, output)
     as_admin = lambda n: ["--identity", admin, "--node", cluster.node(n), "--ca", cluster.client_pki["ca.pem"]]
     admin_seed = run("unibus", "identity", "nkey", "--identity", admin, "--seed")[1].strip()
     admin_person = {"seed": admin_seed, "nkey": admin_nkey}

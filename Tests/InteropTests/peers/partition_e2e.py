@@ -26,6 +26,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from servers import make_cluster_pki, make_test_pki  # noqa: E402
+import unibus_cluster  # noqa: E402
 
 BIN = sys.argv[1]
 results = []
@@ -232,12 +233,4 @@ with tempfile.TemporaryDirectory() as work:
         import traceback
         traceback.print_exc()
         check("the scenario ran to the end", False, error)
-    passed = sum(results)
-    print(f"{passed} passed, {len(results) - passed} failed")
-    if len(results) != passed:
-        for node in NODES:
-            path = os.path.join(work, f"node-{node}.log")
-            if os.path.exists(path):
-                print(f"--- node-{node}.log (tail)")
-                print(open(path).read()[-3000:])
-    sys.exit(0 if results and all(results) else 1)
+    sys.exit(unibus_cluster.report(results, work, NODES))

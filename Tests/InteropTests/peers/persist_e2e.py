@@ -38,12 +38,9 @@ check = unibus_cluster.check
 def main(work):
     cluster = Cluster(work)
     admin = os.path.join(work, "admin.json")
-    status, output = run("unibusd", "init", "--data-dir", cluster.data("a"), "--admin-identity", admin)
-    check("node a: init", status == 0, output)
-    root = json.loads(run("unibus", "identity", "show", "--identity", admin, "--json")[1])["nkey"]
-    for name in ("b", "c"):
-        status, output = run("unibusd", "init", "--data-dir", cluster.data(name), "--root", root)
-        check(f"node {name}: init with the root's nkey", status == 0, output)
+    root, outcomes = cluster.init(admin)
+    for name, status, output in outcomes:
+        check(f"node {name}: init" + ("" if name == "a" else " with the root's nkey"), status == 0, output)
     for name in "abc":
         cluster.start(name)
     check("three nodes link in a full mesh", cluster.wait_routes("abc", 2))

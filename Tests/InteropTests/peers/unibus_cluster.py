@@ -87,6 +87,16 @@ class Cluster:
             process.send_signal(sig)
             process.wait()
 
+    def init(self, admin):
+        """`unibusd init` on the first node with the admin identity (made there)
+        and on the others with the root's nkey only; (root nkey, [(name, status, output)])."""
+        first, rest = self.names[0], self.names[1:]
+        outcomes = [(first, *run("unibusd", "init", "--data-dir", self.data(first), "--admin-identity", admin))]
+        root = json.loads(run("unibus", "identity", "show", "--identity", admin, "--json")[1])["nkey"]
+        for name in rest:
+            outcomes.append((name, *run("unibusd", "init", "--data-dir", self.data(name), "--root", root)))
+        return root, outcomes
+
     def kill_all(self, sig=signal.SIGKILL):
         """Every node at once (signals first, then the waits): a client cannot fail over between them."""
         processes = [self.processes.pop(name) for name in list(self.processes)]
