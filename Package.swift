@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "UnibusMembership", targets: ["UnibusMembership"]),
         .library(name: "UnibusWire", targets: ["UnibusWire"]),
         .library(name: "UnibusPersistence", targets: ["UnibusPersistence"]),
+        .library(name: "UnibusFleet", targets: ["UnibusFleet"]),
         .library(name: "UnibusCrypto", targets: ["UnibusCrypto"]),
         // The node's modules, for the fuzz package (Fuzz/) and embedding.
         .library(name: "UnibusBroker", targets: ["UnibusBroker"]),
@@ -80,6 +81,10 @@ let package = Package(
         // Persisted rooms, pure: frame identity and verification, the
         // replication messages between nodes, durability receipts.
         .target(
+            name: "UnibusFleet",
+            dependencies: ["UnibusCrypto"]
+        ),
+        .target(
             name: "UnibusPersistence",
             dependencies: ["UnibusWire", "UnibusCrypto", "UnibusMembership"]
         ),
@@ -96,14 +101,14 @@ let package = Package(
         // Assembly of a node: broker + membership, permissions derived live.
         .target(
             name: "UnibusNode",
-            dependencies: ["UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusPersistence", "UnibusCrypto",
+            dependencies: ["UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusPersistence", "UnibusCrypto", "UnibusFleet",
                            .product(name: "Atomics", package: "swift-atomics")]
         ),
         // The control plane's client side and its typed messages (shared with the server).
         .target(
             name: "UnibusControlClient",
             dependencies: [
-                "UnibusMembership", "UnibusCrypto",
+                "UnibusMembership", "UnibusCrypto", "UnibusFleet",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -114,7 +119,7 @@ let package = Package(
         .target(
             name: "UnibusControl",
             dependencies: [
-                "UnibusNode", "UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusControlClient", "UnibusCrypto",
+                "UnibusNode", "UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusControlClient", "UnibusCrypto", "UnibusFleet",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -136,14 +141,15 @@ let package = Package(
         .executableTarget(
             name: "unibusd",
             dependencies: [
-                "UnibusCrypto", "UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusNode", "UnibusControl", "UnibusSQLite",
+                "UnibusCrypto", "UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusNode", "UnibusControl", "UnibusSQLite", "UnibusFleet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
         .executableTarget(
             name: "unibus",
             dependencies: [
-                "UnibusCrypto", "UnibusControlClient", "UnibusMembership", "UnibusClient", "UnibusWire",
+                "UnibusCrypto", "UnibusControlClient", "UnibusMembership", "UnibusClient", "UnibusWire", "UnibusFleet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -170,12 +176,17 @@ let package = Package(
         ),
         .testTarget(
             name: "UnibusNodeTests",
-            dependencies: ["UnibusNode", "UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusCrypto", "UnibusTestSupport"]
+            dependencies: ["UnibusNode", "UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusCrypto", "UnibusTestSupport",
+                           "UnibusFleet"]
+        ),
+        .testTarget(
+            name: "UnibusFleetTests",
+            dependencies: ["UnibusFleet", "UnibusCrypto"]
         ),
         .testTarget(
             name: "UnibusControlTests",
             dependencies: ["UnibusControl", "UnibusControlClient", "UnibusCrypto", "UnibusNode", "UnibusBroker", "UnibusMembership",
-                           "UnibusMembershipStore", "UnibusTestSupport"]
+                           "UnibusMembershipStore", "UnibusTestSupport", "UnibusFleet"]
         ),
         .testTarget(
             name: "UnibusClientTests",

@@ -49,6 +49,8 @@ public final class Broker: @unchecked Sendable {
     // @unchecked: mutable state is guarded by `lock`; the rest is immutable or atomic.
     public let configuration: BrokerConfiguration
     public let statistics = BrokerStatistics()
+    /// Limits a signed `settings` command may change live.
+    public let limits: RuntimeLimits
     /// The server's id, a NATS server nkey ("N…").
     public let serverID: String
     /// The node's signing key: proves `serverID` to route peers.
@@ -63,6 +65,8 @@ public final class Broker: @unchecked Sendable {
     private var subscriptionsByUser: [String: Int] = [:]
     private var serverChannel: Channel?
     private var draining = false
+    /// Lame-duck mode: the listener is closed and clients are told to move.
+    private var lameDuck = false
     private let nextClientID = ManagedAtomic<UInt64>(0)
     /// The node's route links, when it is part of a cluster.
     public private(set) var cluster: Cluster?
@@ -74,6 +78,7 @@ public final class Broker: @unchecked Sendable {
     ///   that id to route peers; a fresh one is made if nil.
     public init(configuration: BrokerConfiguration, nodeKey: Ed25519KeyPair? = nil, group: MultiThreadedEventLoopGroup? = nil) {
         self.configuration = configuration
+        self.limits = RuntimeLimits(configuration)
         let key = nodeKey ?? Ed25519KeyPair()
         self.nodeKey = key
         self.serverID = NKey.encodePublicKey(key.publicKey, type: .server)
@@ -146,8 +151,9 @@ public final class Broker: @unchecked Sendable {
     /// Registers a new connection; false when over the limit or shutting down.
     func register(_ connection: BrokerConnection) -> Bool {
         lock.withLock {
-            if draining { return false }
-            if configuration.maxConnections > 0 && connections.count >= configuration.maxConnections { return false }
+            if draining || lameDuck { return false }
+            let limit = limits.maxConnections.load(ordering: .relaxed)
+            if limit > 0 && connections.count >= limit { return false }
             connections[connection.id] = connection
             return true
         }
@@ -162,7 +168,7 @@ public final class Broker: @unchecked Sendable {
     /// Counts one more subscription for `user`; false when that would pass
     /// `maxSubscriptionsPerUser` (and then nothing is counted).
     func reserveSubscription(for user: String, enforcingLimit: Bool = true) -> Bool {
-        let limit = configuration.maxSubscriptionsPerUser
+        let limit = limits.maxSubscriptionsPerUser.load(ordering: .relaxed)
         return lock.withLock {
             let held = subscriptionsByUser[user, default: 0]
             if enforcingLimit && limit > 0 && held >= limit { return false }
@@ -186,21 +192,72 @@ public final class Broker: @unchecked Sendable {
 
     /// Whether any subject is tapped (checked before the lock on every publish).
     private let tapping = ManagedAtomic<Bool>(false)
-    private let taps = NIOLockedValueBox<(tap: PublishTap?, subjects: Set<String>)>((nil, []))
+    /// Each owner's tap and subjects, and the merged subject → tap map.
+    private let taps = NIOLockedValueBox<(owners: [String: (tap: PublishTap, subjects: Set<String>)], bySubject: [String: PublishTap])>(([:], [:]))
 
     /// Hands every client publish on one of `subjects` (exact subjects) to
     /// `tap` as well as delivering it (the node's persister stores the
-    /// frames of persisted rooms this way). Replaces earlier taps.
-    public func setTap(_ tap: PublishTap?, subjects: Set<String>) {
-        taps.withLockedValue { $0 = (tap, subjects) }
-        tapping.store(tap != nil && !subjects.isEmpty, ordering: .relaxed)
+    /// frames of persisted rooms this way; the node's operations take signed
+    /// cluster commands). Replaces `owner`'s earlier tap; a subject tapped by
+    /// two owners goes to the later one.
+    public func setTap(_ tap: PublishTap?, subjects: Set<String>, owner: String = "default") {
+        let any = taps.withLockedValue { state -> Bool in
+            if let tap, !subjects.isEmpty { state.owners[owner] = (tap, subjects) } else { state.owners[owner] = nil }
+            var merged: [String: PublishTap] = [:]
+            for (_, entry) in state.owners.sorted(by: { $0.key < $1.key }) {
+                for subject in entry.subjects { merged[subject] = entry.tap }
+            }
+            state.bySubject = merged
+            return !merged.isEmpty
+        }
+        tapping.store(any, ordering: .relaxed)
     }
 
     /// The tap for `subject`, if it is tapped.
     @inline(__always)
     func tap(for subject: String) -> PublishTap? {
         guard tapping.load(ordering: .relaxed) else { return nil }
-        return taps.withLockedValue { $0.subjects.contains(subject) ? $0.tap : nil }
+        return taps.withLockedValue { $0.bySubject[subject] }
+    }
+
+    // MARK: lame duck
+
+    /// Whether the broker is in lame-duck mode.
+    public var isLameDuck: Bool { lock.withLock { lameDuck } }
+
+    /// Lame-duck mode (nats-server's): closes the client listener, refuses
+    /// new clients, and tells every connected client in an INFO with
+    /// `"ldm": true` that it should move. Routes stay up. Idempotent.
+    public func enterLameDuck() async {
+        let (server, clients) = lock.withLock { () -> (Channel?, [BrokerConnection]) in
+            guard !lameDuck else { return (nil, []) }
+            lameDuck = true
+            return (serverChannel, Array(connections.values))
+        }
+        try? await server?.close()
+        for client in clients { client.sendAsyncInfo() }
+    }
+
+    /// Closes up to `count` client connections (flushing what each has
+    /// queued), oldest first; returns how many are still open.
+    @discardableResult
+    public func closeClients(upTo count: Int) async -> Int {
+        let chosen = lock.withLock { Array(connections.values.sorted { $0.id < $1.id }.prefix(max(0, count))) }
+        await withTaskGroup(of: Void.self) { tasks in
+            for client in chosen { tasks.addTask { await client.closeGracefully() } }
+        }
+        return connectionCount
+    }
+
+    /// Closes the connections of users `admits` now refuses (a killswitch
+    /// was engaged); returns how many were closed.
+    @discardableResult
+    public func closeClients(where shouldClose: @Sendable (String?) -> Bool) async -> Int {
+        let chosen = lock.withLock { connections.values.filter { shouldClose($0.authenticatedUser) } }
+        await withTaskGroup(of: Void.self) { tasks in
+            for client in chosen { tasks.addTask { await client.closeForAuthorization(reason: .killswitch) } }
+        }
+        return chosen.count
     }
 
     // MARK: server-originated messages

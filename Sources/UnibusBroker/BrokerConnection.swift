@@ -65,7 +65,7 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
     init(id: UInt64, broker: Broker, channel: Channel) {
         self.requiresAuthentication = broker.configuration.authorizer != nil
         self.parser = ClientProtocolParser(maxControlLine: broker.configuration.maxControlLine,
-                                           maxPayload: broker.configuration.maxPayload)
+                                           maxPayload: broker.limits.maxPayload.load(ordering: .relaxed))
         super.init(id: id, broker: broker, channel: channel, isRoute: false, maxPendingBytes: broker.configuration.maxPendingBytes)
     }
 
@@ -254,6 +254,11 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
                 closeForAuthorizationViolation(.notAllowed)
                 return
             }
+            // A killswitch refuses new connections (existing ones are closed by the node).
+            guard authorizer.admits(newConnectionOf: nkey) else {
+                closeForAuthorizationViolation(.killswitch)
+                return
+            }
             permissions = granted
             publishAllowed.removeAll()
             setResponsePolicy(granted.responses)
@@ -289,7 +294,7 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
             acknowledge()
             return
         }
-        let limit = broker.configuration.maxSubscriptions
+        let limit = broker.limits.maxSubscriptions.load(ordering: .relaxed)
         if limit > 0 && subscriptions.count >= limit {
             enqueueError("maximum subscriptions exceeded")
             return
@@ -455,7 +460,7 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
             "host": configuration.host,
             "port": broker.port ?? configuration.port,
             "headers": true,
-            "max_payload": configuration.maxPayload,
+            "max_payload": parser.maxPayload,
             "client_id": Int(id),
         ]
         if let ip = context.remoteAddress?.ipAddress { info["client_ip"] = ip }
@@ -470,6 +475,9 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
         }
         let connectURLs = broker.connectURLs
         if !connectURLs.isEmpty { info["connect_urls"] = connectURLs }
+        // Lame duck: stock clients (nats.go, nats-py) report it and move on
+        // their next reconnect; the node closes them gradually.
+        if broker.isLameDuck { info["ldm"] = true }
         let json = (try? JSONSerialization.data(withJSONObject: info, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
         enqueueSelf { buffer in
             buffer.writeStaticString("INFO ")
@@ -554,8 +562,8 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
         try? await done.futureResult.get()
     }
 
-    func closeForAuthorization() async {
-        try? await eventLoop.submit { [self] in closeForAuthorizationViolation(.revoked) }.get()
+    func closeForAuthorization(reason: AuthFailureReason = .revoked) async {
+        try? await eventLoop.submit { [self] in closeForAuthorizationViolation(reason) }.get()
     }
 
     /// Re-reads this connection's permissions from the authorizer.

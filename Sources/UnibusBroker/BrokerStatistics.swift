@@ -61,4 +61,6 @@ public enum AuthFailureReason: String, CaseIterable, Sendable {
     case revoked
     /// No CONNECT within the authentication timeout.
     case timeout
+    /// Refused or closed by an engaged killswitch.
+    case killswitch
 }

@@ -170,4 +170,12 @@ public struct Permissions: Sendable, Equatable, Codable {
 public protocol Authorizer: Sendable {
     /// Permissions for `userNKey`, or nil if it may not connect.
     func permissions(forUser userNKey: String) -> Permissions?
+    /// Whether a new connection of `userNKey` (already allowed) is admitted
+    /// now: false while a killswitch refuses new connections. Asked at
+    /// CONNECT only, never for connections already open.
+    func admits(newConnectionOf userNKey: String) -> Bool
+}
+
+extension Authorizer {
+    public func admits(newConnectionOf userNKey: String) -> Bool { true }
 }

@@ -3,6 +3,7 @@ import Foundation
 import UnibusBroker
 import UnibusControlClient
 import UnibusCrypto
+import UnibusFleet
 import UnibusMembership
 import UnibusMembershipStore
 import UnibusNode
@@ -12,6 +13,11 @@ public struct ControlResponse: Sendable {
     public var status: Int
     public var contentType: String
     public var body: [UInt8]
+    /// Further response headers (cookies, the page's security policy).
+    public var headers: [(String, String)] = []
+    /// For a server-sent event stream: the chunks to write as they come
+    /// (`body` is then ignored and the connection closes when it ends).
+    public var events: AsyncStream<[UInt8]>?
 
     static func json(_ status: Int, _ message: some Encodable) -> ControlResponse {
         ControlResponse(status: status, contentType: "application/json", body: ControlAPI.encode(message))
@@ -46,7 +52,9 @@ public final class ControlPlane: Sendable {
 
     /// The body limit for a request.
     public static func bodyLimit(method: String, path: String) -> Int {
-        method == "POST" && path == "/v1/checkpoints" ? maximumCheckpointBody : maximumBody
+        if method == "POST" && path == "/v1/checkpoints" { return maximumCheckpointBody }
+        if method == "POST" && (path == "/api/agent/heartbeat" || path.hasPrefix("/cc/")) { return AgentHeartbeat.maximumBody }
+        return maximumBody
     }
 
     func reserveLargeBody(_ bytes: Int) -> Bool {
@@ -62,9 +70,15 @@ public final class ControlPlane: Sendable {
         largeBodyBytes.wrappingDecrement(by: bytes, ordering: .relaxed)
     }
 
-    public init(node: Node) {
+    /// The Command Center's codes and sessions.
+    public let commandCenter = CommandCenter()
+    /// Whether the plane is served over TLS (session cookies are then `Secure`).
+    public let servedOverTLS: Bool
+
+    public init(node: Node, servedOverTLS: Bool = false) {
         self.node = node
         self.verifier = RequestVerifier(nodeID: node.broker.serverID)
+        self.servedOverTLS = servedOverTLS
     }
 
     public func handle(method: String, path: String, header: (String) -> String?, body: [UInt8]) async -> ControlResponse {
@@ -73,7 +87,11 @@ public final class ControlPlane: Sendable {
         case ("GET", "/healthz"):
             return .json(200, ControlAPI.Health(status: "ok"))
         case ("GET", "/readyz"):
+            if let operations = node.operations, operations.currentStatus == .draining || operations.currentStatus == .stopping {
+                return .json(503, ControlAPI.Readiness(ready: false, reason: "lame duck: the node is moving its clients away and will stop"))
+            }
             if node.broker.port == nil { return .json(503, ControlAPI.Readiness(ready: false, reason: "the broker is not listening")) }
+            if let problem = node.operations?.clockProblem { return .json(503, ControlAPI.Readiness(ready: false, reason: problem)) }
             if node.membership.snapshot.users.isEmpty {
                 if node.broker.cluster != nil, node.membership.rootAdmin != nil {
                     return .json(503, ControlAPI.Readiness(ready: false, reason: "no users yet: waiting for the membership log from the cluster's routes"))
@@ -95,9 +113,19 @@ public final class ControlPlane: Sendable {
                 })
             }
             return .json(200, ControlAPI.NodeInfo(nodeID: node.broker.serverID, version: UnibusVersion.current,
-                                                  clientPort: node.broker.port ?? 0, membership: membership, cluster: cluster))
+                                                  clientPort: node.broker.port ?? 0, membership: membership, cluster: cluster,
+                                                  status: node.operations?.currentStatus.rawValue,
+                                                  runtimeSettings: node.operations?.effectiveSettings,
+                                                  killswitches: node.operations?.switches.engagedSwitches.map(\.rawValue)))
+        case ("POST", "/api/agent/heartbeat"):
+            return agentHeartbeat(path: path, header: header, body: body)
         default:
             break
+        }
+        if route == "/cc" || route.hasPrefix("/cc/") {
+            var response = await commandCenterRoute(method: method, route: route, header: header, body: body)
+            response.headers += CommandCenter.securityHeaders
+            return response
         }
         guard route.hasPrefix("/v1/") else { return .error(404, "no such endpoint: \(method) \(route)") }
         // Everything else needs a signed request from an active user. The
@@ -118,6 +146,10 @@ public final class ControlPlane: Sendable {
         guard user.status == .active else {
             node.broker.statistics.countControlRefusal()
             return .error(403, "\(RequestAuthError.revokedCaller(caller))")
+        }
+        guard user.role != .agent else {
+            node.broker.statistics.countControlRefusal()
+            return .error(403, "\(caller) is an agent key: it may only send VaultMesh heartbeats (POST /api/agent/heartbeat)")
         }
         // Only now, for a known active user, is the nonce remembered.
         if let error = verifier.claim(request) {
@@ -156,13 +188,29 @@ public final class ControlPlane: Sendable {
         case ("GET", "log", 3) where parts[2] == "heads":
             let log = node.membership.membershipLog
             return .json(200, ControlAPI.LogHeads(heads: log.heads, checkpoint: log.base?.id, count: log.count, digest: log.digest))
+        case ("GET", "fleet", 2):
+            guard user.role == .admin else { return .error(403, "only admins may read the fleet") }
+            guard let operations = node.operations else { return .error(503, "this node runs without node operations") }
+            return .json(200, ControlAPI.FleetResponse(observer: operations.nodeID, beats: operations.signedBeats.map { Base64.encode($0) },
+                                                       results: operations.signedResults.map { Base64.encode($0) },
+                                                       agents: operations.agents.rows(nowMs: CommandCenter.nowMs()),
+                                                       disagreeingSince: operations.disagreements, nowMs: CommandCenter.nowMs()))
+        case ("POST", "cc", 3) where parts[2] == "codes":
+            guard user.role == .admin else { return .error(403, "only admins may open the Command Center") }
+            guard let code = commandCenter.issueCode(for: caller) else {
+                return .error(503, "too many unused Command Center codes; wait a minute and retry")
+            }
+            return .json(200, ControlAPI.CommandCenterCode(code: code, expiresInSeconds: Int(CommandCenter.codeLifetimeMs / 1000), path: "/cc#code=\(code)"))
         case ("POST", "operations", 2):
+            if let refusal = killswitched(.controlWrites) { return refusal }
             return await apply(body, checkpoint: false)
         case ("POST", "checkpoints", 2):
+            if let refusal = killswitched(.controlWrites) { return refusal }
             return await apply(body, checkpoint: true)
         case ("POST", "rooms", 4) where parts[3] == "history":
             return history(room: parts[2], caller: caller, state: state, body: body)
         case ("POST", "rooms", 4) where parts[3] == "key-shares":
+            if let refusal = killswitched(.keyShareUploads) ?? killswitched(.controlWrites) { return refusal }
             return storeKeyShares(room: parts[2], sender: caller, body: body)
         case ("GET", "key-shares", 2):
             let query = Self.query(path)
@@ -175,6 +223,7 @@ public final class ControlPlane: Sendable {
                 return storageFailure(error)
             }
         case ("POST", "key-shares", 3) where parts[2] == "ack":
+            if let refusal = killswitched(.controlWrites) { return refusal }
             guard let request = ControlAPI.decode(ControlAPI.AckRequest.self, from: body) else {
                 return .error(400, "the body must be {\"acks\": [{\"id\", \"signature\"}]}")
             }
@@ -193,6 +242,15 @@ public final class ControlPlane: Sendable {
         default:
             return .error(404, "no such endpoint: \(method) \(route)")
         }
+    }
+
+    /// A 503 naming the engaged killswitch, or nil.
+    private func killswitched(_ feature: Killswitch) -> ControlResponse? {
+        guard let switches = node.operations?.switches, switches.isEngaged(feature) else { return nil }
+        node.broker.statistics.countControlRefusal()
+        let engaged = switches.isEngaged(.node) && !switches.engagedSwitches.contains(feature) ? "node" : feature.rawValue
+        return .error(503, "killswitch \(engaged) is engaged on this node (\(feature.summary) are off): an admin lifts it with "
+                      + "`unibus node kill --feature \(engaged) --lift`")
     }
 
     /// Applies a signed operation; checkpoints (which may be large) come
@@ -408,7 +466,24 @@ public final class ControlPlane: Sendable {
                 ("unibus_persist_batches_unconfirmed_total", "counter", persistence.receiptsUnconfirmed.load(ordering: .relaxed)),
             ]
         }
+        if let operations = node.operations {
+            rows += [
+                ("unibus_control_commands_applied_total", "counter", operations.commandsApplied.load(ordering: .relaxed)),
+                ("unibus_fleet_messages_refused_total", "counter", operations.beatsRefused.load(ordering: .relaxed)),
+                ("unibus_fleet_nodes", "gauge", operations.signedBeats.count),
+                ("unibus_agents", "gauge", operations.agents.count),
+                ("unibus_agent_heartbeats_refused_total", "counter", operations.agents.refused.load(ordering: .relaxed)),
+                ("unibus_killswitches_engaged", "gauge", operations.switches.engagedSwitches.count),
+            ]
+        }
         var text = rows.map { "# TYPE \($0.0) \($0.1)\n\($0.0) \($0.2)\n" }.joined()
+        if let operations = node.operations {
+            text += "# TYPE unibus_control_commands_refused_total counter\n"
+            let refused = operations.refusedCommands
+            for reason in ["malformed", "bad_signature", "invalid", "not_admin", "expired", "replayed", "superseded", "busy", "storage"] {
+                text += "unibus_control_commands_refused_total{reason=\"\(reason)\"} \(refused[reason] ?? 0)\n"
+            }
+        }
         text += "# TYPE unibus_auth_failures_total counter\n"
         for reason in AuthFailureReason.allCases {
             let count = stats.authorizationFailuresByReason[reason]?.load(ordering: .relaxed) ?? 0

@@ -196,6 +196,11 @@ final class ControlHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
     private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, response: ControlResponse) {
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: response.contentType)
+        for (name, value) in response.headers { headers.add(name: name, value: value) }
+        if let events = response.events {
+            stream(events, context: context, head: head, headers: headers)
+            return
+        }
         headers.add(name: "content-length", value: String(response.body.count))
         let keepAlive = head.isKeepAlive
         if !keepAlive { headers.add(name: "connection", value: "close") }
@@ -210,5 +215,26 @@ final class ControlHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
         } else {
             armDeadline(context: context)   // the next request has the same time
         }
+    }
+
+    /// A server-sent event stream: the head now, each chunk as it comes,
+    /// then the connection closes. The stream ends when the peer goes.
+    private func stream(_ events: AsyncStream<[UInt8]>, context: ChannelHandlerContext, head: HTTPRequestHead, headers: HTTPHeaders) {
+        var headers = headers
+        headers.add(name: "connection", value: "close")
+        context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
+        let channel = context.channel
+        let task = Task {
+            for await chunk in events {
+                guard channel.isActive else { break }
+                var buffer = channel.allocator.buffer(capacity: chunk.count)
+                buffer.writeBytes(chunk)
+                // Paced by the socket: a reader that does not read holds one chunk, not a backlog.
+                try? await channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(buffer)))
+            }
+            try? await channel.writeAndFlush(HTTPServerResponsePart.end(nil))
+            try? await channel.close()
+        }
+        channel.closeFuture.whenComplete { _ in task.cancel() }
     }
 }

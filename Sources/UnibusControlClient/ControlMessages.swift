@@ -1,4 +1,5 @@
 import Foundation
+import UnibusFleet
 import UnibusCrypto
 import UnibusMembership
 
@@ -51,17 +52,76 @@ public enum ControlAPI {
         public var clientPort: Int
         public var membership: MembershipInfo
         public var cluster: ClusterInfo?
+        /// starting, serving, draining or stopping (nil from older nodes).
+        public var status: String?
+        /// Each runtime setting's value and where it came from (default, flag, command).
+        public var runtimeSettings: [String: EffectiveSetting]?
+        /// Engaged killswitches.
+        public var killswitches: [String]?
 
         enum CodingKeys: String, CodingKey {
-            case nodeID = "node_id", version, clientPort = "client_port", membership, cluster
+            case nodeID = "node_id", version, clientPort = "client_port", membership, cluster, status
+            case runtimeSettings = "runtime_settings", killswitches
         }
 
-        public init(nodeID: String, version: String, clientPort: Int, membership: MembershipInfo, cluster: ClusterInfo?) {
+        public init(nodeID: String, version: String, clientPort: Int, membership: MembershipInfo, cluster: ClusterInfo?,
+                    status: String? = nil, runtimeSettings: [String: EffectiveSetting]? = nil, killswitches: [String]? = nil) {
             self.nodeID = nodeID
             self.version = version
             self.clientPort = clientPort
             self.membership = membership
             self.cluster = cluster
+            self.status = status
+            self.runtimeSettings = runtimeSettings
+            self.killswitches = killswitches
+        }
+    }
+
+    /// `GET /v1/fleet` (admins): the latest signed beat of every node this
+    /// node heard (base64 of the exact bytes, so the caller verifies each),
+    /// the latest signed command results, this node's VaultMesh agents, and
+    /// when each node's log digest began to differ from the majority's (this
+    /// node's observation: the only unsigned part).
+    public struct FleetResponse: Codable, Sendable {
+        public var observer: String
+        public var beats: [String]
+        public var results: [String]
+        public var agents: [FleetView.AgentRow]
+        public var disagreeingSince: [String: Int64]
+        public var nowMs: Int64
+
+        enum CodingKeys: String, CodingKey {
+            case observer, beats, results, agents
+            case disagreeingSince = "disagreeing_since", nowMs = "now_ms"
+        }
+
+        public init(observer: String, beats: [String], results: [String], agents: [FleetView.AgentRow], disagreeingSince: [String: Int64], nowMs: Int64) {
+            self.observer = observer
+            self.beats = beats
+            self.results = results
+            self.agents = agents
+            self.disagreeingSince = disagreeingSince
+            self.nowMs = nowMs
+        }
+    }
+
+    /// `POST /v1/cc/codes` (admins): a single-use code for the Command
+    /// Center page, valid for `expiresInSeconds`.
+    public struct CommandCenterCode: Codable, Sendable {
+        public var code: String
+        public var expiresInSeconds: Int
+        /// The page's path with the code in its fragment (never sent to a server or a log).
+        public var path: String
+
+        enum CodingKeys: String, CodingKey {
+            case code, path
+            case expiresInSeconds = "expires_in_seconds"
+        }
+
+        public init(code: String, expiresInSeconds: Int, path: String) {
+            self.code = code
+            self.expiresInSeconds = expiresInSeconds
+            self.path = path
         }
     }
 

@@ -83,6 +83,7 @@ public struct MembershipState: Equatable, Sendable {
         } else {
             guard let acting = users[actor] else { throw .unauthorized("\(actor) is not a registered user") }
             guard acting.status == .active else { throw .unauthorized("\(actor) is revoked") }
+            guard acting.role != .agent else { throw .unauthorized("\(actor) is an agent key: it signs VaultMesh heartbeats, not operations") }
         }
         let isAdmin = users[actor]?.role == .admin && users[actor]?.status == .active
 
@@ -171,6 +172,7 @@ public struct MembershipState: Equatable, Sendable {
             }
             guard let target = users[user] else { throw .notFound("user \(user)") }
             guard target.status == .active else { throw .conflict("\(user) is revoked") }
+            guard target.role != .agent else { throw .invalid("\(user) is an agent key: agents are not room members") }
             guard members[roomID]?[user] == nil else { throw .conflict("\(user) is already a member of \(roomID)") }
             members[roomID, default: [:]][user] = Member(room: roomID, user: user, role: role, joined: at)
 

@@ -23,6 +23,21 @@ public enum ReservedNamespace {
     /// nodes publish here (clients may not publish under `unibus`).
     public static let receiptPrefix = "unibus.receipts."
 
+    /// Per-node subjects: `unibus.node.<node id>.beat` (signed heartbeats)
+    /// and `unibus.node.<node id>.update_result` (signed command results).
+    /// Only nodes publish here; admins may subscribe.
+    public static let nodePrefix = "unibus.node."
+    /// Where admins publish signed cluster commands (only admins may).
+    public static let controlSubject = "unibus.control"
+    /// Everything admins may subscribe to under the node namespace.
+    public static let nodeWildcard = "unibus.node.>"
+
+    /// The heartbeat subject of one node.
+    public static func beatSubject(for nodeID: String) -> String { nodePrefix + nodeID + ".beat" }
+
+    /// The command-result subject of one node.
+    public static func resultSubject(for nodeID: String) -> String { nodePrefix + nodeID + ".update_result" }
+
     /// First tokens reserved outright (besides anything starting with `$`,
     /// which covers `$SYS`, `$JS`, `$KV` and every system account subject).
     public static let reservedFirstTokens: [String] = [inbox, node]

@@ -1,7 +1,10 @@
 import Foundation
 import UnibusCrypto
 
-public enum UserRole: String, Codable, Sendable { case admin, member }
+/// A user's role: `admin` manages users, rooms and nodes; `member` uses
+/// rooms; `agent` is a VaultMesh node agent's key, which signs heartbeats
+/// to the control plane and is neither a bus user nor a room member.
+public enum UserRole: String, Codable, Sendable, CaseIterable { case admin, member, agent }
 public enum UserStatus: String, Codable, Sendable { case active, revoked }
 public enum RoomRole: String, Codable, Sendable { case owner, member }
 

@@ -20,32 +20,48 @@ import UnibusMembershipStore
 ///
 /// Room subjects never reach a reserved namespace (`ReservedNamespace`,
 /// enforced by the membership rules), so these grants cannot overlap.
+///
+/// Admins may also publish signed cluster commands on `unibus.control` and
+/// subscribe to `unibus.node.>` (beats and command results). Agent keys
+/// (role `agent`) are not bus users: they only sign VaultMesh heartbeats.
 public struct MembershipAuthorizer: Authorizer {
     public let store: MembershipStore
+    public let switches: NodeSwitches?
 
-    public init(store: MembershipStore) {
+    public init(store: MembershipStore, switches: NodeSwitches? = nil) {
         self.store = store
+        self.switches = switches
     }
 
     public func permissions(forUser userNKey: String) -> Permissions? {
         Self.permissions(for: userNKey, in: store.snapshot)
     }
 
+    /// While `client_connections` (or `node`) is engaged only admins connect,
+    /// so a later command can always lift it.
+    public func admits(newConnectionOf userNKey: String) -> Bool {
+        guard let switches, switches.isEngaged(.clientConnections) else { return true }
+        return store.snapshot.users[userNKey]?.role == .admin
+    }
+
     /// The rule itself, pure (tests and the live refresh use it directly).
     public static func permissions(for userNKey: String, in state: MembershipState) -> Permissions? {
-        guard let user = state.users[userNKey], user.status == .active else { return nil }
+        guard let user = state.users[userNKey], user.status == .active, user.role != .agent else { return nil }
         var roomSubjects: [String] = []
         for room in state.rooms(of: userNKey) {
             roomSubjects.append(room.subject)
             roomSubjects.append(room.subject + ".>")
         }
         let inbox = "\(ReservedNamespace.inbox).\(userNKey).>"
+        let isAdmin = user.role == .admin
+        let publishable = roomSubjects + (isAdmin ? [ReservedNamespace.controlSubject] : [])
         // An empty allow list means "everything": a user in no room may publish nothing but replies.
-        let publish = roomSubjects.isEmpty ? SubjectPermission(allow: [], deny: [">"]) : SubjectPermission(allow: roomSubjects)
+        let publish = publishable.isEmpty ? SubjectPermission(allow: [], deny: [">"]) : SubjectPermission(allow: publishable)
         return Permissions(
             publish: publish,
             subscribe: SubjectPermission(allow: roomSubjects + [inbox, ReservedNamespace.keyDeliverySubject(for: userNKey),
-                                                                ReservedNamespace.receiptSubject(for: userNKey)],
+                                                                ReservedNamespace.receiptSubject(for: userNKey)]
+                                            + (isAdmin ? [ReservedNamespace.nodeWildcard] : []),
                                          inboxOwner: userNKey),
             responses: .standard)
     }

@@ -23,6 +23,13 @@ public final class Node: Sendable {
     /// Persisted rooms: the frame store and what stores into it (nil when the
     /// node was made without a frame store).
     let persister: Persister?
+    private let _operations = NIOLockedValueBox<NodeOperations?>(nil)
+
+    /// Beats, the fleet and cluster commands (nil until attached).
+    public var operations: NodeOperations? { _operations.withLockedValue { $0 } }
+
+    /// Attaches the node's operations (before its broker starts serving).
+    public func attach(_ operations: NodeOperations) { _operations.withLockedValue { $0 = operations } }
 
     /// The frames of persisted rooms this node holds.
     public var frames: FrameStore? { persister?.store }
@@ -55,8 +62,8 @@ public final class Node: Sendable {
     }
 
     /// Builds the broker configuration's authorizer for `store`.
-    public static func authorizer(for store: MembershipStore) -> any Authorizer {
-        MembershipAuthorizer(store: store)
+    public static func authorizer(for store: MembershipStore, switches: NodeSwitches? = nil) -> any Authorizer {
+        MembershipAuthorizer(store: store, switches: switches)
     }
 
     public func log(_ message: String, _ fields: [String: String]) { logger(message, fields) }
@@ -64,6 +71,10 @@ public final class Node: Sendable {
     /// Waits until every frame handed to the persister so far is stored
     /// (tests and orderly shutdown).
     public func settlePersistence() async { await persister?.settle() }
+
+    /// Batches of this node's client frames no peer confirmed yet (lame
+    /// duck keeps the routes up until none is left, within a bound).
+    public var unconfirmedPersistedBatches: Int { persister?.unconfirmedBatches ?? 0 }
 
     /// Applies every persisted room's retention now.
     public func applyRetentionNow() { persister?.applyRetentionNow() }
@@ -119,6 +130,8 @@ public final class Node: Sendable {
         for (key, user) in before.users where user.status == .active && after.users[key]?.status != .active {
             await broker.disconnect(userNKey: key)
         }
+        // Agents whose key was revoked (or is no longer an agent) are forgotten.
+        operations?.agents.forget { key in key.map { after.users[$0]?.status != .active || after.users[$0]?.role != .agent } ?? false }
         await broker.reauthorize()
         announceMembershipChange(kind: kind, before: before, after: after)
     }

@@ -59,6 +59,9 @@ final class Persister: PublishTap, @unchecked Sendable {
     // @unchecked: mutable state is guarded by `lock` or confined to `queue`.
     let store: FrameStore
     let configuration: PersistenceConfiguration
+    /// The quotas, changeable live by a signed `settings` command.
+    let senderMessagesPerWindow: ManagedAtomic<Int>
+    let senderBytesPerWindow: ManagedAtomic<Int>
     let statistics = PersistenceStatistics()
     private let nodeBox = NIOLockedValueBox<WeakNode>(WeakNode())
     /// The node (set by `attach` right after it is made; the node owns this,
@@ -127,6 +130,8 @@ final class Persister: PublishTap, @unchecked Sendable {
     init(store: FrameStore, configuration: PersistenceConfiguration) {
         self.store = store
         self.configuration = configuration
+        self.senderMessagesPerWindow = ManagedAtomic(configuration.senderMessagesPerWindow)
+        self.senderBytesPerWindow = ManagedAtomic(configuration.senderBytesPerWindow)
         nextBatch = UInt64.random(in: 1...(1 << 48))
     }
 
@@ -162,7 +167,7 @@ final class Persister: PublishTap, @unchecked Sendable {
             roomsBySubject = bySubject
             return true
         }
-        if changed { node.broker.setTap(bySubject.isEmpty ? nil : self, subjects: Set(bySubject.keys)) }
+        if changed { node.broker.setTap(bySubject.isEmpty ? nil : self, subjects: Set(bySubject.keys), owner: "persist") }
     }
 
     // MARK: intake
@@ -491,6 +496,10 @@ final class Persister: PublishTap, @unchecked Sendable {
         }
     }
 
+    /// Batches of this node's client frames sent to peers and not yet
+    /// confirmed by any (lame duck waits for none before it stops).
+    var unconfirmedBatches: Int { lock.withLock { awaiting.count } }
+
     private func confirm(batch: UInt64, count: Int, by peer: String) {
         // A peer that holds only part of the batch (it refused some: its
         // membership may lag) confirms nothing; the publisher resends.
@@ -605,11 +614,13 @@ final class Persister: PublishTap, @unchecked Sendable {
         let key = QuotaKey(room: room, sender: sender)
         var window = quotas[key] ?? QuotaWindow(start: now, messages: 0, bytes: 0)
         if now.timeIntervalSince(window.start) >= configuration.quotaWindow { window = QuotaWindow(start: now, messages: 0, bytes: 0) }
-        guard window.messages < configuration.senderMessagesPerWindow else {
-            return .overQuota("\(configuration.senderMessagesPerWindow) frames per \(Int(configuration.quotaWindow)) s")
+        let messageQuota = senderMessagesPerWindow.load(ordering: .relaxed)
+        let byteQuota = senderBytesPerWindow.load(ordering: .relaxed)
+        guard window.messages < messageQuota else {
+            return .overQuota("\(messageQuota) frames per \(Int(configuration.quotaWindow)) s")
         }
-        guard window.bytes + bytes <= configuration.senderBytesPerWindow else {
-            return .overQuota("\(configuration.senderBytesPerWindow) bytes per \(Int(configuration.quotaWindow)) s")
+        guard window.bytes + bytes <= byteQuota else {
+            return .overQuota("\(byteQuota) bytes per \(Int(configuration.quotaWindow)) s")
         }
         window.messages += 1
         window.bytes += bytes

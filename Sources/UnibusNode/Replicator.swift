@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import UnibusBroker
 import UnibusCrypto
+import UnibusFleet
 import UnibusMembership
 import UnibusMembershipStore
 import UnibusPersistence
@@ -81,6 +82,7 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
 
     func routeClosed(_ peer: RouteInfo) async {
         node?.persister?.routeClosed(peer.serverID)
+        node?.operations?.routeClosed(peer.serverID)
         lock.withLock {
             _ = incoming.removeValue(forKey: peer.serverID)
             answeredSync.remove(peer.serverID)
@@ -94,6 +96,14 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
             if let persister = node.persister { await persister.received(data.readableBytesView, from: link) } else {
                 node.refusedReplicationFrames.wrappingIncrement(ordering: .relaxed)
             }
+            return
+        }
+        if FleetFrame.isFleetFrame(data.readableBytesView) {
+            guard let frame = try? FleetFrame(decoding: data.readableBytesView), let operations = node.operations else {
+                node.refusedReplicationFrames.wrappingIncrement(ordering: .relaxed)
+                return
+            }
+            await operations.received(frame, from: link.peer.serverID)
             return
         }
         let frame: ReplicationFrame

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Atomics
 import Dispatch
 import Foundation
 import NIOCore
@@ -8,6 +9,7 @@ import UnibusControl
 import UnibusMembership
 import UnibusMembershipStore
 import UnibusNode
+import UnibusFleet
 import UnibusSQLite
 import NIOSSL
 
@@ -126,6 +128,30 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Bytes one member may have stored in one persisted room per minute.")
     var persistSenderBytesPerMinute = 1024 * 1024 * 1024
 
+    @Option(name: .long, help: "Seconds between this node's signed heartbeats on unibus.node.<id>.beat (0.2 to 3600).")
+    var beatInterval: Double = 10
+
+    @Option(name: .long, help: "The node's name in heartbeats and the Command Center (default: the host name).")
+    var name: String?
+
+    @Option(name: .long, help: "VaultMesh agent heartbeats (POST /api/agent/heartbeat): signed (only agent keys an admin registered; the default), open (the contract's unsigned V1, still bounded) or off.")
+    var agentHeartbeats: AgentHeartbeatMode = .signed
+
+    @Option(name: .long, help: "Most VaultMesh agents this node registers.")
+    var maxAgents = 1000
+
+    @Option(name: .long, help: "Heartbeats one VaultMesh agent may send per minute.")
+    var agentHeartbeatsPerMinute = 12
+
+    @Option(name: .long, help: "Lame duck (SIGUSR2 or a signed drain): seconds before the first client is closed.")
+    var lameDuckGrace: Double = 5
+
+    @Option(name: .long, help: "Lame duck: seconds over which clients are closed, a few at a time.")
+    var lameDuckDuration: Double = 30
+
+    @Option(name: .long, help: "Lame duck: at most this many seconds waiting for a peer to confirm this node's last persisted frames.")
+    var lameDuckPeerWait: Double = 30
+
     /// Numbers from the command line, checked before any is multiplied or
     /// converted (a huge --ping-interval once trapped converting to nanoseconds).
     func validateLimits() throws {
@@ -145,6 +171,14 @@ struct Run: AsyncParsableCommand {
             ("--threads must be 0 to 1024", (0...1024).contains(threads)),
             ("--persist-sender-messages-per-minute must be 1 to 100000000", (1...100_000_000).contains(persistSenderMessagesPerMinute)),
             ("--persist-sender-bytes-per-minute must be 1 KiB to 1 TiB", (1024...(1 << 40)).contains(persistSenderBytesPerMinute)),
+            ("--beat-interval must be 0.2 to 3600 seconds", beatInterval.isFinite && (0.2...3600).contains(beatInterval)),
+            ("--max-agents must be 1 to 1000000", (1...1_000_000).contains(maxAgents)),
+            ("--agent-heartbeats-per-minute must be 1 to 600", (1...600).contains(agentHeartbeatsPerMinute)),
+            ("--lame-duck-grace must be 0 to 3600 seconds", lameDuckGrace.isFinite && (0...3600).contains(lameDuckGrace)),
+            ("--lame-duck-duration must be 0 to 3600 seconds", lameDuckDuration.isFinite && (0...3600).contains(lameDuckDuration)),
+            ("--lame-duck-peer-wait must be 0 to 3600 seconds", lameDuckPeerWait.isFinite && (0...3600).contains(lameDuckPeerWait)),
+            ("--name must be 1 to 128 bytes without control characters",
+             name.map { !$0.isEmpty && $0.utf8.count <= 128 && !$0.unicodeScalars.contains { $0.properties.generalCategory == .control } } ?? true),
         ]
         for (message, valid) in checks where !valid { throw CLIFailure(message) }
     }
@@ -183,6 +217,7 @@ struct Run: AsyncParsableCommand {
         default:
             throw CLIFailure("--tls-cert and --tls-key go together")
         }
+        let switches = NodeSwitches()
         var allowlistAuthorizer: StaticAllowlist?
         var membership: MembershipStore?
         if let dataDir {
@@ -206,7 +241,7 @@ struct Run: AsyncParsableCommand {
                 throw CLIFailure("\(dataDir) has no users: run `unibusd init --data-dir \(dataDir) --admin-identity FILE` first "
                                       + "(or `--root NKEY` for a node that gets its log from its --routes)")
             }
-            configuration.authorizer = Node.authorizer(for: store)
+            configuration.authorizer = Node.authorizer(for: store, switches: switches)
         }
         if let allowlist {
             do {
@@ -249,8 +284,19 @@ struct Run: AsyncParsableCommand {
             var persistence = PersistenceConfiguration()
             persistence.senderMessagesPerWindow = persistSenderMessagesPerMinute
             persistence.senderBytesPerWindow = persistSenderBytesPerMinute
-            node = Node(broker: broker, membership: membership, frames: frames, persistence: persistence, log: log)
-            node?.applyRetentionNow()
+            let made = Node(broker: broker, membership: membership, frames: frames, persistence: persistence, log: { log($0, $1) })
+            made.applyRetentionNow()
+            node = made
+            if let nodeKey {
+                do {
+                    made.attach(try NodeOperations(node: made, nodeKey: nodeKey, configuration: operationsConfiguration(dataDir: dataDir),
+                                                   switches: switches,
+                                                   agents: AgentRegistry(mode: agentHeartbeats, maxAgents: maxAgents,
+                                                                         heartbeatsPerMinute: agentHeartbeatsPerMinute)))
+                } catch {
+                    throw CLIFailure("\(error)")
+                }
+            }
         }
         let bound = try await broker.start()
         if let node {
@@ -272,7 +318,7 @@ struct Run: AsyncParsableCommand {
                     throw CLIFailure("refusing plain HTTP for the control plane on \(controlHost): give --control-tls-cert/--control-tls-key (or --tls-cert/--tls-key)")
                 }
             }
-            let control = ControlServer(plane: ControlPlane(node: node), group: broker.group, tls: controlTLS)
+            let control = ControlServer(plane: ControlPlane(node: node, servedOverTLS: controlTLS != nil), group: broker.group, tls: controlTLS)
             let channel = try await control.start(host: controlHost, port: controlPort)
             log("control plane listening", ["address": "\(controlHost):\(channel.localAddress?.port ?? controlPort)",
                                             "tls": controlTLS == nil ? "off (loopback dev mode)" : "on"])
@@ -286,8 +332,22 @@ struct Run: AsyncParsableCommand {
                           "auth": membership != nil ? "membership" : (allowlist == nil ? "none" : "allowlist"),
                           "tls": configuration.tls == nil ? "off" : (tlsClientCA == nil ? "on" : "mutual")])
 
+        let operations = node?.operations
+        operations?.start(onDrain: { reason in
+            log("drain requested", ["by": reason])
+            signals.inject(SIGUSR2)
+        }, onSetting: { setting, value in
+            if setting == .logLevel, case .text(let level) = value, let parsed = LogLevel(rawValue: level) { LogLevel.minimum.store(parsed.rank, ordering: .relaxed) }
+        })
+        operations?.markServing()
+
         while true {
             let signal = await signals.next()
+            if signal == SIGUSR2 {
+                await lameDuck(broker: broker, node: node)
+                log("stopped", ["after": "lame duck"])
+                return
+            }
             if signal == SIGHUP, let allowlistAuthorizer {
                 do {
                     try allowlistAuthorizer.reload()
@@ -298,7 +358,10 @@ struct Run: AsyncParsableCommand {
                 }
                 continue
             }
+            if signal == SIGHUP { continue }
             log("shutting down", ["signal": signal == SIGTERM ? "SIGTERM" : "SIGINT"])
+            await node?.settlePersistence()
+            node?.operations?.stop()
             await broker.shutdown()
             log("stopped", [:])
             return
@@ -307,6 +370,67 @@ struct Run: AsyncParsableCommand {
 }
 
 extension Run {
+    /// Lame-duck mode, as nats-server's: stop accepting clients, tell the
+    /// connected ones (INFO `ldm: true`), wait the grace period, close them
+    /// a few at a time over the duration, keep routes up until a peer
+    /// confirmed this node's last persisted frames (bounded), send the final
+    /// beat, then stop.
+    func lameDuck(broker: Broker, node: Node?) async {
+        log("entering lame-duck mode", ["grace_seconds": String(lameDuckGrace), "duration_seconds": String(lameDuckDuration)])
+        node?.operations?.markDraining()
+        await broker.enterLameDuck()
+        if lameDuckGrace > 0 { try? await Task.sleep(for: .milliseconds(Int(lameDuckGrace * 1000))) }
+        let total = broker.connectionCount
+        if total > 0 {
+            let steps = max(1, min(total, Int(lameDuckDuration.rounded(.up))))
+            let batch = (total + steps - 1) / steps
+            for _ in 0..<steps {
+                if await broker.closeClients(upTo: batch) == 0 { break }
+                try? await Task.sleep(for: .milliseconds(Int(lameDuckDuration * 1000) / steps))
+            }
+            await broker.closeClients(upTo: Int.max)
+        }
+        if let node {
+            await node.settlePersistence()
+            let deadline = Date().addingTimeInterval(lameDuckPeerWait)
+            while node.unconfirmedPersistedBatches > 0, (broker.cluster?.peers.count ?? 0) > 0, Date() < deadline {
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+            if node.unconfirmedPersistedBatches > 0 {
+                log("lame duck: stopping with persisted frames no peer confirmed", ["batches": String(node.unconfirmedPersistedBatches)])
+            }
+            node.operations?.stop()
+        }
+        await broker.shutdown()
+    }
+
+    /// What the node's operations need: its name and URLs, and each runtime
+    /// setting as configuration gave it (a flag on the command line, or the default).
+    func operationsConfiguration(dataDir: String) -> OperationsConfiguration {
+        var configuration = OperationsConfiguration()
+        if let name { configuration.name = name }
+        configuration.beatInterval = beatInterval
+        configuration.dataDirectory = dataDir
+        configuration.clientURL = advertise
+        configuration.controlURL = advertiseControl
+        let given = Set(CommandLine.arguments.map { $0.split(separator: "=", maxSplits: 1).first.map(String.init) ?? $0 })
+        func base(_ setting: RuntimeSetting, _ value: SettingValue) {
+            let flag = "--" + setting.rawValue.replacingOccurrences(of: "_", with: "-")
+            configuration.baseSettings[setting] = EffectiveSetting(value: value, source: given.contains(flag) ? .flag : .default)
+        }
+        base(.maxConnections, .integer(Int64(maxConnections)))
+        base(.maxSubscriptions, .integer(Int64(maxSubscriptions)))
+        base(.maxSubscriptionsPerUser, .integer(Int64(maxSubscriptionsPerUser)))
+        base(.maxPayload, .integer(Int64(maxPayload)))
+        base(.beatInterval, .number(beatInterval))
+        base(.logLevel, .text(LogLevel.from(rank: LogLevel.minimum.load(ordering: .relaxed)).rawValue))
+        base(.persistSenderMessagesPerMinute, .integer(Int64(persistSenderMessagesPerMinute)))
+        base(.persistSenderBytesPerMinute, .integer(Int64(persistSenderBytesPerMinute)))
+        base(.agentHeartbeatsPerMinute, .integer(Int64(agentHeartbeatsPerMinute)))
+        base(.maxAgents, .integer(Int64(maxAgents)))
+        return configuration
+    }
+
     /// Splits a HOST:PORT option; the error names the option.
     /// What is wrong with TLS files, in words an operator can act on (NIOSSL
     /// says `noSuchFilesystemObject` or `failedToLoadPrivateKey`). `files` are
@@ -422,9 +546,21 @@ extension Run {
     }
 }
 
+/// How much unibusd logs (the runtime setting `log_level`). Every line so
+/// far is `info` unless it says otherwise.
+enum LogLevel: String, CaseIterable {
+    case debug, info, warning, error
+
+    var rank: Int { Self.allCases.firstIndex(of: self) ?? 1 }
+    static func from(rank: Int) -> LogLevel { allCases.indices.contains(rank) ? allCases[rank] : .info }
+    static let minimum = ManagedAtomic<Int>(LogLevel.info.rank)
+}
+
 /// Structured JSON log lines on standard error.
-func log(_ message: String, _ fields: [String: String]) {
+func log(_ message: String, _ fields: [String: String], level: LogLevel = .info) {
+    guard level.rank >= LogLevel.minimum.load(ordering: .relaxed) else { return }
     var object: [String: String] = fields
+    object["level"] = level.rawValue
     object["msg"] = message
     object["ts"] = ISO8601DateFormatter().string(from: Date())
     guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
@@ -448,7 +584,7 @@ final class SignalWaiter: @unchecked Sendable {
     private var waiter: CheckedContinuation<Int32, Never>?
 
     init() {
-        for signalNumber in [SIGTERM, SIGINT, SIGHUP] {
+        for signalNumber in [SIGTERM, SIGINT, SIGHUP, SIGUSR2] {
             signal(signalNumber, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: queue)
             source.setEventHandler { [weak self] in self?.deliver(signalNumber) }
@@ -466,6 +602,12 @@ final class SignalWaiter: @unchecked Sendable {
         }
     }
 
+    /// Delivers `signalNumber` as if the process had received it (a signed
+    /// drain command enters lame duck the way SIGUSR2 does).
+    func inject(_ signalNumber: Int32) {
+        queue.async { self.deliver(signalNumber) }
+    }
+
     func next() async -> Int32 {
         await withCheckedContinuation { continuation in
             queue.async {
@@ -480,3 +622,4 @@ final class SignalWaiter: @unchecked Sendable {
 }
 
 extension SQLiteDatabase.Synchronous: ExpressibleByArgument {}
+extension AgentHeartbeatMode: ExpressibleByArgument {}
