@@ -322,6 +322,25 @@ public struct UpdateResult: Codable, Equatable, Sendable {
         self.admin = admin
     }
 
+    enum CodingKeys: String, CodingKey {
+        case type, action, status, detail, error, node, timestamp, command, version, admin
+    }
+
+    /// `error` is always present (null when there is none), as in lex-node's UpdateResult.
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(type, forKey: .type)
+        try container.encode(action, forKey: .action)
+        try container.encode(status, forKey: .status)
+        try container.encode(detail, forKey: .detail)
+        if let error { try container.encode(error, forKey: .error) } else { try container.encodeNil(forKey: .error) }
+        try container.encode(node, forKey: .node)
+        try container.encode(timestamp, forKey: .timestamp)
+        try container.encode(command, forKey: .command)
+        try container.encode(version, forKey: .version)
+        try container.encode(admin, forKey: .admin)
+    }
+
     public func sealed(by key: Ed25519KeyPair) -> [UInt8] { SignedDocument.seal(self, context: Self.context, key: key) }
 
     public static func open(_ payload: some Collection<UInt8>) throws(FleetMessageError) -> UpdateResult {

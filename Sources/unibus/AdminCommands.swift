@@ -114,10 +114,10 @@ struct UserCommand: AsyncParsableCommand {
         @Option(name: .long, help: "Take both public keys from FILE (`unibus identity show --json` output, or an identity file).")
         var fromIdentity: String?
         @Option(name: .long, help: "A short name.") var handle: String
-        @Option(name: .long, help: "admin or member.") var role = "member"
+        @Option(name: .long, help: "admin, member, or agent (a VaultMesh node agent's key: it signs heartbeats to the control plane and is not a bus user).") var role = "member"
 
         func run() async throws {
-            guard let role = UserRole(rawValue: role) else { throw ValidationError("--role is admin or member") }
+            guard let role = UserRole(rawValue: role) else { throw ValidationError("--role is admin, member or agent") }
             let (signing, exchange): (String, String)
             switch (fromIdentity, signPub, exchangeKey) {
             case let (path?, nil, nil): (signing, exchange) = try publicKeys(from: path)

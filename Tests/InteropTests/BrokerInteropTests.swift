@@ -254,6 +254,15 @@ struct BrokerInteropTests {
         try runScenario("readme_cluster.py")
     }
 
+    /// Node operations through three real nodes: signed beats in `unibus node
+    /// list` and nats-py, the Command Center in headless chromium (a killed
+    /// node turns stale), a live settings command with its signed result, a
+    /// replayed command refused and counted, the VaultMesh agent contract
+    /// against Python implementations of both sides, and a signed drain (ops_e2e.py).
+    @Test func nodeOperations() throws {
+        try runScenario("ops_e2e.py")
+    }
+
     /// Three unibusd processes as one cluster: mTLS routes, replicated
     /// membership, nats-py across nodes, UnibusClient failover under kill -9
     /// of the subscriber's and the publisher's node (cluster_e2e.py).

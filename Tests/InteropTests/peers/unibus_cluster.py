@@ -59,6 +59,8 @@ class Cluster:
         self.ports = {n: {"client": free_port(), "control": free_port(), "route": free_port()} for n in names}
         self.processes = {}
         self.context = ssl.create_default_context(cafile=self.client_pki["ca.pem"])
+        # Extra `unibusd run` arguments per node name (e.g. a short --beat-interval).
+        self.extra = {}
 
     def routes(self):
         return ",".join(f"tls://127.0.0.1:{self.ports[n]['route']}" for n in self.names)
@@ -74,7 +76,7 @@ class Cluster:
                 "--tls-cert", self.client_pki[name][0], "--tls-key", self.client_pki[name][1],
                 "--cluster-listen", f"127.0.0.1:{p['route']}", "--routes", self.routes(), "--cluster-name", "e2e",
                 "--cluster-cert", cert, "--cluster-key", key, "--cluster-ca", self.route_pki["ca"],
-                "--route-ping-interval", "0.5"]
+                "--route-ping-interval", "0.5", *self.extra.get(name, [])]
         log = open(os.path.join(self.work, f"node-{name}.log"), "a")
         self.processes[name] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
         if wait:
