@@ -68,7 +68,7 @@ public final class RequestVerifier: @unchecked Sendable {
     public func claim(_ request: VerifiedRequest, now: Date = Date()) -> RequestAuthError? {
         let seconds = Self.unixSeconds(now)
         return lock.withLock {
-            switch nonces.insert(request.nonce, owner: request.caller, now: seconds, lifetime: Int(2 * window)) {
+            switch nonces.insert(request.nonce, owner: request.caller, now: seconds, lifetime: Int(2 * window) + 2) {
             case .replayed?: return .replayed
             case .full?: return .busy
             case nil: return nil

@@ -89,7 +89,11 @@ public struct ClusterCommand: Codable, Equatable, Sendable {
         guard (16...64).contains(nonce.utf8.count), nonce.utf8.allSatisfy(Self.isNonceByte) else {
             return "nonce must be 16 to 64 base64url characters"
         }
-        guard version > 0 else { return "version must be positive" }
+        // Bounded by the command's own time: one huge version would otherwise
+        // make every later command for the target "superseded", for good.
+        guard version > 0, timestampMs > 0, version <= UInt64(timestampMs) &+ UInt64(Self.window) else {
+            return "version must be positive and at most the command's timestamp_ms + \(Self.window)"
+        }
         switch action {
         case .settings:
             guard let settings, !settings.isEmpty, killswitch == nil else { return "a settings command carries settings (and nothing else)" }

@@ -58,6 +58,7 @@ public final class AgentRegistry: Sendable {
     public func record(_ heartbeat: AgentHeartbeat, key: String?, nowMs: Int64) -> Result<Void, AgentRefusal> {
         let limit = heartbeatsPerMinute.load(ordering: .relaxed)
         let capacity = maxAgents.load(ordering: .relaxed)
+        let staleAfterMs = self.staleAfterMs
         let outcome: Result<Void, AgentRefusal> = entries.withLockedValue { table in
             if var entry = table[heartbeat.nodeID] {
                 // A node id belongs to the key that registered it.
@@ -84,6 +85,10 @@ public final class AgentRegistry: Sendable {
             }
             if let key, let other = table.first(where: { $0.value.key == key })?.key {
                 return .failure(AgentRefusal(status: 409, description: "this agent key already reports node_id \(other); one key, one node"))
+            }
+            if table.count >= capacity {
+                // Agents silent for ten stale periods make room first.
+                table = table.filter { nowMs &- $0.value.lastSeenMs <= 10 * staleAfterMs }
             }
             guard table.count < capacity else {
                 return .failure(AgentRefusal(status: 503, description: "this node registers at most \(capacity) agents (setting max_agents)"))

@@ -76,6 +76,13 @@ public final class NodeOperations: PublishTap, @unchecked Sendable {
     private var effective: [RuntimeSetting: EffectiveSetting] = [:]
     private var lastCPU: (cpu: Double, wall: Double)?
     private var beatTask: Task<Void, Never>?
+    /// Commands wait here and are handled one at a time by one task: the
+    /// version check, the persisted write and the new state are one step.
+    /// Bounded: past it, new commands are dropped and counted.
+    private let commandQueue: AsyncStream<(payload: [UInt8], fromPeer: String?)>
+    private let commandInput: AsyncStream<(payload: [UInt8], fromPeer: String?)>.Continuation
+    private var commandTask: Task<Void, Never>?
+    static let queuedCommands = 256
     private var stopped = false
     /// Called when a `drain` command is accepted (unibusd enters lame duck).
     private var drainHandler: (@Sendable (String) -> Void)?
@@ -119,6 +126,8 @@ public final class NodeOperations: PublishTap, @unchecked Sendable {
         self.agents = agents
         self.intervalMs = Int(configuration.beatInterval * 1000)
         self.effective = configuration.baseSettings
+        (commandQueue, commandInput) = AsyncStream.makeStream(of: (payload: [UInt8], fromPeer: String?).self,
+                                                              bufferingPolicy: .bufferingOldest(Self.queuedCommands))
         if let directory = configuration.dataDirectory {
             let path = directory + "/" + Self.stateFile
             if FileManager.default.fileExists(atPath: path) {
@@ -160,7 +169,22 @@ public final class NodeOperations: PublishTap, @unchecked Sendable {
                 if self.lock.withLock({ self.stopped }) { return }
             }
         }
-        lock.withLock { beatTask = task }
+        let queue = commandQueue
+        let consumer = Task { [weak self] in
+            for await (payload, fromPeer) in queue {
+                guard let self else { return }
+                await self.process(payload, fromPeer: fromPeer)
+            }
+        }
+        lock.withLock {
+            beatTask = task
+            commandTask = consumer
+        }
+    }
+
+    /// Queues a command for the one consumer; a full queue drops it (counted).
+    private func enqueue(_ payload: [UInt8], fromPeer: String?) {
+        if case .dropped = commandInput.yield((payload, fromPeer)) { count(refusal: "busy") }
     }
 
     /// The node serves (its listeners are up): beats say so from now on.
@@ -183,7 +207,11 @@ public final class NodeOperations: PublishTap, @unchecked Sendable {
             stopped = true
         }
         beat()
-        lock.withLock { beatTask?.cancel() }
+        lock.withLock {
+            beatTask?.cancel()
+            commandTask?.cancel()
+        }
+        commandInput.finish()
         node?.broker.setTap(nil, subjects: [], owner: "operations")
     }
 
@@ -228,9 +256,14 @@ public final class NodeOperations: PublishTap, @unchecked Sendable {
 
     private func remember(_ beat: NodeBeat, payload: [UInt8], nowMs: Int64) {
         lock.withLock {
-            guard fleet[beat.node] != nil || fleet.count < Self.maximumFleet else { return }
-            // A replayed older beat never replaces a newer one.
-            if let known = fleet[beat.node], known.beat.timestampMs > beat.timestampMs { return }
+            // Nodes not heard for an hour leave the table (a node that left, or came back under a new key).
+            if fleet[beat.node] == nil, fleet.count >= Self.maximumFleet {
+                fleet = fleet.filter { nowMs &- $0.value.receivedMs < 3_600_000 }
+                guard fleet.count < Self.maximumFleet else { return }
+            }
+            // A replayed older beat never replaces a newer one: within one run
+            // of a node its sequence orders beats (not its clock, which may step back).
+            if let known = fleet[beat.node], known.beat.started == beat.started, known.beat.sequence >= beat.sequence { return }
             fleet[beat.node] = FleetEntry(beat: beat, payload: payload, receivedMs: nowMs)
             FleetView.trackDisagreement(&disagreeingSince, beats: fleet.values.map(\.beat), nowMs: nowMs)
         }
@@ -317,7 +350,7 @@ public final class NodeOperations: PublishTap, @unchecked Sendable {
             keep(result: payload)
             node.broker.publish(subject: ReservedNamespace.resultSubject(for: peer), payload: payload)
         case .command(let payload):
-            await process(payload, fromPeer: peer)
+            enqueue(payload, fromPeer: peer)
         }
     }
 
@@ -342,8 +375,7 @@ public final class NodeOperations: PublishTap, @unchecked Sendable {
             count(refusal: "malformed")
             return
         }
-        let bytes = Array(payload.readableBytesView)
-        Task { await self.process(bytes, fromPeer: nil) }
+        enqueue(Array(payload.readableBytesView), fromPeer: nil)
     }
 
     private func count(refusal reason: String) {
@@ -367,8 +399,9 @@ public final class NodeOperations: PublishTap, @unchecked Sendable {
             case .malformed: reason = "malformed"
             }
             count(refusal: reason)
+            // Counted and logged, never answered: an unreadable command names
+            // no one to answer, and answering would amplify a flood.
             node.log("cluster command refused", ["reason": reason, "error": "\(error)", "from": fromPeer ?? "a client"])
-            if fromPeer == nil { answer(action: "unknown", .refused, detail: "", error: "\(error)", command: nil) }
             return
         }
         let targetsMe = command.target == ClusterCommand.everyNode || command.target == nodeID
@@ -384,7 +417,7 @@ public final class NodeOperations: PublishTap, @unchecked Sendable {
             return
         }
         let claim = lock.withLock {
-            nonces.insert(command.nonce, owner: command.admin, now: Int(nowMs / 1000), lifetime: Int(2 * ClusterCommand.window / 1000))
+            nonces.insert(command.nonce, owner: command.admin, now: Int(nowMs / 1000), lifetime: Int(2 * ClusterCommand.window / 1000) + 2)
         }
         switch claim {
         case .replayed?:

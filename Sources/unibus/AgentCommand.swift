@@ -43,7 +43,7 @@ struct AgentCommand: AsyncParsableCommand {
             let heartbeat = settings.heartbeat()
             let body = SignedDocument.encode(heartbeat)
             do {
-                if let signer, nodeID == nil {
+                if signer != nil, nodeID == nil {
                     let info = try await client.request("GET", "/v1/node")
                     guard info.status == 200, let id = info.decode(ControlAPI.NodeInfo.self)?.nodeID else {
                         throw CLIError("\(settings.ccURL) is not a Unibus node, so it cannot take signed heartbeats (\(info.status)); run without --identity")

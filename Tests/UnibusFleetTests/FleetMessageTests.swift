@@ -98,6 +98,10 @@ import UnibusCrypto
         var zero = command(.drain)
         zero.version = 0
         #expect(zero.problem != nil)
+        // A version far above the command's time would lock the target out for good.
+        var huge = command(.drain)
+        huge.version = .max
+        #expect(huge.problem?.contains("version") == true)
     }
 
     @Test func windowIsChecked() {
