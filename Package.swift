@@ -27,6 +27,12 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
+        // Logging and metrics through the server ecosystem's APIs, so a host
+        // application routes the client library's logs, and Prometheus reads
+        // the node's metrics, with the standard handlers (issue 15).
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
     ],
     targets: [
         // System libraries the user chose (Debian: libsodium-dev, libssl-dev).
@@ -84,6 +90,12 @@ let package = Package(
             name: "UnibusFleet",
             dependencies: ["UnibusCrypto"]
         ),
+        // Configuration files, `UNIBUS_*` environment and secret references,
+        // resolved into the command line's options (one model: the flags).
+        .target(
+            name: "UnibusConfig",
+            dependencies: ["UnibusCrypto"]
+        ),
         .target(
             name: "UnibusPersistence",
             dependencies: ["UnibusWire", "UnibusCrypto", "UnibusMembership"]
@@ -102,7 +114,8 @@ let package = Package(
         .target(
             name: "UnibusNode",
             dependencies: ["UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusPersistence", "UnibusCrypto", "UnibusFleet",
-                           .product(name: "Atomics", package: "swift-atomics")]
+                           .product(name: "Atomics", package: "swift-atomics"),
+                           .product(name: "Logging", package: "swift-log")]
         ),
         // The control plane's client side and its typed messages (shared with the server).
         .target(
@@ -125,6 +138,9 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         // The library peers use: failover connection, rooms, sealed frames.
@@ -132,6 +148,7 @@ let package = Package(
             name: "UnibusClient",
             dependencies: [
                 "UnibusWire", "UnibusCrypto", "UnibusMembership", "UnibusPersistence", "UnibusControlClient", "UnibusSQLite", "CZstd",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -142,8 +159,12 @@ let package = Package(
             name: "unibusd",
             dependencies: [
                 "UnibusCrypto", "UnibusBroker", "UnibusMembership", "UnibusMembershipStore", "UnibusNode", "UnibusControl", "UnibusSQLite", "UnibusFleet",
+                "UnibusConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .executableTarget(
@@ -151,6 +172,7 @@ let package = Package(
             dependencies: [
                 "UnibusCrypto", "UnibusControlClient", "UnibusMembership", "UnibusClient", "UnibusWire", "UnibusFleet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(
@@ -181,7 +203,7 @@ let package = Package(
         ),
         .testTarget(
             name: "UnibusFleetTests",
-            dependencies: ["UnibusFleet", "UnibusCrypto"]
+            dependencies: ["UnibusFleet", "UnibusCrypto", "UnibusConfig"]
         ),
         .testTarget(
             name: "UnibusControlTests",

@@ -48,6 +48,8 @@ public protocol PublishTap: AnyObject, Sendable {
 public final class Broker: @unchecked Sendable {
     // @unchecked: mutable state is guarded by `lock`; the rest is immutable or atomic.
     public let configuration: BrokerConfiguration
+    /// The client TLS certificate and key in use (replaced on reload).
+    public let tls: Reloadable<BrokerTLS?>
     public let statistics = BrokerStatistics()
     /// Limits a signed `settings` command may change live.
     public let limits: RuntimeLimits
@@ -78,6 +80,7 @@ public final class Broker: @unchecked Sendable {
     ///   that id to route peers; a fresh one is made if nil.
     public init(configuration: BrokerConfiguration, nodeKey: Ed25519KeyPair? = nil, group: MultiThreadedEventLoopGroup? = nil) {
         self.configuration = configuration
+        self.tls = Reloadable(configuration.tls)
         self.limits = RuntimeLimits(configuration)
         let key = nodeKey ?? Ed25519KeyPair()
         self.nodeKey = key

@@ -83,7 +83,7 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
             nonce = Base64.encode(Sodium.randomNonce(count: 11), alphabet: .url)
         }
         enqueueInfo(context: context)
-        if accepted, let tls = broker.configuration.tls {
+        if accepted, let tls = broker.tls.current {
             // INFO goes out in plaintext; the client then starts TLS, as in
             // nats-server's default (non handshake-first) mode.
             flushNow()
@@ -464,10 +464,10 @@ final class BrokerConnection: QueuedConnection, ChannelInboundHandler, @unchecke
             "client_id": Int(id),
         ]
         if let ip = context.remoteAddress?.ipAddress { info["client_ip"] = ip }
-        if configuration.tls != nil {
+        if let tls = broker.tls.current {
             info["tls_required"] = true
             info["tls_available"] = true
-            if configuration.tls?.verifiesClients == true { info["tls_verify"] = true }
+            if tls.verifiesClients { info["tls_verify"] = true }
         }
         if configuration.authorizer != nil {
             info["auth_required"] = true

@@ -172,8 +172,13 @@ public final class Cluster: @unchecked Sendable {
     private var _delegate: ClusterDelegate?
     private var _onEvent: (@Sendable (ClusterEvent) -> Void)?
 
+    /// The route certificate and key in use (replaced on reload; the
+    /// cluster CA cannot change without a restart).
+    public let tls: Reloadable<RouteTLS?>
+
     init(configuration: ClusterConfiguration, broker: Broker) {
         self.configuration = configuration
+        self.tls = Reloadable(configuration.tls)
         self.broker = broker
         localInfo = RouteInfo(serverID: broker.serverID, name: broker.configuration.serverName, cluster: configuration.name,
                               root: configuration.root, clientURL: configuration.advertiseClientURL,
@@ -212,7 +217,7 @@ public final class Cluster: @unchecked Sendable {
     /// Binds the route listener and starts dialing. Returns the bound port.
     @discardableResult
     func start() async throws -> Int {
-        let tls = configuration.tls
+        let tls = self.tls
         let bootstrap = ServerBootstrap(group: broker.group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -227,9 +232,10 @@ public final class Cluster: @unchecked Sendable {
                 let counter = acceptedLinks
                 channel.closeFuture.whenComplete { _ in counter.wrappingDecrement(ordering: .relaxed) }
                 return channel.eventLoop.makeCompletedFuture {
-                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.server)) }
+                    let current = tls.current
+                    if let current { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: current.server)) }
                     try channel.pipeline.syncOperations.addHandler(RouteConnection(id: makeID(), cluster: self, channel: channel,
-                                                                                   dialed: false, url: nil))
+                                                                                   dialed: false, url: nil, tls: current))
                 }
             }
         let channel: Channel
@@ -467,7 +473,7 @@ public final class Cluster: @unchecked Sendable {
 
     private func connect(_ url: String) async throws -> RouteConnection {
         let (host, port) = try Self.parse(url)
-        let tls = configuration.tls
+        let tls = self.tls.current
         let hostname = host.first?.isNumber == true || host.contains(":") ? nil : host
         let made = NIOLockedValueBox<RouteConnection?>(nil)
         _ = try await ClientBootstrap(group: broker.group)
@@ -478,7 +484,7 @@ public final class Cluster: @unchecked Sendable {
                     if let tls {
                         try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls.client, serverHostname: hostname))
                     }
-                    let route = RouteConnection(id: makeID(), cluster: self, channel: channel, dialed: true, url: url)
+                    let route = RouteConnection(id: makeID(), cluster: self, channel: channel, dialed: true, url: url, tls: tls)
                     made.withLockedValue { $0 = route }
                     try channel.pipeline.syncOperations.addHandler(route)
                 }

@@ -32,7 +32,7 @@ public struct RouteInfo: Sendable, Equatable {
 
     func json(nonce: String) -> [UInt8] {
         var object: [String: Any] = ["server_id": serverID, "name": name, "cluster": cluster, "root": root,
-                                     "version": UnibusVersion.current, "proto": 1, "nonce": nonce]
+                                     "version": UnibusVersion.current, "proto": Self.protocolVersion, "nonce": nonce]
         if let clientURL { object["client_url"] = clientURL }
         if let controlURL { object["control_url"] = controlURL }
         return (try? [UInt8](JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))) ?? Array("{}".utf8)
@@ -41,12 +41,27 @@ public struct RouteInfo: Sendable, Equatable {
     /// Parses a peer's INFO; nil when it is not understood. The node id must
     /// be a server nkey (the key the peer then proves it holds), and the
     /// nonce the one this end will sign.
+    /// The route protocol this build speaks. Bump it when any frame on a
+    /// route changes shape; docs/operations.md says which upgrades roll.
+    public static let protocolVersion = 1
+
+    /// The route protocol version the peer speaks (`proto` in its INFO).
+    public private(set) var protocolVersion = RouteInfo.protocolVersion
+    /// The peer's unibusd version, as it says (for messages only).
+    public private(set) var software = UnibusVersion.current
+
     init?(json: ByteBuffer, nonce: inout String) {
         guard let object = try? JSONSerialization.jsonObject(with: Data(json.readableBytesView)) as? [String: Any],
               let serverID = object["server_id"] as? String, (try? NKey.decodePublicKey(serverID, expecting: .server)) != nil,
               let cluster = object["cluster"] as? String, let root = object["root"] as? String,
               let peerNonce = object["nonce"] as? String, (16...64).contains(peerNonce.utf8.count) else { return nil }
         nonce = peerNonce
+        // `proto` governs everything on the link (RS+/RMSG and every RDATA
+        // payload: membership, fleet and frame replication); absent or not
+        // a small integer is not understood, a different one is refused by name.
+        guard let proto = object["proto"] as? Int, (0...1_000_000).contains(proto) else { return nil }
+        self.protocolVersion = proto
+        self.software = (object["version"] as? String).map { String($0.prefix(64)) } ?? "unknown"
         let name = object["name"] as? String ?? ""
         let clientURL = object["client_url"] as? String, controlURL = object["control_url"] as? String
         // What a peer says about itself reaches clients (connect_urls) and
@@ -114,8 +129,14 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
     /// The nonce this end sent in its INFO: the peer signs it to prove its id.
     private let nonce = Base64.encode(Sodium.randomNonce(count: 18), alphabet: .url)
 
-    init(id: UInt64, cluster: Cluster, channel: Channel, dialed: Bool, url: String?) {
+    /// The fingerprint of the certificate this end presents on the link
+    /// ("-" without TLS): the one in use when the link opened (a reload
+    /// changes it for later links only).
+    private let presentedCertificate: String
+
+    init(id: UInt64, cluster: Cluster, channel: Channel, dialed: Bool, url: String?, tls: RouteTLS?) {
         self.cluster = cluster
+        self.presentedCertificate = tls?.certificateFingerprint ?? "-"
         self.dialed = dialed
         self.url = url
         // Until the peer has proven its id it may send INFO and AUTH only:
@@ -230,13 +251,22 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
                 closeWithError("the route INFO is not understood (it needs a server nkey as server_id and a nonce)")
                 return
             }
+            guard info.protocolVersion == RouteInfo.protocolVersion else {
+                stats.routesRefused.wrappingIncrement(ordering: .relaxed)
+                let reason = "the peer speaks route protocol version \(info.protocolVersion) (unibusd \(info.software)); this node speaks version "
+                    + "\(RouteInfo.protocolVersion) (unibusd \(UnibusVersion.current)). Nodes of different route protocol versions cannot link: "
+                    + "upgrade every node together (docs/operations.md, \"Upgrades\")"
+                cluster.refused(info.serverID, reason: reason)
+                closeWithError("route refused: \(reason)")
+                return
+            }
             peer = info
             state = .authenticating
             // Prove this node's id: sign the peer's nonce with the node key,
             // naming the certificate this node presents on the link.
             let proof = cluster.broker.nodeKey.sign(Self.proofBytes(nonce: peerNonce, signer: cluster.localInfo.serverID,
                                                                     verifier: info.serverID, cluster: info.cluster,
-                                                                    certificate: cluster.configuration.tls?.certificateFingerprint ?? "-"))
+                                                                    certificate: presentedCertificate))
             let json = Array("{\"sig\":\"\(Base64.encode(proof, alphabet: .url))\"}".utf8)
             enqueueSelf { RouteEncoder.writeAuth(into: &$0, json: json) }
         case (.authenticating, .auth(let json)):
@@ -318,7 +348,7 @@ final class RouteConnection: QueuedConnection, ChannelInboundHandler, @unchecked
     /// The fingerprint of the certificate the peer presented on this link
     /// ("-" without TLS; nil when TLS is on and none can be read).
     private func peerCertificateFingerprint() -> String? {
-        guard cluster.configuration.tls != nil else { return "-" }
+        guard presentedCertificate != "-" else { return "-" }
         guard let certificate = try? channel.pipeline.syncOperations.nioSSL_peerCertificate() else { return nil }
         let fingerprint = RouteTLS.fingerprint(certificate)
         return fingerprint.isEmpty ? nil : fingerprint

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -57,6 +58,11 @@ public final class NATSConnection: @unchecked Sendable {
         /// A client certificate for nodes that require one (`--tls-client-ca`).
         public var clientCertificate: ClientCertificate?
         public var name = "unibus-swift"
+        /// Where the connection reports connects, failovers and refusals.
+        /// The library never prints: the host application bootstraps
+        /// swift-log with the handler it wants (the default logger goes to
+        /// whatever `LoggingSystem` was bootstrapped with).
+        public var logger = Logger(label: "unibus.client")
         public var maxBufferedMessages = 10_000
         public var maxBufferedBytes = 8 * 1024 * 1024
         public var connectTimeout: TimeAmount = .seconds(2)
@@ -345,6 +351,12 @@ public final class NATSConnection: @unchecked Sendable {
     }
 
     private func emit(_ event: ConnectionEvent) {
+        switch event {
+        case .connected(let endpoint, let serverID):
+            options.logger.info("connected", metadata: ["node": "\(endpoint)", "server_id": "\(serverID)"])
+        case .disconnected(let endpoint, let reason):
+            options.logger.notice("disconnected; failing over", metadata: ["node": "\(endpoint)", "reason": "\(reason)"])
+        }
         let continuations = lock.withLock { Array(eventContinuations.values) }
         for continuation in continuations { continuation.yield(event) }
     }

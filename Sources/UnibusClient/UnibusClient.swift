@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOCore
 import UnibusControlClient
 import UnibusCrypto
@@ -60,6 +61,10 @@ public actor UnibusClient {
         /// Warnings (a node behind another, an unreachable second node, a local
         /// store that no longer verified). The library never prints.
         public var warn: (@Sendable (String) -> Void)?
+        /// The library's log (connects, failovers, warnings, refused frames
+        /// at debug). It never prints: a host application bootstraps
+        /// swift-log's `LoggingSystem` with its own handler.
+        public var logger = Logger(label: "unibus.client")
         public var maxBufferedMessages = 10_000
         public var maxBufferedBytes = 8 * 1024 * 1024
         public var name = "unibus-swift"
@@ -175,13 +180,14 @@ public actor UnibusClient {
         guard !configuration.controlPlane.isEmpty else { throw ClientError.noSeeds }
         guard (try? NKey.decodePublicKey(configuration.root, expecting: .user)) != nil else { throw ClientError.missingRoot }
         let logStore = try VerifiedLogStore(directory: configuration.stateDirectory, root: configuration.root)
-        if let discarded = logStore.discarded { configuration.warn?(discarded) }
+        if let discarded = logStore.discarded { Self.warning(discarded, configuration) }
         let keyStore = try configuration.stateDirectory.map { directory throws(ClientError) in
             try ClientKeyStore(directory: directory, identity: configuration.identity, passphrase: configuration.statePassphrase)
         }
         var seeds: [Endpoint] = []
         for url in configuration.dataPlane { seeds.append(try Endpoint(parsing: url)) }
         var options = NATSConnection.Options(seeds: seeds, identity: configuration.identity, caPath: configuration.caPath)
+        options.logger = configuration.logger
         options.maxBufferedBytes = configuration.maxBufferedBytes
         options.maxBufferedMessages = configuration.maxBufferedMessages
         options.name = configuration.name
@@ -191,7 +197,7 @@ public actor UnibusClient {
         try await connection.connect()
         let client = UnibusClient(configuration: configuration, connection: connection, logStore: logStore, keyStore: keyStore)
         if let keyStore, keyStore.discarded > 0 {
-            configuration.warn?("\(keyStore.discarded) value(s) in \(keyStore.path) did not open and were skipped")
+            Self.warning("\(keyStore.discarded) value(s) in \(keyStore.path) did not open and were skipped", configuration)
         }
         do {
             try await client.start()
@@ -359,16 +365,26 @@ public actor UnibusClient {
             let since = behindSince[current.url] ?? now
             behindSince[current.url] = since
             if now - since >= configuration.maximumNodeLag {
-                configuration.warn?("\(current.url) has been behind another node for \(now - since) (it lacked \(gained) operations)")
+                warning("\(current.url) has been behind another node for \(now - since) (it lacked \(gained) operations)")
             }
         } else {
             behindSince[current.url] = nil
         }
     }
 
+    /// A warning to the host: its `warn` callback and the library's logger.
+    nonisolated func warning(_ message: String) {
+        Self.warning(message, configuration)
+    }
+
+    static func warning(_ message: String, _ configuration: Configuration) {
+        configuration.logger.warning("\(message)")
+        configuration.warn?(message)
+    }
+
     func warnOnce(_ message: String) {
         guard warned.count < 1000, warned.insert(message).inserted else { return }
-        configuration.warn?(message)
+        warning(message)
     }
 
     // MARK: rooms
@@ -646,6 +662,7 @@ public actor UnibusClient {
             duplicatesDropped += 1
         case .failure(let reason):
             if arrival != .history { counts[reason, default: 0] += 1 }
+            configuration.logger.debug("frame refused", metadata: ["room": "\(room)", "reason": "\(reason)"])
         }
         return result
     }

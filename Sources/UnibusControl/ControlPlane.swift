@@ -1,5 +1,6 @@
 import Atomics
 import Foundation
+import Prometheus
 import UnibusBroker
 import UnibusControlClient
 import UnibusCrypto
@@ -75,8 +76,15 @@ public final class ControlPlane: Sendable {
     /// Whether the plane is served over TLS (session cookies are then `Secure`).
     public let servedOverTLS: Bool
 
-    public init(node: Node, servedOverTLS: Bool = false) {
+    /// The node's metrics in a swift-prometheus registry.
+    public let nodeMetrics: NodeMetrics
+
+    /// `metrics`: the registry to expose (unibusd passes the one it
+    /// bootstrapped swift-metrics with, so every swift-metrics user in the
+    /// process shows up on `/metrics` too); a fresh one by default.
+    public init(node: Node, servedOverTLS: Bool = false, metrics: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.node = node
+        self.nodeMetrics = NodeMetrics(node: node, registry: metrics)
         self.verifier = RequestVerifier(nodeID: node.broker.serverID)
         self.servedOverTLS = servedOverTLS
     }
@@ -419,76 +427,8 @@ public final class ControlPlane: Sendable {
         return result
     }
 
-    /// Prometheus text exposition of the broker's and membership's counters.
+    /// Prometheus text exposition of the node's metrics (see `NodeMetrics`).
     func metrics() -> String {
-        let stats = node.broker.statistics
-        let state = node.membership.snapshot
-        var rows: [(String, String, Int)] = [
-            ("unibus_connections", "gauge", stats.currentConnections.load(ordering: .relaxed)),
-            ("unibus_connections_accepted_total", "counter", stats.connectionsAccepted.load(ordering: .relaxed)),
-            ("unibus_messages_in_total", "counter", stats.messagesIn.load(ordering: .relaxed)),
-            ("unibus_messages_out_total", "counter", stats.messagesOut.load(ordering: .relaxed)),
-            ("unibus_bytes_in_total", "counter", stats.bytesIn.load(ordering: .relaxed)),
-            ("unibus_bytes_out_total", "counter", stats.bytesOut.load(ordering: .relaxed)),
-            ("unibus_slow_consumers_total", "counter", stats.slowConsumers.load(ordering: .relaxed)),
-            ("unibus_stale_connections_total", "counter", stats.staleConnections.load(ordering: .relaxed)),
-            ("unibus_permission_violations_total", "counter", stats.permissionViolations.load(ordering: .relaxed)),
-            ("unibus_protocol_violations_total", "counter", stats.protocolViolations.load(ordering: .relaxed)),
-            ("unibus_routes", "gauge", node.broker.cluster?.peers.count ?? 0),
-            ("unibus_routes_opened_total", "counter", stats.routesOpened.load(ordering: .relaxed)),
-            ("unibus_routed_messages_in_total", "counter", stats.routedIn.load(ordering: .relaxed)),
-            ("unibus_routed_messages_out_total", "counter", stats.routedOut.load(ordering: .relaxed)),
-            ("unibus_routes_refused_total", "counter", stats.routesRefused.load(ordering: .relaxed)),
-            ("unibus_replication_frames_refused_total", "counter", node.refusedReplicationFrames.load(ordering: .relaxed)),
-            ("unibus_membership_replicated_refused_total", "counter", node.membership.counters.replicatedRefused),
-            ("unibus_membership_waiting_dropped_total", "counter", node.membership.counters.waitingDropped),
-            ("unibus_membership_waiting", "gauge", node.membership.waitingCount),
-            ("unibus_membership_outside_window_total", "counter", node.membership.counters.outsideWindow),
-            ("unibus_membership_replaced_by_checkpoint_total", "counter", node.membership.counters.replacedByCheckpoint),
-            ("unibus_control_refusals_total", "counter", stats.controlRefusals.load(ordering: .relaxed)),
-            ("unibus_control_connections_cut_total", "counter", stats.controlConnectionsCut.load(ordering: .relaxed)),
-            ("unibus_connection_objects", "gauge", stats.liveConnectionObjects.load(ordering: .relaxed)),
-            ("unibus_membership_refused_operations", "gauge", node.membership.refusedOperations.count),
-            ("unibus_membership_operations_total", "counter", node.membership.operationCount),
-            ("unibus_users", "gauge", state.users.values.filter { $0.status == .active }.count),
-            ("unibus_rooms", "gauge", state.rooms.values.filter { $0.archived == nil }.count),
-        ]
-        if let persistence = node.persistenceStatistics {
-            rows += [
-                ("unibus_persist_frames_stored_total", "counter", persistence.stored.load(ordering: .relaxed)),
-                ("unibus_persist_frames_duplicate_total", "counter", persistence.duplicates.load(ordering: .relaxed)),
-                ("unibus_persist_frames_refused_total", "counter", persistence.refused.load(ordering: .relaxed)),
-                ("unibus_persist_frames_replicated_in_total", "counter", persistence.replicatedIn.load(ordering: .relaxed)),
-                ("unibus_persist_frames_caught_up_total", "counter", persistence.caughtUp.load(ordering: .relaxed)),
-                ("unibus_persist_frames_expired_total", "counter", persistence.expired.load(ordering: .relaxed)),
-                ("unibus_persist_frames_dropped_queue_full_total", "counter", persistence.droppedQueueFull.load(ordering: .relaxed)),
-                ("unibus_persist_commits_total", "counter", persistence.commits.load(ordering: .relaxed)),
-                ("unibus_persist_batches_unconfirmed_total", "counter", persistence.receiptsUnconfirmed.load(ordering: .relaxed)),
-            ]
-        }
-        if let operations = node.operations {
-            rows += [
-                ("unibus_control_commands_applied_total", "counter", operations.commandsApplied.load(ordering: .relaxed)),
-                ("unibus_fleet_messages_refused_total", "counter", operations.beatsRefused.load(ordering: .relaxed)),
-                ("unibus_fleet_nodes", "gauge", operations.signedBeats.count),
-                ("unibus_agents", "gauge", operations.agents.count),
-                ("unibus_agent_heartbeats_refused_total", "counter", operations.agents.refused.load(ordering: .relaxed)),
-                ("unibus_killswitches_engaged", "gauge", operations.switches.engagedSwitches.count),
-            ]
-        }
-        var text = rows.map { "# TYPE \($0.0) \($0.1)\n\($0.0) \($0.2)\n" }.joined()
-        if let operations = node.operations {
-            text += "# TYPE unibus_control_commands_refused_total counter\n"
-            let refused = operations.refusedCommands
-            for reason in ["malformed", "bad_signature", "invalid", "not_admin", "expired", "replayed", "superseded", "busy", "storage"] {
-                text += "unibus_control_commands_refused_total{reason=\"\(reason)\"} \(refused[reason] ?? 0)\n"
-            }
-        }
-        text += "# TYPE unibus_auth_failures_total counter\n"
-        for reason in AuthFailureReason.allCases {
-            let count = stats.authorizationFailuresByReason[reason]?.load(ordering: .relaxed) ?? 0
-            text += "unibus_auth_failures_total{reason=\"\(reason.rawValue)\"} \(count)\n"
-        }
-        return text
+        nodeMetrics.exposition()
     }
 }

@@ -27,14 +27,15 @@ public struct ControlServerLimits: Sendable {
 public final class ControlServer: Sendable {
     private let plane: ControlPlane
     private let group: EventLoopGroup
-    private let tls: NIOSSLContext?
+    /// The TLS context in use (replaced on reload; nil: plain HTTP, loopback dev mode).
+    public let tls: Reloadable<NIOSSLContext?>
     private let limits: ControlServerLimits
     private let open = ManagedAtomic<Int>(0)
 
     public init(plane: ControlPlane, group: EventLoopGroup, tls: NIOSSLContext?, limits: ControlServerLimits = ControlServerLimits()) {
         self.plane = plane
         self.group = group
-        self.tls = tls
+        self.tls = Reloadable(tls)
         self.limits = limits
     }
 
@@ -60,7 +61,7 @@ public final class ControlServer: Sendable {
         }
     }
 
-    private func bind(host: String, port: Int, plane: ControlPlane, tls: NIOSSLContext?, limits: ControlServerLimits,
+    private func bind(host: String, port: Int, plane: ControlPlane, tls: Reloadable<NIOSSLContext?>, limits: ControlServerLimits,
                       open: ManagedAtomic<Int>, statistics: BrokerStatistics,
                       decoderLimits: NIOHTTPDecoderLimitConfiguration) async throws -> Channel {
         try await ServerBootstrap(group: group)
@@ -74,7 +75,7 @@ public final class ControlServer: Sendable {
                 }
                 channel.closeFuture.whenComplete { _ in open.wrappingDecrement(ordering: .relaxed) }
                 return channel.eventLoop.makeCompletedFuture {
-                    if let tls {
+                    if let tls = tls.current {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
                     }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withEncoderConfiguration: .init(), withDecoderLimitConfiguration: decoderLimits)

@@ -3,7 +3,7 @@
 public struct EffectiveSetting: Codable, Equatable, Sendable {
     /// Where a value came from, lowest first: a command sits above the rest.
     public enum Source: String, Codable, Sendable {
-        case `default`, flag, command
+        case `default`, file, environment, flag, command
     }
 
     public var value: SettingValue

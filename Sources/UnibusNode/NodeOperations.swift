@@ -182,6 +182,28 @@ public final class NodeOperations: PublishTap, @unchecked Sendable {
         }
     }
 
+    /// New base values from a configuration reload (files, environment,
+    /// flags). A setting an admin pushed by signed command keeps the
+    /// command's value: commands stay above configuration. Returns the
+    /// settings whose value changed and were applied.
+    @discardableResult
+    public func reloadBaseSettings(_ base: [RuntimeSetting: EffectiveSetting]) -> [RuntimeSetting] {
+        var applied: [RuntimeSetting] = []
+        for (setting, value) in base.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+            let changed = lock.withLock { () -> Bool in
+                guard effective[setting]?.source != .command else { return false }
+                let changed = effective[setting]?.value != value.value
+                effective[setting] = value
+                return changed
+            }
+            if changed {
+                apply(setting, value.value)
+                applied.append(setting)
+            }
+        }
+        return applied
+    }
+
     /// Queues a command for the one consumer; a full queue drops it (counted).
     private func enqueue(_ payload: [UInt8], fromPeer: String?) {
         if case .dropped = commandInput.yield((payload, fromPeer)) { count(refusal: "busy") }

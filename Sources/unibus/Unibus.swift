@@ -1,4 +1,5 @@
 import ArgumentParser
+import Logging
 import UnibusCrypto
 #if canImport(Glibc)
 @preconcurrency import Glibc
@@ -14,6 +15,15 @@ struct UnibusMain {
     static func main() async {
         setvbuf(stdout, nil, _IOLBF, 0)
         signal(SIGPIPE, SIG_IGN)
+        // The client library logs through swift-log; the CLI's own output
+        // is stdout (often parsed), so library records go to stderr, and
+        // only when asked for (UNIBUS_LOG_LEVEL=debug|info|notice|warning).
+        let level = getenv("UNIBUS_LOG_LEVEL").flatMap { Logger.Level(rawValue: String(cString: $0)) } ?? .critical
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
         await Unibus.main()
     }
 }

@@ -1,4 +1,8 @@
 import ArgumentParser
+import Logging
+import Metrics
+import Prometheus
+import UnibusConfig
 import Atomics
 import Dispatch
 import Foundation
@@ -152,6 +156,21 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Lame duck: at most this many seconds waiting for a peer to confirm this node's last persisted frames.")
     var lameDuckPeerWait: Double = 30
 
+    @Option(name: .long, help: "A JSON configuration file: keys are these flags in snake_case (\"max_payload\"); read after /etc/unibus/unibusd.json, below UNIBUS_* variables and flags. Values may be env://VAR or file:///path references. See `unibusd config show`.")
+    var config: String?
+
+    @Option(name: .long, help: "Least severe records logged: debug, info, warning or error (the runtime setting log_level; a signed command may change it).")
+    var logLevel = "info"
+
+    @Option(name: .long, parsing: .singleValue, help: "A component's level, COMPONENT=LEVEL (repeat, or comma-separate), over --log-level: unibusd, node, cluster, control, config.")
+    var logLevels: [String] = []
+
+    @Option(name: .long, help: "json (one object per line, the default when stderr is not a terminal), text, or auto.")
+    var logFormat: LogFormat = .auto
+
+    @Option(name: .long, help: "Write the process id here once the node serves (removed when it stops); `unibusd drain --pid-file` reads it.")
+    var pidFile: String?
+
     /// Numbers from the command line, checked before any is multiplied or
     /// converted (a huge --ping-interval once trapped converting to nanoseconds).
     func validateLimits() throws {
@@ -177,10 +196,12 @@ struct Run: AsyncParsableCommand {
             ("--lame-duck-grace must be 0 to 3600 seconds", lameDuckGrace.isFinite && (0...3600).contains(lameDuckGrace)),
             ("--lame-duck-duration must be 0 to 3600 seconds", lameDuckDuration.isFinite && (0...3600).contains(lameDuckDuration)),
             ("--lame-duck-peer-wait must be 0 to 3600 seconds", lameDuckPeerWait.isFinite && (0...3600).contains(lameDuckPeerWait)),
+            ("--log-level must be debug, info, warning or error", LogLevels.names[logLevel] != nil),
             ("--name must be 1 to 128 bytes without control characters",
              name.map { !$0.isEmpty && $0.utf8.count <= 128 && !$0.unicodeScalars.contains { $0.properties.generalCategory == .control } } ?? true),
         ]
         for (message, valid) in checks where !valid { throw CLIFailure(message) }
+        _ = try LogLevels.parse(splitList(logLevels))
     }
 
     func run() async throws {
@@ -188,7 +209,25 @@ struct Run: AsyncParsableCommand {
         // one that arrives while the node is still starting is handled as soon
         // as it has started (it used to be lost, and the node kept running).
         let signals = SignalWaiter()
+        let invocation = try RunInvocation.resolve(commandLine: RunInvocation.processCommandLine(), configFile: config)
+        try await invocation.effective.serve(invocation, signals: signals)
+    }
+
+    /// Runs the node with these (resolved) options until a signal stops it.
+    func serve(_ invocation: RunInvocation, signals: SignalWaiter) async throws {
         try validateLimits()
+        let format = logFormat
+        LoggingSystem.bootstrap { StandardErrorLogHandler(label: $0, format: format) }
+        LogLevels.shared.base = LogLevels.names[logLevel] ?? .info
+        LogLevels.shared.setComponents(try LogLevels.parse(splitList(logLevels)))
+        let metricsRegistry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metricsRegistry))
+        if !invocation.files.isEmpty {
+            log("configuration read", ["files": invocation.files.joined(separator: ","),
+                                       "environment": invocation.layers.values.values.compactMap {
+                                           if case .environment(let name) = $0.source { return name } else { return nil } }.sorted().joined(separator: ",")],
+                logger: configLogger)
+        }
         var configuration = BrokerConfiguration()
         (configuration.host, configuration.port) = try Self.hostAndPort(listen, option: "--listen")
         configuration.maxPayload = maxPayload
@@ -264,15 +303,15 @@ struct Run: AsyncParsableCommand {
         broker.cluster?.onEvent = { event in
             switch event {
             case .routeUp(let peer, let dialed):
-                log("route up", ["peer": peer.serverID, "peer_name": peer.name, "direction": dialed ? "dialed" : "accepted"])
+                log("route up", ["peer": peer.serverID, "peer_name": peer.name, "direction": dialed ? "dialed" : "accepted"], logger: clusterLogger)
             case .routeDown(let peer, let reason):
-                log("route down", ["peer": peer.serverID, "peer_name": peer.name, "reason": reason])
+                log("route down", ["peer": peer.serverID, "peer_name": peer.name, "reason": reason], logger: clusterLogger)
             case .refused(let peer, let reason):
-                log("route refused", ["peer": peer, "reason": reason])
+                log("route refused", ["peer": peer, "reason": reason], level: .warning, logger: clusterLogger)
             case .dialFailed(let url, let reason):
-                log("route cannot be linked", ["url": url, "reason": reason])
+                log("route cannot be linked", ["url": url, "reason": reason], level: .warning, logger: clusterLogger)
             case .dialRecovered(let url):
-                log("route linked again", ["url": url])
+                log("route linked again", ["url": url], logger: clusterLogger)
             }
         }
         var node: Node?
@@ -284,12 +323,12 @@ struct Run: AsyncParsableCommand {
             var persistence = PersistenceConfiguration()
             persistence.senderMessagesPerWindow = persistSenderMessagesPerMinute
             persistence.senderBytesPerWindow = persistSenderBytesPerMinute
-            let made = Node(broker: broker, membership: membership, frames: frames, persistence: persistence, log: { log($0, $1) })
+            let made = Node(broker: broker, membership: membership, frames: frames, persistence: persistence, log: { log($0, $1, logger: nodeLogger) })
             made.applyRetentionNow()
             node = made
             if let nodeKey {
                 do {
-                    made.attach(try NodeOperations(node: made, nodeKey: nodeKey, configuration: operationsConfiguration(dataDir: dataDir),
+                    made.attach(try NodeOperations(node: made, nodeKey: nodeKey, configuration: operationsConfiguration(dataDir: dataDir, invocation: invocation),
                                                    switches: switches,
                                                    agents: AgentRegistry(mode: agentHeartbeats, maxAgents: maxAgents,
                                                                          heartbeatsPerMinute: agentHeartbeatsPerMinute)))
@@ -299,27 +338,19 @@ struct Run: AsyncParsableCommand {
             }
         }
         let bound = try await broker.start()
+        var control: ControlServer?
         if let node {
             let (controlHost, controlPort) = try Self.hostAndPort(controlListen, option: "--control-listen")
-            var controlTLS: NIOSSLContext?
-            if let cert = controlTlsCert ?? tlsCert, let key = controlTlsKey ?? tlsKey {
-                do {
-                    var tlsConfiguration = TLSConfiguration.makeServerConfiguration(
-                        certificateChain: try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) },
-                        privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
-                    tlsConfiguration.minimumTLSVersion = .tlsv12
-                    controlTLS = try NIOSSLContext(configuration: tlsConfiguration)
-                } catch {
-                    throw CLIFailure(Self.tlsProblem(error, files: [(cert, controlTlsCert == nil ? "--tls-cert" : "--control-tls-cert"),
-                                                                    (key, controlTlsKey == nil ? "--tls-key" : "--control-tls-key")]))
-                }
-            } else {
+            let controlTLS = try controlTLSContext()
+            if controlTLS == nil {
                 guard Self.isLoopback(controlHost) || allowPlaintext else {
                     throw CLIFailure("refusing plain HTTP for the control plane on \(controlHost): give --control-tls-cert/--control-tls-key (or --tls-cert/--tls-key)")
                 }
             }
-            let control = ControlServer(plane: ControlPlane(node: node, servedOverTLS: controlTLS != nil), group: broker.group, tls: controlTLS)
-            let channel = try await control.start(host: controlHost, port: controlPort)
+            let server = ControlServer(plane: ControlPlane(node: node, servedOverTLS: controlTLS != nil, metrics: metricsRegistry),
+                                       group: broker.group, tls: controlTLS)
+            control = server
+            let channel = try await server.start(host: controlHost, port: controlPort)
             log("control plane listening", ["address": "\(controlHost):\(channel.localAddress?.port ?? controlPort)",
                                             "tls": controlTLS == nil ? "off (loopback dev mode)" : "on"])
         }
@@ -337,29 +368,29 @@ struct Run: AsyncParsableCommand {
             log("drain requested", ["by": reason])
             signals.inject(SIGUSR2)
         }, onSetting: { setting, value in
-            if setting == .logLevel, case .text(let level) = value, let parsed = LogLevel(rawValue: level) { LogLevel.minimum.store(parsed.rank, ordering: .relaxed) }
+            if setting == .logLevel, case .text(let level) = value, let parsed = LogLevels.names[level] { LogLevels.shared.base = parsed }
         })
         operations?.markServing()
+        if let pidFile { writePidFile(pidFile) }
+        defer { if let pidFile { unlink(pidFile) } }
 
+        var current = invocation
         while true {
             let signal = await signals.next()
             if signal == SIGUSR2 {
-                await lameDuck(broker: broker, node: node)
+                await current.effective.lameDuck(broker: broker, node: node)
                 log("stopped", ["after": "lame duck"])
                 return
             }
-            if signal == SIGHUP, let allowlistAuthorizer {
-                do {
-                    try allowlistAuthorizer.reload()
-                    await broker.reauthorize()
-                    log("allowlist reloaded", [:])
-                } catch {
-                    log("allowlist reload failed; keeping the previous one", ["error": "\(error)"])
+            if signal == SIGHUP {
+                if let next = await current.effective.reload(current, broker: broker, control: control, node: node, allowlist: allowlistAuthorizer) {
+                    current = next
                 }
                 continue
             }
-            if signal == SIGHUP { continue }
             log("shutting down", ["signal": signal == SIGTERM ? "SIGTERM" : "SIGINT"])
+            // Graceful stop: the stores flushed, the final `stopping` beat
+            // sent (operations.stop), then listeners and connections closed.
             await node?.settlePersistence()
             node?.operations?.stop()
             await broker.shutdown()
@@ -367,6 +398,35 @@ struct Run: AsyncParsableCommand {
             return
         }
     }
+
+    /// The control plane's TLS context: its own certificate, or the client one.
+    func controlTLSContext() throws -> NIOSSLContext? {
+        guard let cert = controlTlsCert ?? tlsCert, let key = controlTlsKey ?? tlsKey else { return nil }
+        do {
+            var tlsConfiguration = TLSConfiguration.makeServerConfiguration(
+                certificateChain: try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) },
+                privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+            tlsConfiguration.minimumTLSVersion = .tlsv12
+            return try NIOSSLContext(configuration: tlsConfiguration)
+        } catch {
+            throw CLIFailure(Self.tlsProblem(error, files: [(cert, controlTlsCert == nil ? "--tls-cert" : "--control-tls-cert"),
+                                                            (key, controlTlsKey == nil ? "--tls-key" : "--control-tls-key")]))
+        }
+    }
+
+    func writePidFile(_ path: String) {
+        let text = "\(getpid())\n"
+        do {
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+        } catch {
+            log("cannot write the pid file", ["path": path, "error": "\(error)"], level: .warning)
+        }
+    }
+}
+
+/// `--log-levels a=b,c=d` and repeated flags alike.
+func splitList(_ values: [String]) -> [String] {
+    values.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }.filter { !$0.isEmpty }
 }
 
 extension Run {
@@ -406,24 +466,22 @@ extension Run {
 
     /// What the node's operations need: its name and URLs, and each runtime
     /// setting as configuration gave it (a flag on the command line, or the default).
-    func operationsConfiguration(dataDir: String) -> OperationsConfiguration {
+    func operationsConfiguration(dataDir: String, invocation: RunInvocation) -> OperationsConfiguration {
         var configuration = OperationsConfiguration()
         if let name { configuration.name = name }
         configuration.beatInterval = beatInterval
         configuration.dataDirectory = dataDir
         configuration.clientURL = advertise
         configuration.controlURL = advertiseControl
-        let given = Set(CommandLine.arguments.map { $0.split(separator: "=", maxSplits: 1).first.map(String.init) ?? $0 })
         func base(_ setting: RuntimeSetting, _ value: SettingValue) {
-            let flag = "--" + setting.rawValue.replacingOccurrences(of: "_", with: "-")
-            configuration.baseSettings[setting] = EffectiveSetting(value: value, source: given.contains(flag) ? .flag : .default)
+            configuration.baseSettings[setting] = EffectiveSetting(value: value, source: invocation.settingSource(setting))
         }
         base(.maxConnections, .integer(Int64(maxConnections)))
         base(.maxSubscriptions, .integer(Int64(maxSubscriptions)))
         base(.maxSubscriptionsPerUser, .integer(Int64(maxSubscriptionsPerUser)))
         base(.maxPayload, .integer(Int64(maxPayload)))
         base(.beatInterval, .number(beatInterval))
-        base(.logLevel, .text(LogLevel.from(rank: LogLevel.minimum.load(ordering: .relaxed)).rawValue))
+        base(.logLevel, .text(logLevel))
         base(.persistSenderMessagesPerMinute, .integer(Int64(persistSenderMessagesPerMinute)))
         base(.persistSenderBytesPerMinute, .integer(Int64(persistSenderBytesPerMinute)))
         base(.agentHeartbeatsPerMinute, .integer(Int64(agentHeartbeatsPerMinute)))
@@ -546,36 +604,6 @@ extension Run {
     }
 }
 
-/// How much unibusd logs (the runtime setting `log_level`). Every line so
-/// far is `info` unless it says otherwise.
-enum LogLevel: String, CaseIterable {
-    case debug, info, warning, error
-
-    var rank: Int { Self.allCases.firstIndex(of: self) ?? 1 }
-    static func from(rank: Int) -> LogLevel { allCases.indices.contains(rank) ? allCases[rank] : .info }
-    static let minimum = ManagedAtomic<Int>(LogLevel.info.rank)
-}
-
-/// Structured JSON log lines on standard error.
-func log(_ message: String, _ fields: [String: String], level: LogLevel = .info) {
-    guard level.rank >= LogLevel.minimum.load(ordering: .relaxed) else { return }
-    var object: [String: String] = fields
-    object["level"] = level.rawValue
-    object["msg"] = message
-    object["ts"] = ISO8601DateFormatter().string(from: Date())
-    guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
-    // write(2), not FileHandle: a closed or full stderr is a dropped line,
-    // never a trap (FileHandle.write raises on EPIPE).
-    let line = [UInt8](data) + [UInt8(ascii: "\n")]
-    line.withUnsafeBytes { raw in
-        var offset = 0
-        while offset < raw.count {
-            let written = write(2, raw.baseAddress! + offset, raw.count - offset)
-            if written > 0 { offset += written } else if written < 0 && errno == EINTR { continue } else { return }
-        }
-    }
-}
-
 /// SIGTERM, SIGINT and SIGHUP as an async sequence of signal numbers.
 final class SignalWaiter: @unchecked Sendable {
     private let queue = DispatchQueue(label: "unibusd.signals")
@@ -623,3 +651,4 @@ final class SignalWaiter: @unchecked Sendable {
 
 extension SQLiteDatabase.Synchronous: ExpressibleByArgument {}
 extension AgentHeartbeatMode: ExpressibleByArgument {}
+extension LogFormat: ExpressibleByArgument {}

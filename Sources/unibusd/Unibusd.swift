@@ -27,7 +27,7 @@ struct Unibusd: AsyncParsableCommand {
         commandName: "unibusd",
         abstract: "The Unibus node: an end-to-end encrypted message bus.",
         version: UnibusVersion.current,
-        subcommands: [Run.self, Init.self, Migrate.self, SelfCheck.self, Debug.self],
+        subcommands: [Run.self, Init.self, Migrate.self, Config.self, Drain.self, SelfCheck.self, Debug.self],
         defaultSubcommand: Run.self
     )
 }

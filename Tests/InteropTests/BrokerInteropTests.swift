@@ -284,6 +284,16 @@ struct BrokerInteropTests {
     @Test func partitionAndHealConverge() throws {
         try runScenario("partition_e2e.py")
     }
+
+    /// A node run from a configuration file with environment overrides, a
+    /// flag, `file://` and `env://` references; start errors naming file,
+    /// key and problem; JSON logs without secrets; swift-prometheus
+    /// metrics; SIGHUP all or nothing (a renewed certificate, a refused
+    /// restart-only change, a signed command above the file); SIGTERM and
+    /// `unibusd drain` exit 0 (config_e2e.py).
+    @Test func configurationReloadAndLifecycle() throws {
+        try runScenario("config_e2e.py")
+    }
 }
 
 /// A TCP socket bound to 127.0.0.1 on a port the kernel chose (listening
