@@ -294,6 +294,14 @@ struct BrokerInteropTests {
     @Test func configurationReloadAndLifecycle() throws {
         try runScenario("config_e2e.py")
     }
+
+    /// A rolling restart of three nodes in lame duck (SIGUSR2) under
+    /// `unibus check --mode loop`: the persisted room loses nothing, the
+    /// other loop reports its count; a peer of another route protocol
+    /// version is refused naming both (lifecycle_e2e.py).
+    @Test func rollingRestartInLameDuck() throws {
+        try runScenario("lifecycle_e2e.py")
+    }
 }
 
 /// A TCP socket bound to 127.0.0.1 on a port the kernel chose (listening
