@@ -6,14 +6,14 @@ import UnibusMembership
 
 /// Options every command that talks to a running node takes.
 struct NodeOptions: ParsableArguments {
-    @Option(name: .long, help: "The node's control plane: https://HOST:PORT (or http://127.0.0.1:PORT in dev mode).")
-    var node = "http://127.0.0.1:4280"
+    @Option(name: .long, help: "The node's control plane: https://HOST:PORT (or http://127.0.0.1:PORT in dev mode). Default: the context's first node.")
+    var node = CLIContext.current?.nodes.first ?? "http://127.0.0.1:4280"
 
-    @Option(name: .long, help: "Your identity file (loaded, never created).")
-    var identity: String
+    @Option(name: .long, help: "Your identity file (loaded, never created). Default: the context's.")
+    var identity: String = CLIContext.current?.identity ?? ""
 
-    @Option(name: .long, help: "The CA certificate that issued the node's certificate (required for https).")
-    var ca: String?
+    @Option(name: .long, help: "The CA certificate that issued the node's certificate (required for https). Default: the context's.")
+    var ca: String? = CLIContext.current?.ca
 
     @Option(name: .long, help: "A client certificate (PEM) for nodes that require one, with --key.")
     var cert: String?
@@ -23,6 +23,11 @@ struct NodeOptions: ParsableArguments {
 
     @Flag(name: .long, help: "Print JSON.")
     var json = false
+
+    func validate() throws {
+        try CLIContext.check()
+        guard !identity.isEmpty else { throw ValidationError("give --identity FILE, or add a context with one (`unibus context add NAME --identity FILE --use`)") }
+    }
 }
 
 /// A connection to a node: its id (for signing) and the caller's identity.

@@ -8,17 +8,17 @@ import UnibusWire
 
 /// Options of the commands that act as a peer on the bus.
 struct PeerOptions: ParsableArguments {
-    @Option(name: .long, help: "Your identity file (loaded, never created).")
-    var identity: String
+    @Option(name: .long, help: "Your identity file (loaded, never created). Default: the context's.")
+    var identity: String = CLIContext.current?.identity ?? ""
 
-    @Option(name: .long, help: "A data-plane seed, nats://HOST:PORT or tls://HOST:PORT (repeat for a seed list).")
-    var server: [String] = ["nats://127.0.0.1:4222"]
+    @Option(name: .long, help: "A data-plane seed, nats://HOST:PORT or tls://HOST:PORT (repeat for a seed list). Default: the context's.")
+    var server: [String] = CLIContext.current.flatMap { $0.servers.isEmpty ? nil : $0.servers } ?? ["nats://127.0.0.1:4222"]
 
-    @Option(name: .long, help: "A control-plane seed, https://HOST:PORT or http://127.0.0.1:PORT (repeat for a seed list).")
-    var node: [String] = ["http://127.0.0.1:4280"]
+    @Option(name: .long, help: "A control-plane seed, https://HOST:PORT or http://127.0.0.1:PORT (repeat for a seed list). Default: the context's.")
+    var node: [String] = CLIContext.current.flatMap { $0.nodes.isEmpty ? nil : $0.nodes } ?? ["http://127.0.0.1:4280"]
 
-    @Option(name: .long, help: "The CA certificate both planes' certificates must chain to (required for TLS).")
-    var ca: String?
+    @Option(name: .long, help: "The CA certificate both planes' certificates must chain to (required for TLS). Default: the context's.")
+    var ca: String? = CLIContext.current?.ca
 
     @Option(name: .long, help: "A client certificate (PEM) for nodes run with --tls-client-ca, from `deploy/make-certs.sh OUT user:NAME`.")
     var cert: String?
@@ -26,14 +26,20 @@ struct PeerOptions: ParsableArguments {
     @Option(name: .long, help: "The private key of --cert.")
     var key: String?
 
-    @Option(name: .long, help: "The cluster's root admin (U… nkey, from whoever ran `unibusd init`). Required: membership is verified from it, never taken from a node.")
-    var root: String
+    @Option(name: .long, help: "The cluster's root admin (U… nkey, from whoever ran `unibusd init`). Required (here or in the context): membership is verified from it, never taken from a node.")
+    var root: String = CLIContext.current?.root ?? ""
 
     @Option(name: .long, help: "Keep state between runs in this directory (default: memory only): the verified membership log, and, sealed at rest, the room keys this identity holds and the resume cursors of persisted rooms.")
     var stateDir: String?
 
     @Option(name: .long, help: "Seal --state-dir with the passphrase in this file (mode 0600) instead of a key derived from the identity, for a state directory kept apart from the identity file.")
     var statePassphraseFile: String?
+
+    func validate() throws {
+        try CLIContext.check()
+        guard !identity.isEmpty else { throw ValidationError("give --identity FILE, or add a context with one (`unibus context add NAME --identity FILE --use`)") }
+        guard !root.isEmpty else { throw ValidationError("give --root NKEY (the cluster's root admin), or add a context with one (`unibus context add NAME --root NKEY --use`)") }
+    }
 
     /// --cert and --key together, or neither.
     func clientCertificate() throws -> ClientCertificate? {

@@ -220,6 +220,33 @@ with tempfile.TemporaryDirectory() as work:
     check("config show names the command that overrides the file",
           "overridden by a signed command: 999" in output, output)
 
+    admin_seed_for_context = run("unibus", "identity", "nkey", "--identity", admin, "--seed")[1].strip()
+
+    # --- unibus contexts -----------------------------------------------------------
+    context_env = dict(os.environ, XDG_CONFIG_HOME=os.path.join(work, "xdg"))
+
+    def cli(*args):
+        done = subprocess.run([os.path.join(BIN, "unibus"), *args], capture_output=True, text=True, env=context_env, timeout=120)
+        return done.returncode, done.stdout + done.stderr
+
+    status, output = cli("context", "add", "e2e", "--node", cluster.node("a"), "--server", f"tls://127.0.0.1:{ports['client']}",
+                         "--ca", ca, "--root", root, "--identity", admin, "--use")
+    check("unibus context add --use", status == 0 and "using context e2e" in output, output)
+    status, output = cli("context", "ls")
+    check("unibus context ls marks the current one", status == 0 and output.startswith("* e2e"), output)
+    status, output = cli("check", "--count", "3")
+    check("unibus check with no connection flags uses the context", status == 0, output)
+    status, output = cli("user", "list", "--json")
+    check("an admin command with no connection flags uses the context", status == 0 and "admin" in output, output)
+    status, output = cli("user", "list", "--node", "https://127.0.0.1:1")
+    check("a flag wins over the context", status != 0 and "127.0.0.1:1" in output, output)
+    stored = open(os.path.join(work, "xdg", "unibus", "contexts", "e2e.json")).read()
+    check("a context stores the identity's path, never its key", admin in stored and admin_seed_for_context not in stored
+          and oct(os.stat(os.path.join(work, "xdg", "unibus", "contexts", "e2e.json")).st_mode & 0o777) == "0o600", stored)
+    status, output = subprocess.run([os.path.join(BIN, "unibus"), "check"], capture_output=True, text=True,
+                                    env=dict(context_env, UNIBUS_CONTEXT="missing")).returncode, ""
+    check("UNIBUS_CONTEXT naming no context is an error", status != 0)
+
     # --- logs: JSON lines, no secrets ------------------------------------------
     lines = log_lines(log_path)
     parsed = []
