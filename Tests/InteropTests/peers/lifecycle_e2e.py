@@ -117,6 +117,33 @@ def main(work, cluster):
     while time.time() < deadline and "route protocol version 2" not in log_text(work, "a"):
         time.sleep(0.05)
     check("the refusal is logged with both versions", "route protocol version 2" in log_text(work, "a"), log_text(work, "a")[-1000:])
+
+    # --- backup and restore of a data directory (the runbook's commands) ---------
+    backup = os.path.join(work, "backup-c.tar.gz")
+    status, output = run("unibusd", "drain", "--pid", str(cluster.processes["c"].pid), "--timeout", "60")
+    cluster.processes.pop("c").wait(timeout=10)
+    check("backup: node c drained", status == 0, output)
+    done = subprocess.run(["tar", "-C", work, "-czpf", backup, "data-c"], capture_output=True, text=True)
+    check("backup: tar of the stopped node's data directory", done.returncode == 0, done.stderr)
+    cluster.start("c")
+    check("backup: node c back", cluster.wait_routes("abc", 2, timeout=30))
+    carol = identity(work, "carol")
+    status, output = run("unibus", "user", "add", "--identity", admin, "--node", cluster.node("a"), "--ca", ca,
+                         "--sign-pub", carol["nkey"], "--exchange-key", carol["kx"], "--handle", "carol")
+    check("a user added after the backup", status == 0, output)
+    check("membership converged with carol", cluster.converged("abc")[0])
+    status, output = run("unibusd", "drain", "--pid", str(cluster.processes["c"].pid), "--timeout", "60")
+    cluster.processes.pop("c").wait(timeout=10)
+    subprocess.run(["rm", "-rf", cluster.data("c")], check=True)
+    done = subprocess.run(["tar", "-C", work, "-xzpf", backup], capture_output=True, text=True)
+    mode = oct(os.stat(cluster.data("c")).st_mode & 0o777) if os.path.exists(cluster.data("c")) else None
+    check("restore: the data directory is back with its mode (0700)", done.returncode == 0 and mode == "0o700", (done.stderr, mode))
+    cluster.start("c")
+    check("restore: the restored node links", cluster.wait_routes("abc", 2, timeout=30))
+    converged, states = cluster.converged("abc", timeout=30)
+    check("restore: the restored node catches up with what came after the backup (carol)", converged, states)
+    status, output = run("unibus", "user", "list", "--identity", admin, "--node", cluster.node("c"), "--ca", ca, "--json")
+    check("restore: node c lists carol", status == 0 and "carol" in output, output[-500:])
     cluster.stop_all()
 
 
