@@ -65,7 +65,7 @@ public final class NodeMetrics: Sendable {
         counter("unibus_control_connections_cut_total", "Control-plane connections cut for limits.") { stats.controlConnectionsCut.load(ordering: .relaxed) }
         gauge("unibus_connection_objects", "Connection objects alive (leak check).") { stats.liveConnectionObjects.load(ordering: .relaxed) }
         gauge("unibus_membership_refused_operations", "Operations in the log refused by the fold.") { node.membership.refusedOperations.count }
-        counter("unibus_membership_operations_total", "Operations in the membership log.") { node.membership.operationCount }
+        gauge("unibus_membership_operations", "Operations in the membership log (a checkpoint replaces those before it).") { node.membership.operationCount }
         gauge("unibus_users", "Active users.") { node.membership.snapshot.users.values.filter { $0.status == .active }.count }
         gauge("unibus_rooms", "Rooms not archived.") { node.membership.snapshot.rooms.values.filter { $0.archived == nil }.count }
         if let persistence = node.persistenceStatistics {

@@ -1,5 +1,6 @@
 import Atomics
 import Foundation
+import Logging
 import NIOConcurrencyHelpers
 import UnibusBroker
 import UnibusCrypto
@@ -19,7 +20,8 @@ public final class Node: Sendable {
     public let refusedReplicationFrames = ManagedAtomic<Int>(0)
     private let lastPrune = NIOLockedValueBox(Date.distantPast)
     private let replicator: Replicator?
-    private let logger: @Sendable (String, [String: String]) -> Void
+    /// The node's log (membership, replication, persistence, operations).
+    public let logger: Logger
     /// Persisted rooms: the frame store and what stores into it (nil when the
     /// node was made without a frame store).
     let persister: Persister?
@@ -43,10 +45,10 @@ public final class Node: Sendable {
     /// every node folds alike (a per-node flag was bypassed by replication).
     public init(broker: Broker, membership: MembershipStore, frames: FrameStore? = nil,
                 persistence: PersistenceConfiguration = PersistenceConfiguration(),
-                log: @escaping @Sendable (String, [String: String]) -> Void = { _, _ in }) {
+                logger: Logger = Logger(label: "unibus.node")) {
         self.broker = broker
         self.membership = membership
-        self.logger = log
+        self.logger = logger
         let persister = frames.map { Persister(store: $0, configuration: persistence) }
         self.persister = persister
         if let cluster = broker.cluster {
@@ -66,7 +68,10 @@ public final class Node: Sendable {
         MembershipAuthorizer(store: store, switches: switches)
     }
 
-    public func log(_ message: String, _ fields: [String: String]) { logger(message, fields) }
+    /// A record with string fields; refusals and failures say `.warning`.
+    public func log(_ message: String, _ fields: [String: String], level: Logger.Level = .info) {
+        logger.log(level: level, "\(message)", metadata: fields.mapValues { .string($0) })
+    }
 
     /// Waits until every frame handed to the persister so far is stored
     /// (tests and orderly shutdown).

@@ -62,7 +62,8 @@ struct Config: AsyncParsableCommand {
             for row in rows {
                 let padded = row.key.name.padding(toLength: width, withPad: " ", startingAt: 0)
                 let restart = row.key.reload == .restart ? "  [restart to change]" : ""
-                print("\(padded)  \(row.value.isEmpty ? "-" : row.value)  (\(row.source))\(restart)")
+                let via = row.key.isSecret ? "" : row.reference.map { ", via \($0)" } ?? ""
+                print("\(padded)  \(row.value.isEmpty ? "-" : row.value)  (\(row.source)\(via))\(restart)")
                 if let command = commanded[row.key.name] { print("\(String(repeating: " ", count: width))  overridden by a signed command: \(command)") }
             }
         }

@@ -323,7 +323,7 @@ struct Run: AsyncParsableCommand {
             var persistence = PersistenceConfiguration()
             persistence.senderMessagesPerWindow = persistSenderMessagesPerMinute
             persistence.senderBytesPerWindow = persistSenderBytesPerMinute
-            let made = Node(broker: broker, membership: membership, frames: frames, persistence: persistence, log: { log($0, $1, logger: nodeLogger) })
+            let made = Node(broker: broker, membership: membership, frames: frames, persistence: persistence, logger: nodeLogger)
             made.applyRetentionNow()
             node = made
             if let nodeKey {

@@ -165,6 +165,11 @@ with tempfile.TemporaryDirectory() as work:
           and "# TYPE unibus_auth_failures_total counter" in metrics
           and re.search(r'^unibus_auth_failures_total\{reason="[a-z_]+"\} \d+$', metrics, re.M) is not None, metrics[:2000])
 
+    documented = open(os.path.join(ROOT, "docs", "operations.md")).read()
+    exposed = sorted(set(re.findall(r"^# TYPE (unibus_[a-z_]+) ", metrics, re.M)))
+    check("every exposed metric is documented in docs/operations.md", exposed and all(f"`{name}`" in documented for name in exposed),
+          [name for name in exposed if f"`{name}`" not in documented])
+
     # --- SIGHUP: a live change ------------------------------------------------
     write_config({"max_connections": 600})
     node.send_signal(signal.SIGHUP)
