@@ -221,7 +221,7 @@ public final class Cluster: @unchecked Sendable {
         let bootstrap = ServerBootstrap(group: broker.group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { [self] channel in
                 guard acceptedLinks.wrappingIncrementThenLoad(ordering: .relaxed) <= configuration.maxRouteConnections else {
@@ -478,7 +478,7 @@ public final class Cluster: @unchecked Sendable {
         let made = NIOLockedValueBox<RouteConnection?>(nil)
         _ = try await ClientBootstrap(group: broker.group)
             .connectTimeout(.seconds(2))
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let tls {

@@ -434,7 +434,7 @@ public final class NATSConnection: @unchecked Sendable {
         do {
             channel = try await ClientBootstrap(group: group)
                 .connectTimeout(options.connectTimeout)
-                .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler) }
                 }

@@ -302,6 +302,16 @@ struct BrokerInteropTests {
     @Test func rollingRestartInLameDuck() throws {
         try runScenario("lifecycle_e2e.py")
     }
+
+    /// deploy/deploy-cluster.sh: refused with a placeholder left, a dry run
+    /// that writes nothing, an apply into per-node directories (modes, no
+    /// admin secret on a node, idempotent re-run) whose three nodes serve
+    /// from their deployed configuration, a real-path apply as root in a
+    /// private mount namespace serving as user unibus, and the installed
+    /// unit through `systemd-analyze verify` (deploy_e2e.py).
+    @Test func deployScriptAndUnit() throws {
+        try runScenario("deploy_e2e.py")
+    }
 }
 
 /// A TCP socket bound to 127.0.0.1 on a port the kernel chose (listening
