@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "UnibusWire", targets: ["UnibusWire"]),
         .library(name: "UnibusPersistence", targets: ["UnibusPersistence"]),
         .library(name: "UnibusFleet", targets: ["UnibusFleet"]),
+        .library(name: "UnibusConfig", targets: ["UnibusConfig"]),
         .library(name: "UnibusCrypto", targets: ["UnibusCrypto"]),
         // The node's modules, for the fuzz package (Fuzz/) and embedding.
         .library(name: "UnibusBroker", targets: ["UnibusBroker"]),

@@ -104,6 +104,11 @@ for name in $names; do
     if [[ "${!name-}" == *"$placeholder"* ]]; then left+=("$name"); fi
 done
 [ ${#left[@]} -eq 0 ] || die "$env_file still has $placeholder in ${left[*]}: give each its real value (or delete the lines of a node not in NODES)"
+# And anywhere else in the file (two assignments on one line, declare, …):
+# a placeholder is never sent to a host.
+if grep -v '^[[:space:]]*#' "$env_file" | grep -q "$placeholder"; then
+    die "$env_file still has $placeholder on a line: $(grep -n -v '^[[:space:]]*#' "$env_file" | grep "$placeholder" | head -3 | tr '\n' ' ')"
+fi
 
 [ -n "${NODES-}" ] || die "$env_file sets no NODES (the nodes' names, separated by spaces)"
 [ -n "${CLUSTER_NAME-}" ] || die "$env_file sets no CLUSTER_NAME"

@@ -11,7 +11,8 @@ public struct ConfigurationKey: Sendable, Equatable {
         case integer
         /// A decimal number (seconds).
         case number
-        /// A switch: `true` in a file or `1`/`true` in the environment gives the flag.
+        /// A switch: `true`/`false` in a file, `1`/`0` or `true`/`false` in the
+        /// environment; `--x` and `--no-x` on the command line.
         case boolean
         /// Several strings: a JSON array, or comma-separated in the environment.
         case list
@@ -38,6 +39,8 @@ public struct ConfigurationKey: Sendable, Equatable {
     }
 
     public var flag: String { "--" + name.replacingOccurrences(of: "_", with: "-") }
+    /// `--no-allow-plaintext`: a switch's off form (a layer above may turn off what one below turned on).
+    public var negatedFlag: String { "--no-" + name.replacingOccurrences(of: "_", with: "-") }
     public var environmentVariable: String { "UNIBUS_" + name.uppercased() }
     public var isSecret: Bool { kind == .path(secret: true) }
 }
@@ -53,7 +56,7 @@ public enum ConfigurationValue: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .scalar(let value): return [key.flag, value]
         case .list(let values): return values.flatMap { [key.flag, $0] }
-        case .boolean(let on): return on ? [key.flag] : []
+        case .boolean(let on): return [on ? key.flag : key.negatedFlag]
         }
     }
 

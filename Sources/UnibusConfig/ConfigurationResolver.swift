@@ -42,10 +42,19 @@ public struct ConfigurationLayers: Sendable, Equatable {
     /// errors; unknown `UNIBUS_*` variables are left alone (other tools use
     /// the prefix).
     public static func resolve(keys: [ConfigurationKey], files: [String], environment: [String: String]) throws(ConfigurationError) -> Self {
+        var documents: [(name: String, bytes: [UInt8])] = []
+        for path in files { documents.append((path, try readFile(path))) }
+        return try resolve(keys: keys, documents: documents, environment: environment)
+    }
+
+    /// The same from documents already read (`name` is what errors call
+    /// them): what the tests and the fuzz target drive.
+    public static func resolve(keys: [ConfigurationKey], documents: [(name: String, bytes: [UInt8])],
+                               environment: [String: String]) throws(ConfigurationError) -> Self {
         var layers = Self()
         let byName = Dictionary(keys.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
-        for path in files {
-            let object = try readObject(path)
+        for (path, bytes) in documents {
+            let object = try parseObject(bytes, path: path)
             for name in object.keys.sorted() {
                 guard let key = byName[name] else {
                     let hint = suggestion(for: name, among: keys.map(\.name)).map { "; did you mean \"\($0)\"?" } ?? ""
@@ -76,7 +85,7 @@ public struct ConfigurationLayers: Sendable, Equatable {
 
     static let maximumFileSize = 1 << 20
 
-    static func readObject(_ path: String) throws(ConfigurationError) -> [String: FileJSON] {
+    static func readFile(_ path: String) throws(ConfigurationError) -> [UInt8] {
         var status = stat()
         guard stat(path, &status) == 0 else {
             throw ConfigurationError("\(path): cannot read the configuration file (\(String(cString: strerror(errno))))")
@@ -86,6 +95,12 @@ public struct ConfigurationLayers: Sendable, Equatable {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigurationError("\(path): cannot be read by this user")
         }
+        return [UInt8](data)
+    }
+
+    static func parseObject(_ bytes: [UInt8], path: String) throws(ConfigurationError) -> [String: FileJSON] {
+        guard bytes.count <= maximumFileSize else { throw ConfigurationError("\(path): larger than 1 MiB; this is not a configuration file") }
+        let data = Data(bytes)
         let parsed: FileJSON
         do { parsed = try JSONDecoder().decode(FileJSON.self, from: data) } catch {
             throw ConfigurationError("\(path): not valid JSON (\(Self.jsonProblem(error)))")

@@ -63,6 +63,9 @@ public final class NodeOperations: PublishTap, @unchecked Sendable {
     public let nodeID: String
     private let configuration: OperationsConfiguration
     private let lock = NIOLock()
+    /// Held across "decide a setting's value and apply it" (a command, a
+    /// reload), so the applied value is always the one `effective` shows.
+    private let settingsLock = NIOLock()
     private let started = Date()
     private var status: NodeBeat.Status = .starting
     private var sequence: Int64 = 0
@@ -190,15 +193,17 @@ public final class NodeOperations: PublishTap, @unchecked Sendable {
     public func reloadBaseSettings(_ base: [RuntimeSetting: EffectiveSetting]) -> [RuntimeSetting] {
         var applied: [RuntimeSetting] = []
         for (setting, value) in base.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
-            let changed = lock.withLock { () -> Bool in
-                guard effective[setting]?.source != .command else { return false }
-                let changed = effective[setting]?.value != value.value
-                effective[setting] = value
-                return changed
-            }
-            if changed {
-                apply(setting, value.value)
-                applied.append(setting)
+            settingsLock.withLock {
+                let changed = lock.withLock { () -> Bool in
+                    guard effective[setting]?.source != .command else { return false }
+                    let changed = effective[setting]?.value != value.value
+                    effective[setting] = value
+                    return changed
+                }
+                if changed {
+                    apply(setting, value.value)
+                    applied.append(setting)
+                }
             }
         }
         return applied
@@ -514,8 +519,10 @@ public final class NodeOperations: PublishTap, @unchecked Sendable {
         case .settings:
             for (name, value) in (command.settings ?? [:]).sorted(by: { $0.key < $1.key }) {
                 guard let setting = RuntimeSetting(rawValue: name) else { continue }
-                lock.withLock { effective[setting] = stamp(value) }
-                apply(setting, value)
+                settingsLock.withLock {
+                    lock.withLock { effective[setting] = stamp(value) }
+                    apply(setting, value)
+                }
             }
         case .drain:
             break

@@ -112,6 +112,12 @@ struct Drain: AsyncParsableCommand {
         }
         guard let target, target > 1 else { throw CLIFailure("give --pid PID or --pid-file FILE (a process id above 1)") }
         guard timeout.isFinite, (0...86_400).contains(timeout) else { throw CLIFailure("--timeout must be 0 to 86400 seconds") }
+        // SIGUSR2 terminates most programs: a stale pid file must not make
+        // drain kill whatever process now has that number.
+        if let executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(target)/exe"),
+           !(executable as NSString).lastPathComponent.hasPrefix("unibusd") {
+            throw CLIFailure("process \(target) is \(executable), not unibusd: refusing to signal it (a stale pid file?)")
+        }
         guard kill(target, SIGUSR2) == 0 else {
             throw CLIFailure(errno == ESRCH ? "no process \(target): the node is not running" : "cannot signal process \(target): \(String(cString: strerror(errno)))")
         }

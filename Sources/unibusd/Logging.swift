@@ -94,7 +94,7 @@ struct StandardErrorLogHandler: LogHandler {
         switch format {
         case .text, .auto:
             let extra = fields.keys.sorted().map { "\($0)=\(Self.textValue(fields[$0] ?? ""))" }.joined(separator: " ")
-            line = Array("\(timestamp) \(event.level.rawValue.uppercased()) [\(component)] \(event.message)\(extra.isEmpty ? "" : " " + extra)".utf8)
+            line = Array("\(timestamp) \(event.level.rawValue.uppercased()) [\(component)] \(Self.escapeControls("\(event.message)"))\(extra.isEmpty ? "" : " " + extra)".utf8)
         case .json:
             fields["level"] = Self.levelName(event.level)
             fields["msg"] = "\(event.message)"
@@ -117,8 +117,20 @@ struct StandardErrorLogHandler: LogHandler {
         }
     }
 
+    /// A field for the text format: control characters escaped (a peer's
+    /// string cannot start a forged line), quoted when it has spaces.
     static func textValue(_ value: String) -> String {
-        value.contains(" ") || value.isEmpty ? "\"\(value)\"" : value
+        let escaped = escapeControls(value)
+        return escaped.contains(" ") || escaped.isEmpty ? "\"\(escaped)\"" : escaped
+    }
+
+    static func escapeControls(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else { return text }
+        var out = ""
+        for scalar in text.unicodeScalars {
+            if scalar.properties.generalCategory == .control { out += "\\u{\(String(scalar.value, radix: 16))}" } else { out.unicodeScalars.append(scalar) }
+        }
+        return out
     }
 
     static func timestamp() -> String {

@@ -19,10 +19,10 @@ extension Run {
     /// one stays.
     func reload(_ running: RunInvocation, broker: Broker, control: ControlServer?, node: Node?,
                 allowlist: StaticAllowlist?) async -> RunInvocation? {
-        let next: RunInvocation
+        var next: RunInvocation
         do {
             next = try RunInvocation.resolve(commandLine: running.commandLine, configFile: config)
-            try next.effective.validateLimits()
+            next.clusterCA = running.clusterCA
         } catch {
             log("reload refused; keeping the previous configuration", ["error": "\(error)"], level: .error, logger: configLogger)
             return nil
@@ -30,46 +30,35 @@ extension Run {
         let new = next.effective
         let changed = RunInvocation.changedKeys(self, new)
         var needRestart = changed.filter { $0.reload == .restart }.map(\.name)
-        // TLS cannot be switched on or off, nor mutual TLS, while running.
-        if (tlsCert == nil) != (new.tlsCert == nil) || (tlsClientCA == nil) != (new.tlsClientCA == nil) {
-            needRestart += ["tls_cert", "tls_client_ca"].filter { name in changed.contains { $0.name == name } }
+        // The cluster CA is restart-only even when its file changed in place.
+        if let ca = new.clusterCa, FileManager.default.contents(atPath: ca) != running.clusterCA {
+            needRestart.append("cluster_ca")
         }
-        if ((controlTlsCert ?? tlsCert) == nil) != ((new.controlTlsCert ?? new.tlsCert) == nil) {
-            needRestart += ["control_tls_cert"].filter { name in changed.contains { $0.name == name } }
-        }
-        if (clusterCert == nil) != (new.clusterCert == nil) { needRestart += ["cluster_cert"] }
-        guard needRestart.isEmpty else {
-            let names = Array(Set(needRestart)).sorted()
-            log("reload refused; keeping the previous configuration",
-                ["error": "\(names.joined(separator: ", ")) cannot change while the node runs; restart it (e.g. with lame duck: unibusd drain) to apply",
-                 "keys": names.joined(separator: ",")], level: .error, logger: configLogger)
-            return nil
-        }
-        // Build everything that can fail first.
+        guard needRestart.isEmpty else { return refuseRestart(needRestart) }
+        // Build everything that can fail first, with the checks start makes
+        // (pairs together, the cluster CA apart from the client CA).
         let componentLevels: [String: Logger.Level]
-        var brokerTLS: BrokerTLS?
+        let brokerTLS: BrokerTLS?
         var controlTLS: NIOSSLContext?
         var routeTLS: RouteTLS?
         do {
             componentLevels = try LogLevels.parse(splitList(new.logLevels))
-            if let cert = new.tlsCert, let key = new.tlsKey {
-                do {
-                    brokerTLS = try BrokerTLS(certificateChainPath: cert, privateKeyPath: key, clientCAPath: new.tlsClientCA)
-                } catch {
-                    throw CLIFailure(Self.tlsProblem(error, files: [(cert, "tls_cert"), (key, "tls_key")] + (new.tlsClientCA.map { [($0, "tls_client_ca")] } ?? [])))
-                }
-            }
+            brokerTLS = try new.clientTLS(host: broker.configuration.host)
             if control != nil { controlTLS = try new.controlTLSContext() }
-            if let cert = new.clusterCert, let key = new.clusterKey, let ca = new.clusterCa {
-                if CertificateFiles.isIssued(cert, by: ca) == false {
-                    throw CLIFailure("cluster_cert \(cert) was not issued by cluster_ca \(ca): no peer would accept it")
-                }
-                do {
-                    routeTLS = try RouteTLS(certificateChainPath: cert, privateKeyPath: key, caPath: ca)
-                } catch {
-                    throw CLIFailure(Self.tlsProblem(error, files: [(cert, "cluster_cert"), (key, "cluster_key"), (ca, "cluster_ca")]))
-                }
+            if let cluster = broker.cluster {
+                routeTLS = try new.routeTLS(clusterHost: cluster.configuration.host, routeURLs: cluster.configuration.routes)
             }
+        } catch {
+            log("reload refused; keeping the previous configuration", ["error": "\(error)"], level: .error, logger: configLogger)
+            return nil
+        }
+        // TLS cannot be switched on or off, nor mutual TLS, while running.
+        if (broker.tls.current == nil) != (brokerTLS == nil) { needRestart += ["tls_cert", "tls_key"] }
+        if (broker.tls.current?.verifiesClients ?? false) != (brokerTLS?.verifiesClients ?? false) { needRestart.append("tls_client_ca") }
+        if let control, (control.tls.current == nil) != (controlTLS == nil) { needRestart += ["control_tls_cert", "control_tls_key"] }
+        if let cluster = broker.cluster, (cluster.tls.current == nil) != (routeTLS == nil) { needRestart += ["cluster_cert", "cluster_key"] }
+        guard needRestart.isEmpty else { return refuseRestart(needRestart) }
+        do {
             if let allowlist { try allowlist.reload() }
         } catch {
             log("reload refused; keeping the previous configuration", ["error": "\(error)"], level: .error, logger: configLogger)
@@ -100,5 +89,13 @@ extension Run {
         if !kept.isEmpty { fields["kept_from_commands"] = kept.joined(separator: ",") }
         log("configuration reloaded", fields, logger: configLogger)
         return next
+    }
+
+    private func refuseRestart(_ keys: [String]) -> RunInvocation? {
+        let names = Array(Set(keys)).sorted()
+        log("reload refused; keeping the previous configuration",
+            ["error": "\(names.joined(separator: ", ")) cannot change while the node runs; restart it (e.g. with lame duck: unibusd drain) to apply",
+             "keys": names.joined(separator: ",")], level: .error, logger: configLogger)
+        return nil
     }
 }

@@ -72,7 +72,7 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "PEM CA whose certificates clients must present (mutual TLS).")
     var tlsClientCA: String?
 
-    @Flag(name: .long, help: "Allow plain TCP on a non-loopback address (insecure; for isolated test networks only).")
+    @Flag(name: .long, inversion: .prefixedNo, help: "Allow plain TCP on a non-loopback address (insecure; for isolated test networks only).")
     var allowPlaintext = false
 
     @Option(name: .long, help: "Event loop threads (0 = half the cores, at least one).")
@@ -111,7 +111,7 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "PEM cluster CA: every peer's route certificate must chain to it. Must not be the client CA.")
     var clusterCa: String?
 
-    @Flag(name: .long, help: "Plain TCP routes (loopback dev mode only; refused on other addresses).")
+    @Flag(name: .long, inversion: .prefixedNo, help: "Plain TCP routes (loopback dev mode only; refused on other addresses).")
     var clusterAllowPlaintext = false
 
     @Option(name: .long, help: "The client URL to tell clients and peers (connect_urls), e.g. tls://node1.example:4222. Default: the --listen address unless it is a wildcard.")
@@ -241,21 +241,7 @@ struct Run: AsyncParsableCommand {
         configuration.maxPendingBytes = maxPending
         configuration.writeDeadline = .nanoseconds(Int64(writeDeadline * 1e9))
         configuration.threads = threads
-        switch (tlsCert, tlsKey) {
-        case let (cert?, key?):
-            do {
-                configuration.tls = try BrokerTLS(certificateChainPath: cert, privateKeyPath: key, clientCAPath: tlsClientCA)
-            } catch {
-                throw CLIFailure(Self.tlsProblem(error, files: [(cert, "--tls-cert"), (key, "--tls-key")] + (tlsClientCA.map { [($0, "--tls-client-ca")] } ?? [])))
-            }
-        case (nil, nil):
-            guard tlsClientCA == nil else { throw CLIFailure("--tls-client-ca needs --tls-cert and --tls-key") }
-            guard Self.isLoopback(configuration.host) || allowPlaintext else {
-                throw CLIFailure("refusing plain TCP on \(configuration.host): give --tls-cert and --tls-key, or --allow-plaintext for an isolated test network")
-            }
-        default:
-            throw CLIFailure("--tls-cert and --tls-key go together")
-        }
+        configuration.tls = try clientTLS(host: configuration.host)
         let switches = NodeSwitches()
         var allowlistAuthorizer: StaticAllowlist?
         var membership: MembershipStore?
@@ -375,6 +361,7 @@ struct Run: AsyncParsableCommand {
         defer { if let pidFile { unlink(pidFile) } }
 
         var current = invocation
+        current.clusterCA = clusterCa.flatMap { FileManager.default.contents(atPath: $0) }
         while true {
             let signal = await signals.next()
             if signal == SIGUSR2 {
@@ -396,6 +383,67 @@ struct Run: AsyncParsableCommand {
             await broker.shutdown()
             log("stopped", [:])
             return
+        }
+    }
+
+    /// The client listener's TLS (nil: plain TCP, allowed on loopback or
+    /// with --allow-plaintext). At start and on every reload.
+    func clientTLS(host: String) throws -> BrokerTLS? {
+        switch (tlsCert, tlsKey) {
+        case let (cert?, key?):
+            do {
+                return try BrokerTLS(certificateChainPath: cert, privateKeyPath: key, clientCAPath: tlsClientCA)
+            } catch {
+                throw CLIFailure(Self.tlsProblem(error, files: [(cert, "--tls-cert"), (key, "--tls-key")] + (tlsClientCA.map { [($0, "--tls-client-ca")] } ?? [])))
+            }
+        case (nil, nil):
+            guard tlsClientCA == nil else { throw CLIFailure("--tls-client-ca needs --tls-cert and --tls-key") }
+            guard Self.isLoopback(host) || allowPlaintext else {
+                throw CLIFailure("refusing plain TCP on \(host): give --tls-cert and --tls-key, or --allow-plaintext for an isolated test network")
+            }
+            return nil
+        default:
+            throw CLIFailure("--tls-cert and --tls-key go together")
+        }
+    }
+
+    /// The route links' TLS, with the checks that keep the cluster CA apart
+    /// from the client CA (nil: plain TCP routes, loopback dev mode only).
+    /// At start and on every reload, so a reload cannot do what start refuses.
+    func routeTLS(clusterHost: String, routeURLs: [String]) throws -> RouteTLS? {
+        switch (clusterCert, clusterKey, clusterCa) {
+        case let (cert?, key?, ca?):
+            // Mistakes that would leave the node unlinked, silently, or let
+            // client certificates open routes: refused by name.
+            if CertificateFiles.isIssued(cert, by: ca) == false {
+                throw CLIFailure("--cluster-cert \(cert) was not issued by --cluster-ca \(ca): no peer would accept it and this node would never link. "
+                                 + "Give this node's NODE-route.pem and the cluster-ca.pem from the same deploy/make-certs.sh run")
+            }
+            if let clientCert = tlsCert, CertificateFiles.isIssued(clientCert, by: ca) == true {
+                throw CLIFailure("--cluster-ca \(ca) issued the client-facing certificate --tls-cert \(clientCert): it is the client CA. "
+                                 + "Routes need their own CA (cluster-ca.pem), so that a client certificate can never open a route")
+            }
+            if let clientCA = tlsClientCA,
+               let a = FileManager.default.contents(atPath: clientCA), let b = FileManager.default.contents(atPath: ca), a == b {
+                throw CLIFailure("--cluster-ca must not be the client CA (\(clientCA)): a client certificate could then open a route")
+            }
+            if let controlCert = controlTlsCert, CertificateFiles.isIssued(controlCert, by: ca) == true {
+                throw CLIFailure("--cluster-ca \(ca) issued the control plane's certificate --control-tls-cert \(controlCert): routes need their own CA")
+            }
+            do {
+                return try RouteTLS(certificateChainPath: cert, privateKeyPath: key, caPath: ca)
+            } catch {
+                throw CLIFailure(Self.tlsProblem(error, files: [(cert, "--cluster-cert"), (key, "--cluster-key"), (ca, "--cluster-ca")]))
+            }
+        case (nil, nil, nil):
+            let loopbackRoutes = routeURLs.allSatisfy { url in (try? Cluster.parse(url)).map { Self.isLoopback($0.host) } ?? false }
+            guard clusterAllowPlaintext, Self.isLoopback(clusterHost), loopbackRoutes else {
+                throw CLIFailure("routes need mutual TLS: give --cluster-cert, --cluster-key and --cluster-ca "
+                                      + "(or --cluster-allow-plaintext with loopback addresses only, for development)")
+            }
+            return nil
+        default:
+            throw CLIFailure("--cluster-cert, --cluster-key and --cluster-ca go together")
         }
     }
 
@@ -474,7 +522,7 @@ extension Run {
         configuration.clientURL = advertise
         configuration.controlURL = advertiseControl
         func base(_ setting: RuntimeSetting, _ value: SettingValue) {
-            configuration.baseSettings[setting] = EffectiveSetting(value: value, source: invocation.settingSource(setting))
+            configuration.baseSettings[setting] = invocation.baseSetting(setting, value)
         }
         base(.maxConnections, .integer(Int64(maxConnections)))
         base(.maxSubscriptions, .integer(Int64(maxSubscriptions)))
@@ -554,36 +602,7 @@ extension Run {
             do { _ = try Cluster.parse(url) } catch { throw CLIFailure("\(error)") }
         }
         cluster.routes = routeURLs
-        switch (clusterCert, clusterKey, clusterCa) {
-        case let (cert?, key?, ca?):
-            // Mistakes that would leave the node unlinked, silently, or let
-            // client certificates open routes: refused at start, by name.
-            if CertificateFiles.isIssued(cert, by: ca) == false {
-                throw CLIFailure("--cluster-cert \(cert) was not issued by --cluster-ca \(ca): no peer would accept it and this node would never link. "
-                                 + "Give this node's NODE-route.pem and the cluster-ca.pem from the same deploy/make-certs.sh run")
-            }
-            if let clientCert = tlsCert, CertificateFiles.isIssued(clientCert, by: ca) == true {
-                throw CLIFailure("--cluster-ca \(ca) issued the client-facing certificate --tls-cert \(clientCert): it is the client CA. "
-                                 + "Routes need their own CA (cluster-ca.pem), so that a client certificate can never open a route")
-            }
-            if let clientCA = tlsClientCA,
-               let a = FileManager.default.contents(atPath: clientCA), let b = FileManager.default.contents(atPath: ca), a == b {
-                throw CLIFailure("--cluster-ca must not be the client CA (\(clientCA)): a client certificate could then open a route")
-            }
-            do {
-                cluster.tls = try RouteTLS(certificateChainPath: cert, privateKeyPath: key, caPath: ca)
-            } catch {
-                throw CLIFailure(Self.tlsProblem(error, files: [(cert, "--cluster-cert"), (key, "--cluster-key"), (ca, "--cluster-ca")]))
-            }
-        case (nil, nil, nil):
-            let loopbackRoutes = routeURLs.allSatisfy { url in (try? Cluster.parse(url)).map { Self.isLoopback($0.host) } ?? false }
-            guard clusterAllowPlaintext, Self.isLoopback(cluster.host), loopbackRoutes else {
-                throw CLIFailure("routes need mutual TLS: give --cluster-cert, --cluster-key and --cluster-ca "
-                                      + "(or --cluster-allow-plaintext with loopback addresses only, for development)")
-            }
-        default:
-            throw CLIFailure("--cluster-cert, --cluster-key and --cluster-ca go together")
-        }
+        cluster.tls = try routeTLS(clusterHost: cluster.host, routeURLs: routeURLs)
         let wildcard = ["0.0.0.0", "::", "[::]", ""]
         if let advertise, !Cluster.isAdvertisableURL(advertise, schemes: ["nats", "tls"]) {
             throw CLIFailure("--advertise must be nats://HOST:PORT or tls://HOST:PORT (clients are told it), got \(advertise)")

@@ -114,21 +114,23 @@ struct RunInvocation {
     var files: [String]
     /// The command line's own words after `run`.
     var commandLine: [String]
+    /// The cluster CA file's bytes as the node started with them (a reload
+    /// that finds them changed is refused: the CA is restart-only).
+    var clusterCA: Data?
 
     func source(of key: ConfigurationKey) -> ConfigurationSource {
         if given.contains(key.flag) { return .flag }
         return layers.values[key.name]?.source ?? .default
     }
 
-    /// Where a runtime setting's base value came from, as `/v1/node` shows it.
-    func settingSource(_ setting: RuntimeSetting) -> EffectiveSetting.Source {
-        guard let key = Run.configurationKeys.first(where: { $0.name == setting.rawValue }) else { return .default }
-        switch source(of: key) {
-        case .default: return .default
-        case .file: return .file
-        case .environment: return .environment
-        case .flag: return .flag
+    /// A runtime setting's base value as `/v1/node` shows it: `default`, or
+    /// `flag` (configured) with the origin (`flag`, `file PATH`, `environment VARIABLE`).
+    func baseSetting(_ setting: RuntimeSetting, _ value: SettingValue) -> EffectiveSetting {
+        guard let key = Run.configurationKeys.first(where: { $0.name == setting.rawValue }) else {
+            return EffectiveSetting(value: value, source: .default)
         }
+        let source = source(of: key)
+        return source == .default ? EffectiveSetting(value: value, source: .default) : EffectiveSetting(value: value, source: .flag, origin: source.description)
     }
 
     /// Resolves files, environment and the command line into the effective
@@ -145,7 +147,9 @@ struct RunInvocation {
         } catch {
             throw CLIFailure(error.description)
         }
-        let given = Set(commandLine.filter { $0.hasPrefix("--") }.map { $0.split(separator: "=", maxSplits: 1).first.map(String.init) ?? $0 })
+        var given = Set(commandLine.filter { $0.hasPrefix("--") }.map { $0.split(separator: "=", maxSplits: 1).first.map(String.init) ?? $0 })
+        // `--no-x` gives switch `--x`.
+        for key in Run.configurationKeys where key.kind == .boolean && given.contains(key.negatedFlag) { given.insert(key.flag) }
         let arguments = layers.arguments(keys: Run.configurationKeys, excluding: given) + commandLine
         let effective: Run
         do {
@@ -162,7 +166,7 @@ struct RunInvocation {
             }
             throw CLIFailure(message)
         }
-        return RunInvocation(effective: effective, layers: layers, given: given, files: files, commandLine: commandLine)
+        return RunInvocation(effective: effective, layers: layers, given: given, files: files, commandLine: commandLine, clusterCA: nil)
     }
 
     /// Whether `message` names `flag` itself (not a longer flag it prefixes).

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import UnibusConfig
+import UnibusFleet
 
 @Suite("Configuration layers")
 struct ConfigurationTests {
@@ -83,5 +84,17 @@ struct ConfigurationTests {
         // A URL where a URL belongs is a value, not a reference.
         let url = try ConfigurationLayers.resolve(keys: keys, files: [try file(#"{"routes": ["tls://a:1"], "listen": "0.0.0.0:1"}"#)], environment: [:])
         #expect(url.values["routes"]?.value == .list(["tls://a:1"]))
+    }
+}
+
+@Suite("Runtime setting sources on the wire")
+struct EffectiveSettingWireTests {
+    @Test func configuredValuesKeepTheWireValuesEarlierClientsDecode() throws {
+        let setting = EffectiveSetting(value: .integer(500), source: .flag, origin: "file /etc/unibus/unibusd.json")
+        let text = String(decoding: try JSONEncoder().encode(setting), as: UTF8.self)
+        #expect(text.contains(#""source":"flag""#))
+        // A later release's source this build does not know reads as configured, not as a failed document.
+        let later = try JSONDecoder().decode(EffectiveSetting.self, from: Data(#"{"value":7,"source":"vault"}"#.utf8))
+        #expect(later.source == .flag && later.value == .integer(7))
     }
 }

@@ -86,6 +86,7 @@ with tempfile.TemporaryDirectory() as work:
     # --- one model: the flags ------------------------------------------------
     status, help_text = run("unibusd", "run", "--help")
     flags = set(re.findall(r"--([a-z][a-z0-9-]+)", help_text)) - {"help", "version", "config", "experimental-dump-help"}
+    flags = {f for f in flags if not (f.startswith("no-") and f[3:] in flags)}   # --no-x is switch x's off form
     status, shown = run("unibusd", "config", "show", "--json")
     keys = set(json.loads(shown)) if status == 0 else set()
     check("every `run` flag is a configuration key and every key a flag",
@@ -146,9 +147,9 @@ with tempfile.TemporaryDirectory() as work:
     settings = info["runtime_settings"]
     check("the node serves on the address the environment gave", True)
     check("runtime settings name their source (file, environment, flag, default)",
-          settings["max_connections"] == {"value": 500, "source": "file"}
-          and settings["max_subscriptions"] == {"value": 888, "source": "environment"}
-          and settings["max_subscriptions_per_user"] == {"value": 4242, "source": "flag"}
+          settings["max_connections"] == {"value": 500, "source": "flag", "origin": "file " + config_path}
+          and settings["max_subscriptions"] == {"value": 888, "source": "flag", "origin": "environment UNIBUS_MAX_SUBSCRIPTIONS"}
+          and settings["max_subscriptions_per_user"] == {"value": 4242, "source": "flag", "origin": "flag"}
           and settings["max_payload"]["source"] == "default", settings)
     fleet = subprocess.run([os.path.join(BIN, "unibus"), "node", "list", "--node", cluster.node("a"), "--identity", admin, "--ca", ca,
                             "--json"], capture_output=True, text=True)
@@ -173,7 +174,7 @@ with tempfile.TemporaryDirectory() as work:
     # --- SIGHUP: a live change ------------------------------------------------
     write_config({"max_connections": 600})
     node.send_signal(signal.SIGHUP)
-    changed = wait_until(lambda: cluster.info("a")["runtime_settings"]["max_connections"] == {"value": 600, "source": "file"})
+    changed = wait_until(lambda: cluster.info("a")["runtime_settings"]["max_connections"] == {"value": 600, "source": "flag", "origin": "file " + config_path})
     check("SIGHUP: a changed live setting takes effect", changed, cluster.info("a")["runtime_settings"]["max_connections"])
     check("SIGHUP: the reload is logged with what changed",
           wait_until(lambda: any("configuration reloaded" in l and "max_connections=600" in l for l in log_lines(log_path))),
@@ -271,6 +272,13 @@ with tempfile.TemporaryDirectory() as work:
     text = "\n".join(lines)
     check("no secret reaches a log line (TLS key, admin seed, node identity)", all(s and s not in text for s in secrets),
           [s[:8] for s in secrets if s in text])
+
+    # --- a switch turned on below can be turned off above ---------------------------
+    shown = subprocess.run([os.path.join(BIN, "unibusd"), "config", "show", "--json", "--config", config_path, "--", "--no-allow-plaintext"],
+                           capture_output=True, text=True, env=dict(environment, UNIBUS_ALLOW_PLAINTEXT="1"))
+    check("--no-allow-plaintext on the command line wins over UNIBUS_ALLOW_PLAINTEXT=1",
+          shown.returncode == 0 and json.loads(shown.stdout)["allow_plaintext"]["value"] == "false"
+          and json.loads(shown.stdout)["allow_plaintext"]["source"] == "flag", shown.stdout[-300:] + shown.stderr)
 
     # --- SIGTERM ----------------------------------------------------------------
     node.send_signal(signal.SIGTERM)

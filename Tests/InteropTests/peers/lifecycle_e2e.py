@@ -144,6 +144,37 @@ def main(work, cluster):
     check("restore: the restored node catches up with what came after the backup (carol)", converged, states)
     status, output = run("unibus", "user", "list", "--identity", admin, "--node", cluster.node("c"), "--ca", ca, "--json")
     check("restore: node c lists carol", status == 0 and "carol" in output, output[-500:])
+
+    # --- a reload cannot do what start refuses -----------------------------------
+    import shutil
+    certs = os.path.dirname(cluster.route_pki["ca"])
+
+    def reload_refused(marker):
+        before = log_text(work, "a").count("reload refused")
+        cluster.processes["a"].send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while time.time() < deadline and log_text(work, "a").count("reload refused") == before:
+            time.sleep(0.05)
+        lines = [l for l in log_text(work, "a").splitlines() if "reload refused" in l]
+        return len(lines) > before and marker in lines[-1], lines[-1:] if lines else log_text(work, "a")[-500:]
+
+    saved = {name: open(os.path.join(certs, name), "rb").read() for name in ("cluster-ca.pem", "a-client.pem", "a-client.key")}
+    try:
+        shutil.copy(os.path.join(certs, "client-ca.pem"), os.path.join(certs, "cluster-ca.pem"))
+        refused, detail = reload_refused("cluster_ca")
+        check("reload: a cluster CA changed in place is refused (restart-only)", refused, detail)
+        with open(os.path.join(certs, "cluster-ca.pem"), "wb") as f:
+            f.write(saved["cluster-ca.pem"])
+        shutil.copy(cluster.route_pki["a"][0], os.path.join(certs, "a-client.pem"))
+        shutil.copy(cluster.route_pki["a"][1], os.path.join(certs, "a-client.key"))
+        refused, detail = reload_refused("issued the client-facing certificate")
+        check("reload: a client-facing certificate from the cluster CA is refused, as at start", refused, detail)
+    finally:
+        for name, data in saved.items():
+            with open(os.path.join(certs, name), "wb") as f:
+                f.write(data)
+        os.chmod(os.path.join(certs, "a-client.key"), 0o600)
+    check("node a still serves after the refused reloads", cluster.wait_routes("abc", 2))
     cluster.stop_all()
 
 
