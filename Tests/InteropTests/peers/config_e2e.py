@@ -36,22 +36,10 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import unibus_cluster  # noqa: E402
 from unibus_cluster import Cluster, check, report, results, run, ROOT  # noqa: E402
-from servers import free_port, wait_for  # noqa: E402
+from servers import free_port, wait_for, wait_until  # noqa: E402
 
 BIN = sys.argv[1]
 unibus_cluster.configure(BIN)
-
-
-def wait_until(condition, timeout=15):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if condition():
-                return True
-        except OSError:
-            pass
-        time.sleep(0.05)
-    return False
 
 
 def log_lines(path):

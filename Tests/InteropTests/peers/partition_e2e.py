@@ -25,7 +25,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servers import make_cluster_pki, make_test_pki  # noqa: E402
+from servers import make_cluster_pki, make_test_pki, wait_until  # noqa: E402
 import unibus_cluster  # noqa: E402
 
 BIN = sys.argv[1]
@@ -131,15 +131,7 @@ def main(work):
                 return json.loads(response.read())
 
         def wait(condition, timeout=20):
-            deadline = time.time() + timeout
-            while time.time() < deadline:
-                try:
-                    if condition():
-                        return True
-                except OSError:
-                    pass
-                time.sleep(0.05)
-            return False
+            return wait_until(condition, timeout)
 
         def routes_of(node):
             return len(info(node).get("cluster", {}).get("routes", []))

@@ -23,6 +23,19 @@ def wait_for(port, timeout=10.0):
     raise RuntimeError(f"no server accepted connections on 127.0.0.1:{port} within {timeout} s")
 
 
+def wait_until(condition, timeout=15):
+    """True once condition() is true (OSError counts as not yet), False after timeout seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if condition():
+                return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
 def make_test_pki(directory, server_ips=("127.0.0.1",)):
     """A throwaway CA, a server certificate for `server_ips` and a client certificate."""
     def run(*args):
