@@ -19,6 +19,8 @@ let package = Package(
         .executableTarget(name: "FuzzFrameEnvelope", dependencies: [.product(name: "UnibusWire", package: "unibus")]),
         .executableTarget(name: "FuzzServerProtocol", dependencies: ["FuzzSupport", .product(name: "UnibusWire", package: "unibus")]),
         .executableTarget(name: "FuzzRouteProtocol", dependencies: ["FuzzSupport", .product(name: "UnibusWire", package: "unibus")]),
+        .executableTarget(name: "FuzzJWT", dependencies: [.product(name: "UnibusMembership", package: "unibus"),
+                                                          .product(name: "UnibusCrypto", package: "unibus")]),
         .executableTarget(name: "FuzzConfiguration", dependencies: [.product(name: "UnibusConfig", package: "unibus")]),
         .executableTarget(name: "FuzzFleetMessages", dependencies: [.product(name: "UnibusFleet", package: "unibus"),
                                                                     .product(name: "UnibusCrypto", package: "unibus")]),

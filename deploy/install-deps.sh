@@ -13,7 +13,7 @@ case "${1:-build}" in
         command -v python3 >/dev/null || need_apt+=(python3)
         python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
         need_apt+=(nats-server golang-go golang-github-nats-io-go-nats-dev iproute2 openssl chromium systemd util-linux)
-        need_pip+=("vodozemac:vodozemac" "olm:python-olm" "nkeys:nkeys" "nacl:pynacl" "nats:nats-py")
+        need_pip+=("vodozemac:vodozemac" "olm:python-olm" "nkeys:nkeys" "nacl:pynacl" "nats:nats-py" "jwt:PyJWT" "cryptography:cryptography")
         ;;
     bench)
         # The benchmarks' references: the test peers plus a current nats-server

@@ -200,4 +200,153 @@ static inline int unibus_pem_issued_by(const char *ca_path, const char *leaf_pat
     return result;
 }
 
+/*
+ * Public keys for verifying JWS signatures (workload login, issue 16): keys
+ * are pinned as SubjectPublicKeyInfo DER; PEM and JWK forms are converted to
+ * it once. Every function returns -1 on any failure and clears OpenSSL's
+ * error queue (a failed parse must not leak into the next call).
+ */
+#include <openssl/rsa.h>
+#include <openssl/ec.h>
+#include <openssl/ecdsa.h>
+#include <openssl/bn.h>
+#include <openssl/objects.h>
+
+static inline long unibus_pkey_to_spki(EVP_PKEY *pkey, uint8_t *out, size_t out_cap) {
+    int len = i2d_PUBKEY(pkey, NULL);
+    if (len <= 0 || (size_t)len > out_cap) return -1;
+    uint8_t *cursor = out;
+    if (i2d_PUBKEY(pkey, &cursor) != len) return -1;
+    return len;
+}
+
+/* The first public key in a PEM text ("PUBLIC KEY", or a certificate's). */
+static inline long unibus_pem_public_key_spki(const char *pem, size_t pem_len, uint8_t *out, size_t out_cap) {
+    if (pem_len > (1 << 20)) return -1;
+    BIO *bio = BIO_new_mem_buf(pem, (int)pem_len);
+    if (!bio) { ERR_clear_error(); return -1; }
+    EVP_PKEY *pkey = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
+    if (!pkey) {
+        BIO_free(bio);
+        bio = BIO_new_mem_buf(pem, (int)pem_len);
+        X509 *cert = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+        if (cert) { pkey = X509_get_pubkey(cert); X509_free(cert); }
+    }
+    if (bio) BIO_free(bio);
+    long result = pkey ? unibus_pkey_to_spki(pkey, out, out_cap) : -1;
+    EVP_PKEY_free(pkey);
+    ERR_clear_error();
+    return result;
+}
+
+/* An RSA JWK's modulus and exponent (big-endian bytes). */
+static inline long unibus_rsa_spki(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len, uint8_t *out, size_t out_cap) {
+    if (n_len == 0 || n_len > 2048 || e_len == 0 || e_len > 8) return -1;
+    RSA *rsa = RSA_new();
+    BIGNUM *bn_n = BN_bin2bn(n, (int)n_len, NULL), *bn_e = BN_bin2bn(e, (int)e_len, NULL);
+    EVP_PKEY *pkey = EVP_PKEY_new();
+    long result = -1;
+    if (rsa && bn_n && bn_e && pkey && RSA_set0_key(rsa, bn_n, bn_e, NULL) == 1) {
+        bn_n = NULL; bn_e = NULL;   /* owned by rsa now */
+        if (EVP_PKEY_assign_RSA(pkey, rsa) == 1) {
+            rsa = NULL;             /* owned by pkey now */
+            result = unibus_pkey_to_spki(pkey, out, out_cap);
+        }
+    }
+    BN_free(bn_n); BN_free(bn_e); RSA_free(rsa); EVP_PKEY_free(pkey);
+    ERR_clear_error();
+    return result;
+}
+
+/* An EC JWK: curve "P-256" or "P-384", the point's coordinates. */
+static inline long unibus_ec_spki(int p384, const uint8_t *x, size_t x_len, const uint8_t *y, size_t y_len, uint8_t *out, size_t out_cap) {
+    size_t size = p384 ? 48 : 32;
+    if (x_len != size || y_len != size) return -1;
+    uint8_t point[97];
+    point[0] = 0x04;
+    memcpy(point + 1, x, size);
+    memcpy(point + 1 + size, y, size);
+    EC_KEY *ec = EC_KEY_new_by_curve_name(p384 ? NID_secp384r1 : NID_X9_62_prime256v1);
+    EC_POINT *pub = ec ? EC_POINT_new(EC_KEY_get0_group(ec)) : NULL;
+    EVP_PKEY *pkey = EVP_PKEY_new();
+    long result = -1;
+    if (ec && pub && pkey && EC_POINT_oct2point(EC_KEY_get0_group(ec), pub, point, 1 + 2 * size, NULL) == 1
+        && EC_KEY_set_public_key(ec, pub) == 1 && EC_KEY_check_key(ec) == 1 && EVP_PKEY_assign_EC_KEY(pkey, ec) == 1) {
+        ec = NULL;
+        result = unibus_pkey_to_spki(pkey, out, out_cap);
+    }
+    EC_POINT_free(pub); EC_KEY_free(ec); EVP_PKEY_free(pkey);
+    ERR_clear_error();
+    return result;
+}
+
+/*
+ * What a pinned key is: 1 RSA (bits = modulus size), 2 EC (bits = 256 for
+ * P-256, 384 for P-384, 0 for any other curve), 3 Ed25519. -1: not a key.
+ */
+static inline int unibus_spki_kind(const uint8_t *der, size_t der_len, int *bits) {
+    const uint8_t *cursor = der;
+    EVP_PKEY *pkey = d2i_PUBKEY(NULL, &cursor, (long)der_len);
+    int kind = -1;
+    *bits = 0;
+    if (pkey && cursor == der + der_len) {
+        switch (EVP_PKEY_get_base_id(pkey)) {
+        case EVP_PKEY_RSA: kind = 1; *bits = EVP_PKEY_get_bits(pkey); break;
+        case EVP_PKEY_EC: {
+            char group[64] = {0};
+            size_t group_len = 0;
+            kind = 2;
+            if (EVP_PKEY_get_group_name(pkey, group, sizeof group, &group_len) == 1) {
+                if (strcmp(group, "prime256v1") == 0 || strcmp(group, "P-256") == 0) *bits = 256;
+                else if (strcmp(group, "secp384r1") == 0 || strcmp(group, "P-384") == 0) *bits = 384;
+            }
+            break;
+        }
+        case EVP_PKEY_ED25519: kind = 3; *bits = 256; break;
+        default: break;
+        }
+    }
+    EVP_PKEY_free(pkey);
+    ERR_clear_error();
+    return kind;
+}
+
+/*
+ * Verifies `sig` over `msg` with the pinned key: `digest` "SHA256",
+ * "SHA384" or "SHA512" (RSASSA-PKCS1-v1_5 or ECDSA), or NULL for Ed25519.
+ * For ECDSA, `sig` is JWS's raw r||s, converted to DER here.
+ * 1: valid; 0: invalid; -1: unusable input.
+ */
+static inline int unibus_spki_verify(const uint8_t *der, size_t der_len, const char *digest, int ecdsa_raw,
+                                     const uint8_t *msg, size_t msg_len, const uint8_t *sig, size_t sig_len) {
+    const uint8_t *cursor = der;
+    EVP_PKEY *pkey = d2i_PUBKEY(NULL, &cursor, (long)der_len);
+    if (!pkey) { ERR_clear_error(); return -1; }
+    uint8_t *converted = NULL;
+    int converted_len = 0;
+    if (ecdsa_raw) {
+        if (sig_len == 0 || sig_len % 2 != 0 || sig_len > 132) { EVP_PKEY_free(pkey); return 0; }
+        ECDSA_SIG *ecdsa = ECDSA_SIG_new();
+        BIGNUM *r = BN_bin2bn(sig, (int)(sig_len / 2), NULL), *s = BN_bin2bn(sig + sig_len / 2, (int)(sig_len / 2), NULL);
+        if (ecdsa && r && s && ECDSA_SIG_set0(ecdsa, r, s) == 1) {
+            r = NULL; s = NULL;
+            converted_len = i2d_ECDSA_SIG(ecdsa, &converted);
+        }
+        BN_free(r); BN_free(s); ECDSA_SIG_free(ecdsa);
+        if (converted_len <= 0) { EVP_PKEY_free(pkey); ERR_clear_error(); return 0; }
+        sig = converted;
+        sig_len = (size_t)converted_len;
+    }
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int result = -1;
+    if (ctx && EVP_DigestVerifyInit_ex(ctx, NULL, digest, NULL, NULL, pkey, NULL) == 1) {
+        result = EVP_DigestVerify(ctx, sig, sig_len, msg, msg_len) == 1 ? 1 : 0;
+    }
+    EVP_MD_CTX_free(ctx);
+    OPENSSL_free(converted);
+    EVP_PKEY_free(pkey);
+    ERR_clear_error();
+    return result;
+}
+
 #endif

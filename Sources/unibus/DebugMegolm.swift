@@ -6,7 +6,7 @@ struct DebugCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "debug",
         abstract: "Tools for checking keys and messages against other implementations.",
-        subcommands: [MegolmCommand.self]
+        subcommands: [MegolmCommand.self, JWTVerifyCommand.self]
     )
 }
 

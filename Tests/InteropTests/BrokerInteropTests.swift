@@ -312,6 +312,12 @@ struct BrokerInteropTests {
     @Test func deployScriptAndUnit() throws {
         try runScenario("deploy_e2e.py")
     }
+
+    /// Workload login checks against tokens PyJWT made: RS256, ES256 and
+    /// EdDSA logins, and the known JWT attacks refused by name (jwt_e2e.py).
+    @Test func workloadLoginTokens() throws {
+        try runScenario("jwt_e2e.py")
+    }
 }
 
 /// A TCP socket bound to 127.0.0.1 on a port the kernel chose (listening

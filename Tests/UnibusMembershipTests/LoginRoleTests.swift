@@ -1,0 +1,79 @@
+import Foundation
+import Testing
+import UnibusCrypto
+@testable import UnibusMembership
+
+@Suite("Login roles")
+struct LoginRoleTests {
+    let issuer = Ed25519KeyPair()
+    let now: Int64 = 1_800_000_000
+
+    var role: LoginRole {
+        get throws {
+            let key = try JWSPublicKey(ed25519: issuer.publicKey.bytes, kid: "k1")
+            return LoginRole(name: "ci", issuer: "https://idp", keys: [key], algorithms: [.edDSA], boundAudiences: ["unibus"],
+                             boundClaims: ["env": "ci-*"], userClaim: "worker", ttlSeconds: 300)
+        }
+    }
+
+    func token(_ claims: [String: Any], header: [String: Any] = ["alg": "EdDSA", "kid": "k1"], signer: Ed25519KeyPair? = nil) throws -> String {
+        let head = Base64.encode(try JSONSerialization.data(withJSONObject: header), alphabet: .url)
+        let body = Base64.encode(try JSONSerialization.data(withJSONObject: claims), alphabet: .url)
+        let signature = (signer ?? issuer).sign(Array("\(head).\(body)".utf8))
+        return "\(head).\(body).\(Base64.encode(signature, alphabet: .url))"
+    }
+
+    func claims(_ changes: [String: Any?] = [:]) -> [String: Any] {
+        var claims: [String: Any] = ["iss": "https://idp", "aud": "unibus", "worker": "w1", "env": "ci-7", "exp": now + 600, "jti": "j1"]
+        for (key, value) in changes { claims[key] = value }
+        return claims
+    }
+
+    @Test func aValidTokenGrantsTheHandleUntilTheEarlierEnd() throws {
+        let login = try role.verify(try token(claims()), at: now, workloadKey: nil)
+        #expect(login == VerifiedLogin(role: "ci", handle: "w1", subject: nil, jti: "j1", expiresAt: now + 300, metadata: [:]))
+        #expect(try role.verify(try token(claims(["exp": now + 60])), at: now, workloadKey: nil).expiresAt == now + 60)
+    }
+
+    @Test func eachCheckNamesItself() throws {
+        func refusal(_ token: String) throws -> String {
+            let role = try self.role
+            do { _ = try role.verify(token, at: now, workloadKey: nil); return "accepted" } catch { return error.description }
+        }
+        #expect(try refusal(try token(claims(), signer: Ed25519KeyPair())) == "signature does not verify with the pinned key")
+        #expect(try refusal(try token(claims(["exp": now - 151]))) == "expired")
+        #expect(try refusal(try token(claims(["exp": now - 149]))) == "accepted")
+        #expect(try refusal(try token(claims(["nbf": now + 151]))) == "not yet valid")
+        #expect(try refusal(try token(claims(["iat": now + 61]))) == "issued in the future")
+        #expect(try refusal(try token(claims(["aud": ["a", "b"]]))) == "audience not allowed")
+        #expect(try refusal(try token(claims(["env": "prod"]))) == "claim env does not match the role")
+        #expect(try refusal(try token(claims(["worker": ["w1"]]))) == "missing or non-string user claim worker")
+        #expect(try refusal(try token(claims(), header: ["alg": "EdDSA", "kid": "k2"])) .hasPrefix("unknown key id k2"))
+        #expect(try refusal(try token(claims(), header: ["alg": "none"])) == "algorithm none is never accepted")
+        #expect(try refusal(try token(claims(), header: ["alg": "EdDSA", "crit": ["exp"]])).contains("critical header"))
+        #expect(try refusal("a.b") == "malformed token: a JWS has three dot-separated parts, this one has 2")
+        #expect(try refusal(String(repeating: "a", count: 20_000)).hasPrefix("malformed token: longer than"))
+    }
+
+    @Test func rolesAreCheckedBeforeAnAdminSignsThem() throws {
+        var bad = try role
+        bad.boundAudiences = []
+        #expect(throws: LoginError.self) { try bad.validate() }
+        bad = try role
+        bad.algorithms = [.rs256]   // no RSA key pinned
+        #expect(throws: LoginError.self) { try bad.validate() }
+        bad = try role
+        bad.ttlSeconds = 10
+        #expect(throws: LoginError.self) { try bad.validate() }
+        try role.validate()
+    }
+
+    @Test func globs() {
+        #expect(LoginRole.glob("ci-*", matches: "ci-"))
+        #expect(LoginRole.glob("ci-*", matches: "ci-build-7"))
+        #expect(LoginRole.glob("a?c", matches: "abc"))
+        #expect(!LoginRole.glob("a?c", matches: "ac"))
+        #expect(LoginRole.glob("*a*b*", matches: "xxaxxbxx"))
+        #expect(!LoginRole.glob("prod", matches: "production"))
+    }
+}
