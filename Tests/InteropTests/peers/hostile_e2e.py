@@ -186,8 +186,8 @@ def metric(name):
     status, text = http("GET", "/metrics")
     if status != 200:
         return None
-    match = re.search(rf"^{re.escape(name)} (\d+)$", text, re.M)
-    return int(match.group(1)) if match else None
+    match = re.search(rf"^{re.escape(name)} ([0-9.eE+-]+)$", text, re.M)
+    return int(float(match.group(1))) if match else None
 
 
 def metric_grew(name, before, at_least, label):
@@ -1020,7 +1020,7 @@ async def route_attacks():
     # Traffic before AUTH.
     peer = RoutePeer()
     peer.sock.sendall(b"INFO " + json.dumps({"server_id": victim_id, "cluster": peer.info["cluster"], "root": peer.info["root"],
-                                             "nonce": b64url(os.urandom(18))}).encode() + b"\r\nRS+ rooms.>\r\n")
+                                             "nonce": b64url(os.urandom(18)), "proto": 1}).encode() + b"\r\nRS+ rooms.>\r\n")
     data, closed = read_to_close(peer.sock, initial=peer.rest)
     peer.close()
     check("RS+ before AUTH is refused and closed", closed and b"-ERR" in data and b"AUTH" in data and b"RS+" not in data, data[:300])
@@ -1153,8 +1153,8 @@ class RelayNode:
 
     def metric(self, name):
         status, text = self.http("/metrics")
-        match = re.search(rf"^{re.escape(name)} (\d+)$", text, re.M) if status == 200 else None
-        return int(match.group(1)) if match else None
+        match = re.search(rf"^{re.escape(name)} ([0-9.eE+-]+)$", text, re.M) if status == 200 else None
+        return int(float(match.group(1))) if match else None
 
     def routes(self):
         status, body = self.http("/v1/node")

@@ -149,7 +149,7 @@ def metric(cluster, name, line):
     status, text, _ = fetch(cluster.node(name) + "/metrics", cluster.context)
     for row in text.splitlines():
         if row.startswith(line + " "):
-            return int(row.split()[-1])
+            return int(float(row.split()[-1]))   # Prometheus values may be written as floats (gauges: 0.0)
     return None
 
 
