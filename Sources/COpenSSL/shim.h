@@ -282,14 +282,20 @@ static inline long unibus_ec_spki(int p384, const uint8_t *x, size_t x_len, cons
 
 /*
  * What a pinned key is: 1 RSA (bits = modulus size), 2 EC (bits = 256 for
- * P-256, 384 for P-384, 0 for any other curve), 3 Ed25519. -1: not a key.
+ * P-256, 384 for P-384, 0 for any other curve), 3 Ed25519. -1: not a key;
+ * -2: a key whose parameters fail OpenSSL's public-key check.
  */
 static inline int unibus_spki_kind(const uint8_t *der, size_t der_len, int *bits) {
     const uint8_t *cursor = der;
     EVP_PKEY *pkey = d2i_PUBKEY(NULL, &cursor, (long)der_len);
     int kind = -1;
     *bits = 0;
-    if (pkey && cursor == der + der_len) {
+    EVP_PKEY_CTX *check = pkey ? EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL) : NULL;
+    /* Weak or invalid parameters (RSA e = 1, a modulus that is not one, an
+     * EC point off the curve) are refused: with e = 1 anyone can forge. */
+    int sound = check && EVP_PKEY_public_check(check) == 1;
+    EVP_PKEY_CTX_free(check);
+    if (pkey && sound && cursor == der + der_len) {
         switch (EVP_PKEY_get_base_id(pkey)) {
         case EVP_PKEY_RSA: kind = 1; *bits = EVP_PKEY_get_bits(pkey); break;
         case EVP_PKEY_EC: {
@@ -306,6 +312,7 @@ static inline int unibus_spki_kind(const uint8_t *der, size_t der_len, int *bits
         default: break;
         }
     }
+    if (pkey && !sound && cursor == der + der_len) kind = -2;
     EVP_PKEY_free(pkey);
     ERR_clear_error();
     return kind;

@@ -39,16 +39,22 @@ public enum JWSError: Error, Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .malformed(let why): return "malformed token: \(why)"
         case .algorithmNone: return "algorithm none is never accepted"
-        case .algorithmHMAC(let alg): return "algorithm \(alg) is not accepted: an HMAC secret cannot be verified by other nodes and clients without sharing it"
-        case .algorithmUnsupported(let alg): return "algorithm \(alg.prefix(32)) is not supported (RS256, RS384, RS512, ES256, ES384, EdDSA)"
+        case .algorithmHMAC(let alg): return "algorithm \(Self.printable(alg)) is not accepted: an HMAC secret cannot be verified by other nodes and clients without sharing it"
+        case .algorithmUnsupported(let alg): return "algorithm \(Self.printable(alg)) is not supported (RS256, RS384, RS512, ES256, ES384, EdDSA)"
         case .algorithmNotAllowed(let alg): return "algorithm not allowed: the role does not accept \(alg)"
         case .algorithmNotAllowedForKey(let alg): return "algorithm not allowed for this key: \(alg) does not match the pinned key's type"
-        case .unknownKeyID(let kid): return "unknown key id \(kid.prefix(64)): the role pins no key with this kid"
+        case .unknownKeyID(let kid): return "unknown key id \(Self.printable(kid)): the role pins no key with this kid"
         case .noKeyForAlgorithm(let alg): return "no pinned key verifies \(alg)"
         case .criticalHeader: return "the token names critical header parameters (crit) this verifier does not implement"
         case .badSignature: return "signature does not verify with the pinned key"
         case .badKey(let why): return "unusable key: \(why)"
         }
+    }
+
+    /// Text from a token for a message: printable ASCII only (a `kid` with a
+    /// newline must not forge a log line), at most 64 bytes.
+    static func printable(_ text: String) -> String {
+        String(decoding: text.utf8.prefix(64).map { (0x20...0x7e).contains($0) ? $0 : UInt8(ascii: "?") }, as: UTF8.self)
     }
 }
 
@@ -83,6 +89,8 @@ public struct JWSPublicKey: Codable, Equatable, Sendable {
             self.kind = .ec(bits: Int(bits))
         case 3:
             self.kind = .ed25519
+        case -2:
+            throw .badKey("the key's parameters fail the public-key check (an RSA exponent of 1, a modulus or point that is not valid): anyone could forge with it")
         default:
             throw .badKey("not an RSA, EC or Ed25519 public key (SubjectPublicKeyInfo)")
         }

@@ -42,6 +42,30 @@ public struct LoginRole: Codable, Equatable, Sendable {
         case clockSkewLeewaySeconds = "clock_skew_leeway", requireKeyBinding = "require_key_binding", claimMappings = "claim_mappings"
     }
 
+    /// Decoding checks the role's shape: a role read from a log or a file is
+    /// never used unchecked (an unbounded ttl would overflow time arithmetic).
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        name = try container.decode(String.self, forKey: .name)
+        issuer = try container.decode(String.self, forKey: .issuer)
+        keys = try container.decode([JWSPublicKey].self, forKey: .keys)
+        algorithms = try container.decode([JWSAlgorithm].self, forKey: .algorithms)
+        boundAudiences = try container.decode([String].self, forKey: .boundAudiences)
+        boundSubject = try container.decodeIfPresent(String.self, forKey: .boundSubject)
+        boundClaims = try container.decodeIfPresent([String: String].self, forKey: .boundClaims) ?? [:]
+        userClaim = try container.decode(String.self, forKey: .userClaim)
+        rooms = try container.decodeIfPresent([String].self, forKey: .rooms) ?? []
+        ttlSeconds = try container.decode(Int64.self, forKey: .ttlSeconds)
+        expirationLeewaySeconds = try container.decodeIfPresent(Int64.self, forKey: .expirationLeewaySeconds) ?? 150
+        notBeforeLeewaySeconds = try container.decodeIfPresent(Int64.self, forKey: .notBeforeLeewaySeconds) ?? 150
+        clockSkewLeewaySeconds = try container.decodeIfPresent(Int64.self, forKey: .clockSkewLeewaySeconds) ?? 60
+        requireKeyBinding = try container.decodeIfPresent(Bool.self, forKey: .requireKeyBinding) ?? false
+        claimMappings = try container.decodeIfPresent([String: String].self, forKey: .claimMappings) ?? [:]
+        do { try validate() } catch {
+            throw DecodingError.dataCorrupted(DecodingError.Context(codingPath: decoder.codingPath, debugDescription: error.description))
+        }
+    }
+
     public init(name: String, issuer: String, keys: [JWSPublicKey], algorithms: [JWSAlgorithm], boundAudiences: [String],
                 boundSubject: String? = nil, boundClaims: [String: String] = [:], userClaim: String, rooms: [String] = [],
                 ttlSeconds: Int64 = 3600, requireKeyBinding: Bool = false, claimMappings: [String: String] = [:]) {
@@ -94,6 +118,10 @@ public struct LoginRole: Codable, Equatable, Sendable {
     /// `jti`, the user claim, and (when the role requires it) the binding to
     /// `workloadKey` (the workload's Ed25519 signing key).
     public func verify(_ token: String, at now: Int64, workloadKey: [UInt8]?) throws(LoginError) -> VerifiedLogin {
+        // Every time below is within ±10^11 s and every leeway and ttl within
+        // the role's bounds, so no sum can overflow.
+        guard (0...Self.maximumTime).contains(now) else { throw .claim("the time to check against is out of range") }
+        try validate()
         let jws: CompactJWS
         do {
             jws = try CompactJWS(token)
@@ -101,83 +129,88 @@ public struct LoginRole: Codable, Equatable, Sendable {
         } catch {
             throw .token(error)
         }
-        guard let claims = try? JSONSerialization.jsonObject(with: Data(jws.payload)) as? [String: Any] else {
+        guard case .object(let claims)? = try? JSONDecoder().decode(ClaimValue.self, from: Data(jws.payload)) else {
             throw .claim("the claims are not a JSON object")
         }
-        guard let iss = claims["iss"] as? String, iss == issuer else { throw .claim("issuer not trusted") }
-        let audiences: [String]
-        switch claims["aud"] {
-        case let single as String: audiences = [single]
-        case let many as [Any]: audiences = many.compactMap { $0 as? String }
-        default: audiences = []
+        // Strings are compared as bytes: Unicode-equivalent spellings (a
+        // Kelvin sign for K) are different values, as for the issuer that signed them.
+        guard let iss = claims["iss"]?.text, Self.same(iss, issuer) else { throw .claim("issuer not trusted") }
+        guard let audiences = claims["aud"]?.texts, audiences.contains(where: { audience in boundAudiences.contains { Self.same($0, audience) } }) else {
+            throw .claim("audience not allowed")
         }
-        guard audiences.contains(where: boundAudiences.contains) else { throw .claim("audience not allowed") }
-        let subject = claims["sub"] as? String
-        if let boundSubject, subject != boundSubject { throw .claim("subject not allowed") }
+        let subject = claims["sub"]?.text
+        if let boundSubject, !(subject.map { Self.same($0, boundSubject) } ?? false) { throw .claim("subject not allowed") }
         for (name, pattern) in boundClaims.sorted(by: { $0.key < $1.key }) {
-            let values: [String]
-            switch claims[name] {
-            case let single as String: values = [single]
-            case let many as [Any]: values = many.compactMap { $0 as? String }
-            default: values = []
-            }
-            guard values.contains(where: { Self.glob(pattern, matches: $0) }) else { throw .claim("claim \(name.prefix(64)) does not match the role") }
+            let values = claims[name]?.texts ?? []
+            guard values.contains(where: { Self.glob(pattern, matches: $0) }) else { throw .claim("claim \(Self.printable(name)) does not match the role") }
         }
-        guard let exp = Self.seconds(claims["exp"]) else { throw .claim("the token has no numeric exp (expiry)") }
+        guard let exp = claims["exp"]?.seconds else { throw .claim("the token has no numeric exp (expiry)") }
         guard exp > now - expirationLeewaySeconds else { throw .claim("expired") }
         if let value = claims["nbf"] {
-            guard let nbf = Self.seconds(value) else { throw .claim("nbf is not a number") }
+            guard let nbf = value.seconds else { throw .claim("nbf is not a number") }
             guard nbf <= now + notBeforeLeewaySeconds else { throw .claim("not yet valid") }
         }
         if let value = claims["iat"] {
-            guard let iat = Self.seconds(value) else { throw .claim("iat is not a number") }
+            guard let iat = value.seconds else { throw .claim("iat is not a number") }
             guard iat <= now + clockSkewLeewaySeconds else { throw .claim("issued in the future") }
         }
-        guard let jti = claims["jti"] as? String, (1...256).contains(jti.utf8.count) else {
+        guard let jti = claims["jti"]?.text, (1...256).contains(jti.utf8.count) else {
             throw .claim("the token has no jti (1 to 256 bytes): its one-time use cannot be enforced")
         }
-        guard let handle = claims[userClaim] as? String else { throw .claim("missing or non-string user claim \(userClaim.prefix(64))") }
-        guard !handle.isEmpty, handle.count <= 64, !handle.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
-            throw .claim("the user claim must be 1 to 64 characters without control characters")
+        guard let handle = claims[userClaim]?.text else { throw .claim("missing or non-string user claim \(Self.printable(userClaim))") }
+        guard Self.isHandle(handle) else {
+            throw .claim("the user claim must be 1 to 64 bytes of ASCII letters, digits and - _ . @ : / + =")
         }
         if requireKeyBinding {
-            guard let workloadKey, let confirmation = claims["cnf"] as? [String: Any], let jkt = confirmation["jkt"] as? String,
-                  jkt == JWK.thumbprint(ed25519: workloadKey) else {
+            guard let workloadKey, case .object(let confirmation)? = claims["cnf"], let jkt = confirmation["jkt"]?.text,
+                  Self.same(jkt, JWK.thumbprint(ed25519: workloadKey)) else {
                 throw .claim("the token is not bound to this key (cnf.jkt must be the RFC 7638 thumbprint of the workload's Ed25519 key)")
             }
         }
         var metadata: [String: String] = [:]
         for (claim, key) in claimMappings {
-            if let value = claims[claim] as? String { metadata[key] = String(value.prefix(256)) }
+            // Kept only as printable ASCII of at most 256 bytes: metadata is shown to people.
+            if let value = claims[claim]?.text, value.utf8.count <= 256, value.utf8.allSatisfy({ (0x20...0x7e).contains($0) }) { metadata[key] = value }
         }
-        let expires = min(exp, now + ttlSeconds)
-        return VerifiedLogin(role: name, handle: handle, subject: subject, jti: jti, expiresAt: expires, metadata: metadata)
+        // A token accepted within the expiry leeway lasts to the end of it.
+        let end = exp > now ? exp : exp + expirationLeewaySeconds
+        return VerifiedLogin(role: name, handle: handle, subject: subject, jti: jti, expiresAt: min(end, now + ttlSeconds), metadata: metadata)
     }
 
-    /// A NumericDate (seconds; fractions cut), within ±10^11 s.
-    static func seconds(_ value: Any?) -> Int64? {
-        guard let number = value as? NSNumber, !(value is Bool) else { return nil }
-        let double = number.doubleValue
-        guard double.isFinite, abs(double) < 1e11 else { return nil }
-        return Int64(double)
+    static let maximumTime: Int64 = 100_000_000_000
+
+    static func same(_ a: String, _ b: String) -> Bool { a.utf8.elementsEqual(b.utf8) }
+
+    static func isHandle(_ text: String) -> Bool {
+        (1...64).contains(text.utf8.count) && text.utf8.allSatisfy { byte in
+            (0x30...0x39).contains(byte) || (0x41...0x5a).contains(byte) || (0x61...0x7a).contains(byte) || Array("-_.@:/+=".utf8).contains(byte)
+        }
+    }
+
+    /// A claim name for an error message: printable ASCII only, bounded.
+    static func printable(_ text: String) -> String {
+        String(decoding: text.utf8.prefix(64).map { (0x20...0x7e).contains($0) ? $0 : UInt8(ascii: "?") }, as: UTF8.self)
     }
 
     /// `*` any run (also empty), `?` one character; everything else literal.
     static func glob(_ pattern: String, matches text: String) -> Bool {
-        let p = Array(pattern), t = Array(text)
-        var pi = 0, ti = 0, star = -1, mark = 0
+        // On UTF-8 bytes (`?` is one byte): the same verdict whatever Unicode
+        // version a node or client was built with.
+        let p = Array(pattern.utf8), t = Array(text.utf8)
+        let star = UInt8(ascii: "*"), one = UInt8(ascii: "?")
+        var pi = 0, ti = 0, starAt = -1, mark = 0
         while ti < t.count {
-            if pi < p.count && (p[pi] == "?" || p[pi] == t[ti]) {
+            if pi < p.count && p[pi] == star {
+                starAt = pi; mark = ti; pi += 1
+            } else if pi < p.count && (p[pi] == one || p[pi] == t[ti]) {
                 pi += 1; ti += 1
-            } else if pi < p.count && p[pi] == "*" {
-                star = pi; mark = ti; pi += 1
-            } else if star >= 0 {
-                pi = star + 1; mark += 1; ti = mark
+            } else if starAt >= 0 {
+                pi = starAt + 1; mark += 1; ti = mark
             } else {
                 return false
             }
         }
-        while pi < p.count && p[pi] == "*" { pi += 1 }
+        while pi < p.count && p[pi] == star { pi += 1 }
         return pi == p.count
     }
 }
@@ -206,5 +239,39 @@ public enum LoginError: Error, Equatable, Sendable, CustomStringConvertible {
         case .token(let error): return error.description
         case .claim(let why): return why
         }
+    }
+}
+
+/// A claim's JSON value, with booleans and numbers kept apart (JSON `1` is
+/// a number, `true` is not).
+enum ClaimValue: Decodable {
+    case null, boolean(Bool), number(Double), string(String), array([ClaimValue]), object([String: ClaimValue])
+
+    init(from decoder: Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() { self = .null } else if let value = try? container.decode(Bool.self) { self = .boolean(value) } else if let value = try? container.decode(Double.self) {
+            self = .number(value)
+        } else if let value = try? container.decode(String.self) { self = .string(value) } else if let value = try? container.decode([ClaimValue].self) {
+            self = .array(value)
+        } else {
+            self = .object(try container.decode([String: ClaimValue].self))
+        }
+    }
+
+    var text: String? { if case .string(let value) = self { return value } else { return nil } }
+
+    /// A string, or the strings of an array (other elements ignored).
+    var texts: [String]? {
+        switch self {
+        case .string(let value): return [value]
+        case .array(let values): return values.compactMap(\.text)
+        default: return nil
+        }
+    }
+
+    /// A NumericDate: a number within ±10^11 s (fractions cut).
+    var seconds: Int64? {
+        guard case .number(let value) = self, value.isFinite, abs(value) < Double(LoginRole.maximumTime) else { return nil }
+        return Int64(value)
     }
 }

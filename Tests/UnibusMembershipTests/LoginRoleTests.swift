@@ -55,6 +55,25 @@ struct LoginRoleTests {
         #expect(try refusal(String(repeating: "a", count: 20_000)).hasPrefix("malformed token: longer than"))
     }
 
+    @Test func hostileTimesAndRolesAreRefusedNotTrapped() throws {
+        let role = try self.role
+        for time in [Int64.min, -1, Int64.max] {
+            #expect(throws: LoginError.self) { _ = try role.verify(try token(claims()), at: time, workloadKey: nil) }
+        }
+        #expect(throws: LoginError.self) { _ = try role.verify(try token(claims(["exp": 1e300])), at: now, workloadKey: nil) }
+        // A role read from a log with an unbounded ttl is refused when decoded.
+        var encoded = String(decoding: try JSONEncoder().encode(role), as: UTF8.self)
+        encoded = encoded.replacingOccurrences(of: "\"ttl\":300", with: "\"ttl\":9223372036854775807")
+        #expect(throws: DecodingError.self) { _ = try JSONDecoder().decode(LoginRole.self, from: Data(encoded.utf8)) }
+        // JSON 0 and 1 are numbers, not booleans.
+        #expect(try role.verify(try token(claims(["nbf": 0, "iat": 1])), at: now, workloadKey: nil).handle == "w1")
+        // Unicode lookalikes are different bytes.
+        var kelvin = role
+        kelvin.boundClaims = ["env": "Kube-*"]
+        #expect(throws: LoginError.self) { _ = try kelvin.verify(try token(claims(["env": "\u{212A}ube-1"])), at: now, workloadKey: nil) }
+        #expect(throws: LoginError.self) { _ = try role.verify(try token(claims(["worker": "w\u{202E}1"])), at: now, workloadKey: nil) }
+    }
+
     @Test func rolesAreCheckedBeforeAnAdminSignsThem() throws {
         var bad = try role
         bad.boundAudiences = []
@@ -75,5 +94,6 @@ struct LoginRoleTests {
         #expect(!LoginRole.glob("a?c", matches: "ac"))
         #expect(LoginRole.glob("*a*b*", matches: "xxaxxbxx"))
         #expect(!LoginRole.glob("prod", matches: "production"))
+        #expect(LoginRole.glob("*b", matches: "*xb"))
     }
 }

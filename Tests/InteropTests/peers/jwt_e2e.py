@@ -189,6 +189,28 @@ with tempfile.TemporaryDirectory() as work:
     status, output = verify(good, path=bad_path)
     check("a role allowing HS256 cannot be written", status != 0 and "not a login role" in output, output)
 
+    # --- lookalikes, weak keys, echoed text ---------------------------------------------
+    refused("an issuer spelt with a combining accent (Unicode-equivalent, different bytes)",
+            jwt.encode(claims(iss="https://idp.tes\u0074\u0301"), rsa_key, algorithm="RS256", headers={"kid": "rsa1"}), "issuer not trusted")
+    kelvin_role = dict(role, bound_claims={"project": "Kube-*"})
+    kelvin_path = os.path.join(work, "kelvin.json")
+    with open(kelvin_path, "w") as f:
+        json.dump(kelvin_role, f)
+    refused("a glob matched only by a Unicode lookalike", jwt.encode(claims(project="\u212aube-x"), rsa_key, algorithm="RS256",
+            headers={"kid": "rsa1"}), "claim project does not match", path=kelvin_path)
+    refused("a handle with a right-to-left override", jwt.encode(claims(worker_id="admin\u202exyz"), rsa_key, algorithm="RS256",
+            headers={"kid": "rsa1"}), "the user claim must be 1 to 64 bytes of ASCII")
+    status, output = verify(jwt.encode(claims(), attacker, algorithm="RS256", headers={"kid": "x\n\x1b[31mFAKE login ok"}))
+    check("a kid with a newline and an escape is echoed as printable text only", status != 0 and "\x1b" not in output
+          and "FAKE login ok" in output and output.count("\n") == 0, repr(output))
+    weak = {"kty": "RSA", "n": b64url(rsa_key.public_key().public_numbers().n.to_bytes(256, "big")), "e": "AQ"}
+    weak_role = dict(role, keys=[{"jwk": weak, "kid": "weak"}], algorithms=["RS256"])
+    weak_path = os.path.join(work, "weak.json")
+    with open(weak_path, "w") as f:
+        json.dump(weak_role, f)
+    status, output = verify(good, path=weak_path)
+    check("an RSA key with e = 1 (anyone could forge) cannot be pinned", status != 0 and "fail the public-key check" in output, output)
+
     # --- key binding ------------------------------------------------------------------
     identity = os.path.join(work, "workload.json")
     subprocess.run([os.path.join(BIN, "unibus"), "identity", "new", "--out", identity], check=True, capture_output=True)
