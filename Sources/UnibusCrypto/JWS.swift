@@ -53,7 +53,7 @@ public enum JWSError: Error, Equatable, Sendable, CustomStringConvertible {
 
     /// Text from a token for a message: printable ASCII only (a `kid` with a
     /// newline must not forge a log line), at most 64 bytes.
-    static func printable(_ text: String) -> String {
+    public static func printable(_ text: String) -> String {
         String(decoding: text.utf8.prefix(64).map { (0x20...0x7e).contains($0) ? $0 : UInt8(ascii: "?") }, as: UTF8.self)
     }
 }

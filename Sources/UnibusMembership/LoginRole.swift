@@ -142,7 +142,7 @@ public struct LoginRole: Codable, Equatable, Sendable {
         if let boundSubject, !(subject.map { Self.same($0, boundSubject) } ?? false) { throw .claim("subject not allowed") }
         for (name, pattern) in boundClaims.sorted(by: { $0.key < $1.key }) {
             let values = claims[name]?.texts ?? []
-            guard values.contains(where: { Self.glob(pattern, matches: $0) }) else { throw .claim("claim \(Self.printable(name)) does not match the role") }
+            guard values.contains(where: { Self.glob(pattern, matches: $0) }) else { throw .claim("claim \(JWSError.printable(name)) does not match the role") }
         }
         guard let exp = claims["exp"]?.seconds else { throw .claim("the token has no numeric exp (expiry)") }
         guard exp > now - expirationLeewaySeconds else { throw .claim("expired") }
@@ -157,7 +157,7 @@ public struct LoginRole: Codable, Equatable, Sendable {
         guard let jti = claims["jti"]?.text, (1...256).contains(jti.utf8.count) else {
             throw .claim("the token has no jti (1 to 256 bytes): its one-time use cannot be enforced")
         }
-        guard let handle = claims[userClaim]?.text else { throw .claim("missing or non-string user claim \(Self.printable(userClaim))") }
+        guard let handle = claims[userClaim]?.text else { throw .claim("missing or non-string user claim \(JWSError.printable(userClaim))") }
         guard Self.isHandle(handle) else {
             throw .claim("the user claim must be 1 to 64 bytes of ASCII letters, digits and - _ . @ : / + =")
         }
@@ -185,11 +185,6 @@ public struct LoginRole: Codable, Equatable, Sendable {
         (1...64).contains(text.utf8.count) && text.utf8.allSatisfy { byte in
             (0x30...0x39).contains(byte) || (0x41...0x5a).contains(byte) || (0x61...0x7a).contains(byte) || Array("-_.@:/+=".utf8).contains(byte)
         }
-    }
-
-    /// A claim name for an error message: printable ASCII only, bounded.
-    static func printable(_ text: String) -> String {
-        String(decoding: text.utf8.prefix(64).map { (0x20...0x7e).contains($0) ? $0 : UInt8(ascii: "?") }, as: UTF8.self)
     }
 
     /// `*` any run (also empty), `?` one character; everything else literal.
