@@ -73,6 +73,10 @@ public final class ControlPlane: Sendable {
 
     /// The Command Center's codes and sessions.
     public let commandCenter = CommandCenter()
+    /// The workload login endpoint's limits per source address and role.
+    public let loginLimiter = LoginRateLimiter()
+    /// Workload logins accepted and refused here.
+    public let loginStatistics = LoginStatistics()
     /// Whether the plane is served over TLS (session cookies are then `Secure`).
     public let servedOverTLS: Bool
 
@@ -89,7 +93,8 @@ public final class ControlPlane: Sendable {
         self.servedOverTLS = servedOverTLS
     }
 
-    public func handle(method: String, path: String, header: (String) -> String?, body: [UInt8]) async -> ControlResponse {
+    /// `peer` is the caller's address (rate limits of the login endpoint).
+    public func handle(method: String, path: String, header: (String) -> String?, body: [UInt8], peer: String? = nil) async -> ControlResponse {
         let route = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
         switch (method, route) {
         case ("GET", "/healthz"):
@@ -127,6 +132,8 @@ public final class ControlPlane: Sendable {
                                                   killswitches: node.operations?.switches.engagedSwitches.map(\.rawValue)))
         case ("POST", "/api/agent/heartbeat"):
             return agentHeartbeat(path: path, header: header, body: body)
+        case ("POST", "/v1/auth/jwt/login"):
+            return await workloadLogin(path: path, header: header, body: body, peer: peer)
         default:
             break
         }
@@ -154,6 +161,10 @@ public final class ControlPlane: Sendable {
         guard user.status == .active else {
             node.broker.statistics.countControlRefusal()
             return .error(403, "\(RequestAuthError.revokedCaller(caller))")
+        }
+        guard state.isLive(caller, now: Int64(Date().timeIntervalSince1970)) || user.role == .agent else {
+            node.broker.statistics.countControlRefusal()
+            return .error(401, "\(caller)'s workload login expired; log in again (unibus login)")
         }
         guard user.role != .agent else {
             node.broker.statistics.countControlRefusal()
@@ -196,6 +207,11 @@ public final class ControlPlane: Sendable {
         case ("GET", "log", 3) where parts[2] == "heads":
             let log = node.membership.membershipLog
             return .json(200, ControlAPI.LogHeads(heads: log.heads, checkpoint: log.base?.id, count: log.count, digest: log.digest))
+        case ("GET", "roles", 2):
+            let now = Int64(Date().timeIntervalSince1970)
+            var live: [String: Int] = [:]
+            for workload in state.workloads.values where state.isLive(workload.key, now: now) { live[workload.role, default: 0] += 1 }
+            return .json(200, ControlAPI.LoginRolesResponse(roles: state.loginRoles.values.sorted { $0.name < $1.name }, workloads: live))
         case ("GET", "fleet", 2):
             guard user.role == .admin else { return .error(403, "only admins may read the fleet") }
             guard let operations = node.operations else { return .error(503, "this node runs without node operations") }

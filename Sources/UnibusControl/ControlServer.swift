@@ -180,12 +180,13 @@ final class ControlHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
             let held = reserved
             reserved = 0
             let headers = head.headers
+            let peer = context.channel.remoteAddress?.ipAddress
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             let promise = context.eventLoop.makePromise(of: ControlResponse.self)
             promise.completeWithTask {
                 defer { if held > 0 { plane.releaseLargeBody(held) } }
                 return await plane.handle(method: head.method.rawValue, path: head.uri,
-                                          header: { headers.first(name: $0) }, body: requestBody)
+                                          header: { headers.first(name: $0) }, body: requestBody, peer: peer)
             }
             promise.futureResult.whenSuccess { response in
                 let (handler, context) = loopBound.value

@@ -576,3 +576,80 @@ public enum ControlAPI {
         public init(acknowledged: Int) { self.acknowledged = acknowledged }
     }
 }
+
+// MARK: workload login (issue 16)
+
+extension ControlAPI {
+    /// `POST /v1/auth/jwt/login`, signed (request signature) by the
+    /// workload's new key, which `sign_pub` names. Without `operation` the
+    /// node checks the token and answers `WorkloadLoginChallenge` (the log
+    /// heads to sign against); with it (a `loginWorkload` operation signed by
+    /// the same key, embedding the same token) the node appends it.
+    public struct WorkloadLoginRequest: Codable, Sendable {
+        public var role: String
+        public var jwt: String
+        /// The workload's signing key (user nkey).
+        public var signPub: String
+        /// Its X25519 exchange key (base64).
+        public var kxPub: String
+        public var operation: OperationDocument?
+
+        enum CodingKeys: String, CodingKey {
+            case role, jwt, operation
+            case signPub = "sign_pub", kxPub = "kx_pub"
+        }
+
+        public init(role: String, jwt: String, signPub: String, kxPub: String, operation: OperationDocument? = nil) {
+            self.role = role
+            self.jwt = jwt
+            self.signPub = signPub
+            self.kxPub = kxPub
+            self.operation = operation
+        }
+
+        /// Bodies above this are refused (a token is at most 16 KiB).
+        public static let maximumBytes = 64 * 1024
+    }
+
+    /// The token verified here: sign a `loginWorkload` operation naming
+    /// these parents and send the request again with it.
+    public struct WorkloadLoginChallenge: Codable, Sendable {
+        public var parents: [String]
+        /// The node's clock (Unix seconds): sign near it.
+        public var now: Int64
+        public init(parents: [String], now: Int64) {
+            self.parents = parents
+            self.now = now
+        }
+    }
+
+    /// The login is in the log: the key is a workload until `expiresAt`.
+    public struct WorkloadLoginAccepted: Codable, Sendable {
+        public var id: String
+        public var key: String
+        public var handle: String
+        public var role: String
+        /// Unix seconds.
+        public var expiresAt: Int64
+        public var rooms: [String]
+        public init(id: String, key: String, handle: String, role: String, expiresAt: Int64, rooms: [String]) {
+            self.id = id
+            self.key = key
+            self.handle = handle
+            self.role = role
+            self.expiresAt = expiresAt
+            self.rooms = rooms
+        }
+    }
+
+    /// `GET /v1/roles`: the login roles in this node's log.
+    public struct LoginRolesResponse: Codable, Sendable {
+        public var roles: [LoginRole]
+        /// Live workload logins per role.
+        public var workloads: [String: Int]
+        public init(roles: [LoginRole], workloads: [String: Int]) {
+            self.roles = roles
+            self.workloads = workloads
+        }
+    }
+}

@@ -19,9 +19,22 @@ public struct CheckpointState: Codable, Equatable, Sendable {
     /// reader that pinned the first root can follow the hand-overs without
     /// the log they were in.
     public var rootChain: [ChainLink]
+    /// Login roles, workload logins and used token ids (absent when none,
+    /// so checkpoints from before login roles keep their bytes).
+    public var loginRoles: [LoginRole]?
+    public var workloads: [Workload]?
+    public var usedTokens: [UsedToken]?
+    /// Unix seconds the expired workloads were pruned at (at most the
+    /// checkpoint's own signed time); absent when nothing was pruned.
+    public var prunedAt: Int64?
 
     public init(sequence: Int, root: String, settings: ClusterSettings, users: [User], rooms: [Room], members: [Member],
-                rootChain: [ChainLink]) {
+                rootChain: [ChainLink], loginRoles: [LoginRole]? = nil, workloads: [Workload]? = nil, usedTokens: [UsedToken]? = nil,
+                prunedAt: Int64? = nil) {
+        self.loginRoles = loginRoles
+        self.workloads = workloads
+        self.usedTokens = usedTokens
+        self.prunedAt = prunedAt
         self.sequence = sequence
         self.root = root
         self.settings = settings

@@ -174,7 +174,8 @@ public struct LoginRole: Codable, Equatable, Sendable {
         }
         // A token accepted within the expiry leeway lasts to the end of it.
         let end = exp > now ? exp : exp + expirationLeewaySeconds
-        return VerifiedLogin(role: name, handle: handle, subject: subject, jti: jti, expiresAt: min(end, now + ttlSeconds), metadata: metadata)
+        return VerifiedLogin(role: name, handle: handle, subject: subject, jti: jti, expiresAt: min(end, now + ttlSeconds),
+                             tokenExpiresAt: exp + expirationLeewaySeconds, metadata: metadata)
     }
 
     static let maximumTime: Int64 = 100_000_000_000
@@ -219,6 +220,9 @@ public struct VerifiedLogin: Equatable, Sendable, Codable {
     public var jti: String
     /// Unix seconds: the earlier of the token's `exp` and the role's ttl.
     public var expiresAt: Int64
+    /// Unix seconds after which no reader accepts the token (its `exp`
+    /// plus the expiry leeway): its `jti` is remembered until then.
+    public var tokenExpiresAt: Int64
     public var metadata: [String: String]
 }
 

@@ -615,6 +615,12 @@ public struct MembershipLog: Sendable {
         } else {
             guard content.sequence >= 1 else { throw .invalid("checkpoint sequences start at 1") }
         }
+        if let prunedAt = content.prunedAt {
+            // Pruning is of logins expired when the root signed: never later.
+            guard let signedAt = operation.timestampMillis, prunedAt >= 0, UInt64(prunedAt) <= signedAt / 1000 else {
+                throw .invalid("a checkpoint prunes only what expired by its own signed time")
+            }
+        }
         let adopted = try MembershipState(checkpoint: content)
         if holdsPast {
             // This log can check the checkpoint against its own fold of the
@@ -628,7 +634,7 @@ public struct MembershipLog: Sendable {
             guard folded.root == operation.actor else {
                 throw .unauthorized("checkpoint signed by \(operation.actor), who is not the root at its predecessors")
             }
-            guard folded.checkpointState(sequence: content.sequence, rootChain: content.rootChain) == content else {
+            guard folded.checkpointState(sequence: content.sequence, rootChain: content.rootChain, prunedAt: content.prunedAt) == content else {
                 throw .invalid("the checkpoint's state is not the fold of the log at its predecessors")
             }
         }

@@ -1,3 +1,4 @@
+import Foundation
 import UnibusCrypto
 
 public struct User: Codable, Equatable, Sendable {
@@ -26,6 +27,31 @@ public struct Member: Codable, Equatable, Sendable {
     public var joined: String
 }
 
+/// A workload's login as the fold accepted it (see `loginWorkload`).
+public struct Workload: Codable, Equatable, Sendable {
+    public var key: String
+    /// The login role it came through.
+    public var role: String
+    public var subject: String?
+    /// Claims the role keeps (its `claim_mappings`).
+    public var metadata: [String: String]
+    /// Unix seconds: the login ends here (the earlier of the token's `exp`
+    /// and the login's time plus the role's ttl). Enforced by clocks, not
+    /// the fold: nodes close its connections, clients stop sharing with it.
+    public var expiresAt: Int64
+    /// When it logged in (the operation's signed time).
+    public var loggedIn: String
+}
+
+/// A token's `jti` as used by a login, remembered until the token can no
+/// longer be accepted anywhere (its `exp` plus the role's expiry leeway).
+public struct UsedToken: Codable, Equatable, Sendable {
+    public var issuer: String
+    public var jti: String
+    /// Unix seconds.
+    public var until: Int64
+}
+
 /// Users, rooms and members as a pure, deterministic fold of signed
 /// operations: the same operations in the same order give the same state on
 /// every node. Every rule about who may do what lives in `apply`.
@@ -38,6 +64,13 @@ public struct MembershipState: Equatable, Sendable {
     public private(set) var root: String?
     /// Cluster-wide settings, as the last admin-signed change left them.
     public private(set) var settings = ClusterSettings.standard
+    /// Login roles by name (admin-signed).
+    public private(set) var loginRoles: [String: LoginRole] = [:]
+    /// Workload logins by key: present while the login stands, and after an
+    /// admin revoked the key (which then cannot log in again).
+    public private(set) var workloads: [String: Workload] = [:]
+    /// Token ids used by logins, by "issuer \n jti": each is accepted once.
+    public private(set) var usedTokens: [String: UsedToken] = [:]
 
     public init(root: String? = nil) {
         self.root = root
@@ -80,10 +113,20 @@ public struct MembershipState: Equatable, Sendable {
             if let root, root != actor {
                 throw .unauthorized("the log's root admin is \(root); \(actor) cannot start it")
             }
+        } else if case .loginWorkload = operation {
+            // Authorized by its token, not by being a user (checked below).
         } else {
             guard let acting = users[actor] else { throw .unauthorized("\(actor) is not a registered user") }
             guard acting.status == .active else { throw .unauthorized("\(actor) is revoked") }
             guard acting.role != .agent else { throw .unauthorized("\(actor) is an agent key: it signs VaultMesh heartbeats, not operations") }
+            if acting.role == .workload {
+                // A workload is a short-lived member of its role's rooms: it
+                // may leave a room, nothing else (it owns nothing that would
+                // outlive its login).
+                guard case .removeMember(_, let user) = operation, user == actor else {
+                    throw .unauthorized("\(actor) is a workload: it may only log in again or leave a room")
+                }
+            }
         }
         let isAdmin = users[actor]?.role == .admin && users[actor]?.status == .active
 
@@ -111,6 +154,8 @@ public struct MembershipState: Equatable, Sendable {
                 existing.role = role
                 existing.updated = at
                 users[key] = existing
+                // A reinstated workload key is an ordinary user now.
+                workloads[key] = nil
                 break
             }
             if users.isEmpty { root = key }
@@ -220,6 +265,26 @@ public struct MembershipState: Equatable, Sendable {
             }
             root = key
 
+        case .setLoginRole(let role):
+            guard isAdmin else { throw .unauthorized("only an admin may set login roles") }
+            do { try role.validate() } catch { throw .invalid(error.description) }
+            guard role.rooms.allSatisfy(Self.isValidRoomID) else { throw .invalid("a login role's rooms are room ids (1 to 64 of [A-Za-z0-9_-])") }
+            guard loginRoles[role.name] != nil || loginRoles.count < Self.maximumLoginRoles else {
+                throw .conflict("the cluster already has \(Self.maximumLoginRoles) login roles; remove one first")
+            }
+            // New keys, claims or rooms: logins made under the old role end.
+            endLogins(of: role.name, at: at)
+            loginRoles[role.name] = role
+
+        case .removeLoginRole(let name):
+            guard isAdmin else { throw .unauthorized("only an admin may remove login roles") }
+            guard loginRoles[name] != nil else { throw .notFound("login role \(name.prefix(64))") }
+            endLogins(of: name, at: at)
+            loginRoles[name] = nil
+
+        case .loginWorkload(let roleName, let token, let exchangeKey):
+            try loginWorkload(actor: actor, at: at, atMillis: signed.timestampMillis, roleName: roleName, token: token, exchangeKey: exchangeKey)
+
         case .checkpoint:
             // A checkpoint replaces the fold's starting point; only the log
             // (`MembershipLog`) adopts one, after checking it.
@@ -227,14 +292,108 @@ public struct MembershipState: Equatable, Sendable {
         }
     }
 
+    /// Most login roles a cluster holds.
+    public static let maximumLoginRoles = 256
+
+    /// Verifies and applies a workload's login (see `MembershipOperation.loginWorkload`).
+    private mutating func loginWorkload(actor: String, at: String, atMillis: UInt64?, roleName: String, token: String,
+                                        exchangeKey: String) throws(MembershipError) {
+        guard let role = loginRoles[roleName] else { throw .notFound("login role \(JWSError.printable(roleName))") }
+        guard let millis = atMillis else { throw .invalid("the operation's timestamp is not an RFC 3339 time") }
+        guard let (_, signingKey) = try? NKey.decodePublicKey(actor, expecting: .user) else { throw .invalid("\(actor.prefix(60)) is not a user nkey") }
+        guard let exchange = try? Base64.decode(exchangeKey), exchange.count == 32 else {
+            throw .invalid("the X25519 key must be 32 bytes of unpadded base64")
+        }
+        // Checked at the operation's signed time, never the reader's clock:
+        // every node and client folds the same verdict. (The control plane
+        // bounds that time near its clock when the login arrives; a login
+        // backdated by a forger ends at its token's expiry all the same.)
+        let login: VerifiedLogin
+        do { login = try role.verify(token, at: Int64(millis / 1000), workloadKey: signingKey.bytes) } catch {
+            throw .unauthorized("login through role \(role.name) refused: \(error)")
+        }
+        let tokenID = role.issuer + "\n" + login.jti
+        guard usedTokens[tokenID] == nil else { throw .conflict("token id (jti) \(JWSError.printable(login.jti)) was already used to log in") }
+        if let existing = users[actor] {
+            guard existing.role == .workload else {
+                throw .conflict("\(actor) is a registered \(existing.role.rawValue) key; a workload logs in with a key of its own")
+            }
+            // An admin's revocation stands: that key logs in no more.
+            guard existing.status == .active || workloads[actor] == nil else {
+                throw .unauthorized("\(actor) was revoked by an admin; log in with a new key")
+            }
+        }
+        usedTokens[tokenID] = UsedToken(issuer: role.issuer, jti: login.jti, until: login.tokenExpiresAt)
+        let created = users[actor]?.created ?? at
+        users[actor] = User(key: actor, exchangeKey: exchangeKey, handle: login.handle, role: .workload, status: .active, created: created, updated: at)
+        workloads[actor] = Workload(key: actor, role: role.name, subject: login.subject, metadata: login.metadata,
+                                    expiresAt: login.expiresAt, loggedIn: at)
+        for roomID in role.rooms {
+            guard let room = rooms[roomID], room.archived == nil, members[roomID]?[actor] == nil else { continue }
+            members[roomID, default: [:]][actor] = Member(room: roomID, user: actor, role: .member, joined: at)
+        }
+    }
+
+    /// Ends every login made through role `name`: the keys are revoked and
+    /// leave their rooms; they may log in again under the role as it is now.
+    private mutating func endLogins(of name: String, at: String) {
+        for (key, workload) in workloads where workload.role == name && users[key]?.status == .active {
+            users[key]?.status = .revoked
+            users[key]?.updated = at
+            workloads[key] = nil
+            leaveAllRooms(key)
+        }
+    }
+
+    private mutating func leaveAllRooms(_ key: String) {
+        for roomID in members.keys where members[roomID]?[key] != nil {
+            members[roomID]?[key] = nil
+            if members[roomID]?.isEmpty == true { members[roomID] = nil }
+        }
+    }
+
+    /// Whether `key` may use the bus at `now` (Unix seconds): an active user
+    /// that is not an agent, and, for a workload, before its login expires.
+    public func isLive(_ key: String, now: Int64) -> Bool {
+        guard let user = users[key], user.status == .active, user.role != .agent else { return false }
+        guard user.role == .workload else { return true }
+        return (workloads[key]?.expiresAt ?? 0) > now
+    }
+
+    /// When `key`'s login expires (Unix seconds), for a workload.
+    public func expiry(of key: String) -> Int64? {
+        users[key]?.role == .workload ? workloads[key]?.expiresAt : nil
+    }
+
     /// The state as a checkpoint carries it (sorted, so the same state always
-    /// encodes to the same bytes).
-    public func checkpointState(sequence: Int, rootChain: [ChainLink]) -> CheckpointState {
-        CheckpointState(sequence: sequence, root: root ?? "", settings: settings,
-                        users: users.values.sorted { $0.key < $1.key },
-                        rooms: rooms.values.sorted { $0.id < $1.id },
-                        members: members.values.flatMap(\.values).sorted { ($0.room, $0.user) < ($1.room, $1.user) },
-                        rootChain: rootChain)
+    /// encodes to the same bytes). With `prunedAt` (Unix seconds, at most
+    /// the checkpoint's own time), workloads whose login expired by then
+    /// leave it (users, rooms, records), as do the logins that role changes
+    /// ended and token ids no longer acceptable anywhere: so workloads that
+    /// log in every few minutes do not grow the log without bound.
+    public func checkpointState(sequence: Int, rootChain: [ChainLink], prunedAt: Int64? = nil) -> CheckpointState {
+        var state = self
+        if let prunedAt { state.prune(at: prunedAt) }
+        return CheckpointState(sequence: sequence, root: state.root ?? "", settings: state.settings,
+                               users: state.users.values.sorted { $0.key < $1.key },
+                               rooms: state.rooms.values.sorted { $0.id < $1.id },
+                               members: state.members.values.flatMap(\.values).sorted { ($0.room, $0.user) < ($1.room, $1.user) },
+                               rootChain: rootChain,
+                               loginRoles: state.loginRoles.isEmpty ? nil : state.loginRoles.values.sorted { $0.name < $1.name },
+                               workloads: state.workloads.isEmpty ? nil : state.workloads.values.sorted { $0.key < $1.key },
+                               usedTokens: state.usedTokens.isEmpty ? nil : state.usedTokens.values.sorted { ($0.issuer, $0.jti) < ($1.issuer, $1.jti) },
+                               prunedAt: prunedAt)
+    }
+
+    private mutating func prune(at now: Int64) {
+        for (key, user) in users where user.role == .workload {
+            let ended = user.status == .active ? (workloads[key]?.expiresAt ?? 0) <= now : workloads[key] == nil
+            guard ended else { continue }
+            users[key] = nil
+            workloads[key] = nil
+            leaveAllRooms(key)
+        }
+        usedTokens = usedTokens.filter { $0.value.until > now }
     }
 
     /// The state a checkpoint describes, checked as the rules would have
@@ -270,6 +429,27 @@ public struct MembershipState: Equatable, Sendable {
             }
             members[member.room, default: [:]][member.user] = member
         }
+        for role in checkpoint.loginRoles ?? [] {
+            guard loginRoles[role.name] == nil, loginRoles.count < Self.maximumLoginRoles, (try? role.validate()) != nil,
+                  role.rooms.allSatisfy(Self.isValidRoomID) else {
+                throw .invalid("checkpoint login role \(JWSError.printable(role.name)) is malformed or repeated")
+            }
+            loginRoles[role.name] = role
+        }
+        for workload in checkpoint.workloads ?? [] {
+            guard workloads[workload.key] == nil, users[workload.key]?.role == .workload,
+                  users[workload.key]?.status != .active || loginRoles[workload.role] != nil else {
+                throw .invalid("checkpoint workload \(workload.key.prefix(60)) is malformed, repeated or not a workload user")
+            }
+            workloads[workload.key] = workload
+        }
+        for token in checkpoint.usedTokens ?? [] {
+            let id = token.issuer + "\n" + token.jti
+            guard usedTokens[id] == nil, token.issuer.utf8.count <= 256, (1...256).contains(token.jti.utf8.count) else {
+                throw .invalid("checkpoint token id is malformed or repeated")
+            }
+            usedTokens[id] = token
+        }
     }
 
     /// SHA-256 (hex) of a canonical rendering of the state: two nodes hold
@@ -290,6 +470,19 @@ public struct MembershipState: Equatable, Sendable {
             for member in (members[room.id] ?? [:]).values.sorted(by: { $0.user < $1.user }) {
                 text += "member \(member.room) \(member.user) \(member.role.rawValue) \(member.joined)\n"
             }
+        }
+        // Login state in canonical JSON (sorted keys): absent when there is
+        // none, so the digests of logs without login roles are unchanged.
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        for role in loginRoles.values.sorted(by: { $0.name < $1.name }) {
+            text += "login-role " + ((try? encoder.encode(role)).map { String(decoding: $0, as: UTF8.self) } ?? "?") + "\n"
+        }
+        for workload in workloads.values.sorted(by: { $0.key < $1.key }) {
+            text += "workload " + ((try? encoder.encode(workload)).map { String(decoding: $0, as: UTF8.self) } ?? "?") + "\n"
+        }
+        for token in usedTokens.keys.sorted() {
+            text += "token \(token.replacingOccurrences(of: "\n", with: " ")) \(usedTokens[token]?.until ?? 0)\n"
         }
         return Hex.encode(Digest.sha256(Array(text.utf8)))
     }

@@ -3,8 +3,10 @@ import UnibusCrypto
 
 /// A user's role: `admin` manages users, rooms and nodes; `member` uses
 /// rooms; `agent` is a VaultMesh node agent's key, which signs heartbeats
-/// to the control plane and is neither a bus user nor a room member.
-public enum UserRole: String, Codable, Sendable, CaseIterable { case admin, member, agent }
+/// to the control plane and is neither a bus user nor a room member;
+/// `workload` is a key that logged in with a JWT through a login role
+/// (`loginWorkload`): a member of its role's rooms until its login expires.
+public enum UserRole: String, Codable, Sendable, CaseIterable { case admin, member, agent, workload }
 public enum UserStatus: String, Codable, Sendable { case active, revoked }
 public enum RoomRole: String, Codable, Sendable { case owner, member }
 
@@ -196,6 +198,17 @@ public enum MembershipOperation: Codable, Equatable, Sendable {
     /// nodes and clients start from instead of the log before it (see
     /// `MembershipLog`).
     case checkpoint(CheckpointState)
+    /// Admin only: adds a login role, or replaces the role of that name
+    /// (new keys, claims, rooms…), which ends every login made through the
+    /// role before (they log in again under the new one).
+    case setLoginRole(role: LoginRole)
+    /// Admin only: removes a login role and ends every login made through it.
+    case removeLoginRole(name: String)
+    /// Signed by the workload's own new key (the actor): it logs in through
+    /// `role` with `token`, a JWT every reader re-verifies against the role
+    /// at the operation's signed time. The same key logging in again renews
+    /// its login (no departure, so no rotation).
+    case loginWorkload(role: String, token: String, exchangeKey: String)
 
     /// A short name for logs and the operations table.
     public var kind: String {
@@ -211,6 +224,9 @@ public enum MembershipOperation: Codable, Equatable, Sendable {
         case .setClusterSettings: return "cluster.settings"
         case .rotateRoot: return "root.rotate"
         case .checkpoint: return "log.checkpoint"
+        case .setLoginRole: return "role.set"
+        case .removeLoginRole: return "role.remove"
+        case .loginWorkload: return "workload.login"
         }
     }
 }

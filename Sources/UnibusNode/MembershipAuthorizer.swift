@@ -1,3 +1,4 @@
+import Foundation
 import UnibusBroker
 import UnibusCrypto
 import UnibusMembership
@@ -45,8 +46,10 @@ public struct MembershipAuthorizer: Authorizer {
     }
 
     /// The rule itself, pure (tests and the live refresh use it directly).
-    public static func permissions(for userNKey: String, in state: MembershipState) -> Permissions? {
-        guard let user = state.users[userNKey], user.status == .active, user.role != .agent else { return nil }
+    /// A workload whose login expired by `now` (Unix seconds) gets none.
+    public static func permissions(for userNKey: String, in state: MembershipState,
+                                   now: Int64 = Int64(Date().timeIntervalSince1970)) -> Permissions? {
+        guard state.isLive(userNKey, now: now), let user = state.users[userNKey] else { return nil }
         var roomSubjects: [String] = []
         for room in state.rooms(of: userNKey) {
             roomSubjects.append(room.subject)

@@ -26,6 +26,9 @@ public final class Node: Sendable {
     /// node was made without a frame store).
     let persister: Persister?
     private let _operations = NIOLockedValueBox<NodeOperations?>(nil)
+    /// Workload logins whose expiry this node has enforced ("key expiresAt").
+    private let enforcedExpiries = NIOLockedValueBox<Set<String>>([])
+    private let expiryTask = NIOLockedValueBox<Task<Void, Never>?>(nil)
 
     /// Beats, the fleet and cluster commands (nil until attached).
     public var operations: NodeOperations? { _operations.withLockedValue { $0 } }
@@ -61,6 +64,46 @@ public final class Node: Sendable {
         }
         persister?.attach(self)
         persister?.refresh()
+        // Workload logins end by the clock, not by an operation: each second
+        // this node closes the connections of those that expired.
+        expiryTask.withLockedValue { task in
+            task = Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(1))
+                    guard let self else { return }
+                    await self.enforceExpiries(now: Int64(Date().timeIntervalSince1970))
+                }
+            }
+        }
+    }
+
+    deinit { expiryTask.withLockedValue { $0?.cancel() } }
+
+    /// Closes every connection of each workload whose login expired by
+    /// `now`, and tells the members of its rooms (their clients stop sharing
+    /// keys with it and rotate, within their rotation interval). Each
+    /// expiry is enforced once; a renewed login (a later expiry) is new.
+    public func enforceExpiries(now: Int64) async {
+        let state = membership.snapshot
+        let due = state.workloads.values.filter { $0.expiresAt <= now && state.users[$0.key]?.status == .active }
+        let fresh: [Workload] = enforcedExpiries.withLockedValue { enforced in
+            let marks = Set(due.map { "\($0.key) \($0.expiresAt)" })
+            let fresh = due.filter { !enforced.contains("\($0.key) \($0.expiresAt)") }
+            // Only what is still due is remembered: the set stays as small as the expired logins the log holds.
+            enforced = marks
+            return fresh
+        }
+        guard !fresh.isEmpty else { return }
+        for workload in fresh.sorted(by: { $0.key < $1.key }) {
+            log("workload login expired", ["key": workload.key, "role": workload.role, "expired": String(workload.expiresAt)])
+            await broker.disconnect(userNKey: workload.key)
+            for room in state.rooms(of: workload.key) {
+                let notice = MembershipNotice(event: MembershipNotice.membersEvent, kind: "workload.expire", room: room.id).encoded
+                for recipient in (state.members[room.id] ?? [:]).keys.sorted() where recipient != workload.key {
+                    broker.publish(subject: ReservedNamespace.keyDeliverySubject(for: recipient), payload: notice)
+                }
+            }
+        }
     }
 
     /// Builds the broker configuration's authorizer for `store`.

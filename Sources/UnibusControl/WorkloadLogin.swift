@@ -1,0 +1,176 @@
+import Atomics
+import Foundation
+import NIOConcurrencyHelpers
+import UnibusControlClient
+import UnibusCrypto
+import UnibusMembership
+
+/// Token buckets for the login endpoint, which keys that are not users yet
+/// call: per source address and per role, so one host cannot spend a
+/// role's logins (or the node's JWT verifications) for everyone.
+/// Thread-safe; memory bounded (the fullest buckets are the ones forgotten).
+public final class LoginRateLimiter: Sendable {
+    struct Bucket {
+        var tokens: Double
+        var updated: Double
+    }
+
+    public let perAddressPerMinute: Double
+    public let perRolePerMinute: Double
+    private let state = NIOLockedValueBox<(addresses: [String: Bucket], roles: [String: Bucket])>(([:], [:]))
+    static let maximumTracked = 10_000
+
+    public init(perAddressPerMinute: Int = 30, perRolePerMinute: Int = 600) {
+        self.perAddressPerMinute = Double(max(1, perAddressPerMinute))
+        self.perRolePerMinute = Double(max(1, perRolePerMinute))
+    }
+
+    /// Takes one login attempt for `address` and `role`; returns the seconds
+    /// to wait when either bucket is empty (nothing is taken then).
+    public func take(address: String, role: String, now: Double = Date().timeIntervalSince1970) -> Int? {
+        state.withLockedValue { buckets in
+            var byAddress = Self.refilled(buckets.addresses[address], rate: perAddressPerMinute, now: now)
+            var byRole = Self.refilled(buckets.roles[role], rate: perRolePerMinute, now: now)
+            guard byAddress.tokens >= 1, byRole.tokens >= 1 else {
+                let short = byAddress.tokens < 1 ? (1 - byAddress.tokens) * 60 / perAddressPerMinute : (1 - byRole.tokens) * 60 / perRolePerMinute
+                return max(1, Int(short.rounded(.up)))
+            }
+            byAddress.tokens -= 1
+            byRole.tokens -= 1
+            Self.store(byAddress, for: address, in: &buckets.addresses)
+            Self.store(byRole, for: role, in: &buckets.roles)
+            return nil
+        }
+    }
+
+    private static func refilled(_ bucket: Bucket?, rate: Double, now: Double) -> Bucket {
+        guard let bucket else { return Bucket(tokens: rate, updated: now) }
+        let elapsed = max(0, now - bucket.updated)
+        return Bucket(tokens: min(rate, bucket.tokens + elapsed * rate / 60), updated: now)
+    }
+
+    private static func store(_ bucket: Bucket, for key: String, in table: inout [String: Bucket]) {
+        if table[key] == nil, table.count >= maximumTracked {
+            // Forget the buckets that have refilled the most (idle callers):
+            // an active flooder's empty bucket is kept.
+            let idle = table.sorted { $0.value.updated < $1.value.updated }.prefix(maximumTracked / 10)
+            for (key, _) in idle { table[key] = nil }
+        }
+        table[key] = bucket
+    }
+}
+
+/// Counters of the login endpoint (exposed on /metrics).
+public final class LoginStatistics: Sendable {
+    public let accepted = ManagedAtomic<Int>(0)
+    public let refused = ManagedAtomic<Int>(0)
+    public init() {}
+}
+
+/// Why a workload login was refused: the status and the check that failed.
+struct LoginRefusal: Error {
+    let status: Int
+    let message: String
+}
+
+extension ControlPlane {
+    /// `POST /v1/auth/jwt/login` (see `ControlAPI.WorkloadLoginRequest`).
+    /// The caller is a key that is not a user yet, so every step costs the
+    /// caller before it costs the node more: rate limits first, then the
+    /// request signature, then the token; the request's nonce is remembered
+    /// only for a token that verified (an outsider cannot fill that memory).
+    func workloadLogin(path: String, header: (String) -> String?, body: [UInt8], peer: String?) async -> ControlResponse {
+        do {
+            return try await attemptWorkloadLogin(path: path, header: header, body: body, peer: peer)
+        } catch let refusal as LoginRefusal {
+            node.broker.statistics.countControlRefusal()
+            loginStatistics.refused.wrappingIncrement(ordering: .relaxed)
+            return .error(refusal.status, refusal.message)
+        } catch {
+            node.broker.statistics.countControlRefusal()
+            loginStatistics.refused.wrappingIncrement(ordering: .relaxed)
+            return .error(400, "login refused: \(error)")
+        }
+    }
+
+    private func attemptWorkloadLogin(path: String, header: (String) -> String?, body: [UInt8], peer: String?) async throws -> ControlResponse {
+        if let refusal = killswitchedLogin() { return refusal }
+        guard let request = ControlAPI.decode(ControlAPI.WorkloadLoginRequest.self, from: body) else {
+            throw LoginRefusal(status: 400, message: "the body must be {\"role\", \"jwt\", \"sign_pub\", \"kx_pub\"} (and \"operation\" to complete the login)")
+        }
+        guard !request.role.isEmpty, request.role.utf8.count <= 64 else { throw LoginRefusal(status: 400, message: "role must be 1 to 64 bytes") }
+        if let wait = loginLimiter.take(address: peer ?? "unknown", role: request.role) {
+            throw LoginRefusal(status: 429, message: "too many login attempts from this address or for role \(JWSError.printable(request.role)); retry in \(wait) s")
+        }
+        let signed: VerifiedRequest
+        switch verifier.verify(method: "POST", path: path, body: body, header: header) {
+        case .failure(let error): throw LoginRefusal(status: error.status, message: "\(error)")
+        case .success(let verified): signed = verified
+        }
+        guard signed.caller == request.signPub else {
+            throw LoginRefusal(status: 400, message: "sign_pub must be the key that signed the request (the workload's new identity)")
+        }
+        guard let exchange = try? Base64.decode(request.kxPub), exchange.count == 32 else {
+            throw LoginRefusal(status: 400, message: "kx_pub must be the workload's X25519 public key: 32 bytes of unpadded base64")
+        }
+        guard let (_, signingKey) = try? NKey.decodePublicKey(request.signPub, expecting: .user) else {
+            throw LoginRefusal(status: 400, message: "sign_pub is not a user nkey")
+        }
+        let state = node.membership.snapshot
+        guard let role = state.loginRoles[request.role] else {
+            throw LoginRefusal(status: 401, message: "no login role \(JWSError.printable(request.role)) in this cluster's log")
+        }
+        let now = Int64(Date().timeIntervalSince1970)
+        let login: VerifiedLogin
+        do { login = try role.verify(request.jwt, at: now, workloadKey: signingKey.bytes) } catch {
+            throw LoginRefusal(status: 401, message: "login refused: \(error)")
+        }
+        if state.usedTokens[role.issuer + "\n" + login.jti] != nil {
+            throw LoginRefusal(status: 401, message: "login refused: token id (jti) \(JWSError.printable(login.jti)) was already used (a replayed token)")
+        }
+        if let existing = state.users[request.signPub] {
+            guard existing.role == .workload else {
+                throw LoginRefusal(status: 409, message: "\(request.signPub) is a registered \(existing.role.rawValue) key; a workload logs in with a key of its own")
+            }
+            guard existing.status == .active || state.workloads[request.signPub] == nil else {
+                throw LoginRefusal(status: 401, message: "\(request.signPub) was revoked by an admin; log in with a new key")
+            }
+        }
+        if let error = verifier.claim(signed) { throw LoginRefusal(status: error.status, message: "\(error)") }
+
+        guard let document = request.operation else {
+            return .json(200, ControlAPI.WorkloadLoginChallenge(parents: node.membership.heads, now: now))
+        }
+        let operation: SignedOperation
+        do { operation = try document.verified() } catch { throw LoginRefusal(status: 400, message: "\(error)") }
+        guard operation.actor == request.signPub,
+              case .loginWorkload(let roleName, let token, let exchangeKey) = operation.envelope.operation,
+              roleName == request.role, token == request.jwt, exchangeKey == request.kxPub else {
+            throw LoginRefusal(status: 400, message: "operation must be a workload login signed by sign_pub, for the same role, token and kx_pub")
+        }
+        let after: MembershipState
+        do { after = try await node.apply(operation, arrival: Date()) } catch {
+            let status: Int
+            switch error {
+            case .unauthorized, .badSignature, .notFound: status = 401
+            case .conflict, .alreadyRegistered: status = 409
+            case .storage: status = 503
+            default: status = 400
+            }
+            throw LoginRefusal(status: status, message: "\(error)")
+        }
+        guard let workload = after.workloads[request.signPub], let user = after.users[request.signPub] else {
+            throw LoginRefusal(status: 409, message: "the login was stored but a concurrent change ended it; log in again")
+        }
+        loginStatistics.accepted.wrappingIncrement(ordering: .relaxed)
+        node.log("workload logged in", ["key": user.key, "role": workload.role, "handle": user.handle, "expires": String(workload.expiresAt)])
+        return .json(200, ControlAPI.WorkloadLoginAccepted(id: operation.id, key: user.key, handle: user.handle, role: workload.role,
+                                                           expiresAt: workload.expiresAt, rooms: after.rooms(of: user.key).map(\.id)))
+    }
+
+    private func killswitchedLogin() -> ControlResponse? {
+        guard let switches = node.operations?.switches, switches.isEngaged(.controlWrites) else { return nil }
+        return .error(503, "killswitch control_writes is engaged on this node: logins are writes to the log; an admin lifts it with "
+                      + "`unibus node kill --feature control_writes --lift`")
+    }
+}
