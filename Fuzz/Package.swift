@@ -36,6 +36,12 @@ let package = Package(
         .executableTarget(name: "FuzzMembershipLog", dependencies: [.product(name: "UnibusMembership", package: "unibus"),
                                                                     .product(name: "UnibusControlClient", package: "unibus"),
                                                                     .product(name: "UnibusCrypto", package: "unibus")]),
+        .executableTarget(name: "FuzzWorkloadLogin", dependencies: [
+            .product(name: "UnibusControl", package: "unibus"), .product(name: "UnibusNode", package: "unibus"),
+            .product(name: "UnibusMembershipStore", package: "unibus"), .product(name: "UnibusControlClient", package: "unibus"),
+            .product(name: "UnibusBroker", package: "unibus"), .product(name: "UnibusMembership", package: "unibus"),
+            .product(name: "UnibusCrypto", package: "unibus"),
+        ]),
         .executableTarget(name: "FuzzControlRequest", dependencies: [
             .product(name: "UnibusControl", package: "unibus"), .product(name: "UnibusNode", package: "unibus"),
             .product(name: "UnibusMembershipStore", package: "unibus"), .product(name: "UnibusControlClient", package: "unibus"),

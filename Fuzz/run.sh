@@ -18,7 +18,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ ${#targets[@]} -gt 0 ] || targets=(FuzzMegolmMessage FuzzMegolmSessionKey FuzzIdentityFile FuzzClientProtocol FuzzServerProtocol FuzzRouteProtocol FuzzFrameEnvelope FuzzReplicationFrame FuzzFrameReplication FuzzRoomKeyring FuzzControlRequest FuzzMembershipLog FuzzFleetMessages FuzzConfiguration FuzzJWT)
+[ ${#targets[@]} -gt 0 ] || targets=(FuzzMegolmMessage FuzzMegolmSessionKey FuzzIdentityFile FuzzClientProtocol FuzzServerProtocol FuzzRouteProtocol FuzzFrameEnvelope FuzzReplicationFrame FuzzFrameReplication FuzzRoomKeyring FuzzControlRequest FuzzMembershipLog FuzzFleetMessages FuzzConfiguration FuzzJWT FuzzWorkloadLogin)
 
 flags=(--sanitize fuzzer --sanitize address -Xswiftc -sanitize=fuzzer,address -Xswiftc -use-ld=lld --scratch-path .build-fuzz)
 for target in "${targets[@]}"; do

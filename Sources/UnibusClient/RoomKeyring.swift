@@ -73,6 +73,11 @@ public final class RoomKeyring {
         public var sharedWith: Set<String> = []
         /// Set when a member left: the next send must use a new session.
         public var mustRotate = false
+        /// Set when members' workload logins expired: the first send from
+        /// this time (milliseconds) uses a new session. Expiries are
+        /// coalesced (see `setRoom`), so short logins do not make every
+        /// sender rotate and re-share each time one of them ends.
+        public var rotateAt: UInt64?
         /// The envelope bytes before each Megolm message (sender, session).
         let frameHeader: [UInt8]
 
@@ -172,17 +177,40 @@ public final class RoomKeyring {
         return overflow ? .max : value
     }
 
-    public func setRoom(_ room: RoomInfo, members: Set<String>) {
+    /// Takes the room's policy and live members. A member removed or revoked
+    /// must not read what follows: the next send rotates. Members whose
+    /// workload login merely expired (`expired`) are coalesced instead: the
+    /// session rotates at the first send at least `expiryRotationInterval`
+    /// after it was created, so a room of workloads on 5-minute logins
+    /// rotates at most once per interval per sender, not at every expiry.
+    /// (Nodes close an expired workload's connections at once and refuse it
+    /// the room's subject; the interval bounds only what it could read of
+    /// ciphertext obtained some other way.) `nextExpiry` is the earliest
+    /// login expiry among the members (Unix seconds), when any.
+    public func setRoom(_ room: RoomInfo, members: Set<String>, expired: Set<String> = [], nextExpiry: Int64? = nil,
+                        now: UInt64 = 0, expiryRotationInterval: UInt64 = 60_000) {
         rooms[room.id] = room
         let before = self.members[room.id] ?? []
         self.members[room.id] = members
-        // A member who left must not read what follows: rotate.
-        if !before.subtracting(members).isEmpty { outbound[room.id]?.mustRotate = true }
+        self.nextExpiry[room.id] = nextExpiry
+        let departed = before.subtracting(members)
+        guard !departed.isEmpty, let current = outbound[room.id] else { return }
+        if departed.isSubset(of: expired) {
+            let due = max(now, current.created.addingSaturated(expiryRotationInterval))
+            current.rotateAt = min(current.rotateAt ?? .max, due)
+        } else {
+            current.mustRotate = true
+        }
     }
+
+    /// The earliest workload login expiry among each room's members (Unix
+    /// seconds): the client re-reads the room's members once it passes.
+    public private(set) var nextExpiry: [String: Int64] = [:]
 
     public func forgetRoom(_ id: String) {
         rooms[id] = nil
         members[id] = nil
+        nextExpiry[id] = nil
         outbound[id] = nil
         inbound = inbound.filter { $0.value.room != id }
         unsavedKeys = unsavedKeys.filter { inbound[$0] != nil }
@@ -249,6 +277,7 @@ public final class RoomKeyring {
     public func currentOutbound(for room: String, now: UInt64) -> Outbound? {
         guard let current = outbound[room], let info = rooms[room] else { return nil }
         if current.mustRotate || current.sent >= info.policy.rotateAfterMessages { return nil }
+        if let rotateAt = current.rotateAt, now >= rotateAt { return nil }
         if now >= current.created.addingSaturated(Self.milliseconds(info.policy.rotateAfterSeconds)) { return nil }
         if current.session.messageIndex == UInt32.max { return nil }
         return current

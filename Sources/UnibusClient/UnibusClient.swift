@@ -58,6 +58,10 @@ public actor UnibusClient {
         public var statePassphrase: [UInt8]?
         /// How long one node may stay behind another before `warn` is told.
         public var maximumNodeLag: Duration = .seconds(60)
+        /// After members' workload logins expire, this client's session in
+        /// the room rotates at the first send at least this long after the
+        /// session began (a removal or revocation rotates at the next send).
+        public var expiryRotationInterval: Duration = .seconds(60)
         /// Warnings (a node behind another, an unreachable second node, a local
         /// store that no longer verified). The library never prints.
         public var warn: (@Sendable (String) -> Void)?
@@ -487,12 +491,21 @@ public actor UnibusClient {
     private func applyRoom(_ room: String) async throws {
         let state = membership
         guard let found = state.rooms[room] else { throw ClientError.invalid("no room \(room)") }
-        let members = Set((state.members[room] ?? [:]).keys)
+        // Members by the clock: a workload whose login expired is no longer
+        // one, though the log still lists it until a checkpoint prunes it.
+        let now = Self.nowMillis()
+        let seconds = Int64(now / 1000)
+        let listed = Set((state.members[room] ?? [:]).keys)
+        let members = listed.filter { state.isLive($0, now: seconds) }
         guard members.contains(userNKey), found.archived == nil else {
             forget(room)
             throw ClientError.notAMember(room)
         }
-        keyring.setRoom(RoomInfo(id: found.id, subject: found.subject, owner: found.owner, policy: found.policy), members: members)
+        let expired = listed.subtracting(members).filter { state.users[$0]?.status == .active && state.users[$0]?.role == .workload }
+        let nextExpiry = members.compactMap { state.expiry(of: $0) }.min()
+        keyring.setRoom(RoomInfo(id: found.id, subject: found.subject, owner: found.owner, policy: found.policy), members: members,
+                        expired: expired, nextExpiry: nextExpiry, now: now,
+                        expiryRotationInterval: UInt64(max(0, configuration.expiryRotationInterval.components.seconds)) * 1000)
         if let outbound = keyring.outbound[room], !outbound.mustRotate {
             let newcomers = members.subtracting(outbound.sharedWith).subtracting([userNKey])
             if !newcomers.isEmpty { try await share(outbound, room: room, with: newcomers) }
@@ -567,6 +580,8 @@ public actor UnibusClient {
         // After a reconnect, a removal may have happened unseen: sync first.
         if syncedAtReconnect != connection.reconnectCount { try await refreshRoom(room) }
         guard let info = keyring.rooms[room] else { throw ClientError.notAMember(room) }
+        // A member's workload login ended since the members were read: re-read them (no sync needed).
+        if let next = keyring.nextExpiry[room], next <= Int64(Self.nowMillis() / 1000) { try await applyRoom(room) }
         let now = Self.nowMillis()
         if info.policy.encrypt, keyring.currentOutbound(for: room, now: now) == nil {
             await crossCheck()
@@ -607,7 +622,8 @@ public actor UnibusClient {
         var shares: [ControlAPI.ShareSubmission] = []
         var sharedWith: [String] = []
         for recipient in recipients.sorted() {
-            guard let user = state.users[recipient], user.status == .active, state.members[room]?[recipient] != nil,
+            guard let user = state.users[recipient], state.isLive(recipient, now: Int64(Self.nowMillis() / 1000)),
+                  state.members[room]?[recipient] != nil,
                   let bytes = try? Base64.decode(user.exchangeKey), let key = X25519PublicKey(bytes: bytes) else { continue }
             let (sealed, signature) = keyring.share(outbound, room: room, recipient: recipient, exchangeKey: key)
             shares.append(ControlAPI.ShareSubmission(recipient: recipient, sealed: sealed, signature: signature))

@@ -74,7 +74,7 @@ public final class ControlPlane: Sendable {
     /// The Command Center's codes and sessions.
     public let commandCenter = CommandCenter()
     /// The workload login endpoint's limits per source address and role.
-    public let loginLimiter = LoginRateLimiter()
+    public let loginLimiter: LoginRateLimiter
     /// Workload logins accepted and refused here.
     public let loginStatistics = LoginStatistics()
     /// Whether the plane is served over TLS (session cookies are then `Secure`).
@@ -86,8 +86,10 @@ public final class ControlPlane: Sendable {
     /// `metrics`: the registry to expose (unibusd passes the one it
     /// bootstrapped swift-metrics with, so every swift-metrics user in the
     /// process shows up on `/metrics` too); a fresh one by default.
-    public init(node: Node, servedOverTLS: Bool = false, metrics: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+    public init(node: Node, servedOverTLS: Bool = false, metrics: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
+                loginLimiter: LoginRateLimiter = LoginRateLimiter()) {
         self.node = node
+        self.loginLimiter = loginLimiter
         self.nodeMetrics = NodeMetrics(node: node, registry: metrics)
         self.verifier = RequestVerifier(nodeID: node.broker.serverID)
         self.servedOverTLS = servedOverTLS

@@ -78,6 +78,8 @@ func printIdentity(_ identity: Identity, path: String, json: Bool) throws {
         // The X25519 key has one name wherever users see it: the exchange key
         // (`--exchange-key`, `exchange_key` in the control plane).
         ("exchange_key", Base64.encode(identity.keyExchange.publicKey.bytes)),
+        // What a login role with key binding expects in the token's cnf.jkt.
+        ("jkt", JWK.thumbprint(ed25519: identity.signing.publicKey.bytes)),
     ]
     if json {
         let object = Dictionary(uniqueKeysWithValues: fields)

@@ -34,7 +34,7 @@ struct Unibus: AsyncParsableCommand {
         commandName: "unibus",
         abstract: "Administer and debug a Unibus message bus.",
         version: UnibusVersion.current,
-        subcommands: [ContextCommand.self, UserCommand.self, RoomCommand.self, ClusterCommand.self, NodeCommand.self, CommandCenterCommand.self, AgentCommand.self, RootCommand.self, LogCommand.self, IdentityCommand.self, CheckCommand.self, SendCommand.self, HistoryCommand.self, DemoCommand.self, DebugCommand.self]
+        subcommands: [ContextCommand.self, UserCommand.self, RoomCommand.self, ClusterCommand.self, NodeCommand.self, CommandCenterCommand.self, AgentCommand.self, RootCommand.self, RoleCommand.self, LoginCommand.self, LogCommand.self, IdentityCommand.self, CheckCommand.self, SendCommand.self, HistoryCommand.self, DemoCommand.self, DebugCommand.self]
     )
 }
 

@@ -318,6 +318,14 @@ struct BrokerInteropTests {
     @Test func workloadLoginTokens() throws {
         try runScenario("jwt_e2e.py")
     }
+
+    /// Workload login through a three-node cluster: roles from the CLI,
+    /// RS256/ES256/EdDSA logins that use the bus, the JWT attacks refused by
+    /// name, forged logins injected over a route refused by every node and
+    /// a client, expiry closing connections on every node (workload_e2e.py).
+    @Test func workloadLoginCluster() throws {
+        try runScenario("workload_e2e.py")
+    }
 }
 
 /// A TCP socket bound to 127.0.0.1 on a port the kernel chose (listening
