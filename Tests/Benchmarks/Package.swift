@@ -20,7 +20,7 @@ let package = Package(
             name: "unibus-client-bench",
             dependencies: ["CSodiumBench", "BenchSupport", .product(name: "UnibusClient", package: "unibus"),
                            .product(name: "UnibusCrypto", package: "unibus"), .product(name: "UnibusMembership", package: "unibus"),
-                           .product(name: "UnibusWire", package: "unibus")]
+                           .product(name: "UnibusMembershipStore", package: "unibus"), .product(name: "UnibusWire", package: "unibus")]
         ),
     ]
 )

@@ -94,9 +94,11 @@ def end_to_end(bench, unibusd, unibus, args):
             subprocess.run([unibus, "user", "add", "--identity", os.path.join(work, "admin.json"), "--node", node_url,
                             "--sign-pub", keys["nkey"], "--exchange-key", keys["exchange_key"], "--handle", peer],
                            check=True, stdout=subprocess.DEVNULL)
+        root = json.loads(subprocess.run([unibus, "identity", "show", "--identity", os.path.join(work, "admin.json"), "--json"],
+                                         check=True, capture_output=True, text=True).stdout)["nkey"]
         rounds = []
         for _ in range(args.rounds):
-            output = subprocess.run([bench, "e2e", "--alice", os.path.join(work, "alice.json"),
+            output = subprocess.run([bench, "e2e", "--alice", os.path.join(work, "alice.json"), "--root", root,
                                      "--bob", os.path.join(work, "bob.json"), "--server", f"nats://127.0.0.1:{port}",
                                      "--node", node_url, "--count", str(args.count), "--rate", str(args.rate)],
                                     check=True, capture_output=True, text=True, timeout=900).stdout

@@ -48,12 +48,14 @@ struct ClientBench {
             try frames(seconds: arguments.count > 1 ? Double(arguments[1]) ?? 2 : 2)
         case "e2e":
             try await endToEnd(Array(arguments.dropFirst()))
+        case "workloads":
+            try WorkloadBench.run(hours: arguments.count > 1 ? Double(arguments[1]) ?? 1 : 1)
         case "profile-seal":
             // A fixed amount of sealing for perf/callgrind: COUNT frames of SIZE bytes.
             try profileSeal(count: arguments.count > 1 ? Int(arguments[1]) ?? 1000 : 1000,
                             size: arguments.count > 2 ? Int(arguments[2]) ?? 1024 : 1024)
         default:
-            FileHandle.standardError.write(Data("usage: unibus-client-bench frames [SECONDS] | e2e --alice F --bob F --server URL --node URL\n".utf8))
+            FileHandle.standardError.write(Data("usage: unibus-client-bench frames [SECONDS] | e2e --alice F --bob F --root NKEY --server URL --node URL | workloads [HOURS]\n".utf8))
             exit(2)
         }
     }
@@ -84,7 +86,8 @@ struct ClientBench {
                 let keyring = RoomKeyring(identity: bob)
                 keyring.setRoom(room, members: members)
                 try keyring.acceptShare(room: room.id, sender: alice.userNKey, sessionID: outbound.session.sessionID,
-                                        sealed: share.sealed, signature: share.signature)
+                                        sealed: share.sealed, signature: share.signature,
+                                        sessionSignature: sender.ownerSignature(outbound, room: room.id))
                 return keyring
             }
             // Frames to open, in index order; a fresh receiver (fresh replay
@@ -176,8 +179,8 @@ struct ClientBench {
 
     static func endToEnd(_ arguments: [String]) async throws {
         guard let alicePath = option(arguments, "--alice"), let bobPath = option(arguments, "--bob"),
-              let server = option(arguments, "--server"), let node = option(arguments, "--node") else {
-            throw BenchError("e2e needs --alice, --bob, --server and --node")
+              let server = option(arguments, "--server"), let node = option(arguments, "--node"), let root = option(arguments, "--root") else {
+            throw BenchError("e2e needs --alice, --bob, --root, --server and --node")
         }
         let count = Int(option(arguments, "--count") ?? "") ?? 20_000
         let rate = Double(option(arguments, "--rate") ?? "") ?? 2000
@@ -186,10 +189,10 @@ struct ClientBench {
         let aliceIdentity = try IdentityFile.load(from: alicePath), bobIdentity = try IdentityFile.load(from: bobPath)
 
         if mode == "both" || mode == "encrypted" {
-            var aliceConfiguration = UnibusClient.Configuration(identity: aliceIdentity, dataPlane: [server], controlPlane: [node])
+            var aliceConfiguration = UnibusClient.Configuration(identity: aliceIdentity, dataPlane: [server], controlPlane: [node], root: root)
             aliceConfiguration.maxBufferedMessages = 1_000_000
             let alice = try await UnibusClient.connect(aliceConfiguration)
-            let bob = try await UnibusClient.connect(.init(identity: bobIdentity, dataPlane: [server], controlPlane: [node]))
+            let bob = try await UnibusClient.connect(.init(identity: bobIdentity, dataPlane: [server], controlPlane: [node], root: root))
             let suffix = Hex.encode(Sodium.randomNonce(count: 6))
             let room = "bench-\(suffix)"
             // No rotation during the run: the measurement is the steady state.
