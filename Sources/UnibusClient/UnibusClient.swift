@@ -497,6 +497,12 @@ public actor UnibusClient {
         let seconds = Int64(now / 1000)
         let listed = Set((state.members[room] ?? [:]).keys)
         let members = listed.filter { state.isLive($0, now: seconds) }
+        if listed.contains(userNKey), !members.contains(userNKey), let expiry = state.expiry(of: userNKey), found.archived == nil {
+            // This identity's own workload login ended: its room keys are
+            // kept, for when it logs in again with a fresh token.
+            throw ClientError.invalid("this identity's workload login ended at \(OperationTime.string(Date(timeIntervalSince1970: TimeInterval(expiry)))); "
+                                      + "log in again with a fresh token (unibus login --existing)")
+        }
         guard members.contains(userNKey), found.archived == nil else {
             forget(room)
             throw ClientError.notAMember(room)
