@@ -543,7 +543,7 @@ public actor UnibusClient {
                 guard let joined = OperationTime.millis(member.joined), joined > session.created,
                       !historyShared.contains(sessionBytes + Array(recipient.utf8)),
                       !historySharing.contains(sessionBytes + Array(recipient.utf8)),
-                      let user = state.users[recipient], user.status == .active,
+                      let user = state.users[recipient], state.isLive(recipient, now: Int64(Self.nowMillis() / 1000)),
                       let bytes = try? Base64.decode(user.exchangeKey), let key = X25519PublicKey(bytes: bytes) else { continue }
                 let (sealed, signature) = keyring.sharePast(session.key, room: room, recipient: recipient, exchangeKey: key)
                 shares.append(ControlAPI.ShareSubmission(recipient: recipient, sealed: sealed, signature: signature))
@@ -661,6 +661,9 @@ public actor UnibusClient {
     }
 
     func receive(_ frame: [UInt8], room: String, arrival: RoomKeyring.Arrival, arrivedAt: UInt64? = nil) async -> Result<OpenedFrame, FrameRejection> {
+        // A member's workload login ended since the members were read: a
+        // receiver drops it by its own clock, told by a node or not.
+        if let next = keyring.nextExpiry[room], next <= Int64(Self.nowMillis() / 1000) { try? await applyRoom(room) }
         var result = keyring.open(frame, room: room, now: Self.nowMillis(), arrival: arrival, arrivedAt: arrivedAt)
         if case .failure(let reason) = result, reason == .unknownSession || reason == .nonMember,
            let marker = Self.sessionMarker(frame), fetchedFor.count < 10_000, fetchedFor.insert(marker).inserted {

@@ -25,22 +25,37 @@ public final class LoginRateLimiter: Sendable {
         self.perRolePerMinute = Double(max(1, perRolePerMinute))
     }
 
-    /// Takes one login attempt for `address` and `role`; returns the seconds
-    /// to wait when either bucket is empty (nothing is taken then).
-    public func take(address: String, role: String, now: Double = Date().timeIntervalSince1970) -> Int? {
-        state.withLockedValue { buckets in
-            var byAddress = Self.refilled(buckets.addresses[address], rate: perAddressPerMinute, now: now)
-            var byRole = Self.refilled(buckets.roles[role], rate: perRolePerMinute, now: now)
-            guard byAddress.tokens >= 1, byRole.tokens >= 1 else {
-                let short = byAddress.tokens < 1 ? (1 - byAddress.tokens) * 60 / perAddressPerMinute : (1 - byRole.tokens) * 60 / perRolePerMinute
-                return max(1, Int(short.rounded(.up)))
-            }
-            byAddress.tokens -= 1
-            byRole.tokens -= 1
-            Self.store(byAddress, for: address, in: &buckets.addresses)
-            Self.store(byRole, for: role, in: &buckets.roles)
-            return nil
+    /// Takes one attempt from `address`'s bucket (IPv6 addresses count by
+    /// their /64, which one host usually holds whole); returns the seconds
+    /// to wait when it is empty (nothing is taken then). Charged before
+    /// anything else is looked at.
+    public func take(address: String, now: Double = Date().timeIntervalSince1970) -> Int? {
+        let key = Self.addressKey(address)
+        return state.withLockedValue { buckets in Self.take(key, from: &buckets.addresses, rate: perAddressPerMinute, now: now) }
+    }
+
+    /// Takes one login from `role`'s bucket. Charged only once the token's
+    /// signature and claims verified, so strangers cannot spend a role's logins.
+    public func take(role: String, now: Double = Date().timeIntervalSince1970) -> Int? {
+        state.withLockedValue { buckets in Self.take(role, from: &buckets.roles, rate: perRolePerMinute, now: now) }
+    }
+
+    private static func take(_ key: String, from table: inout [String: Bucket], rate: Double, now: Double) -> Int? {
+        var bucket = refilled(table[key], rate: rate, now: now)
+        guard bucket.tokens >= 1 else { return max(1, Int(((1 - bucket.tokens) * 60 / rate).rounded(.up))) }
+        bucket.tokens -= 1
+        store(bucket, for: key, in: &table)
+        return nil
+    }
+
+    /// An IPv4 address as is; an IPv6 address as its first 64 bits.
+    static func addressKey(_ address: String) -> String {
+        var bytes = [UInt8](repeating: 0, count: 16)
+        guard address.contains(":"), inet_pton(AF_INET6, address, &bytes) == 1 else { return address }
+        if bytes[0..<12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff][...] {   // IPv4-mapped: the IPv4 address
+            return bytes[12..<16].map(String.init).joined(separator: ".")
         }
+        return Hex.encode(Array(bytes[0..<8])) + "::/64"
     }
 
     private static func refilled(_ bucket: Bucket?, rate: Double, now: Double) -> Bucket {
@@ -99,8 +114,8 @@ extension ControlPlane {
             throw LoginRefusal(status: 400, message: "the body must be {\"role\", \"jwt\", \"sign_pub\", \"kx_pub\"} (and \"operation\" to complete the login)")
         }
         guard !request.role.isEmpty, request.role.utf8.count <= 64 else { throw LoginRefusal(status: 400, message: "role must be 1 to 64 bytes") }
-        if let wait = loginLimiter.take(address: peer ?? "unknown", role: request.role) {
-            throw LoginRefusal(status: 429, message: "too many login attempts from this address or for role \(JWSError.printable(request.role)); retry in \(wait) s")
+        if let wait = loginLimiter.take(address: peer ?? "unknown") {
+            throw LoginRefusal(status: 429, message: "too many login attempts from this address; retry in \(wait) s")
         }
         let signed: VerifiedRequest
         switch verifier.verify(method: "POST", path: path, body: body, header: header) {
@@ -125,7 +140,10 @@ extension ControlPlane {
         do { login = try role.verify(request.jwt, at: now, workloadKey: signingKey.bytes) } catch {
             throw LoginRefusal(status: 401, message: "login refused: \(error)")
         }
-        if state.usedTokens[role.issuer + "\n" + login.jti] != nil {
+        if let wait = loginLimiter.take(role: role.name) {
+            throw LoginRefusal(status: 429, message: "too many logins through role \(role.name) this minute; retry in \(wait) s")
+        }
+        if state.usedTokens[MembershipState.tokenKey(issuer: role.issuer, jti: login.jti)] != nil {
             throw LoginRefusal(status: 401, message: "login refused: token id (jti) \(JWSError.printable(login.jti)) was already used (a replayed token)")
         }
         if let existing = state.users[request.signPub] {

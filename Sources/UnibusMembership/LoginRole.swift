@@ -90,7 +90,7 @@ public struct LoginRole: Codable, Equatable, Sendable {
                 throw .invalidRole("\(what) must be 1 to \(max) bytes without control characters")
             }
         }
-        try text(name, "the name", max: 64)
+        guard Self.isRoleName(name) else { throw .invalidRole("the name must be 1 to 64 of [A-Za-z0-9._-]") }
         try text(issuer, "the issuer")
         try text(userClaim, "user_claim", max: 128)
         guard !keys.isEmpty, keys.count <= 16 else { throw .invalidRole("pin 1 to 16 issuer keys") }
@@ -105,10 +105,15 @@ public struct LoginRole: Codable, Equatable, Sendable {
         if let boundSubject { try text(boundSubject, "bound_subject") }
         guard boundClaims.count <= 32, claimMappings.count <= 32, rooms.count <= 256 else { throw .invalidRole("too many bound claims, mappings or rooms") }
         for (claim, pattern) in boundClaims { try text(claim, "a bound claim's name", max: 128); try text(pattern, "a bound claim's value") }
-        for (claim, key) in claimMappings { try text(claim, "a mapped claim", max: 128); try text(key, "a metadata key", max: 64) }
+        for (claim, key) in claimMappings.sorted(by: { Array($0.key.utf8).lexicographicallyPrecedes(Array($1.key.utf8)) }) { try text(claim, "a mapped claim", max: 128); try text(key, "a metadata key", max: 64) }
+        // Two claims kept under one key would make the kept value depend on
+        // iteration order: a fold that differs between readers.
+        guard Set(claimMappings.values.map { Array($0.utf8) }).count == claimMappings.count else {
+            throw .invalidRole("two claim mappings name the same metadata key")
+        }
         guard (60...86_400 * 30).contains(ttlSeconds) else { throw .invalidRole("ttl must be 60 s to 30 days") }
         for leeway in [expirationLeewaySeconds, notBeforeLeewaySeconds, clockSkewLeewaySeconds] {
-            guard (0...3600).contains(leeway) else { throw .invalidRole("leeways must be 0 to 3600 s") }
+            guard (0...Self.maximumLeewaySeconds).contains(leeway) else { throw .invalidRole("leeways must be 0 to \(Self.maximumLeewaySeconds) s") }
         }
     }
 
@@ -174,11 +179,22 @@ public struct LoginRole: Codable, Equatable, Sendable {
         }
         // A token accepted within the expiry leeway lasts to the end of it.
         let end = exp > now ? exp : exp + expirationLeewaySeconds
+        // The token id is remembered until no role could accept the token,
+        // whatever leeway (up to the largest allowed) any role gives it.
         return VerifiedLogin(role: name, handle: handle, subject: subject, jti: jti, expiresAt: min(end, now + ttlSeconds),
-                             tokenExpiresAt: exp + expirationLeewaySeconds, metadata: metadata)
+                             tokenExpiresAt: exp + Self.maximumLeewaySeconds, metadata: metadata)
     }
 
     static let maximumTime: Int64 = 100_000_000_000
+    public static let maximumLeewaySeconds: Int64 = 3600
+
+    /// Role names are ASCII (`[A-Za-z0-9._-]`, 1 to 64): compared, keyed
+    /// and sorted alike by every reader, whatever its Unicode tables.
+    public static func isRoleName(_ text: String) -> Bool {
+        (1...64).contains(text.utf8.count) && text.utf8.allSatisfy { byte in
+            (0x30...0x39).contains(byte) || (0x41...0x5a).contains(byte) || (0x61...0x7a).contains(byte) || byte == 0x2e || byte == 0x2d || byte == 0x5f
+        }
+    }
 
     static func same(_ a: String, _ b: String) -> Bool { a.utf8.elementsEqual(b.utf8) }
 
@@ -220,8 +236,8 @@ public struct VerifiedLogin: Equatable, Sendable, Codable {
     public var jti: String
     /// Unix seconds: the earlier of the token's `exp` and the role's ttl.
     public var expiresAt: Int64
-    /// Unix seconds after which no reader accepts the token (its `exp`
-    /// plus the expiry leeway): its `jti` is remembered until then.
+    /// Unix seconds after which no role accepts the token (its `exp` plus
+    /// the largest expiry leeway a role may give): its `jti` is remembered until then.
     public var tokenExpiresAt: Int64
     public var metadata: [String: String]
 }

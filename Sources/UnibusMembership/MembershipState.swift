@@ -41,6 +41,9 @@ public struct Workload: Codable, Equatable, Sendable {
     public var expiresAt: Int64
     /// When it logged in (the operation's signed time).
     public var loggedIn: String
+    /// The same time in Unix seconds: a login dated ahead of a reader's
+    /// clock (by more than operations may lead) is not live yet.
+    public var startsAt: Int64
 }
 
 /// A token's `jti` as used by a login, remembered until the token can no
@@ -69,7 +72,7 @@ public struct MembershipState: Equatable, Sendable {
     /// Workload logins by key: present while the login stands, and after an
     /// admin revoked the key (which then cannot log in again).
     public private(set) var workloads: [String: Workload] = [:]
-    /// Token ids used by logins, by "issuer \n jti": each is accepted once.
+    /// Token ids used by logins, by `tokenKey(issuer:jti:)`: each is accepted once.
     public private(set) var usedTokens: [String: UsedToken] = [:]
 
     public init(root: String? = nil) {
@@ -278,7 +281,7 @@ public struct MembershipState: Equatable, Sendable {
 
         case .removeLoginRole(let name):
             guard isAdmin else { throw .unauthorized("only an admin may remove login roles") }
-            guard loginRoles[name] != nil else { throw .notFound("login role \(name.prefix(64))") }
+            guard LoginRole.isRoleName(name), loginRoles[name] != nil else { throw .notFound("login role \(name.prefix(64))") }
             endLogins(of: name, at: at)
             loginRoles[name] = nil
 
@@ -298,7 +301,7 @@ public struct MembershipState: Equatable, Sendable {
     /// Verifies and applies a workload's login (see `MembershipOperation.loginWorkload`).
     private mutating func loginWorkload(actor: String, at: String, atMillis: UInt64?, roleName: String, token: String,
                                         exchangeKey: String) throws(MembershipError) {
-        guard let role = loginRoles[roleName] else { throw .notFound("login role \(JWSError.printable(roleName))") }
+        guard LoginRole.isRoleName(roleName), let role = loginRoles[roleName] else { throw .notFound("login role \(JWSError.printable(roleName))") }
         guard let millis = atMillis else { throw .invalid("the operation's timestamp is not an RFC 3339 time") }
         guard let (_, signingKey) = try? NKey.decodePublicKey(actor, expecting: .user) else { throw .invalid("\(actor.prefix(60)) is not a user nkey") }
         guard let exchange = try? Base64.decode(exchangeKey), exchange.count == 32 else {
@@ -312,7 +315,7 @@ public struct MembershipState: Equatable, Sendable {
         do { login = try role.verify(token, at: Int64(millis / 1000), workloadKey: signingKey.bytes) } catch {
             throw .unauthorized("login through role \(role.name) refused: \(error)")
         }
-        let tokenID = role.issuer + "\n" + login.jti
+        let tokenID = Self.tokenKey(issuer: role.issuer, jti: login.jti)
         guard usedTokens[tokenID] == nil else { throw .conflict("token id (jti) \(JWSError.printable(login.jti)) was already used to log in") }
         if let existing = users[actor] {
             guard existing.role == .workload else {
@@ -322,12 +325,17 @@ public struct MembershipState: Equatable, Sendable {
             guard existing.status == .active || workloads[actor] == nil else {
                 throw .unauthorized("\(actor) was revoked by an admin; log in with a new key")
             }
+            // A login stays with its role: renewing through another would
+            // keep the first role's rooms beyond that role's removal.
+            if let current = workloads[actor], current.role != role.name {
+                throw .conflict("\(actor) logged in through role \(current.role); it renews through that role only (log in with a new key for role \(role.name))")
+            }
         }
         usedTokens[tokenID] = UsedToken(issuer: role.issuer, jti: login.jti, until: login.tokenExpiresAt)
         let created = users[actor]?.created ?? at
         users[actor] = User(key: actor, exchangeKey: exchangeKey, handle: login.handle, role: .workload, status: .active, created: created, updated: at)
         workloads[actor] = Workload(key: actor, role: role.name, subject: login.subject, metadata: login.metadata,
-                                    expiresAt: login.expiresAt, loggedIn: at)
+                                    expiresAt: login.expiresAt, loggedIn: at, startsAt: Int64(millis / 1000))
         for roomID in role.rooms {
             guard let room = rooms[roomID], room.archived == nil, members[roomID]?[actor] == nil else { continue }
             members[roomID, default: [:]][actor] = Member(room: roomID, user: actor, role: .member, joined: at)
@@ -356,8 +364,17 @@ public struct MembershipState: Equatable, Sendable {
     /// that is not an agent, and, for a workload, before its login expires.
     public func isLive(_ key: String, now: Int64) -> Bool {
         guard let user = users[key], user.status == .active, user.role != .agent else { return false }
-        guard user.role == .workload else { return true }
-        return (workloads[key]?.expiresAt ?? 0) > now
+        guard user.role == .workload, let workload = workloads[key] else { return user.role != .workload }
+        // Not before its signed time (beyond the lead operations may have),
+        // not from its end on.
+        let (earliest, overflow) = now.addingReportingOverflow(Int64(OperationWindow.maximumLead / 1000))
+        return workload.expiresAt > now && (overflow || workload.startsAt <= earliest)
+    }
+
+    /// The key of a used token: the issuer and jti as UTF-8 bytes (hex), so
+    /// every reader compares them as bytes whatever its Unicode tables.
+    public static func tokenKey(issuer: String, jti: String) -> String {
+        Hex.encode(Array(issuer.utf8) + [0] + Array(jti.utf8))
     }
 
     /// When `key`'s login expires (Unix seconds), for a workload.
@@ -381,7 +398,7 @@ public struct MembershipState: Equatable, Sendable {
                                rootChain: rootChain,
                                loginRoles: state.loginRoles.isEmpty ? nil : state.loginRoles.values.sorted { $0.name < $1.name },
                                workloads: state.workloads.isEmpty ? nil : state.workloads.values.sorted { $0.key < $1.key },
-                               usedTokens: state.usedTokens.isEmpty ? nil : state.usedTokens.values.sorted { ($0.issuer, $0.jti) < ($1.issuer, $1.jti) },
+                               usedTokens: state.usedTokens.isEmpty ? nil : state.usedTokens.sorted { $0.key < $1.key }.map(\.value),
                                prunedAt: prunedAt)
     }
 
@@ -437,14 +454,14 @@ public struct MembershipState: Equatable, Sendable {
             loginRoles[role.name] = role
         }
         for workload in checkpoint.workloads ?? [] {
-            guard workloads[workload.key] == nil, users[workload.key]?.role == .workload,
+            guard workloads[workload.key] == nil, users[workload.key]?.role == .workload, LoginRole.isRoleName(workload.role),
                   users[workload.key]?.status != .active || loginRoles[workload.role] != nil else {
                 throw .invalid("checkpoint workload \(workload.key.prefix(60)) is malformed, repeated or not a workload user")
             }
             workloads[workload.key] = workload
         }
         for token in checkpoint.usedTokens ?? [] {
-            let id = token.issuer + "\n" + token.jti
+            let id = Self.tokenKey(issuer: token.issuer, jti: token.jti)
             guard usedTokens[id] == nil, token.issuer.utf8.count <= 256, (1...256).contains(token.jti.utf8.count) else {
                 throw .invalid("checkpoint token id is malformed or repeated")
             }
@@ -482,7 +499,7 @@ public struct MembershipState: Equatable, Sendable {
             text += "workload " + ((try? encoder.encode(workload)).map { String(decoding: $0, as: UTF8.self) } ?? "?") + "\n"
         }
         for token in usedTokens.keys.sorted() {
-            text += "token \(token.replacingOccurrences(of: "\n", with: " ")) \(usedTokens[token]?.until ?? 0)\n"
+            text += "token \(token) \(usedTokens[token]?.until ?? 0)\n"
         }
         return Hex.encode(Digest.sha256(Array(text.utf8)))
     }

@@ -26,8 +26,11 @@ public final class Node: Sendable {
     /// node was made without a frame store).
     let persister: Persister?
     private let _operations = NIOLockedValueBox<NodeOperations?>(nil)
-    /// Workload logins whose expiry this node has enforced ("key expiresAt").
-    private let enforcedExpiries = NIOLockedValueBox<Set<String>>([])
+    /// Workload logins whose expiry this node has enforced ("key expiresAt");
+    /// nil until the first pass, which only records what had already
+    /// expired (after a restart nobody is connected as them, and their rooms
+    /// were told by the node that saw them expire).
+    private let enforcedExpiries = NIOLockedValueBox<Set<String>?>(nil)
     private let expiryTask = NIOLockedValueBox<Task<Void, Never>?>(nil)
 
     /// Beats, the fleet and cluster commands (nil until attached).
@@ -88,20 +91,23 @@ public final class Node: Sendable {
         let due = state.workloads.values.filter { $0.expiresAt <= now && state.users[$0.key]?.status == .active }
         let fresh: [Workload] = enforcedExpiries.withLockedValue { enforced in
             let marks = Set(due.map { "\($0.key) \($0.expiresAt)" })
-            let fresh = due.filter { !enforced.contains("\($0.key) \($0.expiresAt)") }
+            let fresh = enforced.map { enforced in due.filter { !enforced.contains("\($0.key) \($0.expiresAt)") } } ?? []
             // Only what is still due is remembered: the set stays as small as the expired logins the log holds.
             enforced = marks
             return fresh
         }
         guard !fresh.isEmpty else { return }
+        var rooms: Set<String> = []
         for workload in fresh.sorted(by: { $0.key < $1.key }) {
             log("workload login expired", ["key": workload.key, "role": workload.role, "expired": String(workload.expiresAt)])
             await broker.disconnect(userNKey: workload.key)
-            for room in state.rooms(of: workload.key) {
-                let notice = MembershipNotice(event: MembershipNotice.membersEvent, kind: "workload.expire", room: room.id).encoded
-                for recipient in (state.members[room.id] ?? [:]).keys.sorted() where recipient != workload.key {
-                    broker.publish(subject: ReservedNamespace.keyDeliverySubject(for: recipient), payload: notice)
-                }
+            rooms.formUnion(state.rooms(of: workload.key).map(\.id))
+        }
+        // One notice per room and live member, however many expired at once.
+        for room in rooms.sorted() {
+            let notice = MembershipNotice(event: MembershipNotice.membersEvent, kind: "workload.expire", room: room).encoded
+            for recipient in (state.members[room] ?? [:]).keys.sorted() where state.isLive(recipient, now: now) {
+                broker.publish(subject: ReservedNamespace.keyDeliverySubject(for: recipient), payload: notice)
             }
         }
     }

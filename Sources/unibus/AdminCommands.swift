@@ -426,14 +426,19 @@ struct LogCommand: AsyncParsableCommand {
             }
             let (sequence, overflow) = log.baseSequence.addingReportingOverflow(1)
             guard !overflow else { throw CLIError("the log's checkpoint sequence is exhausted; start a new cluster log") }
-            let content = log.state.checkpointState(sequence: sequence, rootChain: log.rootChain)
-            let signed = SignedOperation.sign(.checkpoint(content), by: identity, parents: log.heads)
+            // Workload logins that ended by now, and token ids no role can
+            // accept any more, leave the state (the checkpoint names the time).
+            let now = Date()
+            let content = log.state.checkpointState(sequence: sequence, rootChain: log.rootChain, prunedAt: Int64(now.timeIntervalSince1970))
+            let signed = SignedOperation.sign(.checkpoint(content), by: identity, parents: log.heads, at: now)
             guard signed.bytes.count <= SignedOperation.maximumCheckpointSize else {
                 throw CLIError("the state is \(signed.bytes.count) bytes, over the \(SignedOperation.maximumCheckpointSize)-byte checkpoint limit")
             }
             let result = try await session.submit(signed)
             if options.json { try printJSON(result) } else {
-                print("checkpoint \(content.sequence) signed (operation \(result.id)); \(log.count) operations summarized")
+                let pruned = log.state.users.count - content.users.count
+                print("checkpoint \(content.sequence) signed (operation \(result.id)); \(log.count) operations summarized"
+                      + (pruned > 0 ? ", \(pruned) ended workload logins pruned" : ""))
             }
         }
     }

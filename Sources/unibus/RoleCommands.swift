@@ -65,6 +65,11 @@ struct RoleCommand: AsyncParsableCommand {
                                  rooms: room, ttlSeconds: ttl, requireKeyBinding: requireKeyBinding,
                                  claimMappings: try pairs(claimMapping, option: "--claim-mapping"))
             do { try role.validate() } catch { throw CLIError("\(error)") }
+            if !requireKeyBinding {
+                FileHandle.standardError.write(Data(("warning: role \(name) accepts bearer tokens: a token is in the log every member reads, and "
+                    + "any node that relays a login sees it; a compromised node can log in with it first, under its own key. Use "
+                    + "--require-key-binding where the identity provider can put cnf.jkt in tokens (docs/workload-login.md).\n").utf8))
+            }
             let options = connection.nodeOptions
             let result = try await NodeSession.open(options).submit(.setLoginRole(role: role))
             if options.json { try printJSON(result) } else { print("login role \(name) set (operation \(result.id))") }
@@ -182,12 +187,22 @@ struct LoginCommand: AsyncParsableCommand {
             }
             identity = Identity()
         }
+        // The new key is written (0600) before the login, beside --out, and
+        // moved there only once the login is in the log: a failed write
+        // never leaves a login whose key is lost, a refusal leaves no file.
+        let pending = out + ".pending"
+        if !existing {
+            do { try IdentityFile.write(identity, to: pending) } catch { throw CLIError("cannot write the new identity beside \(out): \(error)") }
+        }
         let accepted: ControlAPI.WorkloadLoginAccepted
         do { accepted = try await ControlSession.loginWorkload(url: node, caPath: ca, role: role, jwt: token, identity: identity) } catch {
+            if !existing { try? FileManager.default.removeItem(atPath: pending) }
             throw CLIError("login refused: \(error)")
         }
         if !existing {
-            do { try IdentityFile.write(identity, to: out) } catch { throw CLIError("logged in, but cannot write \(out): \(error)") }
+            guard rename(pending, out) == 0 else {
+                throw CLIError("logged in, but cannot move the identity from \(pending) to \(out) (\(String(cString: strerror(errno)))): use \(pending)")
+            }
         }
         if json { try printJSON(accepted); return }
         let expires = ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(accepted.expiresAt)))

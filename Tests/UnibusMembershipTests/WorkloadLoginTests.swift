@@ -166,11 +166,11 @@ struct WorkloadLoginTests {
         let short = Identity(), long = Identity()
         _ = try log.insert(login(short, token: try token(jti: "s", exp: now + 60), in: log))
         _ = try log.insert(login(long, token: try token(jti: "l", exp: now + 3000), in: log))
-        // At +400 s the short login (and its token id) is gone, the long one's login expired too (ttl 300) but its token id stays.
+        // At +400 s both logins ended (exp, and the ttl of 300 s); their token ids stay until exp + 3600 s.
         let at = start.addingTimeInterval(400)
         let content = log.state.checkpointState(sequence: 1, rootChain: log.rootChain, prunedAt: now + 400)
         #expect(content.users.count == 2 && content.workloads == nil)
-        #expect(content.usedTokens?.map(\.jti) == ["l"])
+        #expect(content.usedTokens?.map(\.jti) == ["l", "s"])
         let checkpoint = SignedOperation.sign(.checkpoint(content), by: root, parents: log.heads, at: at)
         #expect(try log.insert(checkpoint) == .adopted(replaced: 6))
         #expect(log.state.users[short.userNKey] == nil && log.state.members["ops"]?.count == 1)
@@ -186,6 +186,62 @@ struct WorkloadLoginTests {
         // A new reader starts from the checkpoint.
         var reader = MembershipLog(pinnedRoot: root.userNKey)
         #expect(try reader.insert(checkpoint) == .adopted(replaced: 0))
-        #expect(reader.state.loginRoles["ci"] != nil && reader.state.usedTokens.count == 1)
+        #expect(reader.state.loginRoles["ci"] != nil && reader.state.usedTokens.count == 2)
+        // Token ids go once no role could accept them.
+        let later = reader.state.checkpointState(sequence: 2, rootChain: [], prunedAt: now + 60 + 3600)
+        #expect(later.usedTokens?.map(\.jti) == ["l"])
+    }
+
+    // MARK: the review's attacks
+
+    @Test func aLoginRenewsThroughItsOwnRoleOnly() throws {
+        var log = try log()
+        _ = try log.insert(SignedOperation.sign(.setLoginRole(role: try role("other", rooms: [])), by: root, parents: log.heads, at: start))
+        let workload = Identity()
+        #expect(try log.insert(login(workload, token: try token(jti: "a"), in: log)) == .inserted(refused: nil))
+        guard case .inserted(let refusal?) = try log.insert(login(workload, role: "other", token: try token(jti: "b"), in: log)) else {
+            Issue.record("a login moved to another role and kept the first role's rooms"); return
+        }
+        #expect("\(refusal)".contains("renews through that role only"))
+        // Removing the first role still ends it.
+        _ = try log.insert(SignedOperation.sign(.removeLoginRole(name: "ci"), by: root, parents: log.heads, at: start.addingTimeInterval(20)))
+        #expect(!log.state.isLive(workload.userNKey, now: now + 30) && log.state.members["ops"]?[workload.userNKey] == nil)
+    }
+
+    @Test func claimMappingsCannotCollide() throws {
+        var colliding = try role()
+        colliding.claimMappings = ["env": "k", "worker": "k"]
+        #expect(throws: LoginError.self) { try colliding.validate() }
+        var unicode = try role()
+        unicode.name = "c\u{0130}"
+        #expect(throws: LoginError.self) { try unicode.validate() }
+    }
+
+    @Test func aLoginDatedAheadIsNotLiveYet() throws {
+        var log = try log()
+        let workload = Identity()
+        let ahead = start.addingTimeInterval(5000)
+        let token = try token(exp: now + 6000, extra: ["nbf": now + 4900])
+        #expect(try log.insert(login(workload, token: token, in: log, at: ahead)) == .inserted(refused: nil))
+        #expect(!log.state.isLive(workload.userNKey, now: now + 20))
+        #expect(log.state.isLive(workload.userNKey, now: now + 5000 - 60))
+        #expect(!log.state.isLive(workload.userNKey, now: now + 5000 + 300))
+    }
+
+    @Test func aPrunedTokenIdStaysUsedForTheLargestLeeway() throws {
+        var log = try log()
+        _ = try log.insert(login(Identity(), token: try token(jti: "x", exp: now + 60), in: log))
+        // Pruned well after exp + the role's 150 s leeway, but before exp + 3600.
+        let at = start.addingTimeInterval(2000)
+        let content = log.state.checkpointState(sequence: 1, rootChain: log.rootChain, prunedAt: now + 2000)
+        #expect(content.usedTokens?.count == 1)
+        _ = try log.insert(SignedOperation.sign(.checkpoint(content), by: root, parents: log.heads, at: at))
+        var generous = try role("generous")
+        generous.expirationLeewaySeconds = 3600
+        _ = try log.insert(SignedOperation.sign(.setLoginRole(role: generous), by: root, parents: log.heads, at: at))
+        guard case .inserted(let replay?) = try log.insert(login(Identity(), role: "generous", token: try token(jti: "x", exp: now + 60), in: log, at: at)) else {
+            Issue.record("a pruned token id was accepted again through a role with a larger leeway"); return
+        }
+        #expect("\(replay)".contains("already used"))
     }
 }
