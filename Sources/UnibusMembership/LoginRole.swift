@@ -104,8 +104,16 @@ public struct LoginRole: Codable, Equatable, Sendable {
         for audience in boundAudiences { try text(audience, "an audience") }
         if let boundSubject { try text(boundSubject, "bound_subject") }
         guard boundClaims.count <= 32, claimMappings.count <= 32, rooms.count <= 256 else { throw .invalidRole("too many bound claims, mappings or rooms") }
-        for (claim, pattern) in boundClaims { try text(claim, "a bound claim's name", max: 128); try text(pattern, "a bound claim's value") }
-        for (claim, key) in claimMappings.sorted(by: { Array($0.key.utf8).lexicographicallyPrecedes(Array($1.key.utf8)) }) { try text(claim, "a mapped claim", max: 128); try text(key, "a metadata key", max: 64) }
+        // Names that are dictionary keys in signed JSON are printable ASCII:
+        // every reader then sorts them (canonical bytes, digests) alike.
+        func asciiName(_ value: String, _ what: String, max: Int) throws(LoginError) {
+            guard (1...max).contains(value.utf8.count), value.utf8.allSatisfy({ (0x21...0x7e).contains($0) }) else {
+                throw .invalidRole("\(what) must be 1 to \(max) bytes of printable ASCII")
+            }
+        }
+        try asciiName(userClaim, "user_claim", max: 128)
+        for (claim, pattern) in boundClaims { try asciiName(claim, "a bound claim's name", max: 128); try text(pattern, "a bound claim's value") }
+        for (claim, key) in claimMappings { try asciiName(claim, "a mapped claim", max: 128); try asciiName(key, "a metadata key", max: 64) }
         // Two claims kept under one key would make the kept value depend on
         // iteration order: a fold that differs between readers.
         guard Set(claimMappings.values.map { Array($0.utf8) }).count == claimMappings.count else {
@@ -173,7 +181,7 @@ public struct LoginRole: Codable, Equatable, Sendable {
             }
         }
         var metadata: [String: String] = [:]
-        for (claim, key) in claimMappings {
+        for (claim, key) in claimMappings.sorted(by: { Array($0.key.utf8).lexicographicallyPrecedes(Array($1.key.utf8)) }) {
             // Kept only as printable ASCII of at most 256 bytes: metadata is shown to people.
             if let value = claims[claim]?.text, value.utf8.count <= 256, value.utf8.allSatisfy({ (0x20...0x7e).contains($0) }) { metadata[key] = value }
         }

@@ -215,6 +215,9 @@ struct WorkloadLoginTests {
         var unicode = try role()
         unicode.name = "c\u{0130}"
         #expect(throws: LoginError.self) { try unicode.validate() }
+        var claimName = try role()
+        claimName.boundClaims = ["\u{212A}ey": "x"]   // a Kelvin sign: canonically equal to "Key" in Swift's String
+        #expect(throws: LoginError.self) { try claimName.validate() }
     }
 
     @Test func aLoginDatedAheadIsNotLiveYet() throws {
