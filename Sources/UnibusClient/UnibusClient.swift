@@ -507,8 +507,16 @@ public actor UnibusClient {
             forget(room)
             throw ClientError.notAMember(room)
         }
-        let expired = listed.subtracting(members).filter { state.users[$0]?.status == .active && state.users[$0]?.role == .workload }
-        let nextExpiry = members.compactMap { state.expiry(of: $0) }.min()
+        // Departed by expiry (not yet started is not a departure), and when
+        // the members must be read again: the next expiry, or the next start
+        // of a login dated ahead of this clock.
+        let expired = listed.subtracting(members).filter { (state.expiry(of: $0) ?? .max) <= seconds }
+        let lead = Int64(OperationWindow.maximumLead / 1000)
+        let starts = listed.subtracting(members).compactMap { key -> Int64? in
+            guard let workload = state.workloads[key], state.users[key]?.status == .active, workload.expiresAt > seconds else { return nil }
+            return workload.startsAt.subtractingReportingOverflow(lead).partialValue
+        }
+        let nextExpiry = (members.compactMap { state.expiry(of: $0) } + starts).min()
         keyring.setRoom(RoomInfo(id: found.id, subject: found.subject, owner: found.owner, policy: found.policy), members: members,
                         expired: expired, nextExpiry: nextExpiry, now: now,
                         expiryRotationInterval: UInt64(max(0, configuration.expiryRotationInterval.components.seconds)) * 1000)

@@ -140,9 +140,6 @@ extension ControlPlane {
         do { login = try role.verify(request.jwt, at: now, workloadKey: signingKey.bytes) } catch {
             throw LoginRefusal(status: 401, message: "login refused: \(error)")
         }
-        if let wait = loginLimiter.take(role: role.name) {
-            throw LoginRefusal(status: 429, message: "too many logins through role \(role.name) this minute; retry in \(wait) s")
-        }
         if state.usedTokens[MembershipState.tokenKey(issuer: role.issuer, jti: login.jti)] != nil {
             throw LoginRefusal(status: 401, message: "login refused: token id (jti) \(JWSError.printable(login.jti)) was already used (a replayed token)")
         }
@@ -153,6 +150,11 @@ extension ControlPlane {
             guard existing.status == .active || state.workloads[request.signPub] == nil else {
                 throw LoginRefusal(status: 401, message: "\(request.signPub) was revoked by an admin; log in with a new key")
             }
+        }
+        // Charged only for a login that can succeed: a replayed (used) token
+        // from the log cannot spend the role's logins.
+        if let wait = loginLimiter.take(role: role.name) {
+            throw LoginRefusal(status: 429, message: "too many logins through role \(role.name) this minute; retry in \(wait) s")
         }
         if let error = verifier.claim(signed) { throw LoginRefusal(status: error.status, message: "\(error)") }
 

@@ -332,10 +332,15 @@ public struct MembershipState: Equatable, Sendable {
             }
         }
         usedTokens[tokenID] = UsedToken(issuer: role.issuer, jti: login.jti, until: login.tokenExpiresAt)
+        // A renewal while the login is still live keeps its start: a renewal
+        // signed a little ahead of some reader's clock must not interrupt it.
+        let seconds = Int64(millis / 1000)
+        let previous = users[actor]?.status == .active ? workloads[actor] : nil
+        let startsAt = previous.map { $0.expiresAt > seconds ? min($0.startsAt, seconds) : seconds } ?? seconds
         let created = users[actor]?.created ?? at
         users[actor] = User(key: actor, exchangeKey: exchangeKey, handle: login.handle, role: .workload, status: .active, created: created, updated: at)
         workloads[actor] = Workload(key: actor, role: role.name, subject: login.subject, metadata: login.metadata,
-                                    expiresAt: login.expiresAt, loggedIn: at, startsAt: Int64(millis / 1000))
+                                    expiresAt: login.expiresAt, loggedIn: at, startsAt: startsAt)
         for roomID in role.rooms {
             guard let room = rooms[roomID], room.archived == nil, members[roomID]?[actor] == nil else { continue }
             members[roomID, default: [:]][actor] = Member(room: roomID, user: actor, role: .member, joined: at)

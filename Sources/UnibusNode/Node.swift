@@ -26,11 +26,12 @@ public final class Node: Sendable {
     /// node was made without a frame store).
     let persister: Persister?
     private let _operations = NIOLockedValueBox<NodeOperations?>(nil)
-    /// Workload logins whose expiry this node has enforced ("key expiresAt");
-    /// nil until the first pass, which only records what had already
-    /// expired (after a restart nobody is connected as them, and their rooms
-    /// were told by the node that saw them expire).
-    private let enforcedExpiries = NIOLockedValueBox<Set<String>?>(nil)
+    /// Workload logins whose expiry this node has enforced ("key expiresAt").
+    private let enforcedExpiries = NIOLockedValueBox<Set<String>>([])
+    /// Logins that ended before this node started are not enforced again:
+    /// nobody is connected as them, and their rooms were told by the nodes
+    /// that saw them end (a restart must not flood every room).
+    private let startedAt = Int64(Date().timeIntervalSince1970)
     private let expiryTask = NIOLockedValueBox<Task<Void, Never>?>(nil)
 
     /// Beats, the fleet and cluster commands (nil until attached).
@@ -91,7 +92,7 @@ public final class Node: Sendable {
         let due = state.workloads.values.filter { $0.expiresAt <= now && state.users[$0.key]?.status == .active }
         let fresh: [Workload] = enforcedExpiries.withLockedValue { enforced in
             let marks = Set(due.map { "\($0.key) \($0.expiresAt)" })
-            let fresh = enforced.map { enforced in due.filter { !enforced.contains("\($0.key) \($0.expiresAt)") } } ?? []
+            let fresh = due.filter { $0.expiresAt >= startedAt && !enforced.contains("\($0.key) \($0.expiresAt)") }
             // Only what is still due is remembered: the set stays as small as the expired logins the log holds.
             enforced = marks
             return fresh

@@ -428,8 +428,11 @@ struct LogCommand: AsyncParsableCommand {
             guard !overflow else { throw CLIError("the log's checkpoint sequence is exhausted; start a new cluster log") }
             // Workload logins that ended by now, and token ids no role can
             // accept any more, leave the state (the checkpoint names the time).
-            let now = Date()
-            let content = log.state.checkpointState(sequence: sequence, rootChain: log.rootChain, prunedAt: Int64(now.timeIntervalSince1970))
+            // Whole seconds, and pruning what ended 120 s before: a root
+            // clock ahead of the nodes' (as far as they accept) ends nothing early.
+            let now = Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down))
+            let prunedAt = Int64(now.timeIntervalSince1970) - Int64(OperationWindow.maximumLead / 1000)
+            let content = log.state.checkpointState(sequence: sequence, rootChain: log.rootChain, prunedAt: prunedAt)
             let signed = SignedOperation.sign(.checkpoint(content), by: identity, parents: log.heads, at: now)
             guard signed.bytes.count <= SignedOperation.maximumCheckpointSize else {
                 throw CLIError("the state is \(signed.bytes.count) bytes, over the \(SignedOperation.maximumCheckpointSize)-byte checkpoint limit")

@@ -192,17 +192,31 @@ struct LoginCommand: AsyncParsableCommand {
         // never leaves a login whose key is lost, a refusal leaves no file.
         let pending = out + ".pending"
         if !existing {
-            do { try IdentityFile.write(identity, to: pending) } catch { throw CLIError("cannot write the new identity beside \(out): \(error)") }
+            do { try IdentityFile.write(identity, to: pending) } catch .alreadyExists {
+                throw CLIError("\(pending) exists: an earlier `unibus login` stopped before it finished, and that key may be logged in; "
+                               + "look at it (unibus identity show --identity \(pending)), then move or delete it")
+            } catch {
+                throw CLIError("cannot write the new identity beside \(out): \(error)")
+            }
         }
         let accepted: ControlAPI.WorkloadLoginAccepted
         do { accepted = try await ControlSession.loginWorkload(url: node, caPath: ca, role: role, jwt: token, identity: identity) } catch {
-            if !existing { try? FileManager.default.removeItem(atPath: pending) }
-            throw CLIError("login refused: \(error)")
+            guard !existing else { throw CLIError("login refused: \(error)") }
+            // A definite refusal leaves nothing; anything else (a timeout, a
+            // reset, a server error) may have come after the login was
+            // stored, so the key stays where it is.
+            if let failure = error as? ControlClient.Failure, let status = failure.status, [400, 401, 403, 404, 429].contains(status) {
+                try? FileManager.default.removeItem(atPath: pending)
+                throw CLIError("login refused: \(error)")
+            }
+            throw CLIError("login failed: \(error); the login may have been stored, so the new identity is kept in \(pending)")
         }
         if !existing {
-            guard rename(pending, out) == 0 else {
-                throw CLIError("logged in, but cannot move the identity from \(pending) to \(out) (\(String(cString: strerror(errno)))): use \(pending)")
+            // link, not rename: an --out made meanwhile is never replaced.
+            guard link(pending, out) == 0 else {
+                throw CLIError("logged in, but cannot put the identity at \(out) (\(String(cString: strerror(errno)))): it is in \(pending)")
             }
+            unlink(pending)
         }
         if json { try printJSON(accepted); return }
         let expires = ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(accepted.expiresAt)))

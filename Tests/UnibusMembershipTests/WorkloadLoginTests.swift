@@ -126,6 +126,9 @@ struct WorkloadLoginTests {
         #expect(try log.insert(login(workload, token: try token(jti: "two", exp: now + 900), in: log, at: start.addingTimeInterval(200))) == .inserted(refused: nil))
         #expect(log.state.members["ops"]?[workload.userNKey]?.joined == joined)
         #expect(log.state.workloads[workload.userNKey]?.expiresAt == now + 200 + 300)
+        // A renewal signed ahead of a reader's clock does not interrupt the live login.
+        #expect(try log.insert(login(workload, token: try token(jti: "three", exp: now + 2000), in: log, at: start.addingTimeInterval(450))) == .inserted(refused: nil))
+        #expect(log.state.isLive(workload.userNKey, now: now + 250))
     }
 
     @Test func roleChangesAndRevocationsEndLogins() throws {
