@@ -97,4 +97,27 @@ struct LoginRoleTests {
         #expect(!LoginRole.glob("prod", matches: "production"))
         #expect(LoginRole.glob("*b", matches: "*xb"))
     }
+
+    @Test func claimKeysAreScannedAsBytes() {
+        #expect(LoginRole.claimKeysProblem(Array(#"{"aud":"a","x":{"aud":1},"l":[{"k":1},{"k":2}]}"#.utf8)) == nil)
+        #expect(LoginRole.claimKeysProblem(Array(#"{"aud":"unibus","aud":"other"}"#.utf8))?.contains("twice") == true)
+        #expect(LoginRole.claimKeysProblem(Array(#"{"cnf":{"jkt":"a","jkt":"b"}}"#.utf8))?.contains("twice") == true)
+        #expect(LoginRole.claimKeysProblem(Array("{\"\u{212A}ind\":1}".utf8)) == "claim names must be ASCII without escapes")
+        #expect(LoginRole.claimKeysProblem(Array(#"{"\u0061ud":1}"#.utf8)) == "claim names must be ASCII without escapes")
+        // Strings that are values (with escapes, quotes, braces) are not keys.
+        #expect(LoginRole.claimKeysProblem(Array(#"{"a":"x\"}{,\"a\":","b":"\u00e9"}"#.utf8)) == nil)
+        // Any bytes: an answer, never a trap.
+        for junk in ["", "{", "\"", "{\"", "}}}]]", "{\"a\\", "[{\"a\":1,\"a\""] { _ = LoginRole.claimKeysProblem(Array(junk.utf8)) }
+    }
+
+    @Test func aTokenWithARepeatedClaimIsRefused() throws {
+        let token = try tokenText(#"{"iss":"https://idp","aud":"unibus","worker":"w1","env":"ci-7","exp":\#(now + 600),"jti":"j1","worker":"w2"}"#)
+        #expect(throws: LoginError.claim("the claim worker appears twice")) { try role.verify(token, at: now, workloadKey: nil) }
+    }
+
+    func tokenText(_ payload: String) throws -> String {
+        let head = Base64.encode(Array(#"{"alg":"EdDSA","kid":"k1"}"#.utf8), alphabet: .url)
+        let body = Base64.encode(Array(payload.utf8), alphabet: .url)
+        return "\(head).\(body).\(Base64.encode(issuer.sign(Array("\(head).\(body)".utf8)), alphabet: .url))"
+    }
 }
