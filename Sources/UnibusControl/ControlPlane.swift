@@ -90,7 +90,7 @@ public final class ControlPlane: Sendable {
                 loginLimiter: LoginRateLimiter = LoginRateLimiter()) {
         self.node = node
         self.loginLimiter = loginLimiter
-        self.nodeMetrics = NodeMetrics(node: node, registry: metrics)
+        self.nodeMetrics = NodeMetrics(node: node, registry: metrics, logins: loginStatistics)
         self.verifier = RequestVerifier(nodeID: node.broker.serverID)
         self.servedOverTLS = servedOverTLS
     }
@@ -271,7 +271,7 @@ public final class ControlPlane: Sendable {
     }
 
     /// A 503 naming the engaged killswitch, or nil.
-    private func killswitched(_ feature: Killswitch) -> ControlResponse? {
+    func killswitched(_ feature: Killswitch) -> ControlResponse? {
         guard let switches = node.operations?.switches, switches.isEngaged(feature) else { return nil }
         node.broker.statistics.countControlRefusal()
         let engaged = switches.isEngaged(.node) && !switches.engagedSwitches.contains(feature) ? "node" : feature.rawValue

@@ -26,7 +26,7 @@ public final class NodeMetrics: Sendable {
         let read: () -> Int
     }
 
-    public init(node: Node, registry: PrometheusCollectorRegistry) {
+    public init(node: Node, registry: PrometheusCollectorRegistry, logins: LoginStatistics? = nil) {
         self.registry = registry
         var made: [Instrument] = []
         func counter(_ name: String, _ help: String, labels: [(String, String)] = [], _ read: @escaping () -> Int) {
@@ -101,6 +101,12 @@ public final class NodeMetrics: Sendable {
         for reason in AuthFailureReason.allCases {
             counter("unibus_auth_failures_total", "Client authentications refused, by reason.", labels: [("reason", reason.rawValue)]) {
                 stats.authorizationFailuresByReason[reason]?.load(ordering: .relaxed) ?? 0
+            }
+        }
+        if let logins {
+            counter("unibus_workload_logins_total", "Workload logins accepted (POST /v1/auth/jwt/login).") { logins.accepted.load(ordering: .relaxed) }
+            counter("unibus_workload_logins_refused_total", "Workload login attempts refused (limits, signature, token, rules).") {
+                logins.refused.load(ordering: .relaxed)
             }
         }
         instruments = made

@@ -109,7 +109,7 @@ extension ControlPlane {
     }
 
     private func attemptWorkloadLogin(path: String, header: (String) -> String?, body: [UInt8], peer: String?) async throws -> ControlResponse {
-        if let refusal = killswitchedLogin() { return refusal }
+        if let refusal = killswitched(.controlWrites) { return refusal }
         guard let request = ControlAPI.decode(ControlAPI.WorkloadLoginRequest.self, from: body) else {
             throw LoginRefusal(status: 400, message: "the body must be {\"role\", \"jwt\", \"sign_pub\", \"kx_pub\"} (and \"operation\" to complete the login)")
         }
@@ -143,13 +143,8 @@ extension ControlPlane {
         if state.usedTokens[MembershipState.tokenKey(issuer: role.issuer, jti: login.jti)] != nil {
             throw LoginRefusal(status: 401, message: "login refused: token id (jti) \(JWSError.printable(login.jti)) was already used (a replayed token)")
         }
-        if let existing = state.users[request.signPub] {
-            guard existing.role == .workload else {
-                throw LoginRefusal(status: 409, message: "\(request.signPub) is a registered \(existing.role.rawValue) key; a workload logs in with a key of its own")
-            }
-            guard existing.status == .active || state.workloads[request.signPub] == nil else {
-                throw LoginRefusal(status: 401, message: "\(request.signPub) was revoked by an admin; log in with a new key")
-            }
+        if let refusal = state.loginRefusal(key: request.signPub, role: role.name) {
+            throw LoginRefusal(status: Self.loginStatus(refusal), message: "\(refusal)")
         }
         // Charged only for a login that can succeed: a replayed (used) token
         // from the log cannot spend the role's logins.
@@ -170,14 +165,7 @@ extension ControlPlane {
         }
         let after: MembershipState
         do { after = try await node.apply(operation, arrival: Date()) } catch {
-            let status: Int
-            switch error {
-            case .unauthorized, .badSignature, .notFound: status = 401
-            case .conflict, .alreadyRegistered: status = 409
-            case .storage: status = 503
-            default: status = 400
-            }
-            throw LoginRefusal(status: status, message: "\(error)")
+            throw LoginRefusal(status: Self.loginStatus(error), message: "\(error)")
         }
         guard let workload = after.workloads[request.signPub], let user = after.users[request.signPub] else {
             throw LoginRefusal(status: 409, message: "the login was stored but a concurrent change ended it; log in again")
@@ -188,9 +176,13 @@ extension ControlPlane {
                                                            expiresAt: workload.expiresAt, rooms: after.rooms(of: user.key).map(\.id)))
     }
 
-    private func killswitchedLogin() -> ControlResponse? {
-        guard let switches = node.operations?.switches, switches.isEngaged(.controlWrites) else { return nil }
-        return .error(503, "killswitch control_writes is engaged on this node: logins are writes to the log; an admin lifts it with "
-                      + "`unibus node kill --feature control_writes --lift`")
+    /// The login endpoint's status for a refusal by the membership rules.
+    static func loginStatus(_ error: MembershipError) -> Int {
+        switch error {
+        case .unauthorized, .badSignature, .notFound: return 401
+        case .conflict, .alreadyRegistered: return 409
+        case .storage: return 503
+        default: return 400
+        }
     }
 }

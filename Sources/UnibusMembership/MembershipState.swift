@@ -317,20 +317,7 @@ public struct MembershipState: Equatable, Sendable {
         }
         let tokenID = Self.tokenKey(issuer: role.issuer, jti: login.jti)
         guard usedTokens[tokenID] == nil else { throw .conflict("token id (jti) \(JWSError.printable(login.jti)) was already used to log in") }
-        if let existing = users[actor] {
-            guard existing.role == .workload else {
-                throw .conflict("\(actor) is a registered \(existing.role.rawValue) key; a workload logs in with a key of its own")
-            }
-            // An admin's revocation stands: that key logs in no more.
-            guard existing.status == .active || workloads[actor] == nil else {
-                throw .unauthorized("\(actor) was revoked by an admin; log in with a new key")
-            }
-            // A login stays with its role: renewing through another would
-            // keep the first role's rooms beyond that role's removal.
-            if let current = workloads[actor], current.role != role.name {
-                throw .conflict("\(actor) logged in through role \(current.role); it renews through that role only (log in with a new key for role \(role.name))")
-            }
-        }
+        if let refusal = loginRefusal(key: actor, role: role.name) { throw refusal }
         usedTokens[tokenID] = UsedToken(issuer: role.issuer, jti: login.jti, until: login.tokenExpiresAt)
         // A renewal while the login is still live keeps its start: a renewal
         // signed a little ahead of some reader's clock must not interrupt it.
@@ -345,6 +332,25 @@ public struct MembershipState: Equatable, Sendable {
             guard let room = rooms[roomID], room.archived == nil, members[roomID]?[actor] == nil else { continue }
             members[roomID, default: [:]][actor] = Member(room: roomID, user: actor, role: .member, joined: at)
         }
+    }
+
+    /// Why `key` may not log in through role `role` now, or nil: a key that
+    /// is a user of another kind, one an admin revoked (final), or one that
+    /// logged in through another role (a login renews through its own role
+    /// only, or it would keep that role's rooms beyond the role's removal).
+    /// The one rule; the login endpoint asks it too, to refuse early.
+    public func loginRefusal(key: String, role: String) -> MembershipError? {
+        guard let existing = users[key] else { return nil }
+        guard existing.role == .workload else {
+            return .conflict("\(key) is a registered \(existing.role.rawValue) key; a workload logs in with a key of its own")
+        }
+        guard existing.status == .active || workloads[key] == nil else {
+            return .unauthorized("\(key) was revoked by an admin; log in with a new key")
+        }
+        if let current = workloads[key], current.role != role {
+            return .conflict("\(key) logged in through role \(current.role); it renews through that role only (log in with a new key for role \(role))")
+        }
+        return nil
     }
 
     /// Ends every login made through role `name`: the keys are revoked and

@@ -68,6 +68,7 @@ struct WorkloadLoginEndpointTests {
         let accepted = try #require(ControlAPI.decode(ControlAPI.WorkloadLoginAccepted.self, from: second.body), "\(text(second))")
         #expect(accepted.key == workload.userNKey && accepted.rooms == ["ops"] && accepted.handle == "w1")
         #expect(plane.node.membership.snapshot.isLive(workload.userNKey, now: Int64(Date().timeIntervalSince1970)))
+        #expect(plane.nodeMetrics.exposition().contains("unibus_workload_logins_total 1"))
     }
 
     @Test func refusalsNameTheirCheck() async throws {
