@@ -218,7 +218,7 @@ let package = Package(
         ),
         .testTarget(
             name: "InteropTests",
-            dependencies: ["UnibusCrypto", "UnibusMembership", "UnibusMembershipStore"],
+            dependencies: ["UnibusCrypto", "UnibusMembership", "UnibusMembershipStore", "UnibusTestSupport"],
             exclude: ["peers"]
         ),
     ]

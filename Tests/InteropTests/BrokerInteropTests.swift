@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import UnibusTestSupport
 import UnibusCrypto
 
 /// The broker against code we did not write: nats-server (byte transcripts),
@@ -344,12 +345,8 @@ private func boundLoopbackSocket(listening: Bool) -> (fd: Int32, port: Int) {
     return (fd, Int(UInt16(bigEndian: address.sin_port)))
 }
 
-/// A loopback port that was free a moment ago.
-private func freePort() -> Int {
-    let (fd, port) = boundLoopbackSocket(listening: false)
-    close(fd)
-    return port
-}
+/// A loopback port that was free a moment ago (see `freeLoopbackPort`).
+private func freePort() -> Int { freeLoopbackPort() }
 
 /// A TCP connection to 127.0.0.1:`port`, or nil (the caller closes it).
 private func connectLoopback(_ port: Int) -> Int32? {

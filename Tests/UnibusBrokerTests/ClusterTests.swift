@@ -29,10 +29,17 @@ struct ClusterTests {
         while true {
             do {
                 return try await startClusterOnce(count, root: root, name: name, events: events)
-            } catch let error as IOError where error.errnoCode == EADDRINUSE && attempt < 3 {
+            } catch where Self.isAddressInUse(error) && attempt < 3 {
                 attempt += 1
             }
         }
+    }
+
+    /// The broker wraps a failed bind in a `ListenerError` naming the
+    /// listener; a bare `IOError` can come from other socket calls.
+    static func isAddressInUse(_ error: Error) -> Bool {
+        if let listener = error as? ListenerError { return isAddressInUse(listener.underlying) }
+        return (error as? IOError)?.errnoCode == EADDRINUSE
     }
 
     private func startClusterOnce(_ count: Int, root: (Int) -> String, name: String,

@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import UnibusBroker
 import UnibusCrypto
@@ -114,7 +115,55 @@ public func nonce(fromInfo info: String) -> String? {
 
 /// A loopback TCP port that was free a moment ago (for configurations that
 /// must name their peers' ports before anything starts).
+///
+/// Chosen at random below the kernel's ephemeral range: a port the kernel
+/// handed out (bind to port 0) can be handed out again to another socket's
+/// outgoing connection, such as a node dialling its routes, before the
+/// process it was meant for binds it. Outgoing connections never take a port
+/// outside that range, so only another listener can race for these. A port
+/// is handed out once per process, so concurrent tests never share one.
 public func freeLoopbackPort() -> Int {
+    let (low, high) = portsBelowTheEphemeralRange()
+    if low < high {
+        for _ in 0..<200 {
+            let candidate = Int.random(in: low..<high)
+            guard loopbackPortIsFree(candidate),
+                  handedOutPorts.withLockedValue({ $0.insert(candidate).inserted }) else { continue }
+            return candidate
+        }
+    }
+    return kernelChosenLoopbackPort()
+}
+
+private let handedOutPorts = NIOLockedValueBox<Set<Int>>([])
+
+/// The range `freeLoopbackPort` draws from: from 10000 up to the start of
+/// `/proc/sys/net/ipv4/ip_local_port_range` (empty if that cannot be read).
+private func portsBelowTheEphemeralRange() -> (Int, Int) {
+    guard let text = try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8),
+          let first = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).first,
+          let ephemeralLow = Int(first) else { return (0, 0) }
+    return (10000, ephemeralLow)
+}
+
+/// Whether a plain bind (no SO_REUSEADDR, so a port in TIME_WAIT counts as
+/// taken) to 127.0.0.1:`port` succeeds.
+private func loopbackPortIsFree(_ port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    }
+}
+
+/// A port the kernel picks (bind to port 0): the fallback when the
+/// ephemeral range is unknown or the range below it is full.
+private func kernelChosenLoopbackPort() -> Int {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     defer { close(fd) }
     var address = sockaddr_in()

@@ -51,7 +51,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servers import wait_for  # noqa: E402
+from servers import free_port, wait_for  # noqa: E402
 
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.getcwd(), ".build", "debug"))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -97,15 +97,12 @@ def digest(path):
 
 
 def ports_for(names):
-    """{name: {client, cluster, control}}: free loopback ports, all different (held open together while chosen)."""
-    sockets = []
-    for _ in range(3 * len(names)):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    numbers = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
+    """{name: {client, cluster, control}}: free loopback ports, all different."""
+    numbers = []
+    while len(numbers) < 3 * len(names):
+        port = free_port()
+        if port not in numbers:
+            numbers.append(port)
     return {n: dict(zip(("client", "cluster", "control"), numbers[3 * i:3 * i + 3])) for i, n in enumerate(names)}
 
 

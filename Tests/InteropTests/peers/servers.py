@@ -1,12 +1,43 @@
 """Helpers shared by the peer scripts and benchmarks: free loopback ports and
 waiting for a server to accept connections."""
 import os
+import random
 import socket
 import subprocess
 import time
 
 
+_handed_out = set()
+
+
+def _ports_below_ephemeral_range():
+    """From 10000 up to the start of the kernel's ephemeral range (empty if unknown)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return 10000, int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+
+
 def free_port():
+    """A loopback port that was free a moment ago, chosen at random below the
+    kernel's ephemeral range: a port the kernel hands out (bind to port 0)
+    can be handed out again to an outgoing connection, such as a node
+    dialling its routes, before the process it was meant for binds it.
+    Outgoing connections never take a port outside that range. A port is
+    handed out once per process, so one cluster's ports are all different."""
+    low, high = _ports_below_ephemeral_range()
+    for _ in range(200 if low < high else 0):
+        candidate = random.randrange(low, high)
+        if candidate in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+        _handed_out.add(candidate)
+        return candidate
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -13,10 +13,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math/rand"
 	"net"
 	"os"
 	"os/exec"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -55,7 +57,36 @@ type node struct {
 	cmd    *exec.Cmd
 }
 
+var (
+	handedOutLock sync.Mutex
+	handedOut     = map[int]bool{}
+)
+
+// freePort picks a loopback port at random below the kernel's ephemeral
+// range: a port the kernel hands out can be handed out again to an outgoing
+// connection before the node it was meant for binds it, and outgoing
+// connections never take a port outside that range. A port is handed out
+// once per process.
 func freePort() int {
+	handedOutLock.Lock()
+	defer handedOutLock.Unlock()
+	if text, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if fields := strings.Fields(string(text)); len(fields) > 0 {
+			if high, err := strconv.Atoi(fields[0]); err == nil && high > 10000 {
+				for i := 0; i < 200; i++ {
+					candidate := 10000 + rand.Intn(high-10000)
+					if handedOut[candidate] {
+						continue
+					}
+					if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", candidate)); err == nil {
+						l.Close()
+						handedOut[candidate] = true
+						return candidate
+					}
+				}
+			}
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)
