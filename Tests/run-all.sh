@@ -20,4 +20,12 @@ echo "== memory soak smoke (Tests/soak/soak.py runs the 10-minute soak)"
 python3 Tests/soak/soak.py .build/debug/unibusd --smoke
 
 echo "== tests"
-swift test
+# Two runs: the interop suite blocks test threads on its peers' processes
+# for minutes, which on a 2-core machine (two threads in the test pool)
+# would stall the unit tests' async work and stretch their deadlines.
+# Both run even if the first fails, so one CI log shows every failure.
+failed=0
+swift test --skip InteropTests || failed=1
+echo "== interop tests (real peers)"
+swift test --filter InteropTests || failed=1
+exit "$failed"

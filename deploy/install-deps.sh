@@ -12,7 +12,7 @@ case "${1:-build}" in
     test)
         command -v python3 >/dev/null || need_apt+=(python3)
         python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
-        need_apt+=(nats-server golang-go golang-github-nats-io-go-nats-dev iproute2 openssl chromium systemd util-linux)
+        need_apt+=(nats-server golang-go golang-github-nats-io-go-nats-dev iproute2 openssl chromium systemd util-linux curl)
         need_pip+=("vodozemac:vodozemac" "olm:python-olm" "nkeys:nkeys" "nacl:pynacl" "nats:nats-py" "jwt:PyJWT" "cryptography:cryptography")
         ;;
     bench)

@@ -27,10 +27,13 @@ struct CrashTests {
             let output = Pipe()
             writer.standardOutput = output
             try writer.run()
-            // Read acknowledgements for a while, then kill -9 mid-stream.
+            // Read a few acknowledgements (more each round), then kill -9
+            // mid-stream. Counted, not timed: a slow start must not make the
+            // kill land before the writer has acknowledged anything.
             var text = ""
-            let deadline = Date().addingTimeInterval(0.4 + Double(round) * 0.2)
-            while Date() < deadline {
+            let wanted = 3 + 5 * round
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline, text.components(separatedBy: "acked ").count - 1 < wanted {
                 let chunk = output.fileHandleForReading.availableData
                 if chunk.isEmpty { break }
                 text += String(decoding: chunk, as: UTF8.self)

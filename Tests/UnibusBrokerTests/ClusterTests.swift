@@ -55,7 +55,9 @@ struct ClusterTests {
             cluster.name = name
             cluster.root = root(index)
             cluster.routes = routePorts.map { "route://127.0.0.1:\($0)" }
-            cluster.pingInterval = .milliseconds(200)
+            // Slow enough that a stalled test machine does not drop links the
+            // tests count; nothing here needs pings to notice a dead peer.
+            cluster.pingInterval = .seconds(2)
             cluster.maximumBackoff = .milliseconds(200)
             configuration.cluster = cluster
             let broker = Broker(configuration: configuration)

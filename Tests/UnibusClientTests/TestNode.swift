@@ -9,6 +9,7 @@ import UnibusCrypto
 import UnibusMembership
 import UnibusMembershipStore
 import UnibusNode
+import UnibusTestSupport
 
 func addUserOperation(_ user: Identity, handle: String, role: UserRole = .member) -> MembershipOperation {
     .addUser(key: user.userNKey, exchangeKey: Base64.encode(user.keyExchange.publicKey.bytes), handle: handle, role: role)
@@ -45,7 +46,10 @@ final class TestNode: @unchecked Sendable {
             // A cluster-wide, admin-signed setting in the log (off by default).
             try store.append(store.signed(.setClusterSettings(settings: ClusterSettings(allowUnencryptedRooms: true, maxRoomsPerUser: 100)), by: admin))
         }
-        (broker, node, control) = try await Self.start(store: store, frames: frames, port: 0, controlPort: 0)
+        // Ports below the kernel's ephemeral range (not port 0): `restart`
+        // binds them again, and while the node is down the clients' redials
+        // could otherwise be given one of them as their own local port.
+        (broker, node, control) = try await Self.start(store: store, frames: frames, port: freeLoopbackPort(), controlPort: freeLoopbackPort())
         port = broker.port ?? 0
         controlPort = control.localAddress?.port ?? 0
     }

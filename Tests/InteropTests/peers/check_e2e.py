@@ -19,7 +19,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servers import free_port, make_test_pki, wait_for  # noqa: E402
+from servers import OutputWatcher, free_port, make_test_pki, wait_for  # noqa: E402
 
 BIN = sys.argv[1]
 results = []
@@ -110,12 +110,15 @@ with tempfile.TemporaryDirectory() as work:
         # Loop mode across a kill -9 and restart of the node.
         loop = subprocess.Popen([os.path.join(BIN, "unibus"), "check", "--mode", "loop", "--identity", admin, *peer, "--root", root,
                                  "--duration", "6", "--interval", "5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(2)
+        # The kill lands once the loop has been sending for a second (its first
+        # per-second line), however long its start took.
+        watcher = OutputWatcher(loop)
+        watcher.wait_for(lambda line: line.startswith("t="))
         node.send_signal(signal.SIGKILL)
         node.wait()
-        time.sleep(0.5)
+        time.sleep(0.5)   # the node stays down a moment: the loop must ride it out
         node = start_node()
-        output, _ = loop.communicate(timeout=60)
+        output = watcher.finish(timeout=60)
         summary = next((line for line in output.splitlines() if line.startswith("check loop:")), "")
         numbers = dict(re.findall(r"(\w[\w-]*)=(\d+)", summary))
         check("check loop survives a node restart", loop.returncode == 0 and "failover observed" in summary, output)

@@ -24,13 +24,14 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servers import free_port, wait_for  # noqa: E402
+from servers import OutputWatcher, free_port, wait_for  # noqa: E402
 import unibus_cluster  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 try:
     import nats
+    import nats.errors
 except ImportError:
     print("nats-py is missing: pip install nats-py")
     sys.exit(3)
@@ -91,10 +92,21 @@ async def stock_clients_fail_over(cluster, person, victim, survivor):
     await responder.subscribe("rooms.ops.svc2", cb=answer)
     await responder.flush()
     plain = await nats.connect(cluster.server(victim), tls=cluster.context, nkeys_seed_str=person["seed"])
-    try:
-        reply = (await plain.request("rooms.ops.svc2", b"ping", timeout=5)).data
-    except Exception as error:  # noqa: BLE001 - reported as the check's detail
-        reply = f"{type(error).__name__}: {error}"
+    # The responder's interest reaches the other node over a route: until it
+    # has, the request meets no responders, so that is retried for a while.
+    deadline = time.time() + 10
+    while True:
+        try:
+            reply = (await plain.request("rooms.ops.svc2", b"ping", timeout=5)).data
+            break
+        except nats.errors.NoRespondersError as error:
+            reply = f"{type(error).__name__}: {error}"
+            if time.time() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        except Exception as error:  # noqa: BLE001 - reported as the check's detail
+            reply = f"{type(error).__name__}: {error}"
+            break
     check("nats-py request/reply with its default inbox (no inbox_prefix), across nodes", reply == b"pong ping", reply)
     await plain.close()
     await responder.close()
@@ -198,13 +210,20 @@ async def main(work):
         # Stock NATS clients across nodes (plain NATS inside the room's subject).
         alice_c = await nats_connect(cluster, "c", alice)
         bob_b = await nats_connect(cluster, "b", bob)
-        got, queued = [], []
+        got, queued, probed = [], [], set()
 
+        # Probes (until interest has crossed the routes) are noted, not counted.
         async def on_plain(msg):
-            got.append(msg.data)
+            if msg.data.startswith(b"probe"):
+                probed.add("plain")
+            else:
+                got.append(msg.data)
 
         async def on_queue(msg):
-            queued.append(msg.data)
+            if msg.data.startswith(b"probe"):
+                probed.add("work")
+            else:
+                queued.append(msg.data)
         await alice_c.subscribe("rooms.ops.plain", cb=on_plain)
         await alice_c.subscribe("rooms.ops.work", queue="workers", cb=on_queue)
         await bob_b.subscribe("rooms.ops.work", queue="workers", cb=on_queue)
@@ -214,8 +233,15 @@ async def main(work):
         await bob_b.subscribe("rooms.ops.svc", cb=responder)
         await alice_c.flush()
         await bob_b.flush()
-        await asyncio.sleep(0.3)
         bob_a = await nats_connect(cluster, "a", bob)
+        # a learns c's and b's interest over the routes: probe until it has.
+        deadline = time.time() + 10
+        while time.time() < deadline and probed != {"plain", "work"}:
+            await bob_a.publish("rooms.ops.plain", b"probe")
+            await bob_a.publish("rooms.ops.work", b"probe")
+            await bob_a.flush()
+            await asyncio.sleep(0.05)
+        check("the subscriptions on b and c reach node a over the routes", probed == {"plain", "work"}, probed)
         for i in range(200):
             await bob_a.publish("rooms.ops.plain", b"m%d" % i)
             await bob_a.publish("rooms.ops.work", b"w%d" % i)
@@ -301,9 +327,12 @@ async def main(work):
                                      *seeds(*publisher_seeds), *nodes, *peer, "--subscriber-identity", carol["path"],
                                      *sub_seeds(*subscriber_seeds), "--rate", rate, "--duration", "6"],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            time.sleep(2.5)
+            # The kill lands once the loop has been sending for a second (its
+            # first per-second line), however long its start took.
+            watcher = OutputWatcher(loop)
+            watcher.wait_for(lambda line: line.startswith("t="))
             cluster.kill(victim)
-            output = loop.communicate(timeout=60)[0]
+            output = watcher.finish(timeout=60)
             summary = next((line for line in output.splitlines() if line.startswith("check loop:")), "")
             print("     " + summary)
             return loop.returncode, summary, output

@@ -333,7 +333,8 @@ async def main(work):
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         data = b""
         try:
-            sock.settimeout(1.0)
+            # INFO, then the refusal (or nothing more: a slot was free).
+            sock.settimeout(3.0)
             while data.count(b"\r\n") < 2:
                 chunk = sock.recv(4096)
                 if not chunk:

@@ -26,6 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import unibus_cluster  # noqa: E402
+from servers import OutputWatcher  # noqa: E402
 from unibus_cluster import Cluster, identity, run  # noqa: E402
 
 BIN = sys.argv[1]
@@ -81,6 +82,8 @@ def main(work):
     for name in ("alice", "bob"):
         status, output = run("unibus", "room", "add-member", *as_admin("a"), "--id", "hist", "--sign-pub", people[name]["nkey"])
         check(f"add-member {name}", status == 0, output)
+    converged, states = cluster.converged("abc")
+    check("the cluster converges on the room and its members", converged, states)
     status, output = run("unibus", "room", "show", *as_admin("b"), "--id", "hist")
     check("the policy is replicated (room show on b)", "policy.persist: true" in output and "policy.history: shared" in output, output)
 
@@ -162,7 +165,13 @@ def main(work):
     send("alice", "a", "joinedroom", ["before bob"])
     run("unibus", "room", "add-member", *as_admin("a"), "--id", "joinedroom", "--sign-pub", people["bob"]["nkey"])
     send("alice", "a", "joinedroom", ["after bob"])
-    status, texts, unreadable, output = history("bob", "c", "joinedroom")
+    # Acknowledged once stored on a node and one peer: c may still be catching up.
+    deadline = time.time() + 20
+    while True:
+        status, texts, unreadable, output = history("bob", "c", "joinedroom")
+        if texts == ["after bob"] or time.time() > deadline:
+            break
+        time.sleep(0.3)
     check("joined history: bob reads from his join on only", texts == ["after bob"], f"{texts} {unreadable} {output[-300:]}")
     run("unibus", "room", "remove-member", *as_admin("a"), "--id", "hist", "--sign-pub", people["carol"]["nkey"])
     send("alice", "a", "hist", ["after carol left"])
@@ -253,10 +262,12 @@ def main(work):
                                  *seeds(*publisher_seeds), *nodes, "--ca", cluster.client_pki["ca.pem"], "--root", root,
                                  "--subscriber-identity", people["bob"]["path"], *sub_seeds(*subscriber_seeds), "--rate", RATE,
                                  "--duration", "6"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        # The kill lands 2.5 s into a 6 s run.
-        time.sleep(2.5)
+        # The kill lands once the loop has been sending for a second (its
+        # first per-second line) of a 6 s run, however long its start took.
+        watcher = OutputWatcher(loop)
+        watcher.wait_for(lambda line: line.startswith("t="))
         cluster.kill(victim)
-        output = loop.communicate(timeout=120)[0]
+        output = watcher.finish(timeout=120)
         summary = next((line for line in output.splitlines() if line.startswith("check loop:")), "")
         print("     " + summary)
         return loop.returncode, summary, output

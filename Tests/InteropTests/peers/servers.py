@@ -4,6 +4,7 @@ import os
 import random
 import socket
 import subprocess
+import threading
 import time
 
 
@@ -65,6 +66,47 @@ def wait_until(condition, timeout=15):
             pass
         time.sleep(0.05)
     return False
+
+
+class OutputWatcher:
+    """Collects a process's text stdout on a thread, so a scenario can wait
+    for a line (rather than sleep and hope the process got that far) and
+    still get all of the output at the end."""
+
+    def __init__(self, process):
+        self.process = process
+        self.lines = []
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+
+    def wait_for(self, predicate, timeout=30):
+        """True once a line satisfying predicate has been printed; False after timeout seconds or at exit."""
+        deadline = time.time() + timeout
+        with self.changed:
+            while not any(predicate(line) for line in self.lines):
+                left = deadline - time.time()
+                if left <= 0 or (not self.thread.is_alive() and self.process.poll() is not None):
+                    return False
+                self.changed.wait(min(left, 0.2))
+            return True
+
+    def finish(self, timeout=60):
+        """Waits for the process to exit (killing it after timeout seconds); all it printed."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.thread.join(timeout=10)
+        with self.changed:
+            return "".join(self.lines)
 
 
 def make_test_pki(directory, server_ips=("127.0.0.1",)):

@@ -120,6 +120,23 @@ def read_replies(sock, quiet=0.25, limit=3.0):
     return data, closed
 
 
+def read_info(sock, limit=10.0):
+    """Reads the greeting up to its line end: a slow start is waited for,
+    not mistaken for a reply."""
+    data = b""
+    deadline = time.time() + limit
+    sock.settimeout(0.5)
+    while b"\r\n" not in data and time.time() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def normalize(data):
     """Drops the INFO line (its ids and versions differ) and sorts nothing:
     order matters. Queue-group sids are the same by construction."""
@@ -132,9 +149,9 @@ def normalize(data):
 def run(port, payload):
     sock = socket.create_connection(("127.0.0.1", port))
     try:
-        read_replies(sock, quiet=0.1)  # INFO
+        read_info(sock)
         sock.sendall(payload)
-        data, closed = read_replies(sock)
+        data, closed = read_replies(sock, quiet=0.5)
         return normalize(b"INFO x\r\n" + data), closed
     finally:
         sock.close()
@@ -174,11 +191,11 @@ def main():
             results = []
             for port in port_pair:
                 first = socket.create_connection(("127.0.0.1", port))
-                read_replies(first, quiet=0.1)
+                read_info(first)
                 second = socket.create_connection(("127.0.0.1", port))
-                second_data, second_closed = read_replies(second, quiet=0.3)
+                second_data, second_closed = read_replies(second, quiet=1.0)
                 first.sendall(b"SUB x 1\r\nSUB y 2\r\nPING\r\n")
-                first_data, first_closed = read_replies(first)
+                first_data, first_closed = read_replies(first, quiet=0.5)
                 results.append((normalize(second_data), second_closed, normalize(b"INFO x\r\n" + first_data), first_closed))
                 first.close()
                 second.close()
