@@ -302,7 +302,7 @@ public struct MembershipState: Equatable, Sendable {
     private mutating func loginWorkload(actor: String, at: String, atMillis: UInt64?, roleName: String, token: String,
                                         exchangeKey: String) throws(MembershipError) {
         guard LoginRole.isRoleName(roleName), let role = loginRoles[roleName] else { throw .notFound("login role \(JWSError.printable(roleName))") }
-        guard let millis = atMillis else { throw .invalid("the operation's timestamp is not an RFC 3339 time") }
+        guard let millis = atMillis else { throw .invalid("the operation's timestamp is not an RFC 3339 UTC time of the form 2026-11-23T10:00:00.123Z (a real date, no offset)") }
         guard let (_, signingKey) = try? NKey.decodePublicKey(actor, expecting: .user) else { throw .invalid("\(actor.prefix(60)) is not a user nkey") }
         guard let exchange = try? Base64.decode(exchangeKey), exchange.count == 32 else {
             throw .invalid("the X25519 key must be 32 bytes of unpadded base64")

@@ -288,10 +288,8 @@ public struct SignedOperation: Equatable, Sendable {
     /// start a log (or serve the pure-rules tests, which have no log).
     public static func sign(_ operation: MembershipOperation, by identity: Identity, parents: [String] = [],
                             at date: Date = Date(), nonce: [UInt8]? = nil) -> SignedOperation {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         let envelope = OperationEnvelope(version: OperationEnvelope.currentVersion, actor: identity.userNKey,
-                                         timestamp: formatter.string(from: date),
+                                         timestamp: OperationTime.string(date),
                                          nonce: Base64.encode(nonce ?? Sodium.randomNonce(count: 12)),
                                          parents: Array(Set(parents)).sorted(), operation: operation)
         return signEnvelope(envelope, by: identity)
@@ -365,30 +363,6 @@ public struct SignedOperation: Equatable, Sendable {
     /// The actor's timestamp in milliseconds since the epoch, or nil when it
     /// does not parse.
     public var timestampMillis: UInt64? { OperationTime.millis(envelope.timestamp) }
-}
-
-/// Timestamps as operations carry them (RFC 3339 UTC with milliseconds).
-public enum OperationTime {
-    /// Milliseconds since the epoch of "2026-11-23T10:00:00.123Z" (or
-    /// without the fraction), or nil.
-    public static func millis(_ text: String) -> UInt64? {
-        guard text.utf8.count <= 40 else { return nil }
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        if let date = formatter.date(from: text) { return UInt64(max(0, date.timeIntervalSince1970 * 1000)) }
-        formatter.formatOptions = [.withInternetDateTime]
-        if let date = formatter.date(from: text) { return UInt64(max(0, date.timeIntervalSince1970 * 1000)) }
-        return nil
-    }
-
-    /// Now, as the control plane and key shares write it.
-    public static func now() -> String { string(Date()) }
-
-    public static func string(_ date: Date) -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.string(from: date)
-    }
 }
 
 /// How far from a node's clock an operation's signed timestamp may be when

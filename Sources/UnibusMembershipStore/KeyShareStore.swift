@@ -111,9 +111,8 @@ extension MembershipStore {
     /// keys were erased at acknowledgement). Returns how many went.
     @discardableResult
     public func pruneAcknowledgedKeyShares(now: Date = Date()) throws(MembershipError) -> Int {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        let horizon = formatter.string(from: now.addingTimeInterval(-Self.acknowledgedShareRetention))
+        // The same form as the `acked` times it is compared with as text.
+        let horizon = OperationTime.string(now.addingTimeInterval(-Self.acknowledgedShareRetention))
         do {
             return try withDatabase { database in
                 let before = try database.query("SELECT count(*) FROM key_shares WHERE acked IS NOT NULL AND acked < ?", [.text(horizon)])

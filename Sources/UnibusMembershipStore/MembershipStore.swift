@@ -260,7 +260,7 @@ public final class MembershipStore: @unchecked Sendable {
             return
         case .unreadable:
             counted.outsideWindow += 1
-            throw .invalid("the operation's timestamp is not an RFC 3339 time")
+            throw .invalid("the operation's timestamp is not an RFC 3339 UTC time of the form 2026-11-23T10:00:00.123Z (a real date, no offset)")
         case .expired(let age):
             counted.outsideWindow += 1
             throw .invalid("the operation was signed \(age) s ago; operations must arrive within \(OperationWindow.maximumAge / 1000) s "

@@ -74,6 +74,29 @@ struct WorkloadLoginTests {
         #expect(reader.state == state && reader.state.digest == state.digest)
     }
 
+    /// The workload chooses the time it signs. A date Foundation on Linux
+    /// reads leniently (February 30 as March 2, trailing junk ignored) and
+    /// another platform might refuse must not make readers disagree: every
+    /// reader refuses it, and nobody becomes a member.
+    @Test func aLoginSignedAtALenientlyParsedTimeIsRefused() throws {
+        var log = try log()
+        for (index, timestamp) in ["2027-02-30T08:00:10.000Z", "2027-01-15T08:00:10.000Zjunk", "2027-01-15T08:00:10.000+00:00",
+                                   "2027-01-15T24:00:00.000Z", " 2027-01-15T08:00:10.000Z"].enumerated() {
+            let workload = Identity()
+            let envelope = OperationEnvelope(version: OperationEnvelope.currentVersion, actor: workload.userNKey, timestamp: timestamp,
+                                             nonce: Base64.encode(Array("nonce-\(index)".utf8)), parents: log.heads,
+                                             operation: .loginWorkload(role: "ci", token: try token(jti: "lenient-\(index)"),
+                                                                       exchangeKey: Base64.encode(workload.keyExchange.publicKey.bytes)))
+            let operation = SignedOperation.signEnvelope(envelope, by: workload)
+            guard case .inserted(let refused?) = try log.insert(operation) else {
+                Issue.record("a login signed at \(timestamp) was folded")
+                continue
+            }
+            #expect("\(refused)".contains("RFC 3339"), "\(refused)")
+            #expect(log.state.users[workload.userNKey] == nil)
+        }
+    }
+
     @Test func forgedLoginsAreRefusedByEveryReader() throws {
         var log = try log()
         let forger = Identity()

@@ -1,3 +1,4 @@
+import Foundation
 import UnibusControlClient
 import UnibusCrypto
 import UnibusMembership
@@ -61,6 +62,12 @@ public func fuzzMembershipLog(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt
     let input = Array(UnsafeBufferPointer(start: data, count: size))
     guard let mode = input.first else { return 0 }
     if mode % 2 == 0 {
+        // Operation timestamps (which actors choose): whatever parses is in
+        // the one canonical form, so it writes back to the same text.
+        let text = String(decoding: input.dropFirst(), as: UTF8.self)
+        if let millis = OperationTime.millis(text), text.utf8.count == 24 {
+            precondition(OperationTime.string(Date(timeIntervalSince1970: Double(millis) / 1000)) == text, "not canonical: \(text)")
+        }
         guard let page = ControlAPI.decode(ControlAPI.LogPage.self, from: Array(input.dropFirst())) else { return 0 }
         var log = fixture.start
         for document in page.operations.prefix(64) {
