@@ -239,24 +239,49 @@ public struct CompactJWS: Sendable {
               let signature = try? Base64.decode(parts[2], alphabet: .url) else {
             throw .malformed("a part is not unpadded base64url")
         }
-        guard let header = try? JSONSerialization.jsonObject(with: Data(headerBytes)) as? [String: Any] else {
+        // A repeated `alg` or `kid` would be whichever one the decoder kept,
+        // perhaps differently on another reader of the log: refused first.
+        if let problem = JSONObjectKeys.problem(in: headerBytes, naming: "header parameter") { throw .malformed(problem) }
+        guard let header = try? JSONDecoder().decode(Header.self, from: Data(headerBytes)) else {
             throw .malformed("the header is not a JSON object")
         }
-        guard let alg = header["alg"] as? String else { throw .malformed("the header names no alg") }
+        guard case .text(let alg) = header.alg else { throw .malformed("the header names no alg") }
         if alg.lowercased() == "none" { throw .algorithmNone }
         if alg.uppercased().hasPrefix("HS") { throw .algorithmHMAC(String(alg.prefix(16))) }
         guard let algorithm = JWSAlgorithm(rawValue: alg) else { throw .algorithmUnsupported(alg) }
-        if header["crit"] != nil { throw .criticalHeader }
-        if let kid = header["kid"] {
-            guard let text = kid as? String, (1...128).contains(text.utf8.count) else { throw .malformed("kid must be a string of 1 to 128 bytes") }
-            keyID = text
-        } else {
+        if header.crit != .absent { throw .criticalHeader }
+        switch header.kid {
+        case .absent:
             keyID = nil
+        case .text(let text) where (1...128).contains(text.utf8.count):
+            keyID = text
+        default:
+            throw .malformed("kid must be a string of 1 to 128 bytes")
         }
         self.algorithm = algorithm
         self.payload = payload
         self.signature = signature
         self.signingInput = Array(parts[0].utf8) + [UInt8(ascii: ".")] + Array(parts[1].utf8)
+    }
+
+    /// The header parameters read (the rest, `jku`, `x5u`, `x5c` and `jwk`
+    /// included, are ignored): each absent, a string, or something else.
+    private struct Header: Decodable {
+        enum Parameter: Equatable {
+            case absent, text(String), other
+        }
+        let alg: Parameter, kid: Parameter, crit: Parameter
+
+        enum CodingKeys: String, CodingKey { case alg, kid, crit }
+
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            func parameter(_ key: CodingKeys) -> Parameter {
+                guard container.contains(key) else { return .absent }
+                return (try? container.decode(String.self, forKey: key)).map(Parameter.text) ?? .other
+            }
+            (alg, kid, crit) = (parameter(.alg), parameter(.kid), parameter(.crit))
+        }
     }
 
     /// Verifies against pinned keys: the one its `kid` names, or (without a

@@ -199,49 +199,9 @@ public struct LoginRole: Codable, Equatable, Sendable {
 
     static let maximumTime: Int64 = 100_000_000_000
 
-    /// Why the object keys of a JSON text are not plain: a key with a
-    /// non-ASCII byte or an escape, or a key repeated (as bytes) in one
-    /// object; nil when they are. Scans the raw bytes (any input; invalid
-    /// JSON is the decoder's to refuse after), so every reader agrees.
-    static func claimKeysProblem(_ json: [UInt8]) -> String? {
-        let quote = UInt8(ascii: "\""), backslash = UInt8(ascii: "\\")
-        var containers: [Set<[UInt8]>?] = []   // an object's keys so far, or nil for an array
-        var expectKey = false
-        var index = 0
-        while index < json.count {
-            switch json[index] {
-            case UInt8(ascii: "{"):
-                containers.append([])
-                expectKey = true
-            case UInt8(ascii: "["):
-                containers.append(nil)
-                expectKey = false
-            case UInt8(ascii: "}"), UInt8(ascii: "]"):
-                _ = containers.popLast()
-                expectKey = false
-            case UInt8(ascii: ","):
-                expectKey = containers.last.map { $0 != nil } ?? false
-            case quote:
-                var end = index + 1, escaped = false
-                while end < json.count, json[end] != quote {
-                    if json[end] == backslash { escaped = true; end += 1 }
-                    end += 1
-                }
-                if expectKey, let last = containers.indices.last, var keys = containers[last] {
-                    let key = Array(json[(index + 1)..<min(end, json.count)])
-                    guard !escaped, key.allSatisfy({ $0 < 0x80 }) else { return "claim names must be ASCII without escapes" }
-                    guard keys.insert(key).inserted else { return "the claim \(JWSError.printable(String(decoding: key, as: UTF8.self))) appears twice" }
-                    containers[last] = keys
-                    expectKey = false
-                }
-                index = end
-            default:
-                break
-            }
-            index += 1
-        }
-        return nil
-    }
+    /// Why the claim names of a payload are not plain (see `JSONObjectKeys`).
+    static func claimKeysProblem(_ json: [UInt8]) -> String? { JSONObjectKeys.problem(in: json, naming: "claim") }
+
     public static let maximumLeewaySeconds: Int64 = 3600
 
     /// Role names are ASCII (`[A-Za-z0-9._-]`, 1 to 64): compared, keyed

@@ -115,8 +115,31 @@ struct LoginRoleTests {
         #expect(throws: LoginError.claim("the claim worker appears twice")) { try role.verify(token, at: now, workloadKey: nil) }
     }
 
-    func tokenText(_ payload: String) throws -> String {
-        let head = Base64.encode(Array(#"{"alg":"EdDSA","kid":"k1"}"#.utf8), alphabet: .url)
+    /// The header is scanned like the claims, and each of its parameters
+    /// is read one way: a token signed by the issuer with a repeated `kid`
+    /// or `alg` (which one a decoder keeps differs by platform) is refused.
+    @Test func headerParametersHaveOneReading() throws {
+        let payload = #"{"iss":"https://idp","aud":"unibus","worker":"w1","env":"ci-7","exp":\#(now + 600),"jti":"j1"}"#
+        func refusal(_ header: String) throws -> String {
+            let role = try self.role, token = try tokenText(payload, header: header)
+            do { _ = try role.verify(token, at: now, workloadKey: nil); return "accepted" } catch { return error.description }
+        }
+        #expect(try refusal(#"{"alg":"EdDSA","kid":"k1"}"#) == "accepted")
+        #expect(try refusal(#"{"alg":"EdDSA","kid":"k1","jku":"https://evil","x5u":"https://evil","jwk":{"kty":"OKP"}}"#) == "accepted")
+        #expect(try refusal(#"{"alg":"EdDSA","kid":"k2","kid":"k1"}"#) == "malformed token: the header parameter kid appears twice")
+        #expect(try refusal(#"{"alg":"none","alg":"EdDSA","kid":"k1"}"#) == "malformed token: the header parameter alg appears twice")
+        #expect(try refusal(#"{"\u0061lg":"EdDSA","kid":"k1"}"#) == "malformed token: header parameter names must be ASCII without escapes")
+        #expect(try refusal(#"{"alg":"EdDSA","kid":null}"#) == "malformed token: kid must be a string of 1 to 128 bytes")
+        #expect(try refusal(#"{"alg":"EdDSA","kid":7}"#) == "malformed token: kid must be a string of 1 to 128 bytes")
+        #expect(try refusal(#"{"alg":"EdDSA","kid":""}"#) == "malformed token: kid must be a string of 1 to 128 bytes")
+        #expect(try refusal(#"{"alg":"EdDSA","kid":"k1","crit":null}"#).contains("critical header"))
+        #expect(try refusal(#"{"alg":["EdDSA"],"kid":"k1"}"#) == "malformed token: the header names no alg")
+        #expect(try refusal(#"["alg","EdDSA"]"#) == "malformed token: the header is not a JSON object")
+        #expect(try refusal(#""EdDSA""#) == "malformed token: the header is not a JSON object")
+    }
+
+    func tokenText(_ payload: String, header: String = #"{"alg":"EdDSA","kid":"k1"}"#) throws -> String {
+        let head = Base64.encode(Array(header.utf8), alphabet: .url)
         let body = Base64.encode(Array(payload.utf8), alphabet: .url)
         return "\(head).\(body).\(Base64.encode(issuer.sign(Array("\(head).\(body)".utf8)), alphabet: .url))"
     }
