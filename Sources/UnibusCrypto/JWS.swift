@@ -31,6 +31,7 @@ public enum JWSError: Error, Equatable, Sendable, CustomStringConvertible {
     case algorithmNotAllowedForKey(String)
     case unknownKeyID(String)
     case noKeyForAlgorithm(String)
+    case keyIDRequired(String)
     case criticalHeader
     case badSignature
     case badKey(String)
@@ -45,6 +46,7 @@ public enum JWSError: Error, Equatable, Sendable, CustomStringConvertible {
         case .algorithmNotAllowedForKey(let alg): return "algorithm not allowed for this key: \(alg) does not match the pinned key's type"
         case .unknownKeyID(let kid): return "unknown key id \(Self.printable(kid)): the role pins no key with this kid"
         case .noKeyForAlgorithm(let alg): return "no pinned key verifies \(alg)"
+        case .keyIDRequired(let alg): return "the token names no kid, and the role pins several keys for \(alg): the token must name its key"
         case .criticalHeader: return "the token names critical header parameters (crit) this verifier does not implement"
         case .badSignature: return "signature does not verify with the pinned key"
         case .badKey(let why): return "unusable key: \(why)"
@@ -285,19 +287,24 @@ public struct CompactJWS: Sendable {
     }
 
     /// Verifies against pinned keys: the one its `kid` names, or (without a
-    /// kid) any whose type matches the algorithm. Returns the key used.
+    /// kid) the only one whose type matches the algorithm. Returns the key
+    /// used. Exactly one signature check per token: a token cannot make a
+    /// node or client try every pinned key, and which key signed it is
+    /// never a matter of trying order.
     public func verify(with keys: [JWSPublicKey], allowed: [JWSAlgorithm]) throws(JWSError) -> JWSPublicKey {
         guard allowed.contains(algorithm) else { throw .algorithmNotAllowed(algorithm.rawValue) }
-        let candidates: [JWSPublicKey]
+        let key: JWSPublicKey
         if let keyID {
-            guard let key = keys.first(where: { $0.kid == keyID }) else { throw .unknownKeyID(keyID) }
-            guard key.accepts(algorithm) else { throw .algorithmNotAllowedForKey(algorithm.rawValue) }
-            candidates = [key]
+            guard let named = keys.first(where: { $0.kid == keyID }) else { throw .unknownKeyID(keyID) }
+            guard named.accepts(algorithm) else { throw .algorithmNotAllowedForKey(algorithm.rawValue) }
+            key = named
         } else {
-            candidates = keys.filter { $0.accepts(algorithm) }
-            guard !candidates.isEmpty else { throw .noKeyForAlgorithm(algorithm.rawValue) }
+            let candidates = keys.filter { $0.accepts(algorithm) }
+            guard let only = candidates.first else { throw .noKeyForAlgorithm(algorithm.rawValue) }
+            guard candidates.count == 1 else { throw .keyIDRequired(algorithm.rawValue) }
+            key = only
         }
-        for key in candidates.prefix(16) where key.verifies(signature, over: signingInput, algorithm: algorithm) { return key }
-        throw .badSignature
+        guard key.verifies(signature, over: signingInput, algorithm: algorithm) else { throw .badSignature }
+        return key
     }
 }

@@ -115,6 +115,28 @@ struct LoginRoleTests {
         #expect(throws: LoginError.claim("the claim worker appears twice")) { try role.verify(token, at: now, workloadKey: nil) }
     }
 
+    /// Without a kid, a token is checked against the one pinned key of its
+    /// algorithm's type; with two such keys (an issuer mid-rotation) it must
+    /// name one. One signature check per token, whatever the role pins.
+    @Test func aTokenWithoutAKidNeedsAnUnambiguousKey() throws {
+        let second = Ed25519KeyPair()
+        let payload = #"{"iss":"https://idp","aud":"unibus","worker":"w1","env":"ci-7","exp":\#(now + 600),"jti":"j1"}"#
+        let one = try JWSPublicKey(ed25519: issuer.publicKey.bytes, kid: "k1"), two = try JWSPublicKey(ed25519: second.publicKey.bytes, kid: "k2")
+        func role(_ keys: [JWSPublicKey]) -> LoginRole {
+            LoginRole(name: "ci", issuer: "https://idp", keys: keys, algorithms: [.edDSA], boundAudiences: ["unibus"],
+                      boundClaims: ["env": "ci-*"], userClaim: "worker", ttlSeconds: 300)
+        }
+        let kidless = try tokenText(payload, header: #"{"alg":"EdDSA"}"#)
+        #expect(try role([one]).verify(kidless, at: now, workloadKey: nil).handle == "w1")
+        #expect(throws: LoginError.token(.keyIDRequired("EdDSA"))) { try role([two, one]).verify(kidless, at: now, workloadKey: nil) }
+        // Naming the key works with both pinned, and a token signed by the other key verifies only as that key.
+        #expect(try role([two, one]).verify(try tokenText(payload, header: #"{"alg":"EdDSA","kid":"k1"}"#), at: now, workloadKey: nil).handle == "w1")
+        #expect(throws: LoginError.token(.badSignature)) {
+            try role([two, one]).verify(try tokenText(payload, header: #"{"alg":"EdDSA","kid":"k2"}"#), at: now, workloadKey: nil)
+        }
+        #expect(LoginError.token(.keyIDRequired("EdDSA")).description.contains("must name its key"))
+    }
+
     /// The header is scanned like the claims, and each of its parameters
     /// is read one way: a token signed by the issuer with a repeated `kid`
     /// or `alg` (which one a decoder keeps differs by platform) is refused.
