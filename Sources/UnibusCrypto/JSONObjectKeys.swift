@@ -10,9 +10,17 @@
 public enum JSONObjectKeys {
     /// Why the object keys of `json` are not plain: a key with a non-ASCII
     /// byte or an escape, or a key repeated (as bytes) in one object; nil
-    /// when they are. Any input is scanned (invalid JSON is the decoder's
-    /// to refuse after). `noun` names the keys in the message ("claim").
+    /// when they are; also a text that is not a UTF-8 JSON object. Any input
+    /// is scanned (other invalid JSON is the decoder's to refuse after).
+    /// `noun` names the keys in the message ("claim").
     public static func problem(in json: [UInt8], naming noun: String) -> String? {
+        // The scan reads UTF-8. Foundation's decoder also takes UTF-16 and
+        // UTF-32 (guessed from a BOM or zero bytes), where one byte of a
+        // character can look like a quote and hide the keys after it: JSON
+        // in anything but UTF-8 (RFC 8259), or not an object, is refused.
+        guard !json.contains(0) else { return "the JSON is not UTF-8 (it holds a zero byte)" }
+        let whitespace: Set<UInt8> = [0x20, 0x09, 0x0A, 0x0D]
+        guard json.first(where: { !whitespace.contains($0) }) == UInt8(ascii: "{") else { return "the JSON is not an object" }
         let quote = UInt8(ascii: "\""), backslash = UInt8(ascii: "\\")
         var containers: [Set<[UInt8]>?] = []   // an object's keys so far, or nil for an array
         var expectKey = false

@@ -39,8 +39,8 @@ struct BrokerLimitTests {
         try await withBroker({ $0.pingInterval = .milliseconds(500); $0.maxPingsOutstanding = 1 }) { _, port in
             let client = try RawClient(port: port)
             client.send("CONNECT {\"verbose\":false}\r\n")
-            for _ in 0..<4 {
-                client.read(until: "PING\r\n", timeout: 5)
+            for round in 0..<4 {
+                #expect(client.read(until: "PING\r\n", timeout: 5).contains("PING\r\n"), "round \(round): no PING")
                 client.clear()
                 client.send("PONG\r\n")
             }

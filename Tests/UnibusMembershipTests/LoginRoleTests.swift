@@ -156,8 +156,39 @@ struct LoginRoleTests {
         #expect(try refusal(#"{"alg":"EdDSA","kid":""}"#) == "malformed token: kid must be a string of 1 to 128 bytes")
         #expect(try refusal(#"{"alg":"EdDSA","kid":"k1","crit":null}"#).contains("critical header"))
         #expect(try refusal(#"{"alg":["EdDSA"],"kid":"k1"}"#) == "malformed token: the header names no alg")
-        #expect(try refusal(#"["alg","EdDSA"]"#) == "malformed token: the header is not a JSON object")
-        #expect(try refusal(#""EdDSA""#) == "malformed token: the header is not a JSON object")
+        #expect(try refusal(#"["alg","EdDSA"]"#) == "malformed token: the JSON is not an object")
+        #expect(try refusal(#""EdDSA""#) == "malformed token: the JSON is not an object")
+    }
+
+    /// Foundation's decoder reads UTF-16 and UTF-32 too, where a byte of a
+    /// character (U+2200 is 22 00 in UTF-16LE) looks like a quote to a
+    /// UTF-8 scan and hides the keys after it. Such JSON is refused before
+    /// any decoder sees it, in the header and in the claims.
+    @Test func jsonInAnotherEncodingIsRefused() throws {
+        func utf16(_ text: String, bom: Bool) -> [UInt8] {
+            (bom ? [0xFF, 0xFE] : []) + text.utf16.flatMap { [UInt8($0 & 0xFF), UInt8($0 >> 8)] }
+        }
+        func signed(header: [UInt8], payload: [UInt8]) -> String {
+            let head = Base64.encode(header, alphabet: .url), body = Base64.encode(payload, alphabet: .url)
+            return "\(head).\(body).\(Base64.encode(issuer.sign(Array("\(head).\(body)".utf8)), alphabet: .url))"
+        }
+        let role = try self.role
+        let payload = #"{"iss":"https://idp","aud":"unibus","worker":"w1","env":"ci-7","exp":\#(now + 600),"jti":"j1"}"#
+        let header = #"{"x":"\#u{2200}","alg":"EdDSA","kid":"k2","kid":"k1"}"#
+        for bom in [false, true] {
+            #expect(throws: LoginError.token(.malformed("the JSON is not UTF-8 (it holds a zero byte)"))) {
+                try role.verify(signed(header: utf16(header, bom: bom), payload: Array(payload.utf8)), at: now, workloadKey: nil)
+            }
+            let claims = #"{"x":"\#u{2200}","iss":"https://idp","aud":"unibus","worker":"w2","env":"ci-7","exp":\#(now + 600),"jti":"j1","worker":"w1"}"#
+            #expect(throws: LoginError.claim("the JSON is not UTF-8 (it holds a zero byte)")) {
+                try role.verify(signed(header: Array(#"{"alg":"EdDSA","kid":"k1"}"#.utf8), payload: utf16(claims, bom: bom)), at: now, workloadKey: nil)
+            }
+        }
+        // A UTF-8 byte order mark is not JSON either.
+        #expect(throws: LoginError.claim("the JSON is not an object")) {
+            try role.verify(signed(header: Array(#"{"alg":"EdDSA","kid":"k1"}"#.utf8), payload: [0xEF, 0xBB, 0xBF] + Array(payload.utf8)),
+                            at: now, workloadKey: nil)
+        }
     }
 
     func tokenText(_ payload: String, header: String = #"{"alg":"EdDSA","kid":"k1"}"#) throws -> String {

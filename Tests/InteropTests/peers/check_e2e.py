@@ -113,7 +113,8 @@ with tempfile.TemporaryDirectory() as work:
         # The kill lands once the loop has been sending for a second (its first
         # per-second line), however long its start took.
         watcher = OutputWatcher(loop)
-        watcher.wait_for(lambda line: line.startswith("t="))
+        sending = watcher.wait_for(lambda line: line.startswith("t="))
+        check("the check loop is sending before the kill (its first per-second line)", sending, "no t= line within 30 s")
         node.send_signal(signal.SIGKILL)
         node.wait()
         time.sleep(0.5)   # the node stays down a moment: the loop must ride it out

@@ -454,11 +454,14 @@ async def slow_loris():
             except OSError:
                 pass
 
-    # A socket that answered before closing reads as open once, then as closed: remember closes.
-    closed_sockets = set()
+    # A socket that answered before closing reads as open once, then as
+    # closed: closes are remembered, with when they were seen.
+    closed_sockets = {}
 
     def count_gone():
-        closed_sockets.update(i for i, s in enumerate(sockets) if i not in closed_sockets and gone(s))
+        for i, s in enumerate(sockets):
+            if i not in closed_sockets and gone(s):
+                closed_sockets[i] = time.time()
         return len(closed_sockets)
     deadline = started + 5
     while count_gone() < 300 - 256 and time.time() < deadline:
@@ -487,16 +490,19 @@ async def slow_loris():
     except Exception as error:  # noqa: BLE001
         trip = f"{type(error).__name__}: {error}"
     check("slow-loris: the NATS port serves while the control port is held", trip == b"still here", trip)
-    # The per-request deadline is 10 s from accept (which can lag the connect
-    # on a loaded machine); trickled bytes must not extend it.
+    # The per-request deadline is 10 s from accept; trickled bytes must not
+    # extend it. Polled for up to 25 s, but every close must come by 18 s
+    # (10 s plus room for a late accept on a loaded machine).
     deadline = started + 25
     while count_gone() < len(sockets) and time.time() < deadline:
         await asyncio.sleep(0.2)
     stop.set()
     trickler.join()
     open_after = [i for i in range(len(sockets)) if i not in closed_sockets and not gone(sockets[i])]
-    check("slow-loris: every idle or trickling socket is closed by the node after the 10 s deadline", not open_after,
-          f"{len(open_after)} still open, e.g. indexes {open_after[:10]} (trickling: 0-19)")
+    latest = max(closed_sockets.values(), default=started) - started
+    check("slow-loris: every idle or trickling socket is closed by the node after the 10 s deadline",
+          not open_after and latest <= 18,
+          f"{len(open_after)} still open, e.g. indexes {open_after[:10]} (trickling: 0-19); the last closed {latest:.1f} s after connecting")
     metric_grew("unibus_control_connections_cut_total", cut_before, sum(1 for s in sockets if s is not None), "slow-loris")
     leaked = []
     for s in sockets:
@@ -736,34 +742,33 @@ async def broker_attacks():
     check("a second CONNECT (identity switch) gets -ERR 'Authorization Violation' and is closed",
           authenticated and b"-ERR 'Authorization Violation'" in data and closed and b"PONG" not in data, f"auth={authenticated} {data!r} closed={closed}")
 
-    # A large PUB before CONNECT: cut before the payload arrives.
+    # A large PUB before CONNECT: cut before the payload arrives. A socket
+    # may send 8 KiB before its CONNECT is accepted; 12 KiB go, then the
+    # node's answer (or its close) is awaited before more is offered, so no
+    # timing is measured, only that the node never read 100 KB.
     sock, _, _ = raw_nats()
     sock.sendall(b"PUB rooms.ops 100000\r\n")
-    sent, answer, closed, started = 0, b"", False, time.time()
-    while sent < 100000 and not closed and time.time() - started < 5:
+    sent, closed = 0, False
+    try:
+        for _ in range(3):
+            sock.sendall(b"p" * 4096)
+            sent += 4096
+    except OSError:
+        closed = True
+    answer, closed_first = read_until(sock, lambda d: b"-ERR" in d, timeout=10)
+    while sent < 100000 and not closed:
         try:
             sock.sendall(b"p" * 4096)
             sent += 4096
         except OSError:
             closed = True
             break
-        time.sleep(0.05)
-        sock.setblocking(False)
-        try:
-            chunk = sock.recv(4096)
-            answer += chunk
-            closed = closed or chunk == b""
-        except BlockingIOError:
-            pass
-        except OSError:
-            closed = True
-        sock.setblocking(True)
-    elapsed = time.time() - started
-    more, closed_later = read_to_close(sock, timeout=3, initial=answer)
+        time.sleep(0.01)
+    more, closed_later = read_to_close(sock, timeout=5, initial=answer)
     sock.close()
     check("a 100 KB PUB before CONNECT is cut with -ERR 'Authorization Violation' before its payload is read",
-          b"-ERR 'Authorization Violation'" in more and (closed or closed_later) and sent < 100000,
-          f"sent {sent} payload bytes in {elapsed:.2f} s, got {more[:200]!r}")
+          b"-ERR 'Authorization Violation'" in more and (closed or closed_later or closed_first) and sent < 100000,
+          f"sent {sent} payload bytes, got {more[:200]!r}")
     await asyncio.sleep(0.3)
     check("nothing from either connection reached a subscriber of rooms.ops", not observed, observed)
     await observer.close()

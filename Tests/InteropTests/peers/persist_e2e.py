@@ -265,7 +265,8 @@ def main(work):
         # The kill lands once the loop has been sending for a second (its
         # first per-second line) of a 6 s run, however long its start took.
         watcher = OutputWatcher(loop)
-        watcher.wait_for(lambda line: line.startswith("t="))
+        sending = watcher.wait_for(lambda line: line.startswith("t="))
+        check("the check loop is sending before the kill (its first per-second line)", sending, "no t= line within 30 s")
         cluster.kill(victim)
         output = watcher.finish(timeout=120)
         summary = next((line for line in output.splitlines() if line.startswith("check loop:")), "")

@@ -9,6 +9,7 @@ Prints one line per check and "N passed, N failed"; exit 1 on failure.
 """
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,13 +43,16 @@ if block:
         environment = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
         # The nodes the block starts in the background are stopped however it ends.
         wrapped = "set -eu\ntrap 'kill $(jobs -p) 2>/dev/null || true; wait' EXIT\n" + script
+        # In its own process group: on a timeout the whole group goes (the
+        # block's trap does not run when bash itself is killed).
+        block = subprocess.Popen(["bash", "-c", wrapped], cwd=work, env=environment, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
-            done = subprocess.run(["bash", "-c", wrapped], cwd=work, env=environment,
-                                  capture_output=True, text=True, timeout=180)
-            output = done.stdout + done.stderr
-            status = done.returncode
+            output = block.communicate(timeout=180)[0]
+            status = block.returncode
         except subprocess.TimeoutExpired as error:
-            output, status = f"timed out: {error}", -1
+            os.killpg(block.pid, signal.SIGKILL)
+            output, status = (block.communicate()[0] or "") + f"\ntimed out: {error}", -1
         check("the README's cluster example runs to the end (exit 0)", status == 0, output[-3000:])
         check("its unibus check passes across the three nodes", "check golden: OK" in output, output[-3000:])
 

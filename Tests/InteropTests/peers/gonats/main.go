@@ -60,6 +60,10 @@ type node struct {
 var (
 	handedOutLock sync.Mutex
 	handedOut     = map[int]bool{}
+	// Seeded per process: before Go 1.20 (Debian's is 1.19) the global
+	// source starts from 1, so every gonats process would probe the same
+	// ports in the same order.
+	portRandom = rand.New(rand.NewSource(time.Now().UnixNano() ^ int64(os.Getpid())<<20))
 )
 
 // freePort picks a loopback port at random below the kernel's ephemeral
@@ -74,7 +78,7 @@ func freePort() int {
 		if fields := strings.Fields(string(text)); len(fields) > 0 {
 			if high, err := strconv.Atoi(fields[0]); err == nil && high > 10000 {
 				for i := 0; i < 200; i++ {
-					candidate := 10000 + rand.Intn(high-10000)
+					candidate := 10000 + portRandom.Intn(high-10000)
 					if handedOut[candidate] {
 						continue
 					}
