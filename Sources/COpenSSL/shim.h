@@ -21,6 +21,7 @@
 #include <string.h>
 #include <strings.h>
 #include <stdint.h>
+#include <limits.h>
 
 typedef struct {
     SHA256_CTX inner;
@@ -178,24 +179,25 @@ static inline EVP_CIPHER *unibus_fetch_aes256cbc(void) {
  * 1: issued; 0: not by any of them; -1: a file is missing or holds no PEM
  * certificate.
  */
-static inline int unibus_pem_issued_by(const char *ca_path, const char *leaf_path) {
-    FILE *leaf_file = fopen(leaf_path, "r");
-    if (!leaf_file) return -1;
-    X509 *leaf = PEM_read_X509(leaf_file, NULL, NULL, NULL);
-    fclose(leaf_file);
+static inline int unibus_pem_issued_by(const uint8_t *ca_pem, size_t ca_len, const uint8_t *leaf_pem, size_t leaf_len) {
+    if (ca_len > INT_MAX || leaf_len > INT_MAX) return -1;
+    BIO *leaf_bio = BIO_new_mem_buf(leaf_pem, (int)leaf_len);
+    if (!leaf_bio) return -1;
+    X509 *leaf = PEM_read_bio_X509(leaf_bio, NULL, NULL, NULL);
+    BIO_free(leaf_bio);
     if (!leaf) { ERR_clear_error(); return -1; }
-    FILE *ca_file = fopen(ca_path, "r");
-    if (!ca_file) { X509_free(leaf); return -1; }
+    BIO *ca_bio = BIO_new_mem_buf(ca_pem, (int)ca_len);
+    if (!ca_bio) { X509_free(leaf); return -1; }
     int result = -1;
     X509 *ca;
-    while ((ca = PEM_read_X509(ca_file, NULL, NULL, NULL)) != NULL) {
+    while ((ca = PEM_read_bio_X509(ca_bio, NULL, NULL, NULL)) != NULL) {
         if (result < 0) result = 0;
         if (X509_check_issued(ca, leaf) == X509_V_OK) result = 1;
         X509_free(ca);
         if (result == 1) break;
     }
     ERR_clear_error();
-    fclose(ca_file);
+    BIO_free(ca_bio);
     X509_free(leaf);
     return result;
 }

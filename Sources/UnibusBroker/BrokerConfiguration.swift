@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import NIOSSL
+import UnibusCrypto
 
 /// The broker's settings. Defaults match nats-server 2.9 where it has them.
 public struct BrokerConfiguration: Sendable {
@@ -59,14 +60,15 @@ public struct BrokerTLS: Sendable {
     public let context: NIOSSLContext
     public let verifiesClients: Bool
 
-    /// Loads PEM files. Errors name the file and what is wrong with it.
+    /// Loads PEM files (regular files only: `RegularFile`). Errors name the
+    /// file and what is wrong with it.
     public init(certificateChainPath: String, privateKeyPath: String, clientCAPath: String? = nil) throws {
         var configuration = TLSConfiguration.makeServerConfiguration(
-            certificateChain: try NIOSSLCertificate.fromPEMFile(certificateChainPath).map { .certificate($0) },
-            privateKey: .privateKey(try NIOSSLPrivateKey(file: privateKeyPath, format: .pem)))
+            certificateChain: try NIOSSLCertificate.fromPEMBytes(RegularFile.read(certificateChainPath)).map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(bytes: RegularFile.read(privateKeyPath), format: .pem)))
         configuration.minimumTLSVersion = .tlsv12
         if let clientCAPath {
-            configuration.trustRoots = .file(clientCAPath)
+            configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(RegularFile.read(clientCAPath)))
             // The chain is verified; a client certificate names no host to match.
             configuration.certificateVerification = .noHostnameVerification
         }

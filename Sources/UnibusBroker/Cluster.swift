@@ -63,19 +63,20 @@ public struct RouteTLS: Sendable {
 
     /// Loads PEM files; errors name the file and what is wrong with it.
     public init(certificateChainPath: String, privateKeyPath: String, caPath: String) throws {
-        let certificates = try NIOSSLCertificate.fromPEMFile(certificateChainPath)
+        let certificates = try NIOSSLCertificate.fromPEMBytes(RegularFile.read(certificateChainPath))
         guard let leaf = certificates.first else { throw RouteTLSError.emptyChain(certificateChainPath) }
         certificateFingerprint = Self.fingerprint(leaf)
         let chain = certificates.map { NIOSSLCertificateSource.certificate($0) }
-        let key = NIOSSLPrivateKeySource.privateKey(try NIOSSLPrivateKey(file: privateKeyPath, format: .pem))
+        let key = NIOSSLPrivateKeySource.privateKey(try NIOSSLPrivateKey(bytes: RegularFile.read(privateKeyPath), format: .pem))
+        let authorities = try NIOSSLCertificate.fromPEMBytes(RegularFile.read(caPath))
         var server = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: key)
         server.minimumTLSVersion = .tlsv12
-        server.trustRoots = .file(caPath)
+        server.trustRoots = .certificates(authorities)
         // Peers must present a certificate from the cluster CA; they name no host to match.
         server.certificateVerification = .noHostnameVerification
         var client = TLSConfiguration.makeClientConfiguration()
         client.minimumTLSVersion = .tlsv12
-        client.trustRoots = .file(caPath)
+        client.trustRoots = .certificates(authorities)
         client.certificateChain = chain
         client.privateKey = key
         client.certificateVerification = .fullVerification

@@ -60,8 +60,11 @@ public final class StaticAllowlist: Authorizer, @unchecked Sendable {
     }
 
     private static func read(_ path: String) throws -> [String: Permissions] {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw LoadError(description: "cannot read allowlist file \(path)")
+        let data: Data
+        do {
+            data = Data(try RegularFile.read(path, maximumSize: 16 << 20))
+        } catch {
+            throw LoadError(description: "cannot read allowlist file: \(error)")
         }
         let file: File
         do {

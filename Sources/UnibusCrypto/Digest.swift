@@ -99,7 +99,8 @@ public enum CertificateFiles {
     /// `certificatePath` (by names and key identifiers); nil when a file is
     /// missing or holds no PEM certificate.
     public static func isIssued(_ certificatePath: String, by caPath: String) -> Bool? {
-        switch unibus_pem_issued_by(caPath, certificatePath) {
+        guard let leaf = try? RegularFile.read(certificatePath), let ca = try? RegularFile.read(caPath) else { return nil }
+        switch unibus_pem_issued_by(ca, ca.count, leaf, leaf.count) {
         case 1: return true
         case 0: return false
         default: return nil

@@ -42,11 +42,18 @@ public enum SecretFile {
     /// (another user's link cannot point a node at a file of its choosing),
     /// and every check is made on the opened file, not on the path again.
     public static func read(_ path: String, maximumSize: Int, missingHint: String) throws(SecretFileError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+        try readFile(path, maximumSize: maximumSize, missingHint: missingHint, secret: true)
+    }
+
+    /// The one reader behind `SecretFile.read` and `RegularFile.read`. The
+    /// open never blocks (O_NONBLOCK): a FIFO or device at the path is
+    /// refused by the checks on the opened file, not waited on forever.
+    static func readFile(_ path: String, maximumSize: Int, missingHint: String, secret: Bool) throws(SecretFileError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | (secret ? O_NOFOLLOW : 0))
         guard fd >= 0 else {
             switch errno {
             case ENOENT: throw .missing(path: path, hint: missingHint)
-            case ELOOP: throw .notAFile(path: path, reason: "is a symbolic link; give the real file's path (links are not followed for secret files)")
+            case ELOOP where secret: throw .notAFile(path: path, reason: "is a symbolic link; give the real file's path (links are not followed for secret files)")
             default: throw .io(path: path, reason: String(cString: strerror(errno)))
             }
         }
@@ -59,7 +66,7 @@ public enum SecretFile {
         default: throw .notAFile(path: path, reason: "is not a regular file")
         }
         let mode = UInt16(info.st_mode & 0o777)
-        guard mode & 0o077 == 0 else { throw .insecurePermissions(path: path, mode: mode) }
+        guard !secret || mode & 0o077 == 0 else { throw .insecurePermissions(path: path, mode: mode) }
         guard info.st_size <= maximumSize else { throw .corrupt(path: path, reason: "larger than \(maximumSize) bytes") }
         var bytes = [UInt8](repeating: 0, count: maximumSize + 1)
         var count = 0
@@ -113,5 +120,21 @@ public enum SecretFile {
                 throw .io(path: path, reason: String(cString: strerror(errno)))
             }
         }
+    }
+}
+
+/// Reading configuration files that are not secret, or whose permissions
+/// are the operator's choice (TLS certificates and keys, CA bundles,
+/// allowlists): symbolic links are followed (certificate managers keep
+/// `live/` links), but the path must end in a regular file of bounded size.
+/// A FIFO, socket or device there is refused at once, where a plain read
+/// would wait on it forever (and hang a reload).
+public enum RegularFile {
+    /// TLS certificates, keys and CA bundles are far smaller than this.
+    public static let pemMaximumSize = 1 << 20
+
+    /// The bytes of the regular file at `path` (at most `maximumSize`).
+    public static func read(_ path: String, maximumSize: Int = pemMaximumSize) throws(SecretFileError) -> [UInt8] {
+        try SecretFile.readFile(path, maximumSize: maximumSize, missingHint: "", secret: false)
     }
 }

@@ -31,7 +31,7 @@ extension Run {
         let changed = RunInvocation.changedKeys(self, new)
         var needRestart = changed.filter { $0.reload == .restart }.map(\.name)
         // The cluster CA is restart-only even when its file changed in place.
-        if let ca = new.clusterCa, FileManager.default.contents(atPath: ca) != running.clusterCA {
+        if let ca = new.clusterCa, (try? RegularFile.read(ca)).map({ Data($0) }) != running.clusterCA {
             needRestart.append("cluster_ca")
         }
         guard needRestart.isEmpty else { return refuseRestart(needRestart) }

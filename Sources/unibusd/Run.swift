@@ -361,7 +361,7 @@ struct Run: AsyncParsableCommand {
         defer { if let pidFile { unlink(pidFile) } }
 
         var current = invocation
-        current.clusterCA = clusterCa.flatMap { FileManager.default.contents(atPath: $0) }
+        current.clusterCA = clusterCa.flatMap { (try? RegularFile.read($0)).map { Data($0) } }
         while true {
             let signal = await signals.next()
             if signal == SIGUSR2 {
@@ -424,7 +424,7 @@ struct Run: AsyncParsableCommand {
                                  + "Routes need their own CA (cluster-ca.pem), so that a client certificate can never open a route")
             }
             if let clientCA = tlsClientCA,
-               let a = FileManager.default.contents(atPath: clientCA), let b = FileManager.default.contents(atPath: ca), a == b {
+               let a = try? RegularFile.read(clientCA), let b = try? RegularFile.read(ca), a == b {
                 throw CLIFailure("--cluster-ca must not be the client CA (\(clientCA)): a client certificate could then open a route")
             }
             if let controlCert = controlTlsCert, CertificateFiles.isIssued(controlCert, by: ca) == true {
@@ -452,8 +452,8 @@ struct Run: AsyncParsableCommand {
         guard let cert = controlTlsCert ?? tlsCert, let key = controlTlsKey ?? tlsKey else { return nil }
         do {
             var tlsConfiguration = TLSConfiguration.makeServerConfiguration(
-                certificateChain: try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) },
-                privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+                certificateChain: try NIOSSLCertificate.fromPEMBytes(RegularFile.read(cert)).map { .certificate($0) },
+                privateKey: .privateKey(try NIOSSLPrivateKey(bytes: RegularFile.read(key), format: .pem)))
             tlsConfiguration.minimumTLSVersion = .tlsv12
             return try NIOSSLContext(configuration: tlsConfiguration)
         } catch {
@@ -547,6 +547,16 @@ extension Run {
             if !FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) { return "no file at \(path) (\(option))" }
             if isDirectory.boolValue { return "\(path) (\(option)) is a directory; give the PEM file" }
             if !FileManager.default.isReadableFile(atPath: path) { return "\(path) (\(option)) cannot be read by this user" }
+        }
+        // Not a regular file (a FIFO, a device), or too large: named as such.
+        if let fileError = error as? SecretFileError {
+            switch fileError {
+            case .notAFile(let path, _), .corrupt(let path, _), .io(let path, _), .missing(let path, _):
+                let option = files.first { $0.0 == path }.map { " (\($0.1))" } ?? ""
+                return "\(fileError)\(option)"
+            case .insecurePermissions, .alreadyExists:
+                return "\(fileError)"
+            }
         }
         let (certificate, key) = (files.first, files.dropFirst().first)
         switch error as? NIOSSLError {

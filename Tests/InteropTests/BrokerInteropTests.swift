@@ -153,8 +153,12 @@ struct BrokerInteropTests {
         let (made, madeOutput) = try runPeer(["bash", makeCerts, work + "/certs", "a=127.0.0.1", "b=127.0.0.1"])
         #expect(made == 0, "\(madeOutput)")
         let certs = work + "/certs/"
+        // A FIFO would make a plain read wait forever for a writer.
+        #expect(mkfifo(certs + "fifo.pem", 0o600) == 0)
         for (arguments, expected) in [
             (["--tls-cert", certs + "none.pem", "--tls-key", certs + "a-client.key"], "no file at \(certs)none.pem (--tls-cert)"),
+            (["--tls-cert", certs + "fifo.pem", "--tls-key", certs + "a-client.key"], "\(certs)fifo.pem is not a regular file (--tls-cert)"),
+            (["--tls-cert", certs + "a-client.pem", "--tls-key", certs + "fifo.pem"], "\(certs)fifo.pem is not a regular file (--tls-key)"),
             (["--tls-cert", certs + "a-client.pem", "--tls-key", certs + "b-client.key"], "check that the two files belong together"),
             (["--tls-cert", certs + "a-client.key", "--tls-key", certs + "a-client.key"], "holds no PEM certificate"),
         ] {
@@ -168,6 +172,8 @@ struct BrokerInteropTests {
              "was not issued by --cluster-ca"),
             (["--tls-cert", certs + "a-route.pem", "--tls-key", certs + "a-route.key", "--cluster-cert", certs + "a-route.pem",
               "--cluster-key", certs + "a-route.key", "--cluster-ca", certs + "cluster-ca.pem"], "it is the client CA"),
+            (["--cluster-cert", certs + "a-route.pem", "--cluster-key", certs + "a-route.key", "--cluster-ca", certs + "fifo.pem"],
+             "\(certs)fifo.pem is not a regular file (--cluster-ca)"),
         ] {
             let (status, output) = try runPeer([Self.unibusd, "run", "--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"] + arguments)
             #expect(status != 0 && output.contains(expected), "\(arguments): \(output)")

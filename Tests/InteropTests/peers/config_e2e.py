@@ -58,7 +58,11 @@ def served_certificate(port):
 
 
 def file_certificate(path):
-    der = ssl.PEM_cert_to_DER_cert(open(path).read())
+    return file_certificate_bytes(open(path, "rb").read())
+
+
+def file_certificate_bytes(pem):
+    der = ssl.PEM_cert_to_DER_cert(pem.decode())
     return hashlib.sha256(der).hexdigest()
 
 
@@ -198,6 +202,23 @@ with tempfile.TemporaryDirectory() as work:
     peer = ["--server", f"tls://127.0.0.1:{ports['client']}", "--node", cluster.node("a"), "--ca", ca, "--root", root]
     status, output = run("unibus", "check", "--identity", admin, *peer, "--count", "5")
     check("clients still connect over TLS after the renewal", status == 0, output)
+
+    # --- SIGHUP: a FIFO where the certificate was --------------------------------
+    # Reading it would wait forever for a writer; the reload must refuse it
+    # at once, name it, and leave the node serving with what it had.
+    saved_cert = open(cert, "rb").read()
+    os.remove(cert)
+    os.mkfifo(cert)
+    write_config({"max_connections": 620})
+    node.send_signal(signal.SIGHUP)
+    refused_fifo = wait_until(lambda: any("reload refused" in l and "not a regular file" in l for l in log_lines(log_path)))
+    check("SIGHUP: a FIFO at the certificate path refuses the reload at once, named", refused_fifo, log_lines(log_path)[-3:])
+    check("SIGHUP: the node still serves, with nothing of the refused reload applied",
+          cluster.info("a")["runtime_settings"]["max_connections"]["value"] == 600
+          and served_certificate(ports["control"]) == file_certificate_bytes(saved_cert))
+    os.remove(cert)
+    with open(cert, "wb") as f:
+        f.write(saved_cert)
 
     # --- a signed command stays above the file ---------------------------------
     node_id = cluster.info("a")["node_id"]
