@@ -86,16 +86,19 @@ public struct ConfigurationLayers: Sendable, Equatable {
     static let maximumFileSize = 1 << 20
 
     static func readFile(_ path: String) throws(ConfigurationError) -> [UInt8] {
-        var status = stat()
-        guard stat(path, &status) == 0 else {
-            throw ConfigurationError("\(path): cannot read the configuration file (\(String(cString: strerror(errno))))")
+        // Checked on the opened file, never blocking: the file swapped for a
+        // FIFO between a check and the read cannot hang start-up or a reload.
+        do {
+            return try RegularFile.read(path, maximumSize: maximumFileSize)
+        } catch {
+            switch error {
+            case .notAFile: throw ConfigurationError("\(path): not a regular file; give the JSON configuration file")
+            case .corrupt: throw ConfigurationError("\(path): larger than 1 MiB; this is not a configuration file")
+            case .missing: throw ConfigurationError("\(path): cannot read the configuration file (\(String(cString: strerror(ENOENT))))")
+            case .io(_, let reason): throw ConfigurationError("\(path): cannot read the configuration file (\(reason))")
+            case .insecurePermissions, .alreadyExists: throw ConfigurationError("\(path): \(error)")
+            }
         }
-        guard (status.st_mode & S_IFMT) == S_IFREG else { throw ConfigurationError("\(path): not a regular file; give the JSON configuration file") }
-        guard status.st_size <= maximumFileSize else { throw ConfigurationError("\(path): larger than 1 MiB; this is not a configuration file") }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ConfigurationError("\(path): cannot be read by this user")
-        }
-        return [UInt8](data)
     }
 
     static func parseObject(_ bytes: [UInt8], path: String) throws(ConfigurationError) -> [String: FileJSON] {
