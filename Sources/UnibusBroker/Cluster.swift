@@ -110,6 +110,12 @@ public struct RouteLink: Sendable {
     let connection: RouteConnection
     public let peer: RouteInfo
 
+    /// This link's number, unique among the links this node ever opened or
+    /// accepted. A peer's link can be replaced by a preferred duplicate
+    /// without the peer going away: per-link state is keyed by this, not by
+    /// the peer alone.
+    public var linkID: UInt64 { connection.id }
+
     /// Sends one `RDATA` frame on this link.
     public func send(_ data: [UInt8]) { connection.sendData(data) }
 

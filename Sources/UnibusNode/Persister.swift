@@ -87,7 +87,8 @@ final class Persister: PublishTap, @unchecked Sendable {
     private var scheduled = false
     /// Inventory parts received per peer and room, until the last part.
     private var inventories: [String: [String: (horizon: UInt64, held: [[UInt8]: FrameReplication.StreamRanges], ranges: Int)]] = [:]
-    /// (peer, room) pairs answered on the current link: once each.
+    /// "peer/link/room" answered: once per room and link (keyed by link: a
+    /// preferred duplicate can replace a peer's link without a close for the peer).
     private var answered: Set<String> = []
     /// Rooms waiting for an answer to a peer, and whether one is running.
     private var answering: [String: (running: Bool, rooms: [(room: String, horizon: UInt64, held: [[UInt8]: FrameReplication.StreamRanges], link: RouteLink)])] = [:]
@@ -637,7 +638,9 @@ final class Persister: PublishTap, @unchecked Sendable {
     private func takeInventory(room: String, horizon: UInt64, last: Bool, streams: [FrameReplication.StreamRanges], from link: RouteLink) {
         let peer = link.peer.serverID
         let complete: (horizon: UInt64, held: [[UInt8]: FrameReplication.StreamRanges])? = lock.withLock {
-            guard !answered.contains(peer + "/" + room) else { return nil }
+            // Once per room and link (a replaced link's answers do not count).
+            let key = "\(peer)/\(link.linkID)/\(room)"
+            guard !answered.contains(key) else { return nil }
             var entry = inventories[peer]?[room] ?? (horizon, [:], 0)
             for stream in streams {
                 entry.held[stream.key] = entry.held[stream.key].map { $0.merged(with: stream) } ?? stream
@@ -653,7 +656,7 @@ final class Persister: PublishTap, @unchecked Sendable {
                 return nil
             }
             inventories[peer]?[room] = nil
-            answered.insert(peer + "/" + room)
+            answered.insert(key)
             return (entry.horizon, entry.held)
         }
         guard let complete else { return }

@@ -33,11 +33,10 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
     private var node: Node? { lock.withLock { _node } }
     /// Ids a peer announced in `have` chunks, until its last chunk.
     private var incoming: [String: Set<String>] = [:]
-    /// Peers whose `sync` (or final `have`) was answered on their current
-    /// link: each is answered once per link, so a peer cannot make this node
-    /// send its whole log again and again.
-    private var answeredSync: Set<String> = []
-    private var answeredHave: Set<String> = []
+    /// A peer's `sync` (or final `have`) is answered once per link, so a
+    /// peer cannot make this node send its whole log again and again.
+    private var answeredSync = OncePerLink()
+    private var answeredHave = OncePerLink()
     static let haveChunk = 4000
     /// Most positions held for one peer's `have` before its last chunk (a
     /// peer that never finishes cannot grow this node's memory without bound).
@@ -85,8 +84,8 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
         node?.operations?.routeClosed(peer.serverID)
         lock.withLock {
             _ = incoming.removeValue(forKey: peer.serverID)
-            answeredSync.remove(peer.serverID)
-            answeredHave.remove(peer.serverID)
+            answeredSync.forget(peer: peer.serverID)
+            answeredHave.forget(peer: peer.serverID)
         }
     }
 
@@ -118,7 +117,7 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
         case .sync(let count, let digest):
             let store = node.membership
             guard count != store.operationCount || digest != store.logDigest else { return }
-            guard lock.withLock({ answeredSync.insert(link.peer.serverID).inserted }) else {
+            guard lock.withLock({ answeredSync.claim(peer: link.peer.serverID, link: link.linkID) }) else {
                 node.refusedReplicationFrames.wrappingIncrement(ordering: .relaxed)
                 return
             }
@@ -139,7 +138,7 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
                 }
                 incoming[link.peer.serverID] = held
                 guard last else { return nil }
-                guard answeredHave.insert(link.peer.serverID).inserted else {
+                guard answeredHave.claim(peer: link.peer.serverID, link: link.linkID) else {
                     incoming[link.peer.serverID] = nil
                     return nil
                 }
@@ -175,3 +174,24 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
     }
 }
 
+/// Requests a peer may have answered once per link (its `sync`, its last
+/// `have`): one entry per peer, holding the link it was answered on.
+///
+/// Keyed by link, not by peer alone: a preferred duplicate can replace a
+/// peer's link while the peer stays (no `routeClosed`), and the exchange on
+/// the new link must be answered, or a node that joined with an empty log
+/// may never receive it (seen in CI as a node that never became ready).
+struct OncePerLink {
+    private var answeredOn: [String: UInt64] = [:]
+
+    /// True the first time `peer` asks on `link`; false for a repeat on the
+    /// same link. A new link of the peer is answered again.
+    mutating func claim(peer: String, link: UInt64) -> Bool {
+        answeredOn.updateValue(link, forKey: peer) != link
+    }
+
+    /// The peer's links are gone: whatever it asks next is answered.
+    mutating func forget(peer: String) {
+        answeredOn[peer] = nil
+    }
+}

@@ -111,3 +111,23 @@ struct NodeTests {
         await node.broker.shutdown()
     }
 }
+
+/// The anti-entropy answer guard: once per link, and again on a link that
+/// replaced the peer's previous one (a preferred duplicate) with no close
+/// for the peer in between.
+@Suite("Replication answers once per link")
+struct OncePerLinkTests {
+    @Test func aReplacedLinkIsAnsweredAgain() {
+        var answered = OncePerLink()
+        // Claimed outside #expect (the macro cannot take a mutating call).
+        func claim(_ peer: String, _ link: UInt64) -> Bool { answered.claim(peer: peer, link: link) }
+        #expect(claim("NB", 1))
+        #expect(!claim("NB", 1), "a repeat on the same link is refused")
+        #expect(claim("NC", 2), "peers are independent")
+        #expect(claim("NB", 3), "the duplicate that replaced link 1 is answered")
+        #expect(!claim("NB", 3))
+        answered.forget(peer: "NB")
+        #expect(claim("NB", 3), "after the peer's links closed, it is answered again")
+        #expect(!claim("NC", 2))
+    }
+}
