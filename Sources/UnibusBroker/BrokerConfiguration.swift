@@ -54,6 +54,28 @@ public struct BrokerConfiguration: Sendable {
     public init() {}
 }
 
+/// A CA file that cannot be used, named: without this, NIOSSL's "failed to
+/// load certificate" would read as a problem with the certificate file.
+public struct CertificateAuthorityFileError: Error, CustomStringConvertible {
+    public let path: String
+    public let reason: String
+    public var description: String { "\(path) \(reason)" }
+}
+
+/// CA bundles as nodes read them: a regular file (`RegularFile`) of PEM
+/// certificates.
+public enum CertificateAuthorityFile {
+    /// The certificates in `path`. A file that is not a regular file throws
+    /// `SecretFileError`; one without a PEM certificate,
+    /// `CertificateAuthorityFileError`. Both name the path.
+    public static func load(_ path: String) throws -> [NIOSSLCertificate] {
+        let bytes = try RegularFile.read(path)
+        do { return try NIOSSLCertificate.fromPEMBytes(bytes) } catch {
+            throw CertificateAuthorityFileError(path: path, reason: "holds no PEM certificate (a DER file converts with `openssl x509 -inform der -in FILE`)")
+        }
+    }
+}
+
 /// Server certificate and key for client connections, and optionally a
 /// client CA: with one, clients must present a certificate it issued.
 public struct BrokerTLS: Sendable {
@@ -68,7 +90,7 @@ public struct BrokerTLS: Sendable {
             privateKey: .privateKey(try NIOSSLPrivateKey(bytes: RegularFile.read(privateKeyPath), format: .pem)))
         configuration.minimumTLSVersion = .tlsv12
         if let clientCAPath {
-            configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(RegularFile.read(clientCAPath)))
+            configuration.trustRoots = .certificates(try CertificateAuthorityFile.load(clientCAPath))
             // The chain is verified; a client certificate names no host to match.
             configuration.certificateVerification = .noHostnameVerification
         }

@@ -68,7 +68,7 @@ public struct RouteTLS: Sendable {
         certificateFingerprint = Self.fingerprint(leaf)
         let chain = certificates.map { NIOSSLCertificateSource.certificate($0) }
         let key = NIOSSLPrivateKeySource.privateKey(try NIOSSLPrivateKey(bytes: RegularFile.read(privateKeyPath), format: .pem))
-        let authorities = try NIOSSLCertificate.fromPEMBytes(RegularFile.read(caPath))
+        let authorities = try CertificateAuthorityFile.load(caPath)
         var server = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: key)
         server.minimumTLSVersion = .tlsv12
         server.trustRoots = .certificates(authorities)

@@ -126,9 +126,7 @@ public final class NATSConnection: @unchecked Sendable {
         self.group = group
         if let caPath = options.caPath {
             var configuration = TLSConfiguration.makeClientConfiguration()
-            do { configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(RegularFile.read(caPath))) } catch {
-                throw .invalid("cannot load the CA certificate \(caPath): \(error)")
-            }
+            configuration.trustRoots = .file(caPath)
             configuration.minimumTLSVersion = .tlsv12
             do { try options.clientCertificate?.apply(to: &configuration) } catch { throw .invalid("\(error)") }
             do { tls = try NIOSSLContext(configuration: configuration) } catch {

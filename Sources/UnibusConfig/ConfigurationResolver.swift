@@ -93,7 +93,7 @@ public struct ConfigurationLayers: Sendable, Equatable {
         } catch {
             switch error {
             case .notAFile: throw ConfigurationError("\(path): not a regular file; give the JSON configuration file")
-            case .corrupt: throw ConfigurationError("\(path): larger than 1 MiB; this is not a configuration file")
+            case .tooLarge, .corrupt: throw ConfigurationError("\(path): larger than 1 MiB; this is not a configuration file")
             case .missing: throw ConfigurationError("\(path): cannot read the configuration file (\(String(cString: strerror(ENOENT))))")
             case .io(_, let reason): throw ConfigurationError("\(path): cannot read the configuration file (\(reason))")
             case .insecurePermissions, .alreadyExists: throw ConfigurationError("\(path): \(error)")

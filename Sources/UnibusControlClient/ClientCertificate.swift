@@ -1,5 +1,4 @@
 import NIOSSL
-import UnibusCrypto
 
 /// A client certificate and its key (PEM files), presented to nodes that
 /// require one (`unibusd run --tls-client-ca`): `unibus --cert/--key`.
@@ -16,12 +15,12 @@ public struct ClientCertificate: Sendable, Equatable {
     /// the error names the file that cannot be used.
     public func apply(to configuration: inout TLSConfiguration) throws {
         do {
-            configuration.certificateChain = try NIOSSLCertificate.fromPEMBytes(RegularFile.read(certificatePath)).map { .certificate($0) }
+            configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(certificatePath).map { .certificate($0) }
         } catch {
             throw ClientCertificateError(description: "cannot use the client certificate \(certificatePath) (--cert): \(error)")
         }
         do {
-            configuration.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: RegularFile.read(keyPath), format: .pem))
+            configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: keyPath, format: .pem))
         } catch {
             throw ClientCertificateError(description: "cannot use the client key \(keyPath) (--key): \(error)")
         }

@@ -60,7 +60,7 @@ public final class ControlClient: Sendable {
                 throw Failure(description: "refusing to talk to \(url) without --ca: give the node's CA certificate so its identity is pinned")
             }
             var configuration = TLSConfiguration.makeClientConfiguration()
-            configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(RegularFile.read(caPath)))
+            configuration.trustRoots = .file(caPath)
             configuration.minimumTLSVersion = .tlsv12
             try clientCertificate?.apply(to: &configuration)
             tls = try NIOSSLContext(configuration: configuration)

@@ -10,6 +10,8 @@ public enum SecretFileError: Error, Equatable, Sendable, CustomStringConvertible
     /// The path names something other than a regular file (a directory, a
     /// link, a device): a wrong path, not a damaged file.
     case notAFile(path: String, reason: String)
+    /// Larger than any file of its kind: most likely the wrong file.
+    case tooLarge(path: String, maximum: Int)
     /// Group or others may access the file.
     case insecurePermissions(path: String, mode: UInt16)
     /// A create-only write found a file in place.
@@ -24,6 +26,8 @@ public enum SecretFileError: Error, Equatable, Sendable, CustomStringConvertible
             return "\(path) \(reason)"
         case .corrupt(let path, let reason):
             return "\(path) is corrupt (\(reason)); it was left untouched. Restore it from a backup, or move it aside and create a new one"
+        case .tooLarge(let path, let maximum):
+            return "\(path) is larger than \(maximum) bytes, more than any file of its kind: check that the path names the right file"
         case .insecurePermissions(let path, let mode):
             return "\(path) holds secrets but is accessible to others (mode \(String(mode, radix: 8))); run `chmod 600 \(path)`"
         case .alreadyExists(let path):
@@ -49,7 +53,9 @@ public enum SecretFile {
     /// open never blocks (O_NONBLOCK): a FIFO or device at the path is
     /// refused by the checks on the opened file, not waited on forever.
     static func readFile(_ path: String, maximumSize: Int, missingHint: String, secret: Bool) throws(SecretFileError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | (secret ? O_NOFOLLOW : 0))
+        // O_NOCTTY: a terminal named by mistake must not become the
+        // controlling terminal of a node running as a session leader.
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | (secret ? O_NOFOLLOW : 0))
         guard fd >= 0 else {
             switch errno {
             case ENOENT: throw .missing(path: path, hint: missingHint)
@@ -67,7 +73,7 @@ public enum SecretFile {
         }
         let mode = UInt16(info.st_mode & 0o777)
         guard !secret || mode & 0o077 == 0 else { throw .insecurePermissions(path: path, mode: mode) }
-        guard info.st_size <= maximumSize else { throw .corrupt(path: path, reason: "larger than \(maximumSize) bytes") }
+        guard info.st_size <= maximumSize else { throw .tooLarge(path: path, maximum: maximumSize) }
         var bytes = [UInt8](repeating: 0, count: maximumSize + 1)
         var count = 0
         while count <= maximumSize {
@@ -79,7 +85,7 @@ public enum SecretFile {
             if n == 0 { break }
             count += n
         }
-        guard count <= maximumSize else { throw .corrupt(path: path, reason: "larger than \(maximumSize) bytes") }
+        guard count <= maximumSize else { throw .tooLarge(path: path, maximum: maximumSize) }
         return Array(bytes[..<count])
     }
 

@@ -100,6 +100,15 @@ public struct LoginRole: Codable, Equatable, Sendable {
         for algorithm in algorithms where !keys.contains(where: { $0.accepts(algorithm) }) {
             throw .invalidRole("no pinned key can verify \(algorithm.rawValue)")
         }
+        // A token is checked against one key: the one its kid names, or the
+        // only one of its type. Two keys of one type (a rotation) need kids,
+        // or no token could choose between them.
+        for algorithm in algorithms {
+            let candidates = keys.filter { $0.accepts(algorithm) }
+            guard candidates.count < 2 || candidates.allSatisfy({ $0.kid != nil }) else {
+                throw .invalidRole("several pinned keys can verify \(algorithm.rawValue): give each of them a kid (tokens name the key that signed them)")
+            }
+        }
         guard !boundAudiences.isEmpty, boundAudiences.count <= 16 else { throw .invalidRole("bind 1 to 16 audiences (a token for another service must not log in here)") }
         for audience in boundAudiences { try text(audience, "an audience") }
         if let boundSubject { try text(boundSubject, "bound_subject") }

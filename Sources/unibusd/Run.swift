@@ -548,10 +548,14 @@ extension Run {
             if isDirectory.boolValue { return "\(path) (\(option)) is a directory; give the PEM file" }
             if !FileManager.default.isReadableFile(atPath: path) { return "\(path) (\(option)) cannot be read by this user" }
         }
+        if let authority = error as? CertificateAuthorityFileError {
+            let option = files.first { $0.0 == authority.path }.map { " (\($0.1))" } ?? ""
+            return "\(authority.path)\(option) \(authority.reason)"
+        }
         // Not a regular file (a FIFO, a device), or too large: named as such.
         if let fileError = error as? SecretFileError {
             switch fileError {
-            case .notAFile(let path, _), .corrupt(let path, _), .io(let path, _), .missing(let path, _):
+            case .notAFile(let path, _), .corrupt(let path, _), .io(let path, _), .missing(let path, _), .tooLarge(let path, _):
                 let option = files.first { $0.0 == path }.map { " (\($0.1))" } ?? ""
                 return "\(fileError)\(option)"
             case .insecurePermissions, .alreadyExists:

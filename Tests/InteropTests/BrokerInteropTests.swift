@@ -155,10 +155,15 @@ struct BrokerInteropTests {
         let certs = work + "/certs/"
         // A FIFO would make a plain read wait forever for a writer.
         #expect(mkfifo(certs + "fifo.pem", 0o600) == 0)
+        // A CA in DER (as some CAs hand them out) is named as the CA file's problem.
+        let (converted, convertedOutput) = try runPeer(["openssl", "x509", "-in", certs + "client-ca.pem", "-outform", "der", "-out", certs + "ca.der"])
+        #expect(converted == 0, "\(convertedOutput)")
         for (arguments, expected) in [
             (["--tls-cert", certs + "none.pem", "--tls-key", certs + "a-client.key"], "no file at \(certs)none.pem (--tls-cert)"),
             (["--tls-cert", certs + "fifo.pem", "--tls-key", certs + "a-client.key"], "\(certs)fifo.pem is not a regular file (--tls-cert)"),
             (["--tls-cert", certs + "a-client.pem", "--tls-key", certs + "fifo.pem"], "\(certs)fifo.pem is not a regular file (--tls-key)"),
+            (["--tls-cert", certs + "a-client.pem", "--tls-key", certs + "a-client.key", "--tls-client-ca", certs + "ca.der"],
+             "\(certs)ca.der (--tls-client-ca) holds no PEM certificate"),
             (["--tls-cert", certs + "a-client.pem", "--tls-key", certs + "b-client.key"], "check that the two files belong together"),
             (["--tls-cert", certs + "a-client.key", "--tls-key", certs + "a-client.key"], "holds no PEM certificate"),
         ] {

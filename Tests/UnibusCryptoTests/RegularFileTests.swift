@@ -36,7 +36,7 @@ struct RegularFileTests {
         }
         #expect(throws: SecretFileError.missing(path: directory + "/none.pem", hint: "")) { try RegularFile.read(directory + "/none.pem") }
         try Data(repeating: 0x41, count: 2000).write(to: URL(fileURLWithPath: directory + "/big.pem"))
-        #expect(throws: SecretFileError.corrupt(path: directory + "/big.pem", reason: "larger than 1000 bytes")) {
+        #expect(throws: SecretFileError.tooLarge(path: directory + "/big.pem", maximum: 1000)) {
             try RegularFile.read(directory + "/big.pem", maximumSize: 1000)
         }
         // The certificate check behind unibusd's CA mistakes reads the same way: a FIFO is "cannot tell".

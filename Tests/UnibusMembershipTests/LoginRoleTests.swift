@@ -135,6 +135,16 @@ struct LoginRoleTests {
             try role([two, one]).verify(try tokenText(payload, header: #"{"alg":"EdDSA","kid":"k2"}"#), at: now, workloadKey: nil)
         }
         #expect(LoginError.token(.keyIDRequired("EdDSA")).description.contains("must name its key"))
+        // A role whose keys of one type cannot be told apart is refused before an admin signs it.
+        let bare = try JWSPublicKey(ed25519: issuer.publicKey.bytes), bareToo = try JWSPublicKey(ed25519: second.publicKey.bytes)
+        #expect(throws: LoginError.invalidRole("several pinned keys can verify EdDSA: give each of them a kid (tokens name the key that signed them)")) {
+            try role([bare, bareToo]).validate()
+        }
+        #expect(throws: LoginError.invalidRole("several pinned keys can verify EdDSA: give each of them a kid (tokens name the key that signed them)")) {
+            try role([one, bareToo]).validate()
+        }
+        try role([one, two]).validate()
+        try role([bare]).validate()
     }
 
     /// The header is scanned like the claims, and each of its parameters
