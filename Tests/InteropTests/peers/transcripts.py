@@ -137,6 +137,21 @@ def read_info(sock, limit=10.0):
     return data
 
 
+def read_until_pong(sock, limit=10.0):
+    data = b""
+    deadline = time.time() + limit
+    sock.settimeout(0.5)
+    while b"PONG\r\n" not in data and time.time() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def normalize(data):
     """Drops the INFO line (its ids and versions differ) and sorts nothing:
     order matters. Queue-group sids are the same by construction."""
@@ -192,6 +207,12 @@ def main():
             for port in port_pair:
                 first = socket.create_connection(("127.0.0.1", port))
                 read_info(first)
+                # A round trip, so the server has counted the first
+                # connection before the second arrives (nats-server counts
+                # it a moment after its INFO: without this the second could
+                # take the one slot).
+                first.sendall(b'CONNECT {"verbose":false}\r\nPING\r\n')
+                read_until_pong(first)
                 second = socket.create_connection(("127.0.0.1", port))
                 second_data, second_closed = read_replies(second, quiet=1.0)
                 first.sendall(b"SUB x 1\r\nSUB y 2\r\nPING\r\n")
