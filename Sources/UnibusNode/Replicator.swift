@@ -27,7 +27,7 @@ import UnibusPersistence
 /// Nothing here decides who may do what: every node applies the same rules
 /// to the same log (`MembershipStore.merge`).
 final class Replicator: ClusterDelegate, @unchecked Sendable {
-    // @unchecked: `incoming` is guarded by `lock`; the rest is immutable.
+    // @unchecked: `incoming`, `answeredSync` and `answeredHave` are guarded by `lock`; the rest is immutable.
     private let lock = NIOLock()
     private weak var _node: Node?
     private var node: Node? { lock.withLock { _node } }
