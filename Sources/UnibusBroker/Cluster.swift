@@ -116,6 +116,11 @@ public struct RouteLink: Sendable {
     /// the peer alone.
     public var linkID: UInt64 { connection.id }
 
+    /// Whether this is still the peer's active link. A link replaced by a
+    /// preferred duplicate (or closed) may still deliver a frame or two:
+    /// anti-entropy ignores those, and long answers on it stop.
+    public var isActive: Bool { connection.cluster.isActive(connection) }
+
     /// Sends one `RDATA` frame on this link.
     public func send(_ data: [UInt8]) { connection.sendData(data) }
 
@@ -350,6 +355,11 @@ public final class Cluster: @unchecked Sendable {
             Task { await delegate.routeActivated(link) }
         }
         return .accept
+    }
+
+    func isActive(_ route: RouteConnection) -> Bool {
+        guard let peer = route.peer else { return false }
+        return lock.withLock { active[peer.serverID] === route }
     }
 
     func routeClosed(_ route: RouteConnection, wasActive: Bool, reason: String) {

@@ -636,6 +636,8 @@ final class Persister: PublishTap, @unchecked Sendable {
     /// frames it lacks are sent (once per room and link, one room at a time
     /// per peer, paced by the link's outbound queue).
     private func takeInventory(room: String, horizon: UInt64, last: Bool, streams: [FrameReplication.StreamRanges], from link: RouteLink) {
+        // A replaced link's late parts would mix into the active link's.
+        guard link.isActive else { return }
         let peer = link.peer.serverID
         let complete: (horizon: UInt64, held: [[UInt8]: FrameReplication.StreamRanges])? = lock.withLock {
             // Once per room and link (a replaced link's answers do not count).
@@ -692,7 +694,8 @@ final class Persister: PublishTap, @unchecked Sendable {
         let own = (try? store.horizon(room: room, policy: policy, now: Self.nowMillis())) ?? horizon
         var after: Int64 = 0
         var sent = 0
-        while lock.withLock({ answering[link.peer.serverID] != nil }) {
+        // Stops when the link is no longer the peer's (replaced or closed).
+        while link.isActive, lock.withLock({ answering[link.peer.serverID] != nil }) {
             guard let (frames, last) = try? store.missing(room: room, held: held, horizon: max(horizon, own), after: after, limit: 500),
                   let last else { break }
             if !frames.isEmpty {

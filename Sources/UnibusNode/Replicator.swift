@@ -114,6 +114,14 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
             return
         }
         switch frame {
+        case .sync, .have:
+            // Anti-entropy belongs to the peer's active link: a replaced
+            // link's late frames would mix into, or answer for, the new one.
+            guard link.isActive else { return }
+        default:
+            break
+        }
+        switch frame {
         case .sync(let count, let digest):
             let store = node.membership
             guard count != store.operationCount || digest != store.logDigest else { return }

@@ -120,13 +120,13 @@ def read_replies(sock, quiet=0.25, limit=3.0):
     return data, closed
 
 
-def read_info(sock, limit=10.0):
-    """Reads the greeting up to its line end: a slow start is waited for,
-    not mistaken for a reply."""
+def read_through(sock, marker, limit=10.0):
+    """Reads until `marker` has arrived (or the server closes, or `limit`
+    seconds pass): a slow server is waited for, not mistaken for a quiet one."""
     data = b""
     deadline = time.time() + limit
     sock.settimeout(0.5)
-    while b"\r\n" not in data and time.time() < deadline:
+    while marker not in data and time.time() < deadline:
         try:
             chunk = sock.recv(65536)
         except socket.timeout:
@@ -137,19 +137,8 @@ def read_info(sock, limit=10.0):
     return data
 
 
-def read_until_pong(sock, limit=10.0):
-    data = b""
-    deadline = time.time() + limit
-    sock.settimeout(0.5)
-    while b"PONG\r\n" not in data and time.time() < deadline:
-        try:
-            chunk = sock.recv(65536)
-        except socket.timeout:
-            continue
-        if not chunk:
-            break
-        data += chunk
-    return data
+def read_info(sock):
+    return read_through(sock, b"\r\n")
 
 
 def normalize(data):
@@ -212,7 +201,7 @@ def main():
                 # it a moment after its INFO: without this the second could
                 # take the one slot).
                 first.sendall(b'CONNECT {"verbose":false}\r\nPING\r\n')
-                read_until_pong(first)
+                read_through(first, b"PONG\r\n")
                 second = socket.create_connection(("127.0.0.1", port))
                 second_data, second_closed = read_replies(second, quiet=1.0)
                 first.sendall(b"SUB x 1\r\nSUB y 2\r\nPING\r\n")
