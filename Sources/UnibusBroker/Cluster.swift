@@ -357,6 +357,13 @@ public final class Cluster: @unchecked Sendable {
         return .accept
     }
 
+    /// Whether `serverID` has an active link now. The delegate hears of
+    /// closes in a task of their own: by then the peer may be linked again,
+    /// and the close must not wipe the new link's state.
+    public func hasActiveLink(to serverID: String) -> Bool {
+        lock.withLock { active[serverID] != nil }
+    }
+
     func isActive(_ route: RouteConnection) -> Bool {
         guard let peer = route.peer else { return false }
         return lock.withLock { active[peer.serverID] === route }

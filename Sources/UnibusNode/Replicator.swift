@@ -80,8 +80,11 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
     }
 
     func routeClosed(_ peer: RouteInfo) async {
-        node?.persister?.routeClosed(peer.serverID)
-        node?.operations?.routeClosed(peer.serverID)
+        // Delivered in its own task: if the peer is linked again by now, its
+        // state belongs to the new link and stays.
+        guard let node, node.broker.cluster?.hasActiveLink(to: peer.serverID) != true else { return }
+        node.persister?.routeClosed(peer.serverID)
+        node.operations?.routeClosed(peer.serverID)
         lock.withLock {
             _ = incoming.removeValue(forKey: peer.serverID)
             answeredSync.forget(peer: peer.serverID)
