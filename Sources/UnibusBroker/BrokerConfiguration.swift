@@ -62,13 +62,24 @@ public struct CertificateAuthorityFileError: Error, CustomStringConvertible {
     public var description: String { "\(path) \(reason)" }
 }
 
-/// CA bundles as nodes read them: a regular file (`RegularFile`) of PEM
-/// certificates.
-public enum CertificateAuthorityFile {
-    /// The certificates in `path`. A file that is not a regular file throws
-    /// `SecretFileError`; one without a PEM certificate,
-    /// `CertificateAuthorityFileError`. Both name the path.
-    public static func load(_ path: String) throws -> [NIOSSLCertificate] {
+/// TLS files as nodes read them: regular files (`RegularFile`, so a FIFO
+/// cannot hang a start or a reload) of PEM, handed to NIOSSL as bytes. A
+/// path that is not a regular file throws `SecretFileError`, naming it.
+public enum PEMFile {
+    /// The certificate chain in `path` (NIOSSL's error when it holds none).
+    public static func chain(_ path: String) throws -> [NIOSSLCertificate] {
+        try NIOSSLCertificate.fromPEMBytes(RegularFile.read(path))
+    }
+
+    /// The private key in `path` (NIOSSL's error when it holds none).
+    public static func key(_ path: String) throws -> NIOSSLPrivateKey {
+        try NIOSSLPrivateKey(bytes: RegularFile.read(path), format: .pem)
+    }
+
+    /// The CA certificates in `path`; without one,
+    /// `CertificateAuthorityFileError` naming the path (NIOSSL's error
+    /// would read as a problem with the certificate file).
+    public static func authorities(_ path: String) throws -> [NIOSSLCertificate] {
         let bytes = try RegularFile.read(path)
         do { return try NIOSSLCertificate.fromPEMBytes(bytes) } catch {
             throw CertificateAuthorityFileError(path: path, reason: "holds no PEM certificate (a DER file converts with `openssl x509 -inform der -in FILE`)")
@@ -86,11 +97,11 @@ public struct BrokerTLS: Sendable {
     /// file and what is wrong with it.
     public init(certificateChainPath: String, privateKeyPath: String, clientCAPath: String? = nil) throws {
         var configuration = TLSConfiguration.makeServerConfiguration(
-            certificateChain: try NIOSSLCertificate.fromPEMBytes(RegularFile.read(certificateChainPath)).map { .certificate($0) },
-            privateKey: .privateKey(try NIOSSLPrivateKey(bytes: RegularFile.read(privateKeyPath), format: .pem)))
+            certificateChain: try PEMFile.chain(certificateChainPath).map { .certificate($0) },
+            privateKey: .privateKey(try PEMFile.key(privateKeyPath)))
         configuration.minimumTLSVersion = .tlsv12
         if let clientCAPath {
-            configuration.trustRoots = .certificates(try CertificateAuthorityFile.load(clientCAPath))
+            configuration.trustRoots = .certificates(try PEMFile.authorities(clientCAPath))
             // The chain is verified; a client certificate names no host to match.
             configuration.certificateVerification = .noHostnameVerification
         }

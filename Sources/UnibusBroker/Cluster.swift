@@ -63,12 +63,12 @@ public struct RouteTLS: Sendable {
 
     /// Loads PEM files; errors name the file and what is wrong with it.
     public init(certificateChainPath: String, privateKeyPath: String, caPath: String) throws {
-        let certificates = try NIOSSLCertificate.fromPEMBytes(RegularFile.read(certificateChainPath))
+        let certificates = try PEMFile.chain(certificateChainPath)
         guard let leaf = certificates.first else { throw RouteTLSError.emptyChain(certificateChainPath) }
         certificateFingerprint = Self.fingerprint(leaf)
         let chain = certificates.map { NIOSSLCertificateSource.certificate($0) }
-        let key = NIOSSLPrivateKeySource.privateKey(try NIOSSLPrivateKey(bytes: RegularFile.read(privateKeyPath), format: .pem))
-        let authorities = try CertificateAuthorityFile.load(caPath)
+        let key = NIOSSLPrivateKeySource.privateKey(try PEMFile.key(privateKeyPath))
+        let authorities = try PEMFile.authorities(caPath)
         var server = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: key)
         server.minimumTLSVersion = .tlsv12
         server.trustRoots = .certificates(authorities)

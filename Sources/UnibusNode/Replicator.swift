@@ -116,16 +116,11 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
             node.log("replication frame refused", ["peer": link.peer.serverID, "error": "\(error)"])
             return
         }
-        switch frame {
-        case .sync, .have:
-            // Anti-entropy belongs to the peer's active link: a replaced
-            // link's late frames would mix into, or answer for, the new one.
-            guard link.isActive else { return }
-        default:
-            break
-        }
+        // Anti-entropy (sync, have) belongs to the peer's active link: a
+        // replaced link's late frames would mix into, or answer for, the new one.
         switch frame {
         case .sync(let count, let digest):
+            guard link.isActive else { return }
             let store = node.membership
             guard count != store.operationCount || digest != store.logDigest else { return }
             guard lock.withLock({ answeredSync.claim(peer: link.peer.serverID, link: link.linkID) }) else {
@@ -140,6 +135,7 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
                 start = end
             } while start < ids.count
         case .have(let ids, let last):
+            guard link.isActive else { return }
             let complete: Set<String>? = lock.withLock {
                 var held = incoming[link.peer.serverID, default: []]
                 held.formUnion(ids)

@@ -452,8 +452,8 @@ struct Run: AsyncParsableCommand {
         guard let cert = controlTlsCert ?? tlsCert, let key = controlTlsKey ?? tlsKey else { return nil }
         do {
             var tlsConfiguration = TLSConfiguration.makeServerConfiguration(
-                certificateChain: try NIOSSLCertificate.fromPEMBytes(RegularFile.read(cert)).map { .certificate($0) },
-                privateKey: .privateKey(try NIOSSLPrivateKey(bytes: RegularFile.read(key), format: .pem)))
+                certificateChain: try PEMFile.chain(cert).map { .certificate($0) },
+                privateKey: .privateKey(try PEMFile.key(key)))
             tlsConfiguration.minimumTLSVersion = .tlsv12
             return try NIOSSLContext(configuration: tlsConfiguration)
         } catch {
