@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servers import free_port, make_test_pki, wait_for  # noqa: E402
+from servers import eventually, free_port, make_test_pki, wait_for  # noqa: E402
 
 try:
     import nats
@@ -198,7 +198,7 @@ async def main():
             check("a member uses its room's subject", message.data == b"hello ops")
             await nc.publish("rooms.hr", b"nope")
             await nc.flush()
-            await asyncio.sleep(0.3)
+            await eventually(lambda: any('permissions violation for publish to "rooms.hr"' in e for e in errors), 5)
             check("and not another room's", any('permissions violation for publish to "rooms.hr"' in e for e in errors), errors)
 
             code, out = cli("room", "add-member", *as_admin, "--id", "hr", "--sign-pub", alice["nkey"])

@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import unibus_cluster  # noqa: E402
 from unibus_cluster import Cluster, check, identity, results, run  # noqa: E402
 from cdp import Browser  # noqa: E402
-from servers import free_port  # noqa: E402
+from servers import eventually, free_port  # noqa: E402
 
 try:
     import nats
@@ -209,7 +209,7 @@ async def main(work):
                                   inbox_prefix=f"_INBOX.{member['nkey']}".encode(), error_cb=on_error)
     denied = await outsider.subscribe("unibus.node.>")
     await outsider.flush(timeout=5)
-    violation = wait(lambda: any("permissions violation" in r.lower() for r in refusals), 5)
+    violation = await eventually(lambda: any("permissions violation" in r.lower() for r in refusals), 5)
     got = []
     try:
         got.append(await denied.next_msg(timeout=1.5))

@@ -1,5 +1,6 @@
 """Helpers shared by the peer scripts and benchmarks: free loopback ports and
 waiting for a server to accept connections."""
+import asyncio
 import os
 import random
 import socket
@@ -66,6 +67,22 @@ def wait_until(condition, timeout=15):
             pass
         time.sleep(0.05)
     return False
+
+
+async def eventually(condition, timeout=10, interval=0.05):
+    """True once condition() is true, False after timeout seconds. Use this,
+    not wait_until, inside a coroutine: it awaits between tries, so the
+    callbacks the condition depends on get to run (nats-py runs error_cb and
+    subscription callbacks as tasks on this event loop; a blocking wait holds
+    them back until it gives up, and a fixed sleep hopes they ran in time)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if condition():
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(interval)
 
 
 class OutputWatcher:
