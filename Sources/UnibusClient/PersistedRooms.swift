@@ -151,7 +151,8 @@ extension UnibusClient {
     // MARK: acknowledged publishing
 
     /// Subscribes to this client's durability receipts and starts resending
-    /// unacknowledged frames after reconnects and timeouts.
+    /// unacknowledged frames after reconnects and timeouts; after each
+    /// reconnect it also fetches the key shares that waited meanwhile.
     func startReceipts() throws {
         let receipts = try connection.subscribe(ReservedNamespace.receiptSubject(for: userNKey))
         receiptTask = Task { [weak self] in
@@ -163,7 +164,12 @@ extension UnibusClient {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
                     for await event in events {
-                        if case .connected = event { await self?.resendUnacknowledged(olderThan: nil) }
+                        guard case .connected = event else { continue }
+                        await self?.resendUnacknowledged(olderThan: nil)
+                        // Key notices sent while this client was away are not sent
+                        // again: shares posted then are fetched now, not at the next
+                        // frame whose session happens to be unknown.
+                        await self?.fetchKeyShares()
                     }
                 }
                 group.addTask {

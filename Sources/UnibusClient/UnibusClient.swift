@@ -111,7 +111,7 @@ public actor UnibusClient {
     private var counts: [FrameRejection: Int] = [:]
     private var delivered = 0
     private var duplicatesDropped = 0
-    private var keyFetch: Task<Void, Never>?
+    private var keyFetch: Task<Bool, Never>?
     private var noticeTask: Task<Void, Never>?
     var closed = false
     /// Unknown sessions a share fetch was already tried for (bounded).
@@ -676,7 +676,10 @@ public actor UnibusClient {
         if case .failure(let reason) = result, reason == .unknownSession || reason == .nonMember,
            let marker = Self.sessionMarker(frame), fetchedFor.count < 10_000, fetchedFor.insert(marker).inserted {
             if reason == .nonMember { try? await refreshRoom(room) }
-            await fetchKeyShares()
+            // A fetch that did not finish (the node went down a moment after
+            // the share was posted) leaves the session unmarked: the next copy
+            // of its frames, resumed from the store after a failover, asks again.
+            if !(await fetchKeyShares()) { fetchedFor.remove(marker) }
             result = keyring.open(frame, room: room, now: Self.nowMillis(), arrival: arrival, arrivedAt: arrivedAt)
         }
         switch result {
@@ -767,29 +770,34 @@ public actor UnibusClient {
     func fetchKeySharesForHistory() async { await fetchKeyShares() }
 
     /// Fetches, opens and acknowledges waiting key shares; concurrent callers
-    /// wait for the one fetch in flight.
-    private func fetchKeyShares() async {
+    /// wait for the one fetch in flight. False when it did not read every
+    /// page (no node answered, or the keys could not be saved).
+    @discardableResult
+    func fetchKeyShares() async -> Bool {
         if let keyFetch { return await keyFetch.value }
         let task = Task { await self.fetchKeySharesNow() }
         keyFetch = task
-        await task.value
+        let finished = await task.value
         keyFetch = nil
+        return finished
     }
 
-    private func fetchKeySharesNow() async {
+    private func fetchKeySharesNow() async -> Bool {
         // The node pages its answer; follow `next` to the end (bounded, so a
         // node that keeps answering with a cursor cannot hold the client).
         var cursor: String?
         for _ in 0..<1000 {
             let path = cursor.map { "/v1/key-shares?after=\($0)" } ?? "/v1/key-shares"
-            guard let page = try? await call("GET", path, expecting: ControlAPI.KeySharesPage.self) else { return }
-            await handleKeyShares(page.keyShares)
-            guard let next = page.next, next != cursor, !closed else { return }
+            guard let page = try? await call("GET", path, expecting: ControlAPI.KeySharesPage.self),
+                  await handleKeyShares(page.keyShares) else { return false }
+            guard let next = page.next, next != cursor, !closed else { return true }
             cursor = next
         }
+        return true
     }
 
-    private func handleKeyShares(_ shares: [ControlAPI.KeyShareView]) async {
+    /// False when the keys could not be saved (the shares stay on the node).
+    private func handleKeyShares(_ shares: [ControlAPI.KeyShareView]) async -> Bool {
         var handled: [String] = []
         for share in shares {
             guard let sealed = try? Base64.decode(share.sealed), let signature = try? Base64.decode(share.signature),
@@ -812,7 +820,7 @@ public actor UnibusClient {
         }
         // Kept before the shares are acknowledged (the node deletes them then):
         // when the keys could not be saved, the shares stay on the node.
-        guard saveState() else { return }
+        guard saveState() else { return false }
         if !handled.isEmpty {
             // Each acknowledgement is signed: only this recipient can mark its shares delivered, on any node.
             let acks = handled.map { ControlAPI.AckRequest.Ack(id: $0, signature: configuration.identity.sign(
@@ -820,6 +828,7 @@ public actor UnibusClient {
             _ = try? await call("POST", "/v1/key-shares/ack", body: ControlAPI.encode(ControlAPI.AckRequest(acks: acks)),
                                 expecting: ControlAPI.AckResponse.self)
         }
+        return true
     }
 
     static func nowMillis() -> UInt64 { UInt64(max(0, Date().timeIntervalSince1970 * 1000)) }
