@@ -135,6 +135,10 @@ public struct RouteLink: Sendable {
 
 /// The node layer's side of the cluster: membership replication rides on
 /// the route links as `RDATA` frames the broker does not interpret.
+///
+/// Activations and closes are delivered one at a time, in the order the
+/// links changed, but after the fact: frames (`received`) come straight
+/// from their links and may overtake them.
 public protocol ClusterDelegate: AnyObject, Sendable {
     /// A link became active (after the broker sent it the local interest).
     func routeActivated(_ link: RouteLink) async
@@ -183,6 +187,18 @@ public final class Cluster: @unchecked Sendable {
     private var failingURLs: Set<String> = []
     private var _delegate: ClusterDelegate?
     private var _onEvent: (@Sendable (ClusterEvent) -> Void)?
+    /// Link activations and closes, in the order they changed `active`
+    /// (yielded under `lock`), delivered to the delegate one at a time by a
+    /// single task: a close is never handled after the activation that
+    /// followed it, nor two activations out of order.
+    private let linkChanges: AsyncStream<LinkChange>.Continuation
+    /// Set once, at the end of `init` (it reads the delegate through `self`).
+    private var linkChangeDelivery: Task<Void, Never>?
+
+    private enum LinkChange {
+        case activated(RouteLink)
+        case closed(RouteInfo)
+    }
 
     /// The route certificate and key in use (replaced on reload; the
     /// cluster CA cannot change without a restart).
@@ -195,6 +211,22 @@ public final class Cluster: @unchecked Sendable {
         localInfo = RouteInfo(serverID: broker.serverID, name: broker.configuration.serverName, cluster: configuration.name,
                               root: configuration.root, clientURL: configuration.advertiseClientURL,
                               controlURL: configuration.advertiseControlURL)
+        let (changes, continuation) = AsyncStream.makeStream(of: LinkChange.self)
+        linkChanges = continuation
+        linkChangeDelivery = Task { [weak self] in
+            for await change in changes {
+                // Read per change: shutdown clears it, and nothing is delivered after.
+                guard let delegate = self?.delegate else { continue }
+                switch change {
+                case .activated(let link): await delegate.routeActivated(link)
+                case .closed(let peer): await delegate.routeClosed(peer)
+                }
+            }
+        }
+    }
+
+    deinit {
+        linkChanges.finish()
     }
 
     /// Where replication frames go (set by the node before `start`).
@@ -279,6 +311,8 @@ public final class Cluster: @unchecked Sendable {
         try? await listener?.close()
         for route in routes { route.close(reason: "the node is shutting down") }
         lock.withLock { _delegate = nil }
+        linkChanges.finish()
+        await linkChangeDelivery?.value
     }
 
     private func makeID() -> UInt64 {
@@ -341,6 +375,9 @@ public final class Cluster: @unchecked Sendable {
             for key in localInterest.keys {
                 _ = route.enqueue { RouteEncoder.writeInterest(into: &$0, add: true, subject: key.subject, queue: key.queue) }
             }
+            // Queued now, in the order of `active`'s changes; handled after the
+            // interest above is flushed (the delivery task runs later).
+            linkChanges.yield(.activated(RouteLink(connection: route, peer: info)))
             return .accept
         }
         guard case .accept = verdict else { return verdict }
@@ -350,16 +387,12 @@ public final class Cluster: @unchecked Sendable {
         replaced?.close(reason: "replaced by the preferred duplicate link")
         emit(.routeUp(info, dialed: route.dialed))
         updateConnectURLs()
-        if let delegate {
-            let link = RouteLink(connection: route, peer: info)
-            Task { await delegate.routeActivated(link) }
-        }
         return .accept
     }
 
-    /// Whether `serverID` has an active link now. The delegate hears of
-    /// closes in a task of their own: by then the peer may be linked again,
-    /// and the close must not wipe the new link's state.
+    /// Whether `serverID` has an active link now. The delegate hears of a
+    /// close after this changed: by then the peer may be linked again, and
+    /// the close must not wipe the new link's state.
     public func hasActiveLink(to serverID: String) -> Bool {
         lock.withLock { active[serverID] != nil }
     }
@@ -374,12 +407,12 @@ public final class Cluster: @unchecked Sendable {
         let removed: Bool = lock.withLock {
             guard active[peer.serverID] === route else { return false }
             active[peer.serverID] = nil
+            linkChanges.yield(.closed(peer))
             return true
         }
         guard removed else { return }
         emit(.routeDown(peer, reason: reason))
         updateConnectURLs()
-        if let delegate { Task { await delegate.routeClosed(peer) } }
     }
 
     /// Hands one RDATA frame to the delegate; the future completes when it

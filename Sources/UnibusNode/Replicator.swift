@@ -80,8 +80,9 @@ final class Replicator: ClusterDelegate, @unchecked Sendable {
     }
 
     func routeClosed(_ peer: RouteInfo) async {
-        // Delivered in its own task: if the peer is linked again by now, its
-        // state belongs to the new link and stays.
+        // Closes and activations arrive in order, but after the fact, while
+        // frames arrive on their links directly: if the peer is linked again
+        // by now, its state may already hold the new link's frames and stays.
         guard let node, node.broker.cluster?.hasActiveLink(to: peer.serverID) != true else { return }
         node.persister?.routeClosed(peer.serverID)
         node.operations?.routeClosed(peer.serverID)

@@ -279,6 +279,68 @@ struct ClusterTests {
         await shutdown(nodes)
     }
 
+    /// Records what the cluster tells its delegate, in order.
+    final class LinkRecorder: ClusterDelegate, @unchecked Sendable {
+        // @unchecked: `changes` is the only state, behind its own lock.
+        let changes = NIOLockedValueBox<[String]>([])
+        func routeActivated(_ link: RouteLink) async { changes.withLockedValue { $0.append("up \(link.peer.serverID)") } }
+        func received(_ data: ByteBuffer, from link: RouteLink) async {}
+        func routeClosed(_ peer: RouteInfo) async { changes.withLockedValue { $0.append("down \(peer.serverID)") } }
+    }
+
+    /// The delegate hears of each link change once, in the order it
+    /// happened: a peer restarted three times is down, up, down, up, down, up,
+    /// each close naming the peer whose activation came before it.
+    @Test func linkChangesReachTheDelegateInOrder() async throws {
+        var nodes = try await startCluster(2)
+        let recorder = LinkRecorder()
+        do {
+            #expect(await waitUntil { nodes.allSatisfy { $0.broker.cluster?.peers.count == 1 } })
+            nodes[0].broker.cluster?.delegate = recorder
+            var expected: [String] = []
+            var peer = nodes[1].broker.serverID
+            for _ in 0..<3 {
+                await nodes[1].broker.shutdown()
+                expected.append("down \(peer)")
+                #expect(await waitUntil { nodes[0].broker.cluster?.peers.isEmpty == true }, "the link goes when the peer goes")
+                var configuration = nodes[1].broker.configuration
+                configuration.port = 0
+                let restarted = Broker(configuration: configuration, nodeKey: Ed25519KeyPair())
+                nodes[1] = Node(broker: restarted, clientPort: 0, routePort: nodes[1].routePort)
+                let port = try await restarted.start()
+                nodes[1] = Node(broker: restarted, clientPort: port, routePort: nodes[1].routePort)
+                peer = restarted.serverID
+                expected.append("up \(peer)")
+                #expect(await waitUntil { nodes[0].broker.cluster?.peers.map(\.serverID) == [peer] }, "the survivor redials")
+            }
+            // Both nodes dial, and each end settles duplicates on its own: a
+            // preferred duplicate can replace the first link (a second "up", no
+            // "down"), or the far end can close the link this end kept, which
+            // is then "down" and "up" again for the same peer. Those are folded
+            // away. The first link's activation may still have been queued when
+            // the recorder was set: it is delivered to the recorder, first.
+            let first = "up \(expected[0].dropFirst("down ".count))"
+            func collapsed() -> [String] {
+                var folded: [String] = []
+                for change in recorder.changes.withLockedValue({ $0 }) {
+                    if change == folded.last { continue }
+                    if change.hasPrefix("up "), folded.last == "down " + change.dropFirst("up ".count) {
+                        folded.removeLast()
+                        continue
+                    }
+                    folded.append(change)
+                }
+                return folded.first == first ? Array(folded.dropFirst()) : folded
+            }
+            #expect(await waitUntil { collapsed().count >= expected.count })
+            #expect(collapsed() == expected, "\(recorder.changes.withLockedValue { $0 })")
+        } catch {
+            await shutdown(nodes)
+            throw error
+        }
+        await shutdown(nodes)
+    }
+
     @Test func aRestartedPeerIsLinkedAgain() async throws {
         var nodes = try await startCluster(2)
         do {
