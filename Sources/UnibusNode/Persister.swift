@@ -85,11 +85,10 @@ final class Persister: PublishTap, @unchecked Sendable {
     private var queuedFrames = 0
     private var queuedBytes = 0
     private var scheduled = false
-    /// Inventory parts received per peer and room, until the last part.
-    private var inventories: [String: [String: (horizon: UInt64, held: [[UInt8]: FrameReplication.StreamRanges], ranges: Int)]] = [:]
-    /// "peer/link/room" answered: once per room and link (keyed by link: a
-    /// preferred duplicate can replace a peer's link without a close for the peer).
-    private var answered: Set<String> = []
+    /// Inventory parts received per peer, and the rooms answered, on the
+    /// peer's current link (a new link's parts start afresh; a late
+    /// activation of that same link keeps what already arrived on it).
+    private var inventories: [String: PeerInventory] = [:]
     /// Rooms waiting for an answer to a peer, and whether one is running.
     private var answering: [String: (running: Bool, rooms: [(room: String, horizon: UInt64, held: [[UInt8]: FrameReplication.StreamRanges], link: RouteLink)])] = [:]
     private var retentionTask: Task<Void, Never>?
@@ -223,9 +222,11 @@ final class Persister: PublishTap, @unchecked Sendable {
     /// A link opened: tell the peer what this node holds of each persisted
     /// room, so it sends what is missing here (and it does the same).
     func routeActivated(_ link: RouteLink) {
+        // Frames come straight from the link and can be here before this:
+        // what arrived on this link already stays, earlier links' goes.
+        let peer = link.peer.serverID
         lock.withLock {
-            answered = answered.filter { !$0.hasPrefix(link.peer.serverID + "/") }
-            inventories[link.peer.serverID] = nil
+            if inventories[peer]?.link != link.linkID { inventories[peer] = nil }
         }
         Task {
             guard let node = self.currentNode else { return }
@@ -247,7 +248,6 @@ final class Persister: PublishTap, @unchecked Sendable {
         lock.withLock {
             inventories[peer] = nil
             answering[peer] = nil
-            answered = answered.filter { !$0.hasPrefix(peer + "/") }
         }
     }
 
@@ -639,27 +639,12 @@ final class Persister: PublishTap, @unchecked Sendable {
         // A replaced link's late parts would mix into the active link's.
         guard link.isActive else { return }
         let peer = link.peer.serverID
-        let complete: (horizon: UInt64, held: [[UInt8]: FrameReplication.StreamRanges])? = lock.withLock {
+        let complete = lock.withLock { () -> (horizon: UInt64, held: PeerInventory.Held)? in
             // Once per room and link (a replaced link's answers do not count).
-            let key = "\(peer)/\(link.linkID)/\(room)"
-            guard !answered.contains(key) else { return nil }
-            var entry = inventories[peer]?[room] ?? (horizon, [:], 0)
-            for stream in streams {
-                entry.held[stream.key] = entry.held[stream.key].map { $0.merged(with: stream) } ?? stream
-                entry.ranges += stream.ranges.count
-            }
-            // A peer that announces without end cannot grow this node's memory without bound.
-            guard entry.ranges <= 4_000_000, (inventories[peer]?.count ?? 0) <= 10_000 else {
-                inventories[peer]?[room] = nil
-                return nil
-            }
-            guard last else {
-                inventories[peer, default: [:]][room] = entry
-                return nil
-            }
-            inventories[peer]?[room] = nil
-            answered.insert(key)
-            return (entry.horizon, entry.held)
+            var inventory = inventories[peer].flatMap { $0.link == link.linkID ? $0 : nil } ?? PeerInventory(link: link.linkID)
+            let complete = inventory.take(room: room, horizon: horizon, streams: streams, last: last)
+            inventories[peer] = inventory
+            return complete
         }
         guard let complete else { return }
         let start = lock.withLock { () -> Bool in

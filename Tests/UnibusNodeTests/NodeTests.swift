@@ -4,6 +4,7 @@ import UnibusBroker
 import UnibusCrypto
 import UnibusMembership
 import UnibusMembershipStore
+import UnibusPersistence
 import UnibusTestSupport
 @testable import UnibusNode
 
@@ -129,5 +130,39 @@ struct OncePerLinkTests {
         answered.forget(peer: "NB")
         #expect(claim("NB", 3), "after the peer's links closed, it is answered again")
         #expect(!claim("NC", 2))
+    }
+}
+
+struct PeerInventoryTests {
+    private static func part(_ stream: UInt8, _ ranges: [ClosedRange<UInt64>]) -> FrameReplication.StreamRanges {
+        FrameReplication.StreamRanges(sender: [1], stream: [stream], ranges: ranges)
+    }
+
+    @Test func partsAreCollectedUntilTheLastAndAnsweredOncePerRoom() throws {
+        var inventory = PeerInventory(link: 7)
+        // Taken outside #expect (the macro cannot take a mutating call).
+        func take(_ room: String, _ horizon: UInt64, _ streams: [FrameReplication.StreamRanges], last: Bool)
+            -> (horizon: UInt64, held: PeerInventory.Held)? {
+            inventory.take(room: room, horizon: horizon, streams: streams, last: last)
+        }
+        #expect(take("log", 100, [Self.part(1, [0...4])], last: false) == nil)
+        #expect(take("ops", 5, [Self.part(9, [0...0])], last: false) == nil)
+        let whole = try #require(take("log", 200, [Self.part(1, [5...9]), Self.part(2, [3...3])], last: true))
+        #expect(whole.horizon == 100, "the first part's horizon")
+        #expect(whole.held[[1, 1]]?.ranges == [0...9], "one stream's parts merge")
+        #expect(whole.held[[1, 2]]?.ranges == [3...3])
+        #expect(whole.held.count == 2, "another room's parts stay apart")
+        #expect(take("log", 100, [], last: true) == nil, "a room is answered once per link")
+        #expect(take("ops", 5, [], last: true)?.held.count == 1)
+    }
+
+    @Test func aRoomPastTheBoundIsDropped() {
+        var inventory = PeerInventory(link: 1)
+        let many = (0..<UInt64(PeerInventory.maximumRanges + 1)).map { ($0 * 2)...($0 * 2) }
+        let overflowing = inventory.take(room: "log", horizon: 0, streams: [Self.part(1, many)], last: true)
+        #expect(overflowing == nil)
+        // Its parts went with it: a fresh, small inventory is answered.
+        let small = inventory.take(room: "log", horizon: 0, streams: [Self.part(1, [0...0])], last: true)
+        #expect(small?.held.count == 1)
     }
 }
