@@ -375,8 +375,8 @@ public final class Cluster: @unchecked Sendable {
             for key in localInterest.keys {
                 _ = route.enqueue { RouteEncoder.writeInterest(into: &$0, add: true, subject: key.subject, queue: key.queue) }
             }
-            // Queued now, in the order of `active`'s changes; handled after the
-            // interest above is flushed (the delivery task runs later).
+            // Queued now, in the order of `active`'s changes. Whatever the
+            // delegate sends on the link is queued behind the interest above.
             linkChanges.yield(.activated(RouteLink(connection: route, peer: info)))
             return .accept
         }

@@ -158,18 +158,22 @@ extension UnibusClient {
         receiptTask = Task { [weak self] in
             for await receipt in receipts { await self?.handleReceipt(receipt.payload) }
         }
-        let events = connection.events()
+        let events = connection.events(), reconnects = connection.events()
         let interval = configuration.acknowledgementTimeout
         resendTask = Task { [weak self] in
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
                     for await event in events {
-                        guard case .connected = event else { continue }
-                        await self?.resendUnacknowledged(olderThan: nil)
-                        // Key notices sent while this client was away are not sent
-                        // again: shares posted then are fetched now, not at the next
-                        // frame whose session happens to be unknown.
-                        await self?.fetchKeyShares()
+                        if case .connected = event { await self?.resendUnacknowledged(olderThan: nil) }
+                    }
+                }
+                group.addTask {
+                    // Key notices sent while this client was away are not sent
+                    // again: shares posted then are fetched now, not at the next
+                    // frame whose session happens to be unknown. Apart from the
+                    // resends, which a slow control plane must not hold back.
+                    for await event in reconnects {
+                        if case .connected = event { await self?.fetchKeyShares() }
                     }
                 }
                 group.addTask {

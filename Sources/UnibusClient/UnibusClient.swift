@@ -111,11 +111,17 @@ public actor UnibusClient {
     private var counts: [FrameRejection: Int] = [:]
     private var delivered = 0
     private var duplicatesDropped = 0
+    /// The key-share fetch under way, and the one queued behind it (see `fetchKeyShares`).
     private var keyFetch: Task<Bool, Never>?
+    private var queuedKeyFetch: Task<Bool, Never>?
     private var noticeTask: Task<Void, Never>?
     var closed = false
-    /// Unknown sessions a share fetch was already tried for (bounded).
+    /// Unknown sessions a share fetch was already tried for (bounded), and
+    /// when a fetch for one whose fetch failed may be tried again.
     private var fetchedFor: Set<[UInt8]> = []
+    private var fetchRetryAt: [[UInt8]: UInt64] = [:]
+    /// How long after a failed fetch the frames of that session may ask again.
+    static let keyFetchRetryMillis: UInt64 = 2000
     /// Frames of persisted rooms sent and not yet acknowledged as stored.
     var unacknowledged = UnacknowledgedFrames()
     var receiptTask: Task<Void, Never>?
@@ -241,6 +247,7 @@ public actor UnibusClient {
         closed = true
         noticeTask?.cancel()
         keyFetch?.cancel()
+        queuedKeyFetch?.cancel()
         receiptTask?.cancel()
         resendTask?.cancel()
         saveTask?.cancel()
@@ -248,6 +255,7 @@ public actor UnibusClient {
         await connection.close()
         await noticeTask?.value
         await keyFetch?.value
+        await queuedKeyFetch?.value
         await receiptTask?.value
         await resendTask?.value
         await saveTask?.value
@@ -674,12 +682,16 @@ public actor UnibusClient {
         if let next = keyring.nextExpiry[room], next <= Int64(Self.nowMillis() / 1000) { try? await applyRoom(room) }
         var result = keyring.open(frame, room: room, now: Self.nowMillis(), arrival: arrival, arrivedAt: arrivedAt)
         if case .failure(let reason) = result, reason == .unknownSession || reason == .nonMember,
-           let marker = Self.sessionMarker(frame), fetchedFor.count < 10_000, fetchedFor.insert(marker).inserted {
+           let marker = Self.sessionMarker(frame), mayFetchKeyShares(for: marker) {
             if reason == .nonMember { try? await refreshRoom(room) }
             // A fetch that did not finish (the node went down a moment after
-            // the share was posted) leaves the session unmarked: the next copy
-            // of its frames, resumed from the store after a failover, asks again.
-            if !(await fetchKeyShares()) { fetchedFor.remove(marker) }
+            // the share was posted) does not settle the session: its frames,
+            // resumed from the store after a failover, ask again, paced.
+            if await fetchKeyShares() {
+                fetchRetryAt[marker] = nil
+            } else {
+                fetchRetryAt[marker] = Self.nowMillis() + Self.keyFetchRetryMillis
+            }
             result = keyring.open(frame, room: room, now: Self.nowMillis(), arrival: arrival, arrivedAt: arrivedAt)
         }
         switch result {
@@ -701,6 +713,21 @@ public actor UnibusClient {
             configuration.logger.debug("frame refused", metadata: ["room": "\(room)", "reason": "\(reason)"])
         }
         return result
+    }
+
+    /// Whether a frame of the session `marker` names may fetch key shares:
+    /// once per session, again after a failed fetch once its pause is over;
+    /// at most 10,000 sessions are remembered (a flood of made-up sessions
+    /// cannot make a fetch per frame).
+    private func mayFetchKeyShares(for marker: [UInt8]) -> Bool {
+        if fetchedFor.contains(marker) {
+            guard let retry = fetchRetryAt[marker], retry <= Self.nowMillis() else { return false }
+            fetchRetryAt[marker] = Self.nowMillis() + Self.keyFetchRetryMillis
+            return true
+        }
+        guard fetchedFor.count < 10_000 else { return false }
+        fetchedFor.insert(marker)
+        return true
     }
 
     /// The sender and session bytes of a Megolm frame (the sender alone otherwise).
@@ -769,31 +796,48 @@ public actor UnibusClient {
     /// Fetches waiting key shares before reading history.
     func fetchKeySharesForHistory() async { await fetchKeyShares() }
 
-    /// Fetches, opens and acknowledges waiting key shares; concurrent callers
-    /// wait for the one fetch in flight. False when it did not read every
-    /// page (no node answered, or the keys could not be saved).
+    /// Fetches, opens and acknowledges waiting key shares. False when it did
+    /// not read every page or could not save every share (no node answered,
+    /// or the disk is full).
+    ///
+    /// One fetch runs at a time. A caller that asks while one runs may know
+    /// of a share that fetch read the node too early for (a notice, a frame
+    /// of a new session), so it waits for the next fetch instead, which
+    /// everyone asking until it starts shares: two fetches at most, however
+    /// many ask.
     @discardableResult
     func fetchKeyShares() async -> Bool {
-        if let keyFetch { return await keyFetch.value }
-        let task = Task { await self.fetchKeySharesNow() }
-        keyFetch = task
-        let finished = await task.value
-        keyFetch = nil
-        return finished
+        if let queuedKeyFetch { return await queuedKeyFetch.value }
+        let previous = keyFetch
+        let task = Task { () -> Bool in
+            if let previous {
+                _ = await previous.value
+                // This task starts now: later callers queue behind it.
+                self.keyFetch = self.queuedKeyFetch
+                self.queuedKeyFetch = nil
+            }
+            let finished = await self.fetchKeySharesNow()
+            if self.queuedKeyFetch == nil { self.keyFetch = nil }
+            return finished
+        }
+        if previous == nil { keyFetch = task } else { queuedKeyFetch = task }
+        return await task.value
     }
 
     private func fetchKeySharesNow() async -> Bool {
         // The node pages its answer; follow `next` to the end (bounded, so a
         // node that keeps answering with a cursor cannot hold the client).
-        var cursor: String?
+        // A page whose shares could not be saved stays on the node (not
+        // acknowledged); the pages after it are still read.
+        var cursor: String?, saved = true
         for _ in 0..<1000 {
             let path = cursor.map { "/v1/key-shares?after=\($0)" } ?? "/v1/key-shares"
-            guard let page = try? await call("GET", path, expecting: ControlAPI.KeySharesPage.self),
-                  await handleKeyShares(page.keyShares) else { return false }
-            guard let next = page.next, next != cursor, !closed else { return true }
+            guard let page = try? await call("GET", path, expecting: ControlAPI.KeySharesPage.self) else { return false }
+            if !(await handleKeyShares(page.keyShares)) { saved = false }
+            guard let next = page.next, next != cursor, !closed else { return saved }
             cursor = next
         }
-        return true
+        return saved
     }
 
     /// False when the keys could not be saved (the shares stay on the node).
