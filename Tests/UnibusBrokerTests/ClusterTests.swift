@@ -332,8 +332,7 @@ struct ClusterTests {
                 }
                 return folded.first == first ? Array(folded.dropFirst()) : folded
             }
-            #expect(await waitUntil { collapsed().count >= expected.count })
-            #expect(collapsed() == expected, "\(recorder.changes.withLockedValue { $0 })")
+            #expect(await waitUntil { collapsed() == expected }, "\(recorder.changes.withLockedValue { $0 })")
         } catch {
             await shutdown(nodes)
             throw error

@@ -571,6 +571,7 @@ async def reserved_namespaces():
     code, out = cli("room", "create", *as_admin, "--id", "hr", "--subject", "corp.hr")
     code2, out2 = cli("room", "add-member", *as_admin, "--id", "hr", "--sign-pub", bob["nkey"])
     await eventually(lambda: any(b'"room":"hr"' in n for n in bob_notices), 5)
+    await nc.flush()   # a round trip on mallory's connection: a copy wrongly sent to her would be here by now
     check("control: bob gets the key notice for his new room on unibus.keys.<bob>",
           code == 0 and code2 == 0 and any(b'"room":"hr"' in n for n in bob_notices), f"{out} {out2} {bob_notices}")
     check("mallory received no other user's key notice (nor anything else)", not got, got)
@@ -805,6 +806,7 @@ async def broker_attacks():
     await mallory_nc.publish(forged, b"forged reply")
     await mallory_nc.flush()
     await eventually(lambda: mallory_errors.has(f'Permissions Violation for Publish to "{forged}"'), 5)
+    await bob_nc.flush()   # a round trip on bob's connection: a forged reply wrongly relayed would be here by now
     check("publishing into another user's inbox is a permissions violation",
           mallory_errors.has(f'Permissions Violation for Publish to "{forged}"'), mallory_errors.texts)
     check("the inbox owner received nothing", not bob_got, bob_got)
