@@ -6,7 +6,8 @@ import UnibusPersistence
 /// frame replication message) or as a frame a member publishes to one:
 /// decoding must end in a typed message or a named refusal, a decoded
 /// message must survive re-encoding, and every frame in it goes through the
-/// node's verifier (which must accept or name what is wrong, never trap).
+/// node's verifier (which must accept or name what is wrong, never trap);
+/// an inventory is collected the way the node collects a peer's.
 private let state: MembershipState = {
     let admin = Identity()
     var state = MembershipState()
@@ -32,13 +33,30 @@ public func fuzzFrameReplication(_ data: UnsafePointer<UInt8>, _ size: Int) -> C
     switch message {
     case .frames(_, let room, let frames):
         for frame in frames { _ = try? FrameVerifier.verify(frame.bytes, room: room, in: state) }
-    case .inventory(_, _, _, let streams):
+    case .inventory(let room, let horizon, _, let streams):
         for stream in streams {
             for range in stream.ranges {
                 guard stream.contains(range.lowerBound), stream.contains(range.upperBound) else {
                     fatalError("an inventory does not contain its own range ends")
                 }
             }
+        }
+        // Collected as two parts of one link's inventory, the way the node
+        // collects a peer's: the whole holds every range announced, with the
+        // first part's horizon, and is answered once.
+        var inventory = PeerInventory(link: 1)
+        _ = inventory.take(room: room, horizon: horizon, streams: streams, last: false)
+        guard let whole = inventory.take(room: room, horizon: horizon &+ 1, streams: streams, last: true) else { break }
+        guard whole.horizon == horizon else { fatalError("an inventory's horizon is not its first part's") }
+        for stream in streams {
+            for range in stream.ranges {
+                guard let held = whole.held[stream.key], held.contains(range.lowerBound), held.contains(range.upperBound) else {
+                    fatalError("a collected inventory lost an announced range")
+                }
+            }
+        }
+        if inventory.take(room: room, horizon: horizon, streams: [], last: true) != nil {
+            fatalError("a room's inventory was answered twice on one link")
         }
     case .stored:
         break

@@ -1,5 +1,3 @@
-import UnibusPersistence
-
 /// What one peer announced of its persisted rooms on one route link:
 /// inventory parts collected per room until the last part, and the rooms
 /// already answered on that link.
@@ -8,21 +6,23 @@ import UnibusPersistence
 /// preferred duplicate, or after a close) while frames from the new link
 /// arrive before the node layer hears of it: the holder keeps this value
 /// while the link is the same (`link`) and starts a new one for another link.
-struct PeerInventory {
-    typealias Held = [[UInt8]: FrameReplication.StreamRanges]
+public struct PeerInventory: Sendable {
+    /// What the peer holds, by stream key (`StreamRanges.key`).
+    public typealias Held = [[UInt8]: FrameReplication.StreamRanges]
 
     /// Most index ranges one room's inventory may announce, and most rooms
     /// collected at once: a peer that announces without end cannot grow this
     /// node's memory without bound.
-    static let maximumRanges = 4_000_000
-    static let maximumRooms = 10_000
+    public static let maximumRanges = 4_000_000
+    public static let maximumRooms = 10_000
 
     /// The link the parts came on.
-    let link: UInt64
+    public let link: UInt64
     private var rooms: [String: (horizon: UInt64, held: Held, ranges: Int)] = [:]
     private var answered: Set<String> = []
 
-    init(link: UInt64) {
+    /// Nothing collected yet, for the link numbered `link`.
+    public init(link: UInt64) {
         self.link = link
     }
 
@@ -30,7 +30,7 @@ struct PeerInventory {
     /// (the first part's horizon, what the peer holds) after the last part,
     /// once per room on this link; nil before that, for a room already
     /// answered, and for a room past the bounds (its parts are dropped).
-    mutating func take(room: String, horizon: UInt64, streams: [FrameReplication.StreamRanges], last: Bool) -> (horizon: UInt64, held: Held)? {
+    public mutating func take(room: String, horizon: UInt64, streams: [FrameReplication.StreamRanges], last: Bool) -> (horizon: UInt64, held: Held)? {
         guard !answered.contains(room) else { return nil }
         var entry = rooms[room] ?? (horizon, [:], 0)
         for stream in streams {
