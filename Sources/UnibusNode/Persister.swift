@@ -86,8 +86,7 @@ final class Persister: PublishTap, @unchecked Sendable {
     private var queuedBytes = 0
     private var scheduled = false
     /// Inventory parts received per peer, and the rooms answered, on the
-    /// peer's current link (a new link's parts start afresh; a late
-    /// activation of that same link keeps what already arrived on it).
+    /// link they came on (another link's parts start afresh).
     private var inventories: [String: PeerInventory] = [:]
     /// Rooms waiting for an answer to a peer, and whether one is running.
     private var answering: [String: (running: Bool, rooms: [(room: String, horizon: UInt64, held: [[UInt8]: FrameReplication.StreamRanges], link: RouteLink)])] = [:]
@@ -222,12 +221,10 @@ final class Persister: PublishTap, @unchecked Sendable {
     /// A link opened: tell the peer what this node holds of each persisted
     /// room, so it sends what is missing here (and it does the same).
     func routeActivated(_ link: RouteLink) {
-        // Frames come straight from the link and can be here before this:
-        // what arrived on this link already stays, earlier links' goes.
-        let peer = link.peer.serverID
-        lock.withLock {
-            if inventories[peer]?.link != link.linkID { inventories[peer] = nil }
-        }
+        // Heard of after the fact: a link replaced meanwhile is not told
+        // anything. What the peer announced is kept by link in `takeInventory`
+        // (frames come straight from the link and can be here before this).
+        guard link.isActive else { return }
         Task {
             guard let node = self.currentNode else { return }
             let state = node.membership.snapshot
@@ -641,7 +638,9 @@ final class Persister: PublishTap, @unchecked Sendable {
         let peer = link.peer.serverID
         let complete = lock.withLock { () -> (horizon: UInt64, held: PeerInventory.Held)? in
             // Once per room and link (a replaced link's answers do not count).
-            var inventory = inventories[peer].flatMap { $0.link == link.linkID ? $0 : nil } ?? PeerInventory(link: link.linkID)
+            // Taken out while it changes, so the dictionary holds no second copy.
+            var inventory = inventories.removeValue(forKey: peer).flatMap { $0.link == link.linkID ? $0 : nil }
+                ?? PeerInventory(link: link.linkID)
             let complete = inventory.take(room: room, horizon: horizon, streams: streams, last: last)
             inventories[peer] = inventory
             return complete

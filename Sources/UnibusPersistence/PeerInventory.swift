@@ -10,16 +10,18 @@ public struct PeerInventory: Sendable {
     /// What the peer holds, by stream key (`StreamRanges.key`).
     public typealias Held = [[UInt8]: FrameReplication.StreamRanges]
 
-    /// Most index ranges one room's inventory may announce, and most rooms
-    /// collected at once: a peer that announces without end cannot grow this
-    /// node's memory without bound.
+    /// Most index ranges one room's inventory may announce, most rooms
+    /// collected at once, and most rooms settled on one link: a peer that
+    /// announces without end cannot grow this node's memory without bound.
     public static let maximumRanges = 4_000_000
     public static let maximumRooms = 10_000
+    public static let maximumSettled = 1_000_000
 
     /// The link the parts came on.
     public let link: UInt64
     private var rooms: [String: (horizon: UInt64, held: Held, ranges: Int)] = [:]
-    private var answered: Set<String> = []
+    /// Rooms answered, or refused for going past a bound, on this link.
+    private var settled: Set<String> = []
 
     /// Nothing collected yet, for the link numbered `link`.
     public init(link: UInt64) {
@@ -29,24 +31,28 @@ public struct PeerInventory: Sendable {
     /// Takes one part of `room`'s inventory. Returns the whole inventory
     /// (the first part's horizon, what the peer holds) after the last part,
     /// once per room on this link; nil before that, for a room already
-    /// answered, and for a room past the bounds (its parts are dropped).
+    /// answered, and for a room past a bound: its parts are dropped and the
+    /// rest of its inventory on this link is ignored (answering a truncated
+    /// inventory would send the whole room again).
     public mutating func take(room: String, horizon: UInt64, streams: [FrameReplication.StreamRanges], last: Bool) -> (horizon: UInt64, held: Held)? {
-        guard !answered.contains(room) else { return nil }
-        var entry = rooms[room] ?? (horizon, [:], 0)
+        guard !settled.contains(room), settled.count < Self.maximumSettled else { return nil }
+        guard var entry = rooms.removeValue(forKey: room) ?? (rooms.count < Self.maximumRooms ? (horizon, [:], 0) : nil) else {
+            settled.insert(room)
+            return nil
+        }
         for stream in streams {
             entry.held[stream.key] = entry.held[stream.key].map { $0.merged(with: stream) } ?? stream
             entry.ranges += stream.ranges.count
         }
-        guard entry.ranges <= Self.maximumRanges, rooms.count <= Self.maximumRooms else {
-            rooms[room] = nil
+        guard entry.ranges <= Self.maximumRanges else {
+            settled.insert(room)
             return nil
         }
         guard last else {
             rooms[room] = entry
             return nil
         }
-        rooms[room] = nil
-        answered.insert(room)
+        settled.insert(room)
         return (entry.horizon, entry.held)
     }
 }

@@ -156,13 +156,31 @@ struct PeerInventoryTests {
         #expect(take("ops", 5, [], last: true)?.held.count == 1)
     }
 
-    @Test func aRoomPastTheBoundIsDropped() {
+    @Test func aRoomPastABoundIsRefusedOnThatLink() {
         var inventory = PeerInventory(link: 1)
         let many = (0..<UInt64(PeerInventory.maximumRanges + 1)).map { ($0 * 2)...($0 * 2) }
         let overflowing = inventory.take(room: "log", horizon: 0, streams: [Self.part(1, many)], last: true)
         #expect(overflowing == nil)
-        // Its parts went with it: a fresh, small inventory is answered.
-        let small = inventory.take(room: "log", horizon: 0, streams: [Self.part(1, [0...0])], last: true)
-        #expect(small?.held.count == 1)
+        // The rest of its inventory on this link is ignored: answering what
+        // follows alone would look like a peer that holds almost nothing.
+        let rest = inventory.take(room: "log", horizon: 0, streams: [Self.part(1, [0...0])], last: true)
+        #expect(rest == nil)
+        // A new link asks again.
+        var next = PeerInventory(link: 2)
+        let again = next.take(room: "log", horizon: 0, streams: [Self.part(1, [0...0])], last: true)
+        #expect(again?.held.count == 1)
+    }
+
+    @Test func roomsCollectedAtOnceAreBounded() {
+        var inventory = PeerInventory(link: 1)
+        for index in 0..<PeerInventory.maximumRooms {
+            _ = inventory.take(room: "room-\(index)", horizon: 0, streams: [Self.part(1, [0...0])], last: false)
+        }
+        let oneTooMany = inventory.take(room: "extra", horizon: 0, streams: [Self.part(1, [0...0])], last: true)
+        #expect(oneTooMany == nil, "a room past the bound is refused")
+        let collecting = inventory.take(room: "room-0", horizon: 0, streams: [Self.part(2, [0...0])], last: true)
+        #expect(collecting?.held.count == 2, "rooms already being collected go on")
+        let roomAfter = inventory.take(room: "after", horizon: 0, streams: [], last: true)
+        #expect(roomAfter != nil, "a finished room makes room for another")
     }
 }

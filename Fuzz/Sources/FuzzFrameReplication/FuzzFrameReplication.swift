@@ -42,17 +42,37 @@ public func fuzzFrameReplication(_ data: UnsafePointer<UInt8>, _ size: Int) -> C
             }
         }
         // Collected as two parts of one link's inventory, the way the node
-        // collects a peer's: the whole holds every range announced, with the
-        // first part's horizon, and is answered once.
+        // collects a peer's: the whole holds exactly the ranges announced
+        // (a lost range costs a resend; a bridged gap would leave frames the
+        // peer lacks unsent), with the first part's horizon, answered once.
         var inventory = PeerInventory(link: 1)
-        _ = inventory.take(room: room, horizon: horizon, streams: streams, last: false)
-        guard let whole = inventory.take(room: room, horizon: horizon &+ 1, streams: streams, last: true) else { break }
+        let half = streams.count / 2
+        _ = inventory.take(room: room, horizon: horizon, streams: Array(streams[..<half]), last: false)
+        guard let whole = inventory.take(room: room, horizon: horizon &+ 1, streams: Array(streams[half...]), last: true) else { break }
         guard whole.horizon == horizon else { fatalError("an inventory's horizon is not its first part's") }
+        func announced(_ key: [UInt8], _ index: UInt64) -> Bool {
+            streams.contains { $0.key == key && $0.contains(index) }
+        }
         for stream in streams {
+            guard let held = whole.held[stream.key] else { fatalError("a collected inventory lost a stream") }
             for range in stream.ranges {
-                guard let held = whole.held[stream.key], held.contains(range.lowerBound), held.contains(range.upperBound) else {
+                guard held.contains(range.lowerBound), held.contains(range.upperBound) else {
                     fatalError("a collected inventory lost an announced range")
                 }
+                // Just outside an announced range: held only if announced too.
+                // With the held ranges' own ends announced, this rules out any
+                // index held and never announced.
+                if range.upperBound < .max, held.contains(range.upperBound + 1), !announced(stream.key, range.upperBound + 1) {
+                    fatalError("a collected inventory bridged a gap after \(range)")
+                }
+                if range.lowerBound > 0, held.contains(range.lowerBound - 1), !announced(stream.key, range.lowerBound - 1) {
+                    fatalError("a collected inventory bridged a gap before \(range)")
+                }
+            }
+        }
+        for (key, held) in whole.held {
+            for range in held.ranges where !announced(key, range.lowerBound) || !announced(key, range.upperBound) {
+                fatalError("a collected inventory holds \(range), never announced")
             }
         }
         if inventory.take(room: room, horizon: horizon, streams: [], last: true) != nil {
