@@ -119,9 +119,9 @@ public actor UnibusClient {
     /// Unknown sessions a share fetch was already tried for (bounded), and
     /// when a fetch for one whose fetch failed may be tried again.
     private var fetchedFor: Set<[UInt8]> = []
-    private var fetchRetryAt: [[UInt8]: UInt64] = [:]
+    private var fetchRetryAt: [[UInt8]: ContinuousClock.Instant] = [:]
     /// How long after a failed fetch the frames of that session may ask again.
-    static let keyFetchRetryMillis: UInt64 = 2000
+    static let keyFetchRetryPause = Duration.seconds(2)
     /// Frames of persisted rooms sent and not yet acknowledged as stored.
     var unacknowledged = UnacknowledgedFrames()
     var receiptTask: Task<Void, Never>?
@@ -246,16 +246,16 @@ public actor UnibusClient {
     public func close() async {
         closed = true
         noticeTask?.cancel()
-        keyFetch?.cancel()
-        queuedKeyFetch?.cancel()
+        // Both read now: the queued fetch moves to `keyFetch` when it starts.
+        let keyFetches = [keyFetch, queuedKeyFetch].compactMap { $0 }
+        for fetch in keyFetches { fetch.cancel() }
         receiptTask?.cancel()
         resendTask?.cancel()
         saveTask?.cancel()
         unacknowledged.failAll(ClientError.closed)
         await connection.close()
         await noticeTask?.value
-        await keyFetch?.value
-        await queuedKeyFetch?.value
+        for fetch in keyFetches { _ = await fetch.value }
         await receiptTask?.value
         await resendTask?.value
         await saveTask?.value
@@ -690,7 +690,7 @@ public actor UnibusClient {
             if await fetchKeyShares() {
                 fetchRetryAt[marker] = nil
             } else {
-                fetchRetryAt[marker] = Self.nowMillis() + Self.keyFetchRetryMillis
+                fetchRetryAt[marker] = .now + Self.keyFetchRetryPause
             }
             result = keyring.open(frame, room: room, now: Self.nowMillis(), arrival: arrival, arrivedAt: arrivedAt)
         }
@@ -721,8 +721,8 @@ public actor UnibusClient {
     /// cannot make a fetch per frame).
     private func mayFetchKeyShares(for marker: [UInt8]) -> Bool {
         if fetchedFor.contains(marker) {
-            guard let retry = fetchRetryAt[marker], retry <= Self.nowMillis() else { return false }
-            fetchRetryAt[marker] = Self.nowMillis() + Self.keyFetchRetryMillis
+            guard let retry = fetchRetryAt[marker], retry <= .now else { return false }
+            fetchRetryAt[marker] = .now + Self.keyFetchRetryPause
             return true
         }
         guard fetchedFor.count < 10_000 else { return false }
@@ -807,6 +807,7 @@ public actor UnibusClient {
     /// many ask.
     @discardableResult
     func fetchKeyShares() async -> Bool {
+        guard !closed else { return false }
         if let queuedKeyFetch { return await queuedKeyFetch.value }
         let previous = keyFetch
         let task = Task { () -> Bool in
