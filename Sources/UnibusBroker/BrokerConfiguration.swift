@@ -80,7 +80,11 @@ public enum PEMFile {
     /// `CertificateAuthorityFileError` naming the path (NIOSSL's error
     /// would read as a problem with the certificate file).
     public static func authorities(_ path: String) throws -> [NIOSSLCertificate] {
-        let bytes = try RegularFile.read(path)
+        try authorities(pem: RegularFile.read(path), from: path)
+    }
+
+    /// The CA certificates in `bytes`, read from `path` earlier (named in the error).
+    public static func authorities(pem bytes: [UInt8], from path: String) throws -> [NIOSSLCertificate] {
         do { return try NIOSSLCertificate.fromPEMBytes(bytes) } catch {
             throw CertificateAuthorityFileError(path: path, reason: "holds no PEM certificate (a DER file converts with `openssl x509 -inform der -in FILE`)")
         }

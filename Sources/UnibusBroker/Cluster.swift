@@ -60,15 +60,22 @@ public struct RouteTLS: Sendable {
     /// proof names the certificate it presents, so a proof relayed through
     /// another certificate holder's connection does not verify.
     let certificateFingerprint: String
+    /// The cluster CA's PEM bytes in use: the CA cannot change without a
+    /// restart, so a reload compares the file with these and builds its
+    /// contexts from these, not from a second read of the file.
+    public let authorityPEM: [UInt8]
 
     /// Loads PEM files; errors name the file and what is wrong with it.
-    public init(certificateChainPath: String, privateKeyPath: String, caPath: String) throws {
+    /// `authorityPEM`, when given, is the CA already read from `caPath`.
+    public init(certificateChainPath: String, privateKeyPath: String, caPath: String, authorityPEM: [UInt8]? = nil) throws {
         let certificates = try PEMFile.chain(certificateChainPath)
         guard let leaf = certificates.first else { throw RouteTLSError.emptyChain(certificateChainPath) }
         certificateFingerprint = Self.fingerprint(leaf)
         let chain = certificates.map { NIOSSLCertificateSource.certificate($0) }
         let key = NIOSSLPrivateKeySource.privateKey(try PEMFile.key(privateKeyPath))
-        let authorities = try PEMFile.authorities(caPath)
+        let authorityPEM = try authorityPEM ?? RegularFile.read(caPath)
+        self.authorityPEM = authorityPEM
+        let authorities = try PEMFile.authorities(pem: authorityPEM, from: caPath)
         var server = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: key)
         server.minimumTLSVersion = .tlsv12
         server.trustRoots = .certificates(authorities)

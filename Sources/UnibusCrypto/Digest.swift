@@ -99,7 +99,14 @@ public enum CertificateFiles {
     /// `certificatePath` (by names and key identifiers); nil when a file is
     /// missing or holds no PEM certificate.
     public static func isIssued(_ certificatePath: String, by caPath: String) -> Bool? {
-        guard let leaf = try? RegularFile.read(certificatePath), let ca = try? RegularFile.read(caPath) else { return nil }
+        guard let ca = try? RegularFile.read(caPath) else { return nil }
+        return isIssued(certificatePath, byAuthority: ca)
+    }
+
+    /// Whether a certificate in the PEM bytes `authority` issued the first
+    /// certificate in `certificatePath`: for a CA already read (and in use).
+    public static func isIssued(_ certificatePath: String, byAuthority ca: [UInt8]) -> Bool? {
+        guard let leaf = try? RegularFile.read(certificatePath) else { return nil }
         switch unibus_pem_issued_by(ca, ca.count, leaf, leaf.count) {
         case 1: return true
         case 0: return false

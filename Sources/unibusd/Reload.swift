@@ -22,7 +22,6 @@ extension Run {
         var next: RunInvocation
         do {
             next = try RunInvocation.resolve(commandLine: running.commandLine, configFile: config)
-            next.clusterCA = running.clusterCA
         } catch {
             log("reload refused; keeping the previous configuration", ["error": "\(error)"], level: .error, logger: configLogger)
             return nil
@@ -30,8 +29,11 @@ extension Run {
         let new = next.effective
         let changed = RunInvocation.changedKeys(self, new)
         var needRestart = changed.filter { $0.reload == .restart }.map(\.name)
-        // The cluster CA is restart-only even when its file changed in place.
-        if let ca = new.clusterCa, (try? RegularFile.read(ca)).map({ Data($0) }) != running.clusterCA {
+        // The cluster CA is restart-only even when its file changed in place:
+        // the file is compared with the CA in use, and the contexts below are
+        // built from the CA in use (a swap after this read changes nothing).
+        let runningAuthority = broker.cluster?.tls.current?.authorityPEM
+        if let ca = new.clusterCa, let runningAuthority, (try? RegularFile.read(ca)) != runningAuthority {
             needRestart.append("cluster_ca")
         }
         guard needRestart.isEmpty else { return refuseRestart(needRestart) }
@@ -46,7 +48,8 @@ extension Run {
             brokerTLS = try new.clientTLS(host: broker.configuration.host)
             if control != nil { controlTLS = try new.controlTLSContext() }
             if let cluster = broker.cluster {
-                routeTLS = try new.routeTLS(clusterHost: cluster.configuration.host, routeURLs: cluster.configuration.routes)
+                routeTLS = try new.routeTLS(clusterHost: cluster.configuration.host, routeURLs: cluster.configuration.routes,
+                                            authorityPEM: runningAuthority)
             }
         } catch {
             log("reload refused; keeping the previous configuration", ["error": "\(error)"], level: .error, logger: configLogger)

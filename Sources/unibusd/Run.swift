@@ -361,7 +361,6 @@ struct Run: AsyncParsableCommand {
         defer { if let pidFile { unlink(pidFile) } }
 
         var current = invocation
-        current.clusterCA = clusterCa.flatMap { (try? RegularFile.read($0)).map { Data($0) } }
         while true {
             let signal = await signals.next()
             if signal == SIGUSR2 {
@@ -410,28 +409,34 @@ struct Run: AsyncParsableCommand {
     /// The route links' TLS, with the checks that keep the cluster CA apart
     /// from the client CA (nil: plain TCP routes, loopback dev mode only).
     /// At start and on every reload, so a reload cannot do what start refuses.
-    func routeTLS(clusterHost: String, routeURLs: [String]) throws -> RouteTLS? {
+    /// A reload passes the running CA (`authorityPEM`): the file is read
+    /// once, at start, and every check and context uses those bytes.
+    func routeTLS(clusterHost: String, routeURLs: [String], authorityPEM: [UInt8]? = nil) throws -> RouteTLS? {
         switch (clusterCert, clusterKey, clusterCa) {
         case let (cert?, key?, ca?):
+            let authority: [UInt8]
+            do { authority = try authorityPEM ?? RegularFile.read(ca) } catch {
+                throw CLIFailure(Self.tlsProblem(error, files: [(ca, "--cluster-ca")]))
+            }
             // Mistakes that would leave the node unlinked, silently, or let
             // client certificates open routes: refused by name.
-            if CertificateFiles.isIssued(cert, by: ca) == false {
+            if CertificateFiles.isIssued(cert, byAuthority: authority) == false {
                 throw CLIFailure("--cluster-cert \(cert) was not issued by --cluster-ca \(ca): no peer would accept it and this node would never link. "
                                  + "Give this node's NODE-route.pem and the cluster-ca.pem from the same deploy/make-certs.sh run")
             }
-            if let clientCert = tlsCert, CertificateFiles.isIssued(clientCert, by: ca) == true {
+            if let clientCert = tlsCert, CertificateFiles.isIssued(clientCert, byAuthority: authority) == true {
                 throw CLIFailure("--cluster-ca \(ca) issued the client-facing certificate --tls-cert \(clientCert): it is the client CA. "
                                  + "Routes need their own CA (cluster-ca.pem), so that a client certificate can never open a route")
             }
             if let clientCA = tlsClientCA,
-               let a = try? RegularFile.read(clientCA), let b = try? RegularFile.read(ca), a == b {
+               let clientAuthority = try? RegularFile.read(clientCA), clientAuthority == authority {
                 throw CLIFailure("--cluster-ca must not be the client CA (\(clientCA)): a client certificate could then open a route")
             }
-            if let controlCert = controlTlsCert, CertificateFiles.isIssued(controlCert, by: ca) == true {
+            if let controlCert = controlTlsCert, CertificateFiles.isIssued(controlCert, byAuthority: authority) == true {
                 throw CLIFailure("--cluster-ca \(ca) issued the control plane's certificate --control-tls-cert \(controlCert): routes need their own CA")
             }
             do {
-                return try RouteTLS(certificateChainPath: cert, privateKeyPath: key, caPath: ca)
+                return try RouteTLS(certificateChainPath: cert, privateKeyPath: key, caPath: ca, authorityPEM: authority)
             } catch {
                 throw CLIFailure(Self.tlsProblem(error, files: [(cert, "--cluster-cert"), (key, "--cluster-key"), (ca, "--cluster-ca")]))
             }

@@ -114,9 +114,6 @@ struct RunInvocation {
     var files: [String]
     /// The command line's own words after `run`.
     var commandLine: [String]
-    /// The cluster CA file's bytes as the node started with them (a reload
-    /// that finds them changed is refused: the CA is restart-only).
-    var clusterCA: Data?
 
     func source(of key: ConfigurationKey) -> ConfigurationSource {
         if given.contains(key.flag) { return .flag }
@@ -166,7 +163,7 @@ struct RunInvocation {
             }
             throw CLIFailure(message)
         }
-        return RunInvocation(effective: effective, layers: layers, given: given, files: files, commandLine: commandLine, clusterCA: nil)
+        return RunInvocation(effective: effective, layers: layers, given: given, files: files, commandLine: commandLine)
     }
 
     /// Whether `message` names `flag` itself (not a longer flag it prefixes).
