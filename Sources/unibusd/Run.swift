@@ -432,6 +432,12 @@ struct Run: AsyncParsableCommand {
                let clientAuthority = try? RegularFile.read(clientCA), clientAuthority == authority {
                 throw CLIFailure("--cluster-ca must not be the client CA (\(clientCA)): a client certificate could then open a route")
             }
+            // The same CA inside a bundle, or written differently, is not the
+            // same bytes: what it issued is what counts.
+            if let clientCA = tlsClientCA, CertificateFiles.isIssued(cert, by: clientCA) == true {
+                throw CLIFailure("--tls-client-ca \(clientCA) issued the route certificate --cluster-cert \(cert): it holds the cluster CA. "
+                                 + "Clients need their own CA (client-ca.pem), apart from cluster-ca.pem")
+            }
             if let controlCert = controlTlsCert, CertificateFiles.isIssued(controlCert, byAuthority: authority) == true {
                 throw CLIFailure("--cluster-ca \(ca) issued the control plane's certificate --control-tls-cert \(controlCert): routes need their own CA")
             }

@@ -167,11 +167,15 @@ struct BrokerInteropTests {
             (["--tls-cert", certs + "a-client.pem", "--tls-key", certs + "b-client.key"], "check that the two files belong together"),
             (["--tls-cert", certs + "a-client.key", "--tls-key", certs + "a-client.key"], "holds no PEM certificate"),
         ] {
-            let (status, output) = try runPeer([Self.unibusd, "run", "--listen", "127.0.0.1:0"] + arguments)
+            let (status, output) = try runPeer(["timeout", "30", Self.unibusd, "run", "--listen", "127.0.0.1:0"] + arguments)
             #expect(status != 0 && output.contains(expected) && !output.contains("Usage"), "\(arguments): \(output)")
         }
         // Route CA mistakes: a route certificate the cluster CA did not issue (the node
-        // would never link), and a cluster CA that issued the client-facing certificate.
+        // would never link), a cluster CA that issued the client-facing certificate,
+        // and a client CA bundle that holds the cluster CA (not the same bytes).
+        let bundle = try String(contentsOfFile: certs + "client-ca.pem", encoding: .utf8)
+            + String(contentsOfFile: certs + "cluster-ca.pem", encoding: .utf8)
+        try bundle.write(toFile: certs + "bundle.pem", atomically: true, encoding: .utf8)
         for (arguments, expected) in [
             (["--cluster-cert", certs + "a-route.pem", "--cluster-key", certs + "a-route.key", "--cluster-ca", certs + "client-ca.pem"],
              "was not issued by --cluster-ca"),
@@ -179,8 +183,12 @@ struct BrokerInteropTests {
               "--cluster-key", certs + "a-route.key", "--cluster-ca", certs + "cluster-ca.pem"], "it is the client CA"),
             (["--cluster-cert", certs + "a-route.pem", "--cluster-key", certs + "a-route.key", "--cluster-ca", certs + "fifo.pem"],
              "\(certs)fifo.pem is not a regular file (--cluster-ca)"),
+            (["--tls-cert", certs + "a-client.pem", "--tls-key", certs + "a-client.key", "--tls-client-ca", certs + "bundle.pem",
+              "--cluster-cert", certs + "a-route.pem", "--cluster-key", certs + "a-route.key", "--cluster-ca", certs + "cluster-ca.pem"],
+             "it holds the cluster CA"),
         ] {
-            let (status, output) = try runPeer([Self.unibusd, "run", "--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"] + arguments)
+            // Bounded: a check that regressed would start a node that runs on.
+            let (status, output) = try runPeer(["timeout", "30", Self.unibusd, "run", "--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"] + arguments)
             #expect(status != 0 && output.contains(expected), "\(arguments): \(output)")
         }
         // A port in use is named with its listener.
