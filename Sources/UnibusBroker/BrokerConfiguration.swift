@@ -96,6 +96,10 @@ public enum PEMFile {
 public struct BrokerTLS: Sendable {
     public let context: NIOSSLContext
     public let verifiesClients: Bool
+    /// The client CA's PEM bytes this context trusts (nil without one): the
+    /// checks that keep it apart from the cluster CA look at these, not at a
+    /// second read of the file.
+    public let clientAuthorityPEM: [UInt8]?
 
     /// Loads PEM files (regular files only: `RegularFile`). Errors name the
     /// file and what is wrong with it.
@@ -104,8 +108,9 @@ public struct BrokerTLS: Sendable {
             certificateChain: try PEMFile.chain(certificateChainPath).map { .certificate($0) },
             privateKey: .privateKey(try PEMFile.key(privateKeyPath)))
         configuration.minimumTLSVersion = .tlsv12
-        if let clientCAPath {
-            configuration.trustRoots = .certificates(try PEMFile.authorities(clientCAPath))
+        clientAuthorityPEM = try clientCAPath.map { try RegularFile.read($0) }
+        if let clientCAPath, let clientAuthorityPEM {
+            configuration.trustRoots = .certificates(try PEMFile.authorities(pem: clientAuthorityPEM, from: clientCAPath))
             // The chain is verified; a client certificate names no host to match.
             configuration.certificateVerification = .noHostnameVerification
         }

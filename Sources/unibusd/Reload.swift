@@ -49,7 +49,7 @@ extension Run {
             if control != nil { controlTLS = try new.controlTLSContext() }
             if let cluster = broker.cluster {
                 routeTLS = try new.routeTLS(clusterHost: cluster.configuration.host, routeURLs: cluster.configuration.routes,
-                                            authorityPEM: runningAuthority)
+                                            clientTLS: brokerTLS, authorityPEM: runningAuthority)
             }
         } catch {
             log("reload refused; keeping the previous configuration", ["error": "\(error)"], level: .error, logger: configLogger)

@@ -410,8 +410,9 @@ struct Run: AsyncParsableCommand {
     /// from the client CA (nil: plain TCP routes, loopback dev mode only).
     /// At start and on every reload, so a reload cannot do what start refuses.
     /// A reload passes the running CA (`authorityPEM`): the file is read
-    /// once, at start, and every check and context uses those bytes.
-    func routeTLS(clusterHost: String, routeURLs: [String], authorityPEM: [UInt8]? = nil) throws -> RouteTLS? {
+    /// once, at start, and every check and context uses those bytes. The
+    /// client CA is the one the client listener's context was built from.
+    func routeTLS(clusterHost: String, routeURLs: [String], clientTLS: BrokerTLS?, authorityPEM: [UInt8]? = nil) throws -> RouteTLS? {
         switch (clusterCert, clusterKey, clusterCa) {
         case let (cert?, key?, ca?):
             let authority: [UInt8]
@@ -428,13 +429,13 @@ struct Run: AsyncParsableCommand {
                 throw CLIFailure("--cluster-ca \(ca) issued the client-facing certificate --tls-cert \(clientCert): it is the client CA. "
                                  + "Routes need their own CA (cluster-ca.pem), so that a client certificate can never open a route")
             }
-            if let clientCA = tlsClientCA,
-               let clientAuthority = try? RegularFile.read(clientCA), clientAuthority == authority {
+            if let clientCA = tlsClientCA, let clientAuthority = clientTLS?.clientAuthorityPEM, clientAuthority == authority {
                 throw CLIFailure("--cluster-ca must not be the client CA (\(clientCA)): a client certificate could then open a route")
             }
             // The same CA inside a bundle, or written differently, is not the
             // same bytes: what it issued is what counts.
-            if let clientCA = tlsClientCA, CertificateFiles.isIssued(cert, by: clientCA) == true {
+            if let clientCA = tlsClientCA, let clientAuthority = clientTLS?.clientAuthorityPEM,
+               CertificateFiles.isIssued(cert, byAuthority: clientAuthority) == true {
                 throw CLIFailure("--tls-client-ca \(clientCA) issued the route certificate --cluster-cert \(cert): it holds the cluster CA. "
                                  + "Clients need their own CA (client-ca.pem), apart from cluster-ca.pem")
             }
@@ -627,7 +628,7 @@ extension Run {
             do { _ = try Cluster.parse(url) } catch { throw CLIFailure("\(error)") }
         }
         cluster.routes = routeURLs
-        cluster.tls = try routeTLS(clusterHost: cluster.host, routeURLs: routeURLs)
+        cluster.tls = try routeTLS(clusterHost: cluster.host, routeURLs: routeURLs, clientTLS: client.tls)
         let wildcard = ["0.0.0.0", "::", "[::]", ""]
         if let advertise, !Cluster.isAdvertisableURL(advertise, schemes: ["nats", "tls"]) {
             throw CLIFailure("--advertise must be nats://HOST:PORT or tls://HOST:PORT (clients are told it), got \(advertise)")
