@@ -77,6 +77,9 @@ public actor UnibusClient {
         /// Frames of persisted rooms not acknowledged as stored after this
         /// long are sent again (the same bytes; nodes and receivers drop duplicates).
         public var acknowledgementTimeout: Duration = .seconds(5)
+        /// After a key-share fetch for a new session failed (no node answered),
+        /// that session's next frame fetches again once this long has passed.
+        public var keyShareRetryPause: Duration = .seconds(2)
         /// Most frames of persisted rooms that may wait for acknowledgement
         /// (in memory, and in the state directory's spool when there is one).
         public var maximumUnacknowledged = 100_000
@@ -120,8 +123,6 @@ public actor UnibusClient {
     /// when a fetch for one whose fetch failed may be tried again.
     private var fetchedFor: Set<[UInt8]> = []
     private var fetchRetryAt: [[UInt8]: ContinuousClock.Instant] = [:]
-    /// How long after a failed fetch the frames of that session may ask again.
-    static let keyFetchRetryPause = Duration.seconds(2)
     /// Frames of persisted rooms sent and not yet acknowledged as stored.
     var unacknowledged = UnacknowledgedFrames()
     var receiptTask: Task<Void, Never>?
@@ -690,7 +691,7 @@ public actor UnibusClient {
             if await fetchKeyShares() {
                 fetchRetryAt[marker] = nil
             } else {
-                fetchRetryAt[marker] = .now + Self.keyFetchRetryPause
+                fetchRetryAt[marker] = .now + configuration.keyShareRetryPause
             }
             result = keyring.open(frame, room: room, now: Self.nowMillis(), arrival: arrival, arrivedAt: arrivedAt)
         }
@@ -722,7 +723,7 @@ public actor UnibusClient {
     private func mayFetchKeyShares(for marker: [UInt8]) -> Bool {
         if fetchedFor.contains(marker) {
             guard let retry = fetchRetryAt[marker], retry <= .now else { return false }
-            fetchRetryAt[marker] = .now + Self.keyFetchRetryPause
+            fetchRetryAt[marker] = .now + configuration.keyShareRetryPause
             return true
         }
         guard fetchedFor.count < 10_000 else { return false }
