@@ -429,15 +429,16 @@ struct Run: AsyncParsableCommand {
                 throw CLIFailure("--cluster-ca \(ca) issued the client-facing certificate --tls-cert \(clientCert): it is the client CA. "
                                  + "Routes need their own CA (cluster-ca.pem), so that a client certificate can never open a route")
             }
-            if let clientCA = tlsClientCA, let clientAuthority = clientTLS?.clientAuthorityPEM, clientAuthority == authority {
-                throw CLIFailure("--cluster-ca must not be the client CA (\(clientCA)): a client certificate could then open a route")
-            }
-            // The same CA inside a bundle, or written differently, is not the
-            // same bytes: what it issued is what counts.
-            if let clientCA = tlsClientCA, let clientAuthority = clientTLS?.clientAuthorityPEM,
-               CertificateFiles.isIssued(cert, byAuthority: clientAuthority) == true {
-                throw CLIFailure("--tls-client-ca \(clientCA) issued the route certificate --cluster-cert \(cert): it holds the cluster CA. "
-                                 + "Clients need their own CA (client-ca.pem), apart from cluster-ca.pem")
+            if let clientCA = tlsClientCA, let clientAuthority = clientTLS?.clientAuthorityPEM {
+                if clientAuthority == authority {
+                    throw CLIFailure("--cluster-ca must not be the client CA (\(clientCA)): a client certificate could then open a route")
+                }
+                // The same CA inside a bundle, or written differently, is not
+                // the same bytes: what it issued is what counts.
+                if CertificateFiles.isIssued(cert, byAuthority: clientAuthority) == true {
+                    throw CLIFailure("--tls-client-ca \(clientCA) issued the route certificate --cluster-cert \(cert): it holds the cluster CA. "
+                                     + "Clients need their own CA (client-ca.pem), apart from cluster-ca.pem")
+                }
             }
             if let controlCert = controlTlsCert, CertificateFiles.isIssued(controlCert, byAuthority: authority) == true {
                 throw CLIFailure("--cluster-ca \(ca) issued the control plane's certificate --control-tls-cert \(controlCert): routes need their own CA")
